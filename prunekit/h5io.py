@@ -1,0 +1,87 @@
+"""Small HDF5 helpers shared by the file types: opening with clear errors, ids, atomic writes."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from .atomic import atomic_path
+from .errors import PrunekitError
+
+
+def open_h5(path: str | os.PathLike, what: str) -> h5py.File:
+    """Open an HDF5 file for reading, or raise a PrunekitError that names it."""
+    p = Path(path)
+    if not p.exists():
+        raise PrunekitError(f"{what} file not found: {p}. Check the path.")
+    if p.is_dir():
+        raise PrunekitError(f"{what} path {p} is a directory; give an HDF5 file.")
+    if not h5py.is_hdf5(p):
+        raise PrunekitError(f"{what} file {p} is not an HDF5 file. Write it with prunekit or h5py.")
+    try:
+        return h5py.File(p, "r")
+    except OSError as exc:  # truncated or locked files
+        raise PrunekitError(f"cannot read {what} file {p}: {exc}") from exc
+
+
+def require(f: h5py.File, name: str, what: str) -> h5py.Dataset:
+    """The dataset ``name`` of ``f``, or an error listing the datasets that exist."""
+    if name not in f or not isinstance(f[name], h5py.Dataset):
+        have = ", ".join(sorted(k for k in f.keys() if isinstance(f[k], h5py.Dataset))) or "none"
+        raise PrunekitError(
+            f"{what} file {f.filename} has no dataset '{name}' (datasets: {have})."
+        )
+    return f[name]
+
+
+def attr_str(attrs: Any, name: str, default: str | None = None) -> str | None:
+    """A string attribute, decoded from bytes if needed."""
+    value = attrs.get(name, default)
+    if isinstance(value, bytes):
+        return value.decode()
+    if isinstance(value, np.ndarray) and value.shape == ():
+        value = value.item()
+    return None if value is None else str(value)
+
+
+def decode_ids(raw: np.ndarray) -> np.ndarray:
+    """ids as stored -> int64 array or object array of ``str``."""
+    raw = np.asarray(raw)
+    if raw.dtype.kind in "iu":
+        return raw.astype(np.int64)
+    if raw.dtype.kind in "SO":
+        return np.array(
+            [v.decode() if isinstance(v, bytes) else str(v) for v in raw], dtype=object
+        )
+    if raw.dtype.kind == "U":
+        return raw.astype(object)
+    raise PrunekitError(f"ids must be integers or strings, got dtype {raw.dtype}.")
+
+
+def normalize_ids(ids: Any) -> np.ndarray | None:
+    """Any 1-D sequence of ids -> the canonical form (int64 or object array of str)."""
+    if ids is None:
+        return None
+    return decode_ids(np.asarray(ids))
+
+
+def write_ids(group: h5py.Group, name: str, ids: np.ndarray) -> None:
+    """Store ids as int64 or as variable-length UTF-8 strings."""
+    if ids.dtype.kind in "iu":
+        group.create_dataset(name, data=ids.astype(np.int64))
+    else:
+        group.create_dataset(name, data=[str(v) for v in ids], dtype=h5py.string_dtype("utf-8"))
+
+
+@contextlib.contextmanager
+def atomic_h5(path: str | os.PathLike) -> Iterator[h5py.File]:
+    """An HDF5 file open for writing that appears under ``path`` only when complete."""
+    with atomic_path(path) as tmp:
+        with h5py.File(tmp, "w") as f:
+            yield f
