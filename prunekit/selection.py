@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import numbers
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from . import quotas as q
 from .errors import PrunekitError
 from .h5io import atomic_h5, attr_str, decode_ids, open_h5, require, write_ids
 from .provenance import read_params, stamp
+from .scores import Scores
 
 MAX_NAMED = 5
 
@@ -145,5 +149,261 @@ def resolve_rows(
     return rows
 
 
-def select(scores, pr: float, **kwargs):  # placeholder until the selection rules land
-    raise NotImplementedError
+BALANCES = ("none", "clusters", "proportional", "labels")
+# Dense group numbers below this fit uint16, which numpy sorts with a radix sort.
+_SMALL_GROUPS = 1 << 16
+# Up to this many groups, a loop over groups (not items) partitions each group's slice;
+# above it one global ranking sort is cheaper than the per-group overhead.
+LOOP_GROUPS = 20_000
+
+
+def select(
+    scores: Scores,
+    pr: float,
+    *,
+    balance: str = "none",
+    invert: bool = False,
+    drop_clusters: Sequence[int] | float | None = None,
+    oversample: bool = False,
+    seed: int = 0,
+    labels: np.ndarray | None = None,
+) -> Selection:
+    """Turn scores into a selection that removes a fraction ``pr`` of the eligible rows.
+
+    Eligible rows are those with a non-NaN score (NaN marks rows dropped at load time;
+    they are never kept). ``kept = max(1, round((1 - pr) * n_eligible))``.
+
+    * ``balance="none"``: the ``kept`` highest scores; ties go to the lower row index.
+    * ``"clusters"``: balanced quotas per ``scores.cluster`` (exact water-filling, see
+      :func:`prunekit.quotas.balanced_quotas`); inside a cluster, by score.
+    * ``"proportional"``: each cluster keeps the same fraction (largest remainder).
+    * ``"labels"``: balanced quotas per label (``labels`` or else ``scores.labels``).
+    * ``invert``: the lowest scores first (for k-means: nearest to the centroid; L^-1).
+    * ``drop_clusters``: group ids to remove first (a list), or a fraction f of the groups,
+      round(f * K) of them (at least 1, at most K - 1), drawn with ``seed``. Groups are
+      labels under ``balance="labels"`` and clusters otherwise. ``kept`` stays
+      ``round((1 - pr) * n_eligible)`` over the whole set, capped at what remains, so pr
+      keeps meaning the fraction removed from the full set.
+    * ``oversample``: no pruning (``pr`` must be 0). Every group is brought to the size of
+      the largest one: its items are repeated (``counts``) as evenly as possible, the
+      extra repeats going to the items first in score order.
+
+    Raises :class:`PrunekitError` for pr outside [0, 1), a missing ``cluster`` or labels,
+    unknown cluster ids, or options that do not combine.
+    """
+    if balance not in BALANCES:
+        raise PrunekitError(f"unknown balance '{balance}'; choose one of: {', '.join(BALANCES)}.")
+    eligible = scores.eligible
+    rows = np.flatnonzero(eligible)
+    kept_target = q.kept_count(pr, int(rows.size))
+    if oversample and float(pr) != 0.0:
+        raise PrunekitError("oversampling keeps every row (no pruning); use pr = 0 with oversampling.")
+    if oversample and balance == "proportional":
+        raise PrunekitError("oversampling balances groups; use it with balance 'clusters' or 'labels'.")
+    need_groups = balance != "none" or drop_clusters is not None or oversample
+    groups, group_by = _groups(scores, balance, labels, need_groups)
+
+    dropped: list = []
+    if drop_clusters is not None:
+        rows, dropped = _drop(rows, groups, drop_clusters, seed, group_by, scores)
+    kept = min(kept_target, int(rows.size))
+    # Sort key: smaller = kept first. Negating keeps -inf (unpicked greedy rows) last.
+    key = scores.score[rows] if invert else -scores.score[rows]
+
+    counts = None
+    if balance == "none" and not oversample:
+        picked = _top(key, kept)
+    else:
+        g, ids_of_group = _dense(groups[rows])
+        sizes = np.bincount(g, minlength=ids_of_group.size)
+        if oversample:
+            base, extra = q.oversample_counts(sizes)
+            counts = base[g]
+            counts[_top_per_group(key, g, sizes, extra)] += 1
+            picked = np.arange(rows.size)
+        else:
+            quota = (q.proportional_quotas if balance == "proportional" else q.balanced_quotas)(
+                sizes, kept
+            )
+            picked = _top_per_group(key, g, sizes, quota)
+    indices = rows[picked]
+    params = {
+        "balance": balance,
+        "invert": bool(invert),
+        "drop_clusters": _jsonable_drop(drop_clusters),
+        "dropped": [_py(v) for v in dropped],
+        "group_by": group_by,
+        "oversample": bool(oversample),
+        "n_eligible": int(eligible.sum()),
+        "kept_target": int(kept_target),
+        "score_method": scores.method,
+    }
+    return Selection(
+        indices=indices,
+        n_total=scores.n_total,
+        pr=float(pr),
+        method=scores.method,
+        seed=int(seed),
+        ids=None if scores.ids is None else scores.ids[indices],
+        counts=counts,
+        source_fingerprint=scores.source_fingerprint,
+        params=params,
+    )
+
+
+def _groups(
+    scores: Scores, balance: str, labels: np.ndarray | None, needed: bool
+) -> tuple[np.ndarray | None, str | None]:
+    """The grouping a selection balances over: labels, or k-means clusters."""
+    if balance == "labels":
+        lab = labels if labels is not None else scores.labels
+        if lab is None:
+            raise PrunekitError(
+                f"balance 'labels' needs labels, and the scores file ({scores.source}) has none. "
+                "Pass the embeddings that carry them (CLI: --labels-from EMB)."
+            )
+        lab = np.asarray(lab)
+        if lab.shape != (scores.n_total,) or lab.dtype.kind not in "iu":
+            raise PrunekitError(
+                f"labels must be integers, one per row ({scores.n_total}); "
+                f"got shape {lab.shape} and dtype {lab.dtype}."
+            )
+        return lab.astype(np.int64), "label"
+    if scores.cluster is None:
+        if needed:
+            raise PrunekitError(
+                f"the scores of method '{scores.method}' (made from {scores.source}) have no "
+                "'cluster' dataset. Score with --method kmeans (or herding --within a k-means "
+                "scores file), or use --balance labels / none."
+            )
+        return None, None
+    return np.asarray(scores.cluster, dtype=np.int64), "cluster"
+
+
+def _drop(
+    rows: np.ndarray,
+    groups: np.ndarray,
+    drop: Sequence[int] | float,
+    seed: int,
+    group_by: str | None,
+    scores: Scores,
+) -> tuple[np.ndarray, list]:
+    """Remove the rows of whole groups; returns the remaining rows and the dropped ids."""
+    present = np.unique(groups[rows])
+    what = "labels" if group_by == "label" else "clusters"
+    if isinstance(drop, numbers.Real) and not isinstance(drop, numbers.Integral):
+        frac = float(drop)
+        if not 0.0 < frac < 1.0:
+            raise PrunekitError(
+                f"a fraction of {what} to drop must lie in (0, 1); got {frac}. "
+                "Give ids as a list (CLI: --drop-clusters 3,7)."
+            )
+        n_drop = min(max(1, round(frac * present.size)), present.size - 1)
+        if n_drop < 1:
+            raise PrunekitError(f"there is only one of the {what}; none can be dropped.")
+        rng = np.random.default_rng(seed)
+        out = np.sort(rng.choice(present, size=n_drop, replace=False))
+    else:
+        if isinstance(drop, (numbers.Integral, str, bytes)):
+            raise PrunekitError(
+                f"drop_clusters must be a list of {what} ids or a fraction in (0, 1); got {drop!r}."
+            )
+        out = np.unique(np.asarray(list(drop), dtype=np.int64))
+        unknown = out[~np.isin(out, present)]
+        if unknown.size:
+            raise PrunekitError(
+                f"cannot drop {what} {', '.join(map(str, unknown[:MAX_NAMED]))}: the scores "
+                f"({scores.source}) have {present.size} {what} with eligible rows, ids "
+                f"{_id_range(present)}."
+            )
+        if out.size >= present.size:
+            raise PrunekitError(f"dropping {what} {_id_range(out)} would remove every row.")
+    return rows[~np.isin(groups[rows], out)], out.tolist()
+
+
+def _id_range(ids: np.ndarray) -> str:
+    shown = ", ".join(map(str, ids[:10]))
+    return shown + (", ..." if ids.size > 10 else "")
+
+
+def _top(key: np.ndarray, kept: int, ordered: bool = True) -> np.ndarray:
+    """Positions of the ``kept`` smallest keys, ties to the lower position. O(n).
+
+    Ascending when ``ordered``; otherwise in no particular order (the caller sorts).
+    """
+    n = key.size
+    if kept >= n:
+        return np.arange(n)
+    threshold = np.partition(key, kept - 1)[kept - 1]
+    below = np.flatnonzero(key < threshold)
+    tied = np.flatnonzero(key == threshold)[: kept - below.size]
+    out = np.concatenate((below, tied))
+    return np.sort(out) if ordered else out
+
+
+def _dense(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Group numbers 0..K-1 (in the order of the ids) and the ids they stand for."""
+    # Small non-negative ids (the usual k-means clusters and labels): a bincount table no
+    # larger than a few times the data replaces the sort inside np.unique.
+    if values.size and values.min() >= 0 and values.max() < 4 * values.size + 1024:
+        present = np.flatnonzero(np.bincount(values))
+        lookup = np.zeros(int(values.max()) + 1, dtype=np.int64)
+        lookup[present] = np.arange(present.size)
+        return lookup[values], present
+    ids, inverse = np.unique(values, return_inverse=True)
+    return inverse.astype(np.int64), ids
+
+
+def _top_per_group(key: np.ndarray, g: np.ndarray, sizes: np.ndarray, quota: np.ndarray) -> np.ndarray:
+    """Ascending positions of the first ``quota[c]`` items of every group c.
+
+    Order inside a group: key ascending, ties to the lower position (as :func:`_top`).
+    """
+    if sizes.size > LOOP_GROUPS:
+        return np.flatnonzero(_rank_in_group(key, g, sizes) < quota[g])
+    by_group = np.argsort(g.astype(np.uint16) if sizes.size <= _SMALL_GROUPS else g, kind="stable")
+    grouped = key[by_group]  # each group's slice keeps ascending positions
+    ends = np.cumsum(sizes)
+    parts = [ends[c] - sizes[c] + _top(grouped[ends[c] - sizes[c] : ends[c]], int(quota[c]), False)
+             for c in np.flatnonzero(quota)]
+    if not parts:
+        return np.zeros(0, dtype=np.int64)
+    return np.sort(by_group[np.concatenate(parts)])
+
+
+def _rank_in_group(key: np.ndarray, g: np.ndarray, sizes: np.ndarray) -> np.ndarray:
+    """Each item's position (0 = first) inside its group's order: key asc, ties lower index."""
+    order = np.argsort(_sortable(key), kind="stable")
+    gk = g[order]
+    if sizes.size <= _SMALL_GROUPS:
+        gk = gk.astype(np.uint16)  # radix sort
+    order = order[np.argsort(gk, kind="stable")]
+    starts = np.concatenate(([0], np.cumsum(sizes)[:-1]))
+    rank = np.empty(key.size, dtype=np.int64)
+    rank[order] = np.arange(key.size) - starts[g[order]]
+    return rank
+
+
+def _sortable(key: np.ndarray) -> np.ndarray:
+    """float64 -> uint64 with the same order (no NaN); stable-sorts faster than floats.
+
+    Non-negative floats get the sign bit set; negative ones have every bit flipped.
+    """
+    u = np.array(key, dtype=np.float64)
+    u += 0.0  # -0.0 -> 0.0, so the two zeros tie as they compare equal
+    u = u.view(np.uint64)
+    mask = u >> np.uint64(63)
+    np.negative(mask, out=mask)  # 0 -> 0, 1 -> all ones
+    mask |= np.uint64(1 << 63)
+    u ^= mask
+    return u
+
+
+def _py(v: Any) -> Any:
+    return v.item() if isinstance(v, np.generic) else v
+
+
+def _jsonable_drop(drop: Sequence[int] | float | None) -> Any:
+    if drop is None or isinstance(drop, numbers.Real):
+        return _py(drop)
+    return [_py(v) for v in drop]

@@ -3,16 +3,35 @@
 from __future__ import annotations
 
 import json
+import zipfile
+from pathlib import Path
 
 import click
+import h5py
 import numpy as np
 
 from ..embeddings import Embeddings
-from .common import drop_option, key_option, open_embeddings
+from .common import key_option, open_embeddings
+
+
+def file_keys(path: Path | None) -> dict[str, list[int]]:
+    """Every dataset (HDF5) or array (npz) of the file with its shape; {} for .npy."""
+    if path is None:
+        return {}
+    if h5py.is_hdf5(path):
+        found: dict[str, list[int]] = {}
+        with h5py.File(path, "r") as f:
+            f.visititems(lambda name, obj: found.__setitem__(name, list(obj.shape))
+                         if isinstance(obj, h5py.Dataset) else None)
+        return found
+    if zipfile.is_zipfile(path):
+        with np.load(path, allow_pickle=False) as z:
+            return {name: list(z[name].shape) for name in z.files}
+    return {}
 
 
 def describe(emb: Embeddings) -> dict:
-    """A JSON-ready summary: shape, dtype, side arrays, norm statistics, non-finite rows."""
+    """A JSON-ready summary: shape, dtype, keys, side arrays, norm statistics, non-finite rows."""
     norms = emb.norms[emb.rows]
     q = np.percentile(norms, [0, 25, 50, 75, 100])
     return {
@@ -20,6 +39,7 @@ def describe(emb: Embeddings) -> dict:
         "key": emb.key,
         "shape": [emb.n_total, emb.dim],
         "dtype": str(emb.dtype),
+        "keys": file_keys(emb.path),
         "ids": None if emb.ids is None else ("int64" if emb.ids.dtype.kind == "i" else "str"),
         "labels": None if emb.labels is None else int(np.unique(emb.labels).size),
         "norms": {
@@ -51,6 +71,8 @@ def info(path: str, key: str, as_json: bool) -> None:
         return
     n = d["norms"]
     click.echo(f"{d['path']} ['{d['key']}']: {d['shape'][0]} x {d['shape'][1]} {d['dtype']}")
+    if d["keys"]:
+        click.echo("  keys: " + ", ".join(f"{k} {tuple(v)}" for k, v in d["keys"].items()))
     click.echo(f"  ids: {d['ids'] or 'none'}   labels: {d['labels'] or 'none'} classes" if d["labels"]
                else f"  ids: {d['ids'] or 'none'}   labels: none")
     click.echo(

@@ -1,0 +1,116 @@
+"""``prunekit select``: turn a scores file into a selection file."""
+
+from __future__ import annotations
+
+import click
+
+from ..errors import PrunekitError
+from ..quotas import kept_count
+from ..scores import Scores, load_scores
+from ..selection import BALANCES
+from ..selection import select as run_select
+from .common import drop_option, key_option, open_embeddings
+
+
+def parse_drop(text: str | None) -> list[int] | float | None:
+    """``"3,7"`` -> [3, 7]; ``"0.25"`` -> 0.25 (a fraction of the clusters)."""
+    if text is None:
+        return None
+    text = text.strip()
+    if "," not in text and "." in text:
+        try:
+            return float(text)
+        except ValueError:
+            pass
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise PrunekitError(
+            f"--drop-clusters '{text}' is neither a list of cluster ids (3,7) "
+            "nor a fraction of the clusters (0.25)."
+        ) from None
+
+
+def labels_from(path: str, key: str, drop_nonfinite: bool, scores: Scores, scores_path: str):
+    """The labels of the embeddings ``scores`` was computed from, checked to be that file."""
+    emb = open_embeddings(path, key, drop_nonfinite)
+    if emb.labels is None:
+        raise PrunekitError(f"--labels-from {path} has no 'labels' dataset; give the file that does.")
+    if emb.n_total != scores.n_total or (
+        scores.source_fingerprint and emb.fingerprint != scores.source_fingerprint
+    ):
+        raise PrunekitError(
+            f"--labels-from {path} ({emb.n_total} rows) is not the embeddings file {scores_path} "
+            f"was computed from ({scores.n_total} rows, source {scores.source}). "
+            "Give the same embeddings file."
+        )
+    return emb.labels
+
+
+@click.command()
+@click.argument("scores", metavar="[SCORES]", default="scores.h5", required=False,
+                type=click.Path(dir_okay=False))
+@click.option("--pr", type=float, default=None,
+              help="Fraction REMOVED, in [0, 1): --pr 0.8 keeps round(0.2 * N) rows "
+                   "(N = rows with a score). Required unless --oversample (then 0).")
+@click.option("--output", "-o", default="selection.h5", show_default=True,
+              type=click.Path(dir_okay=False), help="Selection file to write (HDF5, atomic).")
+@click.option("--balance", type=click.Choice(BALANCES), default="none", show_default=True,
+              help="none: top scores overall; clusters: the same quota per k-means cluster "
+                   "(water-filling); proportional: the same fraction per cluster; labels: "
+                   "the same quota per label.")
+@click.option("--invert", is_flag=True,
+              help="Keep the LOWEST scores first (k-means: nearest to the centroid; loss: L^-1).")
+@click.option("--drop-clusters", "drop", default=None, metavar="IDS|FRACTION",
+              help="Remove whole clusters first (labels with --balance labels): ids '3,7' or "
+                   "a fraction '0.25' of them, drawn with --seed. kept is still "
+                   "round((1 - pr) * N), capped at what remains.")
+@click.option("--oversample", is_flag=True,
+              help="No pruning: repeat items of small clusters (labels with --balance labels) "
+                   "until each reaches the largest one; writes 'counts'.")
+@click.option("--seed", default=0, show_default=True, type=int,
+              help="Seed for --drop-clusters FRACTION.")
+@click.option("--labels-from", "labels_path", default=None, type=click.Path(dir_okay=False),
+              metavar="EMB", help="Embeddings file whose 'labels' --balance labels uses when the "
+                                  "scores file carries none.")
+@key_option
+@drop_option
+def select(scores: str, pr: float | None, output: str, balance: str, invert: bool,
+           drop: str | None, oversample: bool, seed: int, labels_path: str | None, key: str,
+           drop_nonfinite: bool) -> None:
+    """Select the rows to keep from SCORES (default scores.h5) into a selection file.
+
+    \b
+    Examples:
+      prunekit select --pr 0.5 --balance clusters              # Cb, furthest first
+      prunekit select --pr 0.5 --balance clusters --invert     # Cb, nearest first
+      prunekit select herding.h5 --pr 0.8 -o herding-sel.h5    # the first 20 % picks
+      prunekit select --pr 0.5 --drop-clusters 3,7             # mode removal
+      prunekit select --oversample --balance clusters          # balanced repeats
+    --key and --drop-nonfinite apply to the --labels-from file.
+    """
+    if pr is None:
+        if not oversample:
+            raise PrunekitError("--pr is required: the fraction of rows to REMOVE, e.g. --pr 0.5.")
+        pr = 0.0
+    kept_count(pr, 1)  # checks the range before any file is read
+    drop_clusters = parse_drop(drop)
+    sc = load_scores(scores)
+    labels = None
+    if labels_path is not None:
+        labels = labels_from(labels_path, key, drop_nonfinite, sc, scores)
+    try:
+        sel = run_select(sc, pr, balance=balance, invert=invert, drop_clusters=drop_clusters,
+                         oversample=oversample, seed=seed, labels=labels)
+    except PrunekitError as exc:
+        raise PrunekitError(f"{scores}: {exc}") from exc
+    sel.params["scores"] = scores
+    sel.save(output)
+    eligible = int(sc.eligible.sum())
+    line = f"{output}: kept {sel.n_kept} of {eligible} scored rows (pr {pr:g}, balance {balance}"
+    line += ", inverted)" if invert else ")"
+    if sel.params["dropped"]:
+        line += f"; dropped {sel.params['group_by']}s {sel.params['dropped']}"
+    if sel.counts is not None:
+        line += f"; {int(sel.counts.sum())} draws with repeats"
+    click.echo(line)

@@ -1,0 +1,31 @@
+"""``prunekit synth``: synthetic embedding sets."""
+
+from __future__ import annotations
+
+import click
+
+from ..flow.synthetic import gaussian_mixture
+
+
+@click.group()
+def synth() -> None:
+    """Write synthetic embedding sets (for trying the pipeline and the stability analysis)."""
+
+
+@synth.command("gmm")
+@click.option("--n", "n", type=int, required=True, help="Number of points.")
+@click.option("--dim", type=int, required=True, help="Dimension.")
+@click.option("--components", type=int, required=True, help="Number of Gaussian components.")
+@click.option("--spread", type=float, default=0.5, show_default=True,
+              help="Standard deviation of the points around their component mean (means ~ N(0, I)).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Random seed.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False), required=True, help="Embeddings file (.h5) to write.")
+def gmm(n: int, dim: int, components: int, spread: float, seed: int, output: str) -> None:
+    """A Gaussian mixture: dataset `embeddings` (float32) and the component as `labels`.
+
+    Component means are N(0, I) and points are mean + SPREAD * N(0, I), so coordinates have
+    the scale of the flow's N(0, I) noise in every dimension.
+    """
+    g = gaussian_mixture(n, dim, components, spread=spread, seed=seed)
+    g.save(output)
+    click.echo(f"wrote {output}: {n} x {dim} float32, {components} components (labels)")

@@ -1,0 +1,175 @@
+"""``herding``: kernel herding (Chen, Welling & Smola 2010), greedy MMD minimisation.
+
+With the RBF kernel k(x, y) = exp(-||x - y||^2 / (2 sigma^2)) and mu(x) = mean_j k(x, x_j),
+after T picks S_T the next pick is
+
+    argmax over unpicked x of  (T + 1) mu(x) - sum_{s in S_T} k(x, s),
+
+ties to the lowest index. With the exact kernel this is the greedy minimiser of
+MMD^2(S_T + {x}, all items). With random Fourier features z (k(x, y) ~ z(x).z(y)) the
+objective is z(x).((T + 1) mu_z - sum_{s in S_T} z(s)) with mu_z = mean_j z(x_j): one
+matrix-vector product over the (n, D) float32 feature matrix per pick.
+
+``within``: herd inside each cluster of an earlier k-means scores file (mu is the
+cluster's own mean embedding); the per-cluster orders are merged round by round
+(:func:`prunekit.methods.greedy.interleave`). Output: ``order`` (the picks) and
+score = N - position (first pick N, unpicked -inf), N = number of scored rows.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from ..embeddings import Embeddings
+from ..errors import PrunekitError
+from ..kernels import RandomFourierFeatures, median_sigma, rbf
+from ..progress import counter
+from ..scores import Scores, load_scores
+from . import MethodResult, register
+from .greedy import interleave, order_scores, resolve_max_keep, row_dots
+
+KERNELS = ("rff", "exact")
+EXACT_MAX_ROWS = 20000
+EXACT_CHUNK = 1024
+
+
+@register("herding")
+def herding_scores(
+    emb: Embeddings,
+    *,
+    seed: int = 0,
+    progress: bool = True,
+    kernel: str = "rff",
+    rff_dim: int = 512,
+    sigma: float | str = "auto",
+    max_keep: int | None = None,
+    within: str | os.PathLike | Scores | None = None,
+) -> MethodResult:
+    """Kernel-herding order of the rows (or of each cluster's rows with ``within``).
+
+    ``max_keep`` stops after that many picks (per cluster with ``within``); the rest
+    score -inf. ``sigma="auto"`` is the median heuristic on <= 4096 rows drawn with
+    ``seed``, which also seeds the random Fourier features.
+    """
+    if kernel not in KERNELS:
+        raise PrunekitError(f"unknown herding kernel '{kernel}'; choose one of: {', '.join(KERNELS)}.")
+    if int(rff_dim) < 1:
+        raise PrunekitError(f"--rff-dim must be >= 1 (got {rff_dim}).")
+    x = emb.array()
+    n = x.shape[0]
+    sig = _resolve_sigma(x, sigma, seed)
+    clusters = None if within is None else within_clusters(emb, within)
+    groups = [np.arange(n)] if clusters is None else [
+        np.flatnonzero(clusters == c) for c in np.unique(clusters)
+    ]
+    largest = max(g.size for g in groups)
+    if kernel == "exact" and largest > EXACT_MAX_ROWS:
+        raise PrunekitError(
+            f"the exact herding kernel needs O(N^2) work and is limited to {EXACT_MAX_ROWS} rows "
+            f"per herd; this one has {largest}. Use --kernel rff (random Fourier features)."
+        )
+    z = RandomFourierFeatures(x.shape[1], sig, int(rff_dim), seed).transform(x) if kernel == "rff" else None
+    picks = [resolve_max_keep(max_keep, g.size) for g in groups]
+    bar = counter(sum(picks), desc="herding", progress=progress)
+    orders = []
+    for g, m in zip(groups, picks, strict=True):
+        local = herd_rff(z[g], m, bar.update) if z is not None else herd_exact(x[g], sig, m, bar.update)
+        orders.append(g[local])
+    bar.close()
+    order = interleave(orders)
+    params = {"kernel": kernel, "sigma": sig, "max_keep": max_keep, "n_picked": int(order.size)}
+    if kernel == "rff":
+        params["rff_dim"] = int(rff_dim)
+    if within is not None:
+        params["within"] = "<Scores>" if isinstance(within, Scores) else str(within)
+    return MethodResult(score=order_scores(order, n), cluster=clusters, order=order, params=params)
+
+
+def herd_rff(z: np.ndarray, m: int, tick=None) -> np.ndarray:
+    """First ``m`` herding picks over feature rows ``z`` (n, D) float32; local positions.
+
+    Per pick: v = (T + 1) mu_z - sum of picked z (float64, cast to float32), scores = z v
+    into a reused buffer (one streaming pass over ``z``), picked rows masked by adding
+    -inf, argmax (first on ties).
+    """
+    n = z.shape[0]
+    z = np.ascontiguousarray(z, dtype=np.float32)
+    mu = z.mean(axis=0, dtype=np.float64)
+    picked_sum = np.zeros(z.shape[1], dtype=np.float64)
+    v = np.empty(z.shape[1], dtype=np.float32)
+    buf = np.empty(n, dtype=np.float32)
+    mask = np.zeros(n, dtype=np.float32)
+    order = np.empty(m, dtype=np.int64)
+    for t in range(m):
+        np.subtract((t + 1) * mu, picked_sum, out=v, casting="same_kind")
+        row_dots(z, v, buf)
+        buf += mask
+        p = int(np.argmax(buf))
+        order[t] = p
+        mask[p] = -np.inf
+        picked_sum += z[p]
+        if tick is not None:
+            tick(1)
+    return order
+
+
+def herd_exact(x: np.ndarray, sigma: float, m: int, tick=None) -> np.ndarray:
+    """First ``m`` herding picks with the exact RBF kernel (float64); local positions."""
+    n = x.shape[0]
+    x = np.asarray(x, dtype=np.float64)
+    mu = np.empty(n)
+    for a in range(0, n, EXACT_CHUNK):
+        mu[a : a + EXACT_CHUNK] = rbf(x[a : a + EXACT_CHUNK], x, sigma).mean(axis=1)
+    acc = np.zeros(n)
+    picked = np.zeros(n, dtype=bool)
+    order = np.empty(m, dtype=np.int64)
+    for t in range(m):
+        s = (t + 1) * mu - acc
+        s[picked] = -np.inf
+        p = int(np.argmax(s))
+        order[t] = p
+        picked[p] = True
+        acc += rbf(x, x[p : p + 1], sigma)[:, 0]
+        if tick is not None:
+            tick(1)
+    return order
+
+
+def _resolve_sigma(x: np.ndarray, sigma: float | str, seed: int) -> float:
+    if isinstance(sigma, str) and sigma.strip().lower() == "auto":
+        return median_sigma(x, seed=seed)
+    try:
+        value = float(sigma)
+    except (TypeError, ValueError):
+        raise PrunekitError(f"--sigma must be 'auto' or a positive number (got '{sigma}').") from None
+    if not np.isfinite(value) or value <= 0:
+        raise PrunekitError(f"--sigma must be 'auto' or a positive number (got {sigma}).")
+    return value
+
+
+def within_clusters(emb: Embeddings, within: str | os.PathLike | Scores) -> np.ndarray:
+    """Cluster of each usable row of ``emb`` from a k-means scores file, checked to match."""
+    src = within if isinstance(within, Scores) else load_scores(within)
+    name = f"--within scores (method '{src.method}')" if isinstance(within, Scores) else f"--within file {within}"
+    if src.cluster is None:
+        raise PrunekitError(
+            f"{name} has no 'cluster' dataset; give the scores of "
+            "'prunekit score EMB --method kmeans'."
+        )
+    if src.n_total != emb.n_total or src.source_fingerprint != emb.fingerprint:
+        raise PrunekitError(
+            f"{name} was computed on other embeddings (n_total {src.n_total}, "
+            f"fingerprint '{src.source_fingerprint}') than {emb.source} (n_total {emb.n_total}, "
+            f"fingerprint '{emb.fingerprint}'). Run k-means on these embeddings first."
+        )
+    labels = np.asarray(src.cluster, dtype=np.int64)[emb.rows]
+    bad = np.flatnonzero(labels < 0)
+    if bad.size:
+        shown = ", ".join(map(str, emb.rows[bad[:10]]))
+        raise PrunekitError(
+            f"{name} ['cluster'] leaves rows {shown} unclustered (-1); "
+            "score k-means with the same --drop-nonfinite setting."
+        )
+    return labels

@@ -1,0 +1,68 @@
+"""``kcenter``: greedy k-center (farthest-first traversal), a 2-approximation.
+
+Start from the item nearest to the mean; then repeatedly pick the item farthest from all
+picked ones (largest distance to its nearest picked item), ties to the lowest index. The
+first m picks cover every item within at most twice the optimal m-center radius
+(Gonzalez 1985). ``metric="cosine"`` runs the same traversal on L2-normalised rows
+(Euclidean distance there is sqrt(2 - 2 cos), monotone in the cosine distance).
+
+One pass over the (n, d) float32 matrix per pick: the squared distances to the new pick,
+folded into a running minimum.
+Output: ``order`` (the picks) and score = N - position (first pick N, unpicked -inf).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..cluster import normalize_rows
+from ..embeddings import Embeddings
+from ..errors import PrunekitError
+from ..progress import counter
+from . import MethodResult, register
+from .greedy import order_scores, resolve_max_keep, row_sqdist
+
+METRICS = ("euclidean", "cosine")
+
+
+@register("kcenter")
+def kcenter_scores(
+    emb: Embeddings,
+    *,
+    seed: int = 0,
+    progress: bool = True,
+    max_keep: int | None = None,
+    metric: str = "euclidean",
+) -> MethodResult:
+    """Farthest-first order of the rows (``max_keep`` picks; default all)."""
+    if metric not in METRICS:
+        raise PrunekitError(f"unknown k-center metric '{metric}'; choose one of: {', '.join(METRICS)}.")
+    x = emb.array()
+    if metric == "cosine":
+        normalize_rows(x)
+    m = resolve_max_keep(max_keep, x.shape[0])
+    bar = counter(m, desc="k-center", progress=progress)
+    order = farthest_first(x, m, bar.update)
+    bar.close()
+    params = {"metric": metric, "max_keep": max_keep, "n_picked": int(order.size)}
+    return MethodResult(score=order_scores(order, x.shape[0]), order=order, params=params)
+
+
+def farthest_first(x: np.ndarray, m: int, tick=None) -> np.ndarray:
+    """The first ``m`` picks of the farthest-first traversal of the rows of ``x``."""
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    n = x.shape[0]
+    order = np.empty(m, dtype=np.int64)
+    mind = np.full(n, np.inf, dtype=np.float32)  # squared distance to the nearest pick
+    buf = np.empty(n, dtype=np.float32)
+    p = int(np.argmin(row_sqdist(x, x.mean(axis=0, dtype=np.float64).astype(np.float32), buf)))
+    for t in range(m):
+        order[t] = p
+        if tick is not None:
+            tick(1)
+        if t == m - 1:
+            break
+        np.minimum(mind, row_sqdist(x, x[p], buf), out=mind)
+        mind[p] = -1.0  # picked: never again (distances are >= 0)
+        p = int(np.argmax(mind))
+    return order

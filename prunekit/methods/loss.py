@@ -1,0 +1,189 @@
+"""``loss``: import per-item scores computed elsewhere (e.g. a model's training loss).
+
+Larger score = kept first, so the natural order keeps the highest-loss items (the paper's
+"L"); ``select --invert`` keeps the lowest ("L^-1"). Accepted files:
+
+* HDF5 with a 1-D dataset ``score`` and optional ``ids`` (a prunekit scores file works);
+* ``.npy`` holding a 1-D array, one score per row;
+* ``.json``: an object ``{id: score}`` or a list of scores;
+* ``.csv``: lines ``id,score``; a first line whose score field is not a number is a header.
+
+Scores are matched to the embeddings by id when both sides have ids, by position
+otherwise (then the file needs exactly one score per embedding row).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from ..embeddings import Embeddings
+from ..errors import PrunekitError
+from ..h5io import decode_ids, open_h5, require
+from . import MethodResult, register
+
+NAMED = 5
+
+
+@register("loss")
+def loss_scores(
+    emb: Embeddings,
+    *,
+    seed: int = 0,
+    progress: bool = True,
+    from_file: str | os.PathLike | None = None,
+) -> MethodResult:
+    """The imported score of every usable row (non-finite imported scores are an error)."""
+    if from_file is None:
+        raise PrunekitError("method 'loss' needs the file of scores to import: --from FILE.")
+    name = str(from_file)
+    values, ids = read_score_file(from_file)
+    if ids is not None and emb.ids is not None:
+        full = _by_id(values, ids, emb, name)
+    else:
+        if values.size != emb.n_total:
+            raise PrunekitError(
+                f"{name} has {values.size} scores but the embeddings {emb.source} have "
+                f"{emb.n_total} rows; without ids on both sides scores are matched by position, "
+                "so give one score per row (or add ids to both files)."
+            )
+        full = values
+    used = full[emb.rows]
+    bad = np.flatnonzero(~np.isfinite(used))
+    if bad.size:
+        rows = ", ".join(map(str, emb.rows[bad[:NAMED]]))
+        raise PrunekitError(
+            f"{name} has {bad.size} non-finite scores (NaN/inf) for embedding rows {rows}"
+            f"{', ...' if bad.size > NAMED else ''}. Fix them in the file."
+        )
+    return MethodResult(score=used, params={"from_file": name, "matched_by": "id" if (
+        ids is not None and emb.ids is not None) else "position"})
+
+
+def read_score_file(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray | None]:
+    """``(scores float64, ids or None)`` from an HDF5, .npy, .json or .csv file."""
+    p = Path(path)
+    if not p.exists() or p.is_dir():
+        raise PrunekitError(f"scores file to import not found: {p}. Check the --from path.")
+    if h5py.is_hdf5(p):
+        with open_h5(p, "scores") as f:
+            values = np.asarray(require(f, "score", "scores")[()])
+            ids = decode_ids(f["ids"][()]) if "ids" in f else None
+    elif p.suffix.lower() == ".npy":
+        try:
+            values, ids = np.load(p, allow_pickle=False), None
+        except (ValueError, OSError) as exc:
+            raise PrunekitError(f"cannot read {p} as .npy: {exc}") from exc
+    elif p.suffix.lower() == ".json":
+        values, ids = _read_json(p)
+    elif p.suffix.lower() == ".csv":
+        values, ids = _read_csv(p)
+    else:
+        raise PrunekitError(
+            f"cannot tell the format of {p}; import scores from HDF5 (dataset 'score'), "
+            ".npy, .json or .csv (id,score)."
+        )
+    if values.ndim != 1 or not (np.issubdtype(values.dtype, np.number) or values.dtype == bool):
+        raise PrunekitError(
+            f"{p}: scores must be a 1-D array of numbers, got shape {values.shape} dtype {values.dtype}."
+        )
+    if ids is not None and ids.shape != values.shape:
+        raise PrunekitError(f"{p}: 'ids' has {ids.size} entries but 'score' has {values.size}.")
+    return values.astype(np.float64), ids
+
+
+def _number(value: object, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise PrunekitError(f"{where} is {value!r}, not a number; every score must be a number.")
+    return float(value)
+
+
+def _read_json(p: Path) -> tuple[np.ndarray, np.ndarray | None]:
+    try:
+        data = json.loads(p.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise PrunekitError(f"{p} is not valid JSON: {exc}") from exc
+    if isinstance(data, dict):
+        values = [_number(v, f"{p} entry '{k}'") for k, v in data.items()]
+        return np.array(values, dtype=np.float64), np.array(list(data.keys()), dtype=object)
+    if isinstance(data, list):
+        return np.array([_number(v, f"{p} item {i}") for i, v in enumerate(data)], dtype=np.float64), None
+    raise PrunekitError(f"{p} must hold a JSON object {{id: score}} or a list of scores.")
+
+
+def _read_csv(p: Path) -> tuple[np.ndarray, np.ndarray | None]:
+    with open(p, newline="", encoding="utf-8") as fh:
+        rows = [r for r in csv.reader(fh) if r and any(c.strip() for c in r)]
+    ids: list[str] = []
+    values: list[float] = []
+    for i, row in enumerate(rows):
+        if len(row) != 2:
+            raise PrunekitError(f"{p} line {i + 1} has {len(row)} fields; each line must be 'id,score'.")
+        try:
+            values.append(float(row[1]))
+        except ValueError:
+            if i == 0:
+                continue  # header
+            raise PrunekitError(f"{p} line {i + 1}: score '{row[1]}' is not a number.") from None
+        ids.append(row[0].strip())
+    return np.array(values, dtype=np.float64), np.array(ids, dtype=object)
+
+
+def _by_id(values: np.ndarray, ids: np.ndarray, emb: Embeddings, name: str) -> np.ndarray:
+    """Scores in embedding row order, matched by id; NaN for rows dropped at load time."""
+    target = emb.ids
+    assert target is not None
+    if target.dtype.kind in "iu":
+        ids = _as_int_ids(ids)
+        key_dtype = np.int64
+    else:
+        ids = np.array([str(v) for v in ids], dtype=object)
+        key_dtype = str
+    file_keys = np.asarray(ids, dtype=key_dtype)
+    emb_keys = np.asarray(target, dtype=key_dtype)
+    uniq, counts = np.unique(file_keys, return_counts=True)
+    if uniq.size != file_keys.size:
+        dup = ", ".join(map(str, uniq[counts > 1][:NAMED]))
+        raise PrunekitError(f"{name} has duplicate ids (e.g. {dup}); each id needs one score.")
+    sorter = np.argsort(file_keys, kind="stable")
+    pos = np.searchsorted(file_keys, emb_keys, sorter=sorter)
+    pos = np.minimum(pos, file_keys.size - 1)
+    found = file_keys[sorter[pos]] == emb_keys
+    missing = np.flatnonzero(~found[emb.rows])
+    extra = ~np.isin(file_keys, emb_keys)
+    if missing.size or extra.any():
+        parts = []
+        if missing.size:
+            parts.append(f"{missing.size} embedding ids have no score (e.g. "
+                         f"{', '.join(map(str, emb_keys[emb.rows[missing[:NAMED]]]))})")
+        if extra.any():
+            parts.append(f"{int(extra.sum())} ids are not in the embeddings (e.g. "
+                         f"{', '.join(map(str, file_keys[extra][:NAMED]))})")
+        raise PrunekitError(
+            f"{name} does not match the ids of {emb.source}: {'; '.join(parts)}. "
+            "Score exactly the embedded items."
+        )
+    out = np.full(emb.n_total, np.nan)
+    out[found] = values[sorter[pos[found]]]
+    return out
+
+
+def _as_int_ids(ids: np.ndarray) -> np.ndarray:
+    """File ids as integers when the embeddings have integer ids; unparsable ones never match."""
+    if ids.dtype.kind in "iu":
+        return ids.astype(np.int64)
+    out = []
+    for v in ids:
+        try:
+            out.append(int(str(v).strip()))
+        except ValueError:
+            raise PrunekitError(
+                f"id '{v}' is not an integer, but the embeddings have integer ids; "
+                "use the same ids in both files."
+            ) from None
+    return np.array(out, dtype=np.int64)

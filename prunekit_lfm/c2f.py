@@ -1,0 +1,182 @@
+"""The coarse-to-fine sweep: cost and fidelity of each switching time t_switch.
+
+For each t_switch the same samples (same seed, same noise per index) are drawn
+coarse-to-fine and compared with the fine model alone:
+
+* cost as a ratio to fine-only: FLOPs (per-call FLOPs x calls) and wall time;
+* the ideal FLOP ratio for a continuous switch, (1 - s) + s * r with r = coarse FLOPs /
+  fine FLOPs per call, and the discrete one the grid actually gives;
+* similarity of each coarse-to-fine latent to its fine-only twin: cosine similarity and
+  mean squared error per pair, summarised by mean and median.
+
+``pick(rows, tol)`` chooses the cheapest t_switch whose mean cosine similarity is >= tol
+(0, the fine model alone, when none is).
+Time convention: t = 0 noise, t = 1 data; the coarse model runs while t_k < t_switch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from prunekit.errors import PrunekitError
+from prunekit.progress import track
+
+from .cost import forward_flops
+from .sampling import (
+    check_compatible,
+    check_t_switch,
+    coarse_steps,
+    latent_shape,
+    sample,
+    sample_c2f,
+)
+
+
+@dataclass
+class SweepRow:
+    """One t_switch of a sweep (ratios are against the fine model alone, same run)."""
+
+    t_switch: float
+    coarse_steps: int
+    fine_steps: int
+    flops: int
+    flops_ratio: float
+    ideal_flops_ratio: float
+    wall_s: float
+    wall_ratio: float
+    cos_mean: float
+    cos_median: float
+    mse_mean: float
+    mse_median: float
+
+
+@dataclass
+class Sweep:
+    """All rows of a sweep, the fine-only baseline and the settings that produced them."""
+
+    rows: list[SweepRow]
+    fine_flops: int
+    fine_wall_s: float
+    flops_per_call_ratio: float  # coarse / fine FLOPs of one network evaluation
+    params: dict[str, Any] = field(default_factory=dict)
+    auto: float | None = None
+    tol: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "rows": [asdict(r) for r in self.rows],
+            "fine_flops": self.fine_flops,
+            "fine_wall_s": self.fine_wall_s,
+            "flops_per_call_ratio": self.flops_per_call_ratio,
+            "params": self.params,
+            "auto": self.auto,
+            "tol": self.tol,
+        }
+
+    def table(self) -> str:
+        """A plain-text table, one line per t_switch."""
+        head = (f"{'t_switch':>8} {'coarse':>6} {'fine':>5} {'FLOPs':>10} {'FLOPs/fine':>10} "
+                f"{'ideal':>6} {'speed-up':>8} {'wall/fine':>9} {'cos mean':>8} {'cos med':>8} "
+                f"{'MSE mean':>9}")
+        lines = [head]
+        for r in self.rows:
+            mark = "  <- auto" if self.auto is not None and r.t_switch == self.auto else ""
+            lines.append(
+                f"{r.t_switch:8.3f} {r.coarse_steps:6d} {r.fine_steps:5d} {r.flops:10.3g} "
+                f"{r.flops_ratio:10.3f} {r.ideal_flops_ratio:6.3f} {1 / r.flops_ratio:7.2f}x "
+                f"{r.wall_ratio:9.3f} {r.cos_mean:8.4f} {r.cos_median:8.4f} {r.mse_mean:9.3g}{mark}"
+            )
+        return "\n".join(lines)
+
+
+def similarity(a: torch.Tensor, b: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """Per-pair cosine similarity and mean squared error of two latent batches (float64)."""
+    x = a.reshape(a.shape[0], -1).double()
+    y = b.reshape(b.shape[0], -1).double()
+    cos = (x * y).sum(1) / (x.norm(dim=1) * y.norm(dim=1)).clamp_min(1e-300)
+    mse = (x - y).pow(2).mean(1)
+    return cos.numpy(), mse.numpy()
+
+
+def parse_t_switches(values: Sequence[float | str]) -> list[float]:
+    """t_switch values from numbers or comma lists ("0,0.3,0.5"), each checked to be in [0, 1]."""
+    out: list[float] = []
+    for value in values:
+        for part in str(value).replace(",", " ").split():
+            try:
+                out.append(check_t_switch(float(part)))
+            except ValueError as exc:
+                raise PrunekitError(f"--t-switch value '{part}' is not a number.") from exc
+    if not out:
+        raise PrunekitError("give at least one --t-switch value in [0, 1].")
+    return sorted(set(out))
+
+
+def sweep(
+    coarse: nn.Module,
+    fine: nn.Module,
+    t_switches: Sequence[float],
+    n: int,
+    *,
+    seed: int,
+    steps: int = 60,
+    solver: str = "euler",
+    cfg: float = 1.0,
+    labels: Sequence[int] | None = None,
+    batch_size: int = 64,
+    tol: float | None = None,
+    progress: bool = True,
+) -> Sweep:
+    """Sample fine-only once, then coarse-to-fine at every t_switch, and compare."""
+    t_switches = parse_t_switches(t_switches)
+    if tol is not None:
+        check_tol(tol)
+    check_compatible(coarse, fine)
+    common = dict(seed=seed, steps=steps, solver=solver, cfg=cfg, labels=labels,
+                  batch_size=batch_size, progress=False)
+    base = sample(fine, n, **common)
+    batch = min(batch_size, n) * (1 if cfg == 1.0 else 2)
+    shape = latent_shape(fine)
+    r = forward_flops(coarse, batch, shape) / forward_flops(fine, batch, shape)
+    rows = []
+    for s in track(t_switches, total=len(t_switches), desc="t_switch", progress=progress):
+        res = base if s == 0.0 else sample_c2f(coarse, fine, n, t_switch=s, **common)
+        cos, mse = similarity(res.latents, base.latents)
+        kc = coarse_steps(s, steps)
+        rows.append(SweepRow(
+            t_switch=s, coarse_steps=kc, fine_steps=steps - kc, flops=res.cost.flops,
+            flops_ratio=res.cost.flops / base.cost.flops, ideal_flops_ratio=(1 - s) + s * r,
+            wall_s=res.cost.wall_s, wall_ratio=res.cost.wall_s / base.cost.wall_s,
+            cos_mean=float(cos.mean()), cos_median=float(np.median(cos)),
+            mse_mean=float(mse.mean()), mse_median=float(np.median(mse)),
+        ))
+    params = {"n": n, "t_switches": t_switches, **{k: v for k, v in common.items() if k != "progress"}}
+    out = Sweep(rows, base.cost.flops, base.cost.wall_s, r, params=params, tol=tol)
+    if tol is not None:
+        out.auto = pick(rows, tol)
+    return out
+
+
+def check_tol(tol: float) -> float:
+    if not (-1.0 <= float(tol) <= 1.0):
+        raise PrunekitError(f"--auto tolerance is a cosine similarity in [-1, 1], got {tol}.")
+    return float(tol)
+
+
+def pick(rows: Sequence[SweepRow], tol: float) -> float:
+    """The cheapest t_switch (fewest FLOPs; ties to the smaller t_switch) with cos_mean >= tol.
+
+    The fine model alone (t_switch = 0, similarity 1) always qualifies, so it is the answer
+    when no row does.
+    """
+    check_tol(tol)
+    ok = [r for r in rows if r.cos_mean >= tol]
+    if not ok:
+        return 0.0
+    return min(ok, key=lambda r: (r.flops, r.t_switch)).t_switch

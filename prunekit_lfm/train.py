@@ -1,0 +1,434 @@
+"""The trainer: latent flow matching on (a selection of) a latent store, with exact resume.
+
+One training step (t = 0 noise, t = 1 data):
+
+    x1 = a batch of latents, x0 ~ N(0, I), t ~ U[0, 1] (or logit-normal)
+    y  = labels, replaced by the null label with probability cfg_dropout (conditional runs),
+         or the null label for every item (unconditional runs)
+    loss = mean ||v(x_t, t, y) - (x1 - x0)||^2,   x_t = (1 - t) x0 + t x1
+
+then AdamW, gradient-norm clipping, and an EMA of the weights.
+
+Determinism and exact resume: nothing random depends on the history of a generator.
+The data order at step s is a pure function of (seed, s): the global batch is positions
+[s B, (s + 1) B) of an endless sequence of epoch permutations (permutation e drawn from
+a generator seeded by (seed, e)). The noise, times and label dropout of step s come from
+a generator re-seeded by (seed, s). So a run resumed at step s -- model, EMA and
+optimizer restored from the checkpoint -- repeats the losses of an uninterrupted run.
+
+Multi-GPU: launched with ``torchrun``, each rank takes every world_size-th item of the
+global batch and of its noise (neither depends on the number of ranks), gradients are
+averaged by DistributedDataParallel, and only rank 0 writes files.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime as _dt
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from prunekit import __version__
+from prunekit.errors import PrunekitError
+from prunekit.progress import counter
+from prunekit.selection import load_selection, resolve_rows
+
+from . import runs
+from .flow import T_SCHEDULES, fm_loss, sample_t
+from .latents import LatentStore, load_latents
+from .models import VelocityModel, build_model
+from .runs import RunConfig
+
+# Settings that must be the same when a run is resumed (steps may grow).
+_RESUME_KEYS = (
+    "model", "conditional", "latents_fingerprint", "selection_fingerprint", "batch_size", "lr",
+    "weight_decay", "ema", "grad_clip", "cfg_dropout", "t_schedule", "seed",
+)
+_MIX = 0x9E3779B97F4A7C15  # odd 64-bit constant: spreads (seed, step) over seeds
+
+
+def _mixed_seed(*parts: int) -> int:
+    h = 0
+    for p in parts:
+        h = ((h ^ (p & 0xFFFFFFFFFFFFFFFF)) * _MIX + 0x632BE59BD9B4E019) & 0xFFFFFFFFFFFFFFFF
+    return h & 0x7FFFFFFFFFFFFFFF
+
+
+# ----------------------------------------------------------------------------- data order
+
+
+class DataOrder:
+    """Which training rows form the global batch of each step: a pure function of (seed, step).
+
+    Endless sequence of epoch permutations of ``n`` rows; step s takes positions
+    [s * batch, (s + 1) * batch). :meth:`position` says where that is (epoch, offset).
+    """
+
+    def __init__(self, n: int, batch: int, seed: int) -> None:
+        self.n, self.batch, self.seed = n, batch, seed
+        self._cache: dict[int, torch.Tensor] = {}
+
+    def permutation(self, epoch: int) -> torch.Tensor:
+        if epoch not in self._cache:
+            if len(self._cache) > 2:
+                self._cache.pop(min(self._cache))
+            g = torch.Generator().manual_seed(_mixed_seed(self.seed, epoch, 0xDA7A))
+            self._cache[epoch] = torch.randperm(self.n, generator=g)
+        return self._cache[epoch]
+
+    def batch_rows(self, step: int) -> torch.Tensor:
+        """Row positions (into the training rows) of the global batch of ``step`` (0-based)."""
+        pos = step * self.batch + torch.arange(self.batch)
+        epochs, offsets = pos // self.n, pos % self.n
+        out = torch.empty(self.batch, dtype=torch.long)
+        for e in torch.unique(epochs).tolist():
+            sel = epochs == e
+            out[sel] = self.permutation(e)[offsets[sel]]
+        return out
+
+    def position(self, step: int) -> dict[str, int]:
+        """(epoch, offset) of the first item of ``step``: the data-order position."""
+        pos = step * self.batch
+        return {"epoch": pos // self.n, "offset": pos % self.n}
+
+
+# ----------------------------------------------------------------------------- distributed
+
+
+@dataclass
+class Dist:
+    """The process's place in a torchrun job (world_size 1 without torchrun)."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    @classmethod
+    def from_env(cls) -> Dist:
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        return cls(int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def _setup_dist(dist: Dist, device: str | None) -> torch.device:
+    if dist.world_size == 1:
+        return torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    import torch.distributed as tdist
+
+    if torch.cuda.is_available():
+        torch.cuda.set_device(dist.local_rank)
+        dev = torch.device("cuda", dist.local_rank)
+        backend = "nccl"
+    else:
+        dev, backend = torch.device("cpu"), "gloo"
+    if not tdist.is_initialized():
+        tdist.init_process_group(backend)
+    return dev
+
+
+def _barrier(dist: Dist) -> None:
+    if dist.world_size > 1:
+        import torch.distributed as tdist
+
+        tdist.barrier()
+
+
+def _teardown_dist(dist: Dist) -> None:
+    if dist.world_size > 1:
+        import torch.distributed as tdist
+
+        if tdist.is_initialized():
+            tdist.destroy_process_group()
+
+
+# ----------------------------------------------------------------------------- setup
+
+
+def _training_rows(store: LatentStore, latents: str, selection: str | None) -> tuple[np.ndarray, str | None]:
+    if selection is None:
+        return np.arange(store.n, dtype=np.int64), None
+    sel = load_selection(selection)
+    rows = resolve_rows(
+        sel, store.n, store.ids,
+        selection_name=f"selection file {selection}", target_name=f"latents file {latents}",
+    )
+    if rows.size == 0:
+        raise PrunekitError(f"selection file {selection} keeps no rows; nothing to train on.")
+    return rows, sel.source_fingerprint or None
+
+
+def _check_options(steps: int, batch_size: int, lr: float, ema: float, cfg_dropout: float,
+                   t_schedule: str, world: int) -> None:
+    problems = []
+    if steps < 0:
+        problems.append(f"steps must be >= 0 (got {steps})")
+    if batch_size < 1 or batch_size % world:
+        problems.append(f"batch size must be a positive multiple of the {world} processes (got {batch_size})")
+    if lr <= 0:
+        problems.append(f"lr must be > 0 (got {lr})")
+    if not 0 <= ema < 1:
+        problems.append(f"ema must be in [0, 1) (got {ema})")
+    if not 0 <= cfg_dropout < 1:
+        problems.append(f"cfg dropout must be in [0, 1) (got {cfg_dropout})")
+    if t_schedule not in T_SCHEDULES:
+        problems.append(f"t schedule must be one of {', '.join(T_SCHEDULES)} (got {t_schedule!r})")
+    if problems:
+        raise PrunekitError("; ".join(problems) + ".")
+
+
+def _prepare_dir(run_dir: Path, config: RunConfig, resume: bool) -> RunConfig:
+    """Refuse a used directory without resume; with resume, check the settings agree."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise PrunekitError(f"run directory {run_dir} is a file; choose a directory.")
+    has_files = run_dir.exists() and any(run_dir.iterdir())
+    if not resume:
+        if has_files:
+            raise PrunekitError(
+                f"run directory {run_dir} exists and is not empty; pass --resume to continue it "
+                "or choose a new directory."
+            )
+        return config
+    if not has_files:
+        raise PrunekitError(f"cannot resume: {run_dir} holds no run. Drop --resume to start one.")
+    old = runs.read_config(run_dir)
+    diff = [k for k in _RESUME_KEYS if getattr(old, k) != getattr(config, k)]
+    if diff:
+        shown = "; ".join(f"{k}: run has {getattr(old, k)!r}, now {getattr(config, k)!r}" for k in diff)
+        raise PrunekitError(f"cannot resume {run_dir} with other settings ({shown}). Use the run's settings.")
+    config.created = old.created
+    return config
+
+
+def _ema_decay(ema: float, step: int) -> float:
+    """EMA decay with warm-up: min(ema, (1 + step) / (10 + step)), so short runs average too."""
+    return min(ema, (1 + step) / (10 + step))
+
+
+@torch.no_grad()
+def _update_ema(ema_model: nn.Module, model: nn.Module, decay: float) -> None:
+    for e, p in zip(ema_model.parameters(), model.parameters(), strict=True):
+        e.lerp_(p.detach(), 1 - decay)
+
+
+def _rng_states() -> dict[str, Any]:
+    states: dict[str, Any] = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+# ----------------------------------------------------------------------------- train
+
+
+def train(
+    latents: str,
+    run_dir: str,
+    *,
+    model: str | dict[str, Any] = "tiny",
+    selection: str | None = None,
+    steps: int = 1000,
+    batch_size: int = 64,
+    lr: float = 1e-4,
+    weight_decay: float = 0.0,
+    ema: float = 0.9999,
+    grad_clip: float = 1.0,
+    conditional: bool = False,
+    cfg_dropout: float = 0.1,
+    t_schedule: str = "uniform",
+    seed: int = 0,
+    resume: bool = False,
+    checkpoint_every: int = 1000,
+    progress: bool = True,
+    device: str | None = None,
+) -> RunConfig:
+    """Train a velocity model on the latents of ``latents`` (rows kept by ``selection``).
+
+    Writes ``run_dir`` (see :mod:`prunekit_lfm.runs`): a checkpoint every
+    ``checkpoint_every`` steps and at the end. ``resume=True`` continues a run from its
+    last checkpoint with the same settings (``steps`` may be raised) and reproduces the
+    losses an uninterrupted run would have logged. ``batch_size`` is the global batch
+    (split over torchrun processes). Returns the final RunConfig.
+    """
+    dist = Dist.from_env()
+    _check_options(steps, batch_size, lr, ema, cfg_dropout, t_schedule, dist.world_size)
+    store = load_latents(latents)
+    rows, sel_fp = _training_rows(store, latents, selection)
+    if conditional and store.labels is None:
+        raise PrunekitError(f"--conditional needs labels, but latents file {latents} has none.")
+    c, h, w = store.shape
+    if h != w:
+        raise PrunekitError(f"latents file {latents} holds non-square latents {h}x{w}; use square images.")
+    num_classes = store.num_classes if conditional else 0
+    net = build_model(model, sample_size=h, in_channels=c, num_classes=num_classes, seed=seed)
+    config = RunConfig(
+        model=net.config_dict(), sample_size=h, in_channels=c, num_classes=num_classes,
+        conditional=conditional, latents=str(Path(latents).resolve()),
+        latents_fingerprint=store.fingerprint,
+        selection=None if selection is None else str(Path(selection).resolve()),
+        selection_fingerprint=sel_fp, vae=store.vae, scale_factor=store.scale_factor,
+        image_size=store.image_size, n_train=int(rows.size), steps=steps, steps_done=0,
+        batch_size=batch_size, lr=lr, weight_decay=weight_decay, ema=ema, grad_clip=grad_clip,
+        cfg_dropout=cfg_dropout if conditional else 0.0, t_schedule=t_schedule, seed=seed,
+        checkpoint_every=max(1, checkpoint_every), world_size=dist.world_size,
+        prunekit_version=__version__,
+        created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        extra={"shift_factor": store.shift_factor},
+    )
+    out = Path(run_dir)
+    dev = _setup_dist(dist, device)
+    try:
+        config = _prepare_dir(out, config, resume)
+        _barrier(dist)  # every rank has checked the directory before rank 0 writes to it
+        trainer = _Trainer(config, net, store, rows, out, dist, dev)
+        if resume:
+            trainer.restore()  # before wrapping: DDP broadcasts rank 0's weights
+        elif dist.main:
+            out.mkdir(parents=True, exist_ok=True)
+            runs.write_config(out, config)
+        trainer.wrap_ddp()
+        _barrier(dist)
+        trainer.run(progress and dist.main)
+    finally:
+        _teardown_dist(dist)
+    return trainer.config
+
+
+class _Trainer:
+    """The state of one training process: model, EMA, optimizer, data, log."""
+
+    def __init__(self, config: RunConfig, net: VelocityModel, store: LatentStore, rows: np.ndarray,
+                 out: Path, dist: Dist, dev: torch.device) -> None:
+        self.config, self.out, self.dist, self.dev = config, out, dist, dev
+        self.model = net.to(dev).train()
+        self.ema = copy.deepcopy(self.model).eval().requires_grad_(False)
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=config.lr,
+                                     weight_decay=config.weight_decay)
+        data = torch.from_numpy(store.latents[rows])
+        small = data.numel() * 4 < 2**31  # keep the training set on the device when it fits easily
+        self.data = data.to(dev) if small else data
+        labels = store.labels[rows] if store.labels is not None else np.zeros(rows.size, np.int64)
+        self.labels = torch.from_numpy(labels).to(self.data.device)
+        self.order = DataOrder(int(rows.size), config.batch_size, config.seed)
+        self.gen = torch.Generator(device=dev)
+        self.step = 0
+        self.log: list[dict[str, float]] = []
+        self.pending: list[tuple[int, torch.Tensor, float]] = []
+        self.t_offset = 0.0
+        self.saved_step: int | None = None
+        self.ddp: nn.Module = self.model  # what the loss calls: the model or its DDP wrapper
+
+    def wrap_ddp(self) -> None:
+        """Under torchrun: average gradients over the processes (needs the process group)."""
+        if self.dist.world_size > 1:
+            from torch.nn.parallel import DistributedDataParallel
+
+            ids = [self.dev.index] if self.dev.type == "cuda" else None
+            self.ddp = DistributedDataParallel(self.model, device_ids=ids)
+
+    def restore(self) -> None:
+        """Load the last checkpoint (if any) and the log up to it."""
+        step = runs.checkpoint_consistent(self.out)
+        if step is None:  # stopped before its first checkpoint: start over
+            return
+        runs.load_weights(self.out / runs.MODEL, self.model, self.dev)
+        runs.load_weights(self.out / runs.EMA, self.ema, self.dev)
+        state = runs.load_state(self.out / runs.STATE)
+        self.opt.load_state_dict(state["optimizer"])
+        self.step = self.saved_step = int(state["step"])
+        self.log = [r for r in runs.read_log(self.out) if r["step"] <= self.step]
+        self.t_offset = self.log[-1]["time"] if self.log else 0.0
+
+    def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """This rank's (x1, x0, t, y) of ``step``.
+
+        The random draws are made for the whole global batch from a generator seeded by
+        (seed, step) and then sharded like the rows, so training does not depend on the
+        number of processes (up to the order of floating-point sums).
+        """
+        cfg, world, rank = self.config, self.dist.world_size, self.dist.rank
+        shard = slice(rank, None, world)
+        rows = self.order.batch_rows(step)[shard].to(self.data.device)
+        x1 = self.data[rows].to(self.dev, non_blocking=True)
+        y = self.labels[rows].to(self.dev)
+        g = self.gen.manual_seed(_mixed_seed(cfg.seed, step))
+        n = cfg.batch_size
+        t = sample_t(n, g, cfg.t_schedule, device=self.dev)[shard]
+        x0 = torch.randn((n, *x1.shape[1:]), generator=g, device=self.dev)[shard]
+        null = torch.full_like(y, cfg.num_classes)
+        if cfg.conditional:
+            drop = (torch.rand(n, generator=g, device=self.dev) < cfg.cfg_dropout)[shard]
+            y = torch.where(drop, null, y)
+        else:
+            y = null
+        return x1, x0, t, y
+
+    def train_step(self, step: int) -> torch.Tensor:
+        x1, x0, t, y = self.batch(step)
+        cuda = self.dev.type == "cuda"
+        with torch.autocast(device_type=self.dev.type, dtype=torch.bfloat16, enabled=cuda):
+            loss = fm_loss(self.ddp, x1, x0, t, y)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.config.grad_clip > 0:
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
+        self.opt.step()
+        _update_ema(self.ema, self.model, _ema_decay(self.config.ema, step))
+        return loss.detach()
+
+    def run(self, progress: bool) -> None:
+        cfg = self.config
+        start = time.perf_counter() - self.t_offset
+        with counter(max(cfg.steps - self.step, 0), desc="train", progress=progress) as bar:
+            while self.step < cfg.steps:
+                loss = self.train_step(self.step)
+                self.step += 1
+                self.pending.append((self.step, loss, time.perf_counter() - start))
+                bar.update(1)
+                if self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps:
+                    self.flush_log()
+                    bar.set_postfix(loss=f"{self.log[-1]['loss']:.4f}", refresh=False)
+                    self.checkpoint()
+        if self.saved_step != self.step:  # e.g. steps=0: still leave a loadable run
+            self.checkpoint()
+
+    def flush_log(self) -> None:
+        """Move pending losses into the log (mean over ranks), one device sync per flush."""
+        if not self.pending:
+            return
+        losses = torch.stack([loss for _, loss, _ in self.pending]).float()
+        if self.dist.world_size > 1:
+            import torch.distributed as tdist
+
+            tdist.all_reduce(losses)
+            losses /= self.dist.world_size
+        for (step, _, elapsed), value in zip(self.pending, losses.cpu().tolist(), strict=True):
+            self.log.append({"step": step, "loss": value, "lr": self.config.lr, "time": elapsed})
+        self.pending = []
+
+    def checkpoint(self) -> None:
+        """Write weights, EMA, state, log, then config (steps_done) -- rank 0 only."""
+        self.config.steps_done = self.saved_step = self.step
+        if self.dist.main:
+            d = self.out
+            runs.save_weights(d / runs.MODEL, self.model, self.step)
+            runs.save_weights(d / runs.EMA, self.ema, self.step)
+            runs.save_state(d / runs.STATE, {
+                "step": self.step,
+                "optimizer": self.opt.state_dict(),
+                "data_position": self.order.position(self.step),
+                "rng": _rng_states(),
+                "world_size": self.dist.world_size,
+            })
+            runs.write_log(d, self.log)
+            runs.write_config(d, self.config)
+        _barrier(self.dist)

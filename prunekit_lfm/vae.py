@@ -1,0 +1,158 @@
+"""A small diffusers ``AutoencoderKL`` trained here, for data without a pretrained VAE.
+
+Two sizes, both with 4 latent channels:
+
+* ``small`` -- channels (16, 32), downsampling f = 2: 16x16 images -> 8x8x4 latents;
+  made for the bundled 8x8 digits (upsampled to 16x16), trains in under a minute on a CPU.
+* ``base``  -- channels (64, 128, 256, 256), f = 8 (Stable Diffusion's layout, narrower):
+  256x256 images -> 32x32x4 latents.
+
+Loss: mean squared reconstruction error of a posterior sample plus ``kl_weight`` times the
+mean KL divergence to N(0, I). After training, ``scaling_factor`` in the config is set to
+1 / std of the posterior means, so encoded latents have unit variance.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from prunekit.errors import PrunekitError
+from prunekit.progress import counter
+
+VAE_SIZES: dict[str, dict[str, Any]] = {
+    "small": {"block_out_channels": (16, 32), "layers_per_block": 1, "norm_num_groups": 8},
+    "base": {"block_out_channels": (64, 128, 256, 256), "layers_per_block": 2, "norm_num_groups": 32},
+}
+
+
+def vae_config(size: str, in_channels: int = 3, sample_size: int = 32) -> dict[str, Any]:
+    """The AutoencoderKL keyword arguments of a named size."""
+    if size not in VAE_SIZES:
+        raise PrunekitError(f"unknown VAE size '{size}'; use one of {', '.join(VAE_SIZES)}.")
+    spec = VAE_SIZES[size]
+    n = len(spec["block_out_channels"])
+    return {
+        "in_channels": in_channels,
+        "out_channels": in_channels,
+        "down_block_types": ("DownEncoderBlock2D",) * n,
+        "up_block_types": ("UpDecoderBlock2D",) * n,
+        "block_out_channels": spec["block_out_channels"],
+        "layers_per_block": spec["layers_per_block"],
+        "norm_num_groups": spec["norm_num_groups"],
+        "latent_channels": 4,
+        "sample_size": sample_size,
+        "scaling_factor": 1.0,
+    }
+
+
+def downsampling(size: str) -> int:
+    """The spatial downsampling factor f of a named size (image side / latent side)."""
+    return 2 ** (len(VAE_SIZES[size]["block_out_channels"]) - 1)
+
+
+def train_vae(
+    images: np.ndarray,
+    size: str = "small",
+    steps: int = 300,
+    batch_size: int = 64,
+    lr: float = 2e-3,
+    kl_weight: float = 1e-4,
+    seed: int = 0,
+    progress: bool = True,
+    device: str | torch.device | None = None,
+) -> Any:
+    """Train an AutoencoderKL on images [N, 3, H, W] in [-1, 1]; returns it in eval mode.
+
+    Deterministic for a given seed on a given device (initialisation, batch order and
+    posterior samples all come from seeded generators).
+    """
+    from diffusers import AutoencoderKL
+
+    x = torch.as_tensor(np.asarray(images), dtype=torch.float32)
+    if x.ndim != 4 or x.shape[0] == 0:
+        raise PrunekitError(f"images must be a non-empty [N, C, H, W] array, got shape {tuple(x.shape)}.")
+    f = downsampling(size) if size in VAE_SIZES else 1
+    if x.shape[-1] % f or x.shape[-2] % f:
+        raise PrunekitError(f"image size {tuple(x.shape[-2:])} must be divisible by the VAE's factor {f}.")
+    dev = torch.device(device or "cpu")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        vae = AutoencoderKL(**vae_config(size, x.shape[1], x.shape[-1])).to(dev)
+    gen = torch.Generator().manual_seed(seed)
+    noise_gen = torch.Generator(device=dev).manual_seed(seed + 1)
+    opt = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0)
+    vae.train()
+    with counter(steps, desc="train VAE", progress=progress) as bar:
+        for _ in range(steps):
+            idx = torch.randint(0, x.shape[0], (min(batch_size, x.shape[0]),), generator=gen)
+            batch = x[idx].to(dev)
+            post = vae.encode(batch).latent_dist
+            recon = vae.decode(post.sample(generator=noise_gen)).sample
+            loss = (recon - batch).pow(2).mean() + kl_weight * post.kl().mean() / post.mean[0].numel()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
+    vae.eval()
+    vae.register_to_config(scaling_factor=_unit_scale(vae, x, batch_size))
+    return vae
+
+
+@torch.no_grad()
+def _unit_scale(vae: Any, x: torch.Tensor, batch_size: int) -> float:
+    """1 / std of the posterior means over (up to 2048 of) the training images."""
+    dev = next(vae.parameters()).device
+    sub = x[: min(2048, x.shape[0])]
+    means = torch.cat([vae.encode(sub[i : i + batch_size].to(dev)).latent_dist.mean.cpu()
+                       for i in range(0, sub.shape[0], batch_size)])
+    std = float(means.std())
+    return 1.0 / std if std > 0 else 1.0
+
+
+def save_vae(vae: Any, directory: str | os.PathLike) -> Path:
+    """Save with ``save_pretrained`` (config.json + safetensors); the folder appears atomically."""
+    final = Path(directory)
+    if final.exists() and (not final.is_dir() or any(final.iterdir())):
+        raise PrunekitError(f"VAE folder {final} exists and is not empty; choose a new folder.")
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
+    try:
+        vae.save_pretrained(str(tmp), safe_serialization=True)
+        if final.exists():
+            final.rmdir()
+        os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return final
+
+
+def load_vae(directory: str | os.PathLike, device: str | torch.device = "cpu") -> Any:
+    """An AutoencoderKL from a local folder (``config.json`` + weights), in eval mode.
+
+    Accepts a folder holding the VAE directly or a pipeline folder with a ``vae/``
+    subfolder (e.g. a Stable Diffusion snapshot). Never downloads.
+    """
+    from diffusers import AutoencoderKL
+
+    d = Path(directory)
+    if (d / "vae" / "config.json").is_file() and not (d / "config.json").is_file():
+        d = d / "vae"
+    if not d.is_dir() or not (d / "config.json").is_file():
+        raise PrunekitError(
+            f"VAE folder {directory} must be a directory with config.json and weights "
+            "(write one with `prunekit lfm train-vae` or point at a diffusers AutoencoderKL folder)."
+        )
+    try:
+        vae = AutoencoderKL.from_pretrained(str(d), local_files_only=True, low_cpu_mem_usage=False)
+    except (OSError, ValueError) as exc:
+        raise PrunekitError(f"cannot load the VAE from {d}: {exc}") from exc
+    return vae.to(device).eval()

@@ -1,0 +1,45 @@
+"""Selection quality: per-group counts, coverage, RFF-MMD against a direct computation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from prunekit import Embeddings, PrunekitError
+from prunekit.kernels import rbf, rff_mmd
+from prunekit.quality import group_counts, mmd_report
+
+
+def test_group_counts_by_hand():
+    groups = np.array([5, 5, 5, 2, 2, 9, -1])
+    before = np.array([0, 1, 2, 3, 4, 5])  # row 6 was not scored
+    g = group_counts(groups, before, np.array([0, 2, 3]))
+    assert g == {"ids": [2, 5, 9], "before": [2, 3, 1], "kept": [1, 2, 0], "coverage": pytest.approx(2 / 3)}
+    rep = group_counts(groups, before, np.array([0, 0, 0, 5, 5]))  # oversampled: repeats
+    assert rep["kept"] == [0, 1, 1] and rep["draws"] == [0, 3, 2]
+
+
+def test_mmd_matches_rff_mmd_and_exact_kernel():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((300, 5))
+    emb = Embeddings.from_array(x)
+    kept = np.arange(0, 300, 3)
+    rep = mmd_report(emb, kept, random_draws=4, seed=1, n_features=4096, sigma=2.0, progress=False)
+    assert rep["kept"] == pytest.approx(rff_mmd(x[kept], x, 2.0, 4096, seed=1), rel=1e-4)
+    # the RFF estimate approximates the exact kernel MMD
+    kxx, kss, kxs = rbf(x, x, 2.0).mean(), rbf(x[kept], x[kept], 2.0).mean(), rbf(x[kept], x, 2.0).mean()
+    exact = np.sqrt(kxx + kss - 2 * kxs)
+    assert rep["kept"] == pytest.approx(exact, abs=0.02)
+    assert len(rep["random"]) == 4 and rep["n_kept"] == 100 and rep["n_full"] == 300
+    full = mmd_report(emb, np.arange(300), random_draws=1, seed=0, progress=False)
+    assert full["kept"] == pytest.approx(0.0, abs=1e-6)
+
+
+def test_mmd_refuses_rows_that_were_dropped():
+    x = np.ones((5, 2))
+    x[3, 0] = np.nan
+    emb = Embeddings.from_array(x, drop_nonfinite=True)
+    with pytest.raises(PrunekitError, match=r"NaN/inf .*rows 3"):
+        mmd_report(emb, np.array([1, 3]), progress=False)
+    rep = mmd_report(emb, np.array([0, 1, 2, 4]), random_draws=2, progress=False)
+    assert rep["kept"] == pytest.approx(0.0, abs=1e-6) and rep["n_full"] == 4
