@@ -2,7 +2,7 @@
 
 Steps (all seeded; the same seed gives the same numbers):
 
-1. split the 1797 digits into training and held-out images (stratified), upsample to 16 x 16;
+1. split the 1797 digits into training and held-out images (stratified), at their 8 x 8 size;
 2. train the small VAE on the training images and encode them (4 x 4 x 4 latents);
 3. embeddings for pruning = those latents flattened (64-d);
 4. score with k-means (balanced clusters, furthest and nearest first), herding, k-center,
@@ -65,7 +65,7 @@ class Plan:
     t_switches: tuple[float, ...]
     score_t_points: int = 8
     score_noise_bank: int = 4
-    image_size: int = 16
+    image_size: int = 8
     vae_batch: int = 32
     batch_size: int = 64
     lr: float = 1e-3

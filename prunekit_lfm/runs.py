@@ -200,10 +200,11 @@ def write_log(run_dir: str | os.PathLike, rows: list[dict[str, float]]) -> None:
     write_text(Path(run_dir) / LOG, buf.getvalue())
 
 
-def checkpoint_consistent(run_dir: str | os.PathLike) -> int | None:
-    """The step of a complete checkpoint in ``run_dir``, None when there is none.
+def read_checkpoint(run_dir: str | os.PathLike) -> dict[str, Any] | None:
+    """The training state of the last complete checkpoint in ``run_dir``; None when there is none.
 
-    Raises when the files exist but disagree on the step (an interrupted write).
+    Raises when some checkpoint files are missing or the files disagree on the step (the
+    last write was interrupted between two renames).
     """
     d = Path(run_dir)
     files = [d / MODEL, d / EMA, d / STATE]
@@ -212,13 +213,14 @@ def checkpoint_consistent(run_dir: str | os.PathLike) -> int | None:
     absent = [f.name for f in files if not f.exists()]
     if absent:
         raise PrunekitError(f"run {run_dir} has an incomplete checkpoint (missing {', '.join(absent)}).")
-    steps = {weights_step(d / MODEL), weights_step(d / EMA), int(load_state(d / STATE)["step"])}
+    state = load_state(d / STATE)
+    steps = {weights_step(d / MODEL), weights_step(d / EMA), int(state["step"])}
     if len(steps) != 1:
         raise PrunekitError(
             f"run {run_dir}: checkpoint files disagree on the step ({sorted(steps)}); "
             "the last write was interrupted. Resume from a copy of an earlier checkpoint."
         )
-    return steps.pop()
+    return state
 
 
 def load_run(

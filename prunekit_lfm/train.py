@@ -337,12 +337,11 @@ class _Trainer:
 
     def restore(self) -> None:
         """Load the last checkpoint (if any) and the log up to it."""
-        step = runs.checkpoint_consistent(self.out)
-        if step is None:  # stopped before its first checkpoint: start over
+        state = runs.read_checkpoint(self.out)
+        if state is None:  # stopped before its first checkpoint: start over
             return
         runs.load_weights(self.out / runs.MODEL, self.model, self.dev)
         runs.load_weights(self.out / runs.EMA, self.ema, self.dev)
-        state = runs.load_state(self.out / runs.STATE)
         self.opt.load_state_dict(state["optimizer"])
         self.step = self.saved_step = int(state["step"])
         self.log = [r for r in runs.read_log(self.out) if r["step"] <= self.step]

@@ -158,3 +158,16 @@ def test_same_seed_same_bytes(tmp_path, monkeypatch):
         assert (tmp_path / f"a.{fmt}").read_bytes() == (tmp_path / f"b.{fmt}").read_bytes()
     with h5py.File("a.h5") as a:
         assert len(json.loads(a.attrs["params"])["dropped"]) == 2  # round(0.4 * 5) clusters
+
+
+def test_atomic_files_get_the_umask_mode_not_0600(tmp_path):
+    import os
+
+    from prunekit.atomic import write_text
+
+    old = os.umask(0o022)
+    try:
+        write_text(tmp_path / "a.txt", "x")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "a.txt").stat().st_mode & 0o777 == 0o644

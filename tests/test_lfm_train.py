@@ -303,3 +303,16 @@ def test_ranks_shard_one_global_batch_and_its_noise(latents, tmp_path):
     halves = [batch(r, 2) for r in range(2)]
     for i, full in enumerate(whole):
         assert torch.equal(full[0::2], halves[0][i]) and torch.equal(full[1::2], halves[1][i])
+
+
+def test_resume_refuses_a_checkpoint_whose_files_disagree(latents, tmp_path):
+    run = tmp_path / "run"
+    train(str(latents), str(run), steps=2, checkpoint_every=1, seed=0, **FAST)
+    saved = (run / runs.EMA).read_bytes()
+    train(str(latents), str(run), steps=3, resume=True, checkpoint_every=1, seed=0, **FAST)
+    (run / runs.EMA).write_bytes(saved)  # as if the write of step 3's EMA never happened
+    with pytest.raises(PrunekitError, match=r"disagree on the step \(\[2, 3\]\)"):
+        train(str(latents), str(run), steps=4, resume=True, checkpoint_every=1, seed=0, **FAST)
+    (run / runs.EMA).unlink()
+    with pytest.raises(PrunekitError, match="missing ema.safetensors"):
+        train(str(latents), str(run), steps=4, resume=True, checkpoint_every=1, seed=0, **FAST)

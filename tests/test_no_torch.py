@@ -26,6 +26,9 @@ SCRIPT = textwrap.dedent(
         ["select", "--pr", "0.5", "--balance", "clusters"],
         ["export", "selection.h5", "--format", "npy"],
         ["inspect", "selection.h5", "--scores", "scores.h5", "--embeddings", "emb.h5", "-q"],
+        ["synth", "gmm", "--n", "60", "--dim", "8", "--components", "3", "-o", "gmm.h5"],
+        ["stability", "gmm.h5", "--pr", "0.5", "--n-sources", "8", "--steps", "8", "-q",
+         "-o", "stab.json"],
     ]
     codes = [CliRunner().invoke(main, s).exit_code for s in steps]
     loaded = sorted(m for m in ("torch", "diffusers") if m in sys.modules)
@@ -39,5 +42,5 @@ def test_core_never_imports_torch(tmp_path):
         [sys.executable, "-c", SCRIPT, str(tmp_path)], capture_output=True, text=True, check=True
     )
     result = json.loads(out.stdout.strip().splitlines()[-1])
-    assert result["codes"] == [0] * 6
+    assert result["codes"] == [0] * 8
     assert result["loaded"] == []

@@ -135,15 +135,25 @@ def _check_combinations(o: dict) -> None:
         raise PrunekitError("give either --sources FILE or --n-sources M, not both.")
 
 
+def _subset_name(row: dict) -> str:
+    if "selection" in row:
+        return Path(row["selection"]).name
+    name = str(row.get("method", ""))
+    if row.get("balance", "none") != "none":
+        name += f"/{row['balance']}"
+    return name + ("/inv" if row.get("invert") else "")
+
+
 def _table(rows: list[dict]) -> str:
     head = f"{'dim':>6} " if rows and "dim" in rows[0] else ""
-    lines = [head + f"{'pr':>6} {'kept':>7} {'retained':>8} {'unchanged':>9} {'dev.median':>10} {'dev.p95':>9}"]
+    lines = [head + f"{'subset':<22} {'pr':>6} {'kept':>7} {'retained':>8} {'unchanged':>9} "
+             f"{'dev.median':>10} {'dev.p95':>9}"]
     for r in rows:
         uf = "n/a" if r["unchanged_fraction"] is None else f"{r['unchanged_fraction']:.4f}"
         lead = f"{r['dim']:>6} " if head else ""
         lines.append(
-            lead + f"{r['pr']:>6.3f} {r['n_kept']:>7} {r['n_retained']:>8} {uf:>9} "
-            f"{r['path_deviation_median']:>10.4g} {r['path_deviation_p95']:>9.4g}"
+            lead + f"{_subset_name(r)[:22]:<22} {r['pr']:>6.3f} {r['n_kept']:>7} {r['n_retained']:>8} "
+            f"{uf:>9} {r['path_deviation_median']:>10.4g} {r['path_deviation_p95']:>9.4g}"
         )
     return "\n".join(lines)
 
