@@ -23,6 +23,7 @@ WORK="${1:-$(mktemp -d "${TMPDIR:-/tmp}/prunekit-gpu.XXXXXX")}"
 mkdir -p "$WORK"
 export HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
 LIMIT="${LIMIT:-570}"  # seconds for the whole script; each phase gets what is left
+[[ "${SMOKE:-0}" == 1 ]] && LIMIT="${LIMIT_SMOKE:-1200}"  # the shared CPU is slow
 
 SMOKE="${SMOKE:-0}"
 "$PY" - "$SMOKE" <<'EOF'
@@ -66,14 +67,16 @@ phase() {  # phase NAME COMMAND...: run with a time limit, record seconds and st
 
 D="$WORK"
 if [[ "$SMOKE" == 1 ]]; then  # tiny everything, on the CPU
-  DEV=cpu; VAE_STEPS=20; STEPS=20; COARSE=tiny; FINE=small; SAMPLING_STEPS=4; N=16
+  DEV=cpu; VAE_STEPS=20; STEPS=20; COARSE=tiny; FINE=small; SAMPLING_STEPS=4; N=16; IMG=16
+  SCORE=(--t-points 2 --noise-bank 1)
 else
-  DEV=cuda; VAE_STEPS=1500; STEPS=2000; COARSE=DiT-S/2; FINE=DiT-B/2; SAMPLING_STEPS=60; N=256
+  DEV=cuda; VAE_STEPS=1500; STEPS=2000; COARSE=DiT-S/2; FINE=DiT-B/2; SAMPLING_STEPS=60; N=256; IMG=32
+  SCORE=(--t-points 8 --noise-bank 4)
   phase "bench_lfm (CUDA)" "$PY" benchmarks/bench_lfm.py --device cuda --latent-size 32 --batch 16 \
     --train-steps 20 --steps 60 --repeats 3 --fine DiT-XL/2
 fi
 S=(--steps "$SAMPLING_STEPS" --device "$DEV" -q)
-phase "train-vae digits" "$pk" lfm train-vae digits -o "$D/vae" --image-size 32 --steps "$VAE_STEPS" \
+phase "train-vae digits" "$pk" lfm train-vae digits -o "$D/vae" --image-size "$IMG" --steps "$VAE_STEPS" \
   --batch-size 128 --device "$DEV" -q
 phase "encode digits" "$pk" lfm encode digits --vae "$D/vae" -o "$D/latents.h5" --device "$DEV" -q
 phase "train coarse ($COARSE)" "$pk" lfm train "$D/latents.h5" --model "$COARSE" -o "$D/coarse" \
@@ -85,8 +88,8 @@ phase "sample fine (64, cfg 2)" "$pk" lfm sample "$D/fine" --n 64 --cfg 2 -o "$D
 phase "sample c2f @ 0.7" "$pk" lfm sample --coarse "$D/coarse" --fine "$D/fine" --t-switch 0.7 --n 64 \
   --cfg 2 -o "$D/samples_c2f.h5" --png "$D/grid_c2f.png" "${S[@]}"
 phase "c2f-sweep ($N samples)" "$pk" lfm c2f-sweep --coarse "$D/coarse" --fine "$D/fine" \
-  --t-switch 0 0.3 0.5 0.7 0.9 1 --n "$N" --batch-size "$N" --auto 0.95 -o "$D/sweep.json" "${S[@]}"
-phase "score loss (fine run)" "$pk" lfm score "$D/fine" "$D/latents.h5" --criterion loss \
+  --t-switch 0 0.3 0.5 0.7 0.9 1 --n "$N" --batch-size "$N" --auto 0.95 --repeats 3 -o "$D/sweep.json" "${S[@]}"
+phase "score loss (fine run)" "$pk" lfm score "$D/fine" "$D/latents.h5" --criterion loss "${SCORE[@]}" \
   -o "$D/scores.h5" --device "$DEV" -q
 phase "select --pr 0.5" "$pk" select "$D/scores.h5" --pr 0.5 -o "$D/selection.h5"
 phase "train on selection ($COARSE)" "$pk" lfm train "$D/latents.h5" --selection "$D/selection.h5" \

@@ -16,7 +16,7 @@ Time convention: t = 0 noise, t = 1 data; the coarse model runs while t_k < t_sw
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -29,6 +29,7 @@ from prunekit.progress import track
 
 from .cost import forward_flops
 from .sampling import (
+    SampleResult,
     check_compatible,
     check_t_switch,
     coarse_steps,
@@ -131,33 +132,54 @@ def sweep(
     labels: Sequence[int] | None = None,
     batch_size: int = 64,
     tol: float | None = None,
+    repeats: int = 1,
     progress: bool = True,
 ) -> Sweep:
-    """Sample fine-only once, then coarse-to-fine at every t_switch, and compare."""
+    """Sample fine-only once, then coarse-to-fine at every t_switch, and compare.
+
+    Both models first run one step on one batch, untimed, so that the fine-only baseline
+    does not carry the start-up costs (thread pools, memory allocation) alone. Wall times
+    are medians of ``repeats`` runs (FLOPs and latents do not vary between runs).
+    """
     t_switches = parse_t_switches(t_switches)
     if tol is not None:
         check_tol(tol)
+    if int(repeats) != repeats or repeats < 1:
+        raise PrunekitError(f"--repeats must be a positive integer, got {repeats}.")
     check_compatible(coarse, fine)
     common = dict(seed=seed, steps=steps, solver=solver, cfg=cfg, labels=labels,
                   batch_size=batch_size, progress=False)
-    base = sample(fine, n, **common)
+    for model in (fine, coarse):  # warm up (thread pools, allocator, kernels) before timing
+        sample(model, min(n, batch_size), **{**common, "steps": 1})
+
+    def timed(run: Callable[[], SampleResult]) -> tuple[SampleResult, float]:
+        """The first run's result and the median wall time of ``repeats`` runs."""
+        first = run()
+        walls = [first.cost.wall_s] + [run().cost.wall_s for _ in range(int(repeats) - 1)]
+        return first, float(np.median(walls))
+
+    base, base_wall = timed(lambda: sample(fine, n, **common))
     batch = min(batch_size, n) * (1 if cfg == 1.0 else 2)
     shape = latent_shape(fine)
     r = forward_flops(coarse, batch, shape) / forward_flops(fine, batch, shape)
     rows = []
     for s in track(t_switches, total=len(t_switches), desc="t_switch", progress=progress):
-        res = base if s == 0.0 else sample_c2f(coarse, fine, n, t_switch=s, **common)
+        if s == 0.0:
+            res, wall = base, base_wall
+        else:
+            res, wall = timed(lambda s=s: sample_c2f(coarse, fine, n, t_switch=s, **common))
         cos, mse = similarity(res.latents, base.latents)
         kc = coarse_steps(s, steps)
         rows.append(SweepRow(
             t_switch=s, coarse_steps=kc, fine_steps=steps - kc, flops=res.cost.flops,
             flops_ratio=res.cost.flops / base.cost.flops, ideal_flops_ratio=(1 - s) + s * r,
-            wall_s=res.cost.wall_s, wall_ratio=res.cost.wall_s / base.cost.wall_s,
+            wall_s=wall, wall_ratio=wall / base_wall,
             cos_mean=float(cos.mean()), cos_median=float(np.median(cos)),
             mse_mean=float(mse.mean()), mse_median=float(np.median(mse)),
         ))
-    params = {"n": n, "t_switches": t_switches, **{k: v for k, v in common.items() if k != "progress"}}
-    out = Sweep(rows, base.cost.flops, base.cost.wall_s, r, params=params, tol=tol)
+    params = {"n": n, "t_switches": t_switches, "repeats": int(repeats),
+              **{k: v for k, v in common.items() if k != "progress"}}
+    out = Sweep(rows, base.cost.flops, base_wall, r, params=params, tol=tol)
     if tol is not None:
         out.auto = pick(rows, tol)
     return out

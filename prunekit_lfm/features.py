@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import os
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -99,7 +100,9 @@ def torchscript_extractor(path: str | os.PathLike) -> FeatureExtractor:
             "torch.jit.script/trace(...).save(PATH) and give that path (see docs/evaluation.md)."
         )
     try:
-        module = torch.jit.load(str(p), map_location="cpu").eval()
+        with warnings.catch_warnings():  # torch >= 2.9 flags TorchScript as deprecated; it still loads
+            warnings.simplefilter("ignore", DeprecationWarning)
+            module = torch.jit.load(str(p), map_location="cpu").eval()
     except (RuntimeError, ValueError) as exc:
         raise PrunekitError(f"cannot load TorchScript feature file {p}: {exc}") from exc
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -135,21 +136,31 @@ def load_latents(path: str | os.PathLike) -> LatentStore:
 # ----------------------------------------------------------------------------- images
 
 
-def load_images(
-    spec: str | os.PathLike, size: int | None = 32, *, key: str = "images"
-) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    """Images as float32 [N, 3, size, size] in [-1, 1], their ids, and labels (or None).
+@dataclass
+class ImageSource:
+    """Images read on demand: ``n`` of them, their ``ids`` and ``labels`` (or None).
 
-    ``spec`` is ``digits`` (scikit-learn's 1797 bundled 8x8 digits, upsampled bilinearly;
-    ids = positions, labels = the digit), a folder of image files (recursive, sorted; ids =
-    relative paths; labels = class index when every file sits in a first-level subfolder),
-    or an array file: ``.npy`` or HDF5 with dataset ``key`` (and optional ``ids``,
-    ``labels``), shaped [N, H, W], [N, H, W, 3] or [N, 3, H, W], uint8 (0..255) or float in
-    [0, 1]. ``size=None`` keeps the source size (not for digits).
+    ``read(start, stop)`` returns rows [start, stop) as float32 [b, 3, H, W] in [-1, 1],
+    so a large folder or array is encoded batch by batch, never held in memory whole.
     """
+
+    n: int
+    ids: np.ndarray
+    labels: np.ndarray | None
+    read: Callable[[int, int], np.ndarray]
+    name: str = ""
+
+    def batches(self, batch_size: int) -> Iterator[np.ndarray]:
+        for start in range(0, self.n, batch_size):
+            yield self.read(start, min(start + batch_size, self.n))
+
+
+def open_images(spec: str | os.PathLike, size: int | None = 32, *, key: str = "images") -> ImageSource:
+    """An :class:`ImageSource` for ``spec`` (see :func:`load_images` for what it may be)."""
     text = str(spec)
     if text == "digits":
-        return _digits(size or 32)
+        x, ids, labels = _digits(size or 8)
+        return ImageSource(x.shape[0], ids, labels, lambda a, b: x[a:b], "digits")
     path = Path(text)
     if path.is_dir():
         return _folder(path, size)
@@ -160,16 +171,42 @@ def load_images(
             arr = np.load(path, mmap_mode="r")
         except ValueError as exc:
             raise PrunekitError(f"cannot read image array {path}: {exc}") from exc
-        return _array_images(np.asarray(arr), path, size), np.arange(arr.shape[0], dtype=np.int64), None
+        _check_array_shape(arr.shape, path)
+        ids = np.arange(arr.shape[0], dtype=np.int64)
+        return ImageSource(arr.shape[0], ids, None, lambda a, b: _array_images(arr[a:b], path, size), str(path))
     if h5py.is_hdf5(path):
         with open_h5(path, "images") as f:
-            arr = np.asarray(require(f, key, "images")[()])
-            ids = decode_ids(f["ids"][()]) if "ids" in f else np.arange(arr.shape[0], dtype=np.int64)
+            ds = require(f, key, "images")
+            n, shape = ds.shape[0], ds.shape
+            ids = decode_ids(f["ids"][()]) if "ids" in f else np.arange(n, dtype=np.int64)
             labels = np.asarray(f["labels"][()]).astype(np.int64) if "labels" in f else None
-        if ids.shape[0] != arr.shape[0] or (labels is not None and labels.shape[0] != arr.shape[0]):
-            raise PrunekitError(f"images file {path}: ids/labels length differs from the {arr.shape[0]} images.")
-        return _array_images(arr, path, size), ids, labels
+        _check_array_shape(shape, path)
+        if ids.shape[0] != n or (labels is not None and labels.shape[0] != n):
+            raise PrunekitError(f"images file {path}: ids/labels length differs from the {n} images.")
+
+        def read(a: int, b: int) -> np.ndarray:
+            with h5py.File(path, "r") as f:
+                return _array_images(np.asarray(f[key][a:b]), path, size)
+
+        return ImageSource(n, ids, labels, read, str(path))
     raise PrunekitError(f"cannot read images from {path}: use a folder, an .npy or an HDF5 file, or 'digits'.")
+
+
+def load_images(
+    spec: str | os.PathLike, size: int | None = 32, *, key: str = "images"
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Images as float32 [N, 3, size, size] in [-1, 1], their ids, and labels (or None).
+
+    ``spec`` is ``digits`` (scikit-learn's 1797 bundled 8x8 digits, upsampled bilinearly;
+    ids = positions, labels = the digit), a folder of image files (recursive, sorted; ids =
+    relative paths; labels = class index when every file sits in a first-level subfolder),
+    or an array file: ``.npy`` or HDF5 with dataset ``key`` (and optional ``ids``,
+    ``labels``), shaped [N, H, W], [N, H, W, 3] or [N, 3, H, W], uint8 (0..255) or float in
+    [0, 1]. ``size=None`` keeps the source size (8 for the digits). For data sets too
+    large for memory use :func:`open_images`, which reads batch by batch.
+    """
+    src = open_images(spec, size, key=key)
+    return src.read(0, src.n), src.ids, src.labels
 
 
 def _resize(x: torch.Tensor, size: int | None) -> torch.Tensor:
@@ -189,15 +226,20 @@ def _digits(size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return x.repeat(1, 3, 1, 1).numpy(), np.arange(x.shape[0], dtype=np.int64), d.target.astype(np.int64)
 
 
+def _check_array_shape(shape: tuple[int, ...], path: Path) -> None:
+    ok = len(shape) == 3 or (len(shape) == 4 and (shape[1] in (1, 3) or shape[-1] in (1, 3)))
+    if not ok:
+        raise PrunekitError(
+            f"image array {path} must be [N, H, W], [N, H, W, 3] or [N, 3, H, W]; got {tuple(shape)}."
+        )
+
+
 def _array_images(arr: np.ndarray, path: Path, size: int | None) -> np.ndarray:
+    _check_array_shape(arr.shape, path)
     if arr.ndim == 3:
         arr = arr[:, None]
-    elif arr.ndim == 4 and arr.shape[-1] in (1, 3) and arr.shape[1] not in (1, 3):
+    elif arr.shape[-1] in (1, 3) and arr.shape[1] not in (1, 3):
         arr = arr.transpose(0, 3, 1, 2)
-    if arr.ndim != 4 or arr.shape[1] not in (1, 3):
-        raise PrunekitError(
-            f"image array {path} must be [N, H, W], [N, H, W, 3] or [N, 3, H, W]; got {arr.shape}."
-        )
     if arr.dtype == np.uint8:
         x = arr.astype(np.float32) / 255.0
     elif arr.dtype.kind == "f":
@@ -212,13 +254,22 @@ def _array_images(arr: np.ndarray, path: Path, size: int | None) -> np.ndarray:
     return t.numpy()
 
 
-def _folder(path: Path, size: int | None) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    from PIL import Image
-
+def _folder(path: Path, size: int | None) -> ImageSource:
     files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
         raise PrunekitError(f"no image files ({', '.join(IMAGE_SUFFIXES)}) in folder {path}.")
     rel = [p.relative_to(path) for p in files]
+    labels = None
+    if all(len(r.parts) == 2 for r in rel):
+        classes = sorted({r.parts[0] for r in rel})
+        labels = np.array([classes.index(r.parts[0]) for r in rel], dtype=np.int64)
+    ids = np.array([r.as_posix() for r in rel], dtype=object)
+    return ImageSource(len(files), ids, labels, lambda a, b: _read_files(files[a:b], path, size), str(path))
+
+
+def _read_files(files: list[Path], folder: Path, size: int | None) -> np.ndarray:
+    from PIL import Image
+
     images = []
     for p in files:
         try:
@@ -230,14 +281,8 @@ def _folder(path: Path, size: int | None) -> tuple[np.ndarray, np.ndarray, np.nd
         except OSError as exc:
             raise PrunekitError(f"cannot read image {p}: {exc}") from exc
     if len({a.shape for a in images}) != 1:
-        raise PrunekitError(f"images in {path} differ in size; pass a size to resize them.")
-    x = np.stack(images).transpose(0, 3, 1, 2).astype(np.float32) / 127.5 - 1
-    labels = None
-    if all(len(r.parts) == 2 for r in rel):
-        classes = sorted({r.parts[0] for r in rel})
-        labels = np.array([classes.index(r.parts[0]) for r in rel], dtype=np.int64)
-    ids = np.array([r.as_posix() for r in rel], dtype=object)
-    return x, ids, labels
+        raise PrunekitError(f"images in {folder} differ in size; pass a size to resize them.")
+    return np.stack(images).transpose(0, 3, 1, 2).astype(np.float32) / 127.5 - 1
 
 
 def _center_square(im: Any) -> Any:
@@ -258,9 +303,10 @@ def _factors(vae: Any) -> tuple[float, float]:
 
 @torch.no_grad()
 def encode(
-    images: np.ndarray | torch.Tensor, vae: Any, batch_size: int = 64, progress: bool = True
+    images: np.ndarray | torch.Tensor | ImageSource, vae: Any, batch_size: int = 64, progress: bool = True
 ) -> np.ndarray:
-    """Images [N, 3, H, W] in [-1, 1] -> latents float32 [N, C, h, w].
+    """Images [N, 3, H, W] in [-1, 1] (an array or an :class:`ImageSource`) -> latents
+    float32 [N, C, h, w].
 
     Uses the posterior mean (deterministic), then (mean - shift_factor) * scaling_factor
     with the factors from the VAE's config.
@@ -268,11 +314,15 @@ def encode(
     vae.eval()
     scale, shift = _factors(vae)
     device = next(vae.parameters()).device
-    x = torch.as_tensor(np.asarray(images) if not torch.is_tensor(images) else images, dtype=torch.float32)
+    if isinstance(images, ImageSource):
+        n, batches = images.n, images.batches(batch_size)
+    else:
+        x = torch.as_tensor(np.asarray(images) if not torch.is_tensor(images) else images, dtype=torch.float32)
+        n, batches = x.shape[0], (x[s : s + batch_size] for s in range(0, x.shape[0], batch_size))
     out = []
-    with counter(x.shape[0], desc="encode", progress=progress) as bar:
-        for start in range(0, x.shape[0], batch_size):
-            batch = x[start : start + batch_size].to(device)
+    with counter(n, desc="encode", progress=progress) as bar:
+        for batch in batches:
+            batch = torch.as_tensor(batch, dtype=torch.float32).to(device)
             mean = vae.encode(batch).latent_dist.mean
             out.append(((mean - shift) * scale).float().cpu())
             bar.update(batch.shape[0])

@@ -63,7 +63,7 @@ def _unet(channels: list[int], layers: int, attention: list[bool], groups: int) 
 
 
 #: Named specs. DiT sizes are the DiT paper's (depth / width / heads, patch 2):
-#: S 12/384/6, B 12/768/12, L 24/1024/16, XL 28/1152/16. ``tiny`` (~0.3M params) and
+#: S 12/384/6, B 12/768/12, L 24/1024/16, XL 28/1152/16. ``tiny`` (~0.4M params) and
 #: ``small`` (~5M, about 14x the FLOPs of ``tiny``) run on a CPU in tests and demos.
 PRESETS: dict[str, dict[str, Any]] = {
     "tiny": _dit(2, 96, 2),

@@ -133,7 +133,7 @@ def sample_grid(images: dict[str, np.ndarray], order: list[str]) -> bytes:
     first = next(iter(images.values()))
     cols, h, w = first.shape[0], first.shape[-2], first.shape[-1]
     pad = 2
-    canvas = np.ones((len(order) * (h + pad), cols * (w + pad)), dtype=np.float32)
+    canvas = np.full((len(order) * (h + pad), cols * (w + pad)), 0.2, dtype=np.float32)  # light grey gaps
     for i, name in enumerate(order):
         gray = images[name].mean(axis=1) if images[name].ndim == 4 else images[name]
         for j in range(min(cols, gray.shape[0])):
@@ -172,6 +172,7 @@ def pr_curves(results: dict) -> bytes:
     for ax, title in zip(axes, ["same-seed feature cosine to the full model", "same-seed latent cosine to the full model",
                                 "FD to held-out digits (lower is better)"], strict=True):
         ax.set_xlabel("pr (fraction removed)")
+        ax.set_xlim(-0.02, 0.82)
         ax.set_title(title, fontsize=10)
         ax.grid(alpha=0.3)
     axes[2].legend(fontsize=7)

@@ -186,6 +186,11 @@ def check_compatible(coarse: nn.Module, fine: nn.Module) -> None:
             f"coarse model has {ca} classes but the fine one {cb}; train both "
             "conditional on the same labels, or both unconditional."
         )
+    if _device(coarse) != _device(fine):
+        raise PrunekitError(
+            f"coarse model is on {_device(coarse)} but the fine one on {_device(fine)}; "
+            "move both to one device."
+        )
 
 
 def _run(

@@ -51,6 +51,7 @@ _RESUME_KEYS = (
     "model", "conditional", "latents_fingerprint", "selection_fingerprint", "batch_size", "lr",
     "weight_decay", "ema", "grad_clip", "cfg_dropout", "t_schedule", "seed",
 )
+LOSS_EVERY = 50  # steps between loss read-backs for the progress bar
 _MIX = 0x9E3779B97F4A7C15  # odd 64-bit constant: spreads (seed, step) over seeds
 
 
@@ -393,9 +394,10 @@ class _Trainer:
                 self.step += 1
                 self.pending.append((self.step, loss, time.perf_counter() - start))
                 bar.update(1)
-                if self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps:
+                if self.step % LOSS_EVERY == 0:  # one device sync per LOSS_EVERY steps
                     self.flush_log()
                     bar.set_postfix(loss=f"{self.log[-1]['loss']:.4f}", refresh=False)
+                if self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps:
                     self.checkpoint()
         if self.saved_step != self.step:  # e.g. steps=0: still leave a loadable run
             self.checkpoint()
@@ -416,6 +418,7 @@ class _Trainer:
 
     def checkpoint(self) -> None:
         """Write weights, EMA, state, log, then config (steps_done) -- rank 0 only."""
+        self.flush_log()
         self.config.steps_done = self.saved_step = self.step
         if self.dist.main:
             d = self.out

@@ -13,6 +13,15 @@ from prunekit_lfm import features as feat
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torch.jit is deprecated
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """One torch thread: the classifier trains fastest so when the tests share the cores."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 class StandIn(nn.Module):
     """A stand-in for an exported Inception/DINOv2/CLIP: per-channel mean and max."""
 

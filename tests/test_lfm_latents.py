@@ -211,3 +211,34 @@ def test_cli_errors_exit_2_and_write_nothing(vae, tmp_path, args, message):
     assert r.exit_code == 2, r.output
     assert r.output.startswith("Error:") and message in r.output
     assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+@pytest.mark.parametrize("size,side,latent", [("small", 16, 8), ("base", 256, 32)])
+def test_vae_sizes_give_the_documented_latent_shapes(size, side, latent):
+    from diffusers import AutoencoderKL
+
+    from prunekit_lfm.vae import downsampling
+
+    with torch.device("meta"):
+        vae = AutoencoderKL(**vae_config(size, sample_size=side))
+        mean = vae.encode(torch.empty(1, 3, side, side)).latent_dist.mean
+    assert tuple(mean.shape) == (1, 4, latent, latent) and downsampling(size) == side // latent
+
+
+def test_image_sources_stream_the_same_images_in_batches(vae, tmp_path):
+    from prunekit_lfm.latents import open_images
+
+    rng = np.random.default_rng(0)
+    arr = rng.integers(0, 256, size=(10, 16, 16, 3), dtype=np.uint8)
+    np.save(tmp_path / "a.npy", arr)
+    _h5(tmp_path / "a.h5", images=arr, labels=np.arange(10) % 2)
+    whole, _, _ = load_images(tmp_path / "a.npy", 16)
+    for path in ("a.npy", "a.h5"):
+        src = open_images(tmp_path / path, 16)
+        assert src.n == 10 and np.array_equal(np.concatenate(list(src.batches(4))), whole)
+        assert np.array_equal(encode(src, vae, batch_size=4, progress=False),
+                              encode(whole, vae, batch_size=4, progress=False))
+    assert open_images(tmp_path / "a.h5", 16).labels.tolist() == [0, 1] * 5
+    _h5(tmp_path / "bad.h5", images=np.zeros((2, 5, 6, 7), np.uint8))
+    with pytest.raises(PrunekitError, match=r"must be \[N, H, W\], \[N, H, W, 3\] or \[N, 3, H, W\]"):
+        open_images(tmp_path / "bad.h5", 16)

@@ -224,7 +224,8 @@ def test_parse_t_switches_accepts_commas_and_lists():
 
 def test_sweep_rows_and_auto_pick(tiny_pair):
     coarse, fine = tiny_pair
-    res = sweep(coarse, fine, [0, 0.5, 1], 3, seed=0, steps=4, batch_size=2, tol=-1.0, progress=False)
+    res = sweep(coarse, fine, [0, 0.5, 1], 3, seed=0, steps=4, batch_size=2, tol=-1.0, repeats=2,
+                progress=False)
     r0, r5, r1 = res.rows
     assert (r0.flops_ratio, r0.cos_mean, r0.mse_mean) == (1.0, pytest.approx(1.0), 0.0)
     assert r1.coarse_steps == 4 and r1.flops_ratio == pytest.approx(res.flops_per_call_ratio)
@@ -324,6 +325,8 @@ def test_cli_sample_decodes_and_writes_png(tmp_path):
     (["c2f-sweep", "--coarse", "{coarse}", "--fine", "{fine}", "--t-switch", "0", "2"], "t_switch"),
     (["c2f-sweep", "--coarse", "{coarse}", "--fine", "{fine}", "--auto", "3"], "tolerance"),
     (["c2f-sweep", "--coarse", "{tmp}/missing", "--fine", "{fine}"], "run directory not found"),
+    (["c2f-sweep", "--coarse", "{coarse}", "--fine", "{fine}", "--repeats", "0", "--n", "1",
+      "--steps", "1"], "--repeats"),
 ])
 def test_cli_errors_exit_2_and_write_nothing(runs, tmp_path, args, message):
     fill = {"tmp": tmp_path, "coarse": runs[0], "fine": runs[1]}

@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from prunekit.cli import main
 from prunekit.errors import PrunekitError
@@ -71,6 +73,16 @@ def test_data_order_is_endless_epoch_permutations():
     assert torch.equal(DataOrder(5, 3, 0).batch_rows(3), order.batch_rows(3))
     assert not torch.equal(DataOrder(5, 5, 1).batch_rows(0), DataOrder(5, 5, 0).batch_rows(0))
     assert order.position(4) == {"epoch": 2, "offset": 2}
+
+
+@settings(max_examples=40, deadline=None)
+@given(n=st.integers(1, 13), batch=st.integers(1, 9), seed=st.integers(0, 2**31), steps=st.integers(1, 6))
+def test_data_order_property_every_epoch_is_a_permutation(n, batch, seed, steps):
+    order = DataOrder(n, batch, seed)
+    stream = torch.cat([order.batch_rows(s) for s in range(steps)]).tolist()
+    for start in range(0, len(stream) - n + 1, n):
+        assert sorted(stream[start:start + n]) == list(range(n))
+    assert order.position(steps) == {"epoch": steps * batch // n, "offset": steps * batch % n}
 
 
 # ----------------------------------------------------------------------------- training
@@ -316,3 +328,12 @@ def test_resume_refuses_a_checkpoint_whose_files_disagree(latents, tmp_path):
     (run / runs.EMA).unlink()
     with pytest.raises(PrunekitError, match="missing ema.safetensors"):
         train(str(latents), str(run), steps=4, resume=True, checkpoint_every=1, seed=0, **FAST)
+
+
+def test_a_conditional_unet_trains_and_loads(latents, tmp_path):
+    run = tmp_path / "unet"
+    train(str(latents), str(run), steps=2, seed=0, conditional=True, **{**FAST, "model": "unet-tiny"})
+    model, cfg = runs.load_run(run, ema=False)
+    assert cfg.model["preset"] == "unet-tiny" and model.net.class_embedding.num_embeddings == 4
+    x = torch.zeros(2, 4, 4, 4)
+    assert model(x, torch.tensor([0.1, 0.9]), torch.tensor([0, 3])).shape == x.shape

@@ -327,3 +327,14 @@ def test_loss_nonfinite_length_and_missing_file(tmp_path, emb_ids):
         pk.score(emb_ids, "loss", from_file=str(tmp_path / "nope.csv"), progress=False)
     with pytest.raises(pk.PrunekitError, match="--from"):
         pk.score(emb_ids, "loss", progress=False)
+
+
+def test_numpy_fallback_without_faiss_gives_the_same_orders(monkeypatch):
+    from prunekit.methods import greedy
+
+    emb = pk.Embeddings.from_array(gauss(120, 6, 12))
+    with_faiss = [pk.score(emb, m, max_keep=25, progress=False).order for m in ("herding", "kcenter")]
+    monkeypatch.setattr(greedy, "_faiss", lambda: None)
+    without = [pk.score(emb, m, max_keep=25, progress=False).order for m in ("herding", "kcenter")]
+    for a, b in zip(with_faiss, without, strict=True):
+        np.testing.assert_array_equal(a, b)

@@ -70,13 +70,15 @@ def herding_scores(
             f"the exact herding kernel needs O(N^2) work and is limited to {EXACT_MAX_ROWS} rows "
             f"per herd; this one has {largest}. Use --kernel rff (random Fourier features)."
         )
-    z = RandomFourierFeatures(x.shape[1], sig, int(rff_dim), seed).transform(x) if kernel == "rff" else None
+    if kernel == "rff":
+        x = RandomFourierFeatures(x.shape[1], sig, int(rff_dim), seed).transform(x)  # rows -> z
+    herd = herd_rff if kernel == "rff" else lambda rows, m, tick: herd_exact(rows, sig, m, tick)
     picks = [resolve_max_keep(max_keep, g.size) for g in groups]
     bar = counter(sum(picks), desc="herding", progress=progress)
     orders = []
     for g, m in zip(groups, picks, strict=True):
-        local = herd_rff(z[g], m, bar.update) if z is not None else herd_exact(x[g], sig, m, bar.update)
-        orders.append(g[local])
+        rows = x if g.size == n else x[g]  # one herd over everything: no copy
+        orders.append(g[herd(rows, m, bar.update)])
     bar.close()
     order = interleave(orders)
     params = {"kernel": kernel, "sigma": sig, "max_keep": max_keep, "n_picked": int(order.size)}

@@ -31,7 +31,7 @@ def encode(images: str, vae_dir: str, output: str, size: int | None, batch_size:
     """
     import torch
 
-    from ..latents import LatentStore, load_images, save_latents
+    from ..latents import LatentStore, open_images, save_latents
     from ..latents import encode as encode_images
     from ..vae import load_vae
 
@@ -43,10 +43,11 @@ def encode(images: str, vae_dir: str, output: str, size: int | None, batch_size:
     factor = 2 ** (len(vae.config.block_out_channels) - 1)
     if side % factor:
         raise PrunekitError(f"--size {side} must be divisible by the VAE's downsampling factor {factor}.")
-    x, ids, labels = load_images(images, side, key=key)
-    z = encode_images(x, vae, batch_size=batch_size, progress=not quiet)
+    source = open_images(images, side, key=key)
+    z = encode_images(source, vae, batch_size=batch_size, progress=not quiet)
+    labels = source.labels
     store = LatentStore(
-        latents=z, ids=ids, labels=labels, scale_factor=float(vae.config.scaling_factor or 1.0),
+        latents=z, ids=source.ids, labels=labels, scale_factor=float(vae.config.scaling_factor or 1.0),
         shift_factor=float(getattr(vae.config, "shift_factor", None) or 0.0),
         vae=str(Path(vae_dir).resolve()), image_size=side, source=str(images),
     )

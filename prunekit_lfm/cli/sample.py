@@ -233,7 +233,8 @@ def _report(output: str, res: Any, png: str | None) -> None:
         head += f", coarse-to-fine at t_switch={p['t_switch']:g} ({p['coarse_steps']} coarse steps)"
     click.echo(head)
     for name, m in res.cost.models.items():
-        click.echo(f"  {name}: {m.calls} calls, {fmt_flops(m.flops)} ({fmt_flops(m.flops_per_row)} per latent)")
+        calls = f"{m.calls} call" + ("" if m.calls == 1 else "s")
+        click.echo(f"  {name}: {calls}, {fmt_flops(m.flops)} ({fmt_flops(m.flops_per_row)} per latent)")
     click.echo(f"  total: {fmt_flops(res.cost.flops)}, wall {res.cost.wall_s:.2f} s")
     if png:
         click.echo(f"wrote {png}")
@@ -249,12 +250,14 @@ def _report(output: str, res: Any, png: str | None) -> None:
 @click.option("--auto", "tol", type=float, default=None,
               help="Pick the cheapest t_switch whose mean latent cosine similarity to fine-only "
                    "is >= TOL (0 = fine only when none is).")
+@click.option("--repeats", type=int, default=1, show_default=True,
+              help="Time every setting this many times; wall times are medians.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), default=None,
               help="Also write the sweep as JSON.")
 @quiet_option
 @click.pass_context
 def c2f_sweep(ctx, coarse, fine, t_switches, n, seed, steps, solver, cfg, labels, ema, batch_size,
-              device, tol, output, quiet):
+              device, tol, repeats, output, quiet):
     """Cost and fidelity of coarse-to-fine sampling at several switching times.
 
     For each t_switch (t = 0 noise, t = 1 data; the coarse run integrates while t <
@@ -279,7 +282,7 @@ def c2f_sweep(ctx, coarse, fine, t_switches, n, seed, steps, solver, cfg, labels
     models, configs = load_models(None, coarse, fine, ema=ema, device=pick_device(device))
     result = sweep(models["coarse"], models["fine"], ts, n, seed=seed, steps=steps, solver=solver,
                    cfg=cfg, labels=parse_ints(labels, "--labels"), batch_size=batch_size, tol=tol,
-                   progress=not quiet)
+                   repeats=repeats, progress=not quiet)
     result.params.update({"coarse_run": coarse, "fine_run": fine, "ema": ema})
     click.echo(f"coarse {coarse} / fine {fine}: one coarse call costs "
                f"{result.flops_per_call_ratio:.4f} of a fine one; fine-only "

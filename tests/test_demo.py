@@ -1,0 +1,226 @@
+"""`prunekit demo --quick` end to end, and `prunekit lfm compare` / `metrics` on its runs.
+
+One quick demo runs per module (about 1.5 minutes on 2 CPU cores). Two full quick runs
+would exceed the test budget, so same-seed reproducibility is checked by rerunning cheap
+deterministic sub-steps: training one subset model again from the demo's latents and
+selection (weights must be bit-identical) and recomputing that model's evaluation
+(numbers must equal those in results.json exactly).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from prunekit.cli import main
+
+pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::DeprecationWarning")]
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("demo") / "out"
+    res = CliRunner().invoke(main, ["demo", "--quick", "-o", str(out), "--quiet"])
+    assert res.exit_code == 0, res.output + repr(res.exception)
+    assert "index.html" in res.output
+    return out
+
+
+@pytest.fixture(scope="module")
+def results(demo) -> dict:
+    return json.loads((demo / "report" / "results.json").read_text())
+
+
+def test_files_exist(demo):
+    report = demo / "report"
+    for name in ("index.html", "report.md", "results.json"):
+        assert (report / name).stat().st_size > 0
+    for name in ("samples.png", "pr_curves.png", "c2f.png", "stability.png"):
+        assert (report / name).read_bytes()[:8] == PNG
+    assert (demo / "vae" / "config.json").is_file()
+    assert (demo / "data" / "latents.h5").is_file()
+    assert (demo / "data" / "digits_classifier.pt").is_file()
+    for model in ("full", "random_0.5", "kmeans-furthest_0.5", "loss_0.5", "drop-clusters_0.5"):
+        assert (demo / "runs" / model / "ema.safetensors").is_file()
+    assert (demo / "selections" / "random_0.5.h5").is_file()
+    html = (report / "index.html").read_text()
+    assert "not Inception" in html and "<img src='samples.png'" in html
+
+
+def _tables(markdown: str) -> list[list[list[str]]]:
+    """Every pipe table of a Markdown text as rows of cells (header first, rule dropped)."""
+    tables, current = [], []
+    for line in markdown.splitlines() + [""]:
+        if line.startswith("|"):
+            cells = [c.strip() for c in line.strip().strip("|").split("|")]
+            if not all(re.fullmatch(r"-+", c) for c in cells):
+                current.append(cells)
+        elif current:
+            tables.append(current)
+            current = []
+    return tables
+
+
+def test_markdown_tables_parse_and_match_results(demo, results):
+    tables = _tables((demo / "report" / "report.md").read_text())
+    assert len(tables) == 5
+    for t in tables:
+        assert len({len(r) for r in t}) == 1  # every row as wide as the header
+    quality = next(t for t in tables if t[0][:5] == ["model", "criterion", "pr", "kept", "FD"])
+    rows = {r[0]: r for r in quality[1:]}
+    assert set(rows) == set(results["quality"])
+    for name, r in rows.items():
+        q = results["quality"][name]
+        assert float(r[4]) == pytest.approx(q["fd"], abs=0.006)
+        assert float(r[5]) == pytest.approx(q["precision"], abs=0.0006)
+        assert float(r[6]) == pytest.approx(q["recall"], abs=0.0006)
+
+
+def test_numbers_in_sane_ranges(results):
+    d = results["data"]
+    assert d["n_train"] + d["n_test"] == 1797
+    assert d["classifier_test_accuracy"] > 0.9
+    assert "VAE latents flattened" in d["embeddings"] and "not Inception" in d["features"]
+    for q in results["quality"].values():
+        assert 0 <= q["precision"] <= 1 and 0 <= q["recall"] <= 1 and 0 <= q["f_score"] <= 1
+        assert math.isfinite(q["fd"]) and q["fd"] >= 0
+        assert q["n_real"] == d["n_test"] and q["k"] == 3
+    # real images against real images are the quality floor
+    assert results["quality"]["real training images"]["fd"] < results["quality"]["full"]["fd"]
+    sel = results["selections"]
+    kept = {s["n_kept"] for name, s in sel.items() if s["criterion"] != "drop-clusters"}
+    assert kept == {718}  # round(0.5 * 1437) = round(718.5), half to even
+    drop = sel["drop-clusters@0.5"]
+    assert drop["clusters_present"] == 5 and len(drop["dropped_clusters"]) == 5
+    assert drop["n_kept"] <= 718 and sum(drop["kept_per_cluster"]) == drop["n_kept"]
+    for name, s in results["similarity"].items():
+        m = s["measures"]
+        assert set(m) == {"latent_cosine", "latent_mse", "psnr", "ssim", "feature_cosine"}
+        for key in ("latent_cosine", "feature_cosine", "ssim"):
+            assert -1 <= m[key]["pairs"]["mean"] <= 1 and -1 <= m[key]["baseline"]["mean"] <= 1
+            assert sum(m[key]["pairs"]["histogram"]["counts"]) == s["n"]
+        # the same noise gives closer latents than unrelated noise
+        assert m["latent_cosine"]["pairs"]["mean"] > m["latent_cosine"]["baseline"]["mean"], name
+    rows = results["c2f"]["rows"]
+    assert rows[0]["t_switch"] == 0 and rows[0]["flops_ratio"] == 1 and rows[0]["latent_cos_to_fine_mean"] == pytest.approx(1)
+    ratios = [r["flops_ratio"] for r in rows]
+    assert all(a > b for a, b in zip(ratios, ratios[1:], strict=False))  # more coarse steps, fewer FLOPs
+    assert results["c2f"]["auto_t_switch"] in [r["t_switch"] for r in rows]
+    for r in results["stability"]["rows"]:
+        assert 0 <= r["unchanged_fraction"] <= 1 and r["path_deviation_median"] >= 0
+    assert "timings" in results and results["timings"]["total"] > 0
+
+
+def test_same_seed_rerun_of_a_sub_step_is_identical(demo, results, tmp_path):
+    from prunekit_lfm.demo import QUICK
+    from prunekit_lfm.evaluate import draw, paired_similarity, quality, to_unit
+    from prunekit_lfm.features import digits_split, get_extractor
+    from prunekit_lfm.latents import load_images
+    from prunekit_lfm.train import train
+
+    p = QUICK
+    rerun = tmp_path / "random_0.5"
+    train(str(demo / "data" / "latents.h5"), str(rerun), model=p.model, selection=str(demo / "selections" / "random_0.5.h5"),
+          steps=p.lfm_steps, batch_size=p.batch_size, lr=p.lr, ema=p.ema, seed=0, checkpoint_every=p.lfm_steps,
+          progress=False)
+    for f in ("model.safetensors", "ema.safetensors"):
+        assert (rerun / f).read_bytes() == (demo / "runs" / "random_0.5" / f).read_bytes()
+
+    extractor = get_extractor(f"digits-classifier:{demo / 'data' / 'digits_classifier.pt'}")
+    common = dict(n=p.n_samples, seed=0, steps=p.sample_steps, vae=str(demo / "vae"))
+    full = draw(demo / "runs" / "full", name="full", **common)
+    mine = draw(rerun, name="random@0.5", **common)
+    sim = paired_similarity(full, mine, extractor)
+    assert sim["measures"] == results["similarity"]["random@0.5"]["measures"]
+    real = to_unit(load_images("digits", p.image_size)[0][digits_split(0)[1]])
+    q = quality(mine.images, real, extractor)
+    for key in ("fd", "precision", "recall", "f_score"):
+        assert q[key] == results["quality"]["random@0.5"][key]
+
+
+def test_compare_cli_reproduces_the_demo_numbers(demo, results, tmp_path):
+    out = tmp_path / "compare.json"
+    clf = demo / "data" / "digits_classifier.pt"
+    args = ["lfm", "compare", str(demo / "runs" / "full"), str(demo / "runs" / "random_0.5"), "--n", "64",
+            "--steps", "12", "--features", f"digits-classifier:{clf}", "-o", str(out), "--quiet"]
+    res = CliRunner().invoke(main, args)
+    assert res.exit_code == 0, res.output + repr(res.exception)
+    got = json.loads(out.read_text())
+    want = results["similarity"]["random@0.5"]["measures"]
+    for key in want:
+        assert got["measures"][key]["pairs"]["mean"] == pytest.approx(want[key]["pairs"]["mean"], rel=1e-12)
+        assert got["measures"][key]["baseline"]["mean"] == pytest.approx(want[key]["baseline"]["mean"], rel=1e-12)
+    assert "latent cosine" in res.output
+
+
+def test_compare_a_run_with_itself(demo, tmp_path):
+    out = tmp_path / "self.json"
+    run = str(demo / "runs" / "full")
+    res = CliRunner().invoke(main, ["lfm", "compare", run, run, "--n", "16", "--steps", "4", "-o", str(out), "-q"])
+    assert res.exit_code == 0, res.output
+    m = json.loads(out.read_text())["measures"]
+    assert m["latent_cosine"]["pairs"]["mean"] == pytest.approx(1.0)
+    assert m["latent_mse"]["pairs"]["max"] == 0.0
+    assert m["ssim"]["pairs"]["min"] == pytest.approx(1.0)
+    assert m["psnr"]["pairs"]["n_infinite"] == 16
+    assert m["latent_cosine"]["baseline"]["mean"] < 0.99
+
+
+def test_compare_c2f_side_at_zero_equals_fine_only(demo, tmp_path):
+    out = tmp_path / "c2f.json"
+    full, rnd = str(demo / "runs" / "full"), str(demo / "runs" / "random_0.5")
+    res = CliRunner().invoke(main, ["lfm", "compare", full, full, "--coarse-b", rnd, "--t-switch-b", "0",
+                                    "--n", "8", "--steps", "4", "-o", str(out), "-q"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(out.read_text())["measures"]["latent_mse"]["pairs"]["max"] == 0.0
+
+
+def test_metrics_cli_real_against_itself(demo, tmp_path):
+    from prunekit_lfm.features import digits_images, digits_split
+
+    images, _ = digits_images()
+    path = tmp_path / "held_out.npy"
+    np.save(path, images[digits_split(0)[1]])  # (N, 8, 8) floats in [0, 1]
+    out = tmp_path / "metrics.json"
+    res = CliRunner().invoke(main, ["lfm", "metrics", str(path), "--real", "digits-test", "--features",
+                                    f"digits-classifier:{demo / 'data' / 'digits_classifier.pt'}", "-o", str(out)])
+    assert res.exit_code == 0, res.output + repr(res.exception)
+    m = json.loads(out.read_text())
+    assert m["fd"] == pytest.approx(0.0, abs=1e-6)
+    assert (m["precision"], m["recall"], m["n_real"], m["n_generated"]) == (1.0, 1.0, 360, 360)
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["lfm", "metrics", "missing.npy", "--real", "digits-test"], "not found"),
+        (["lfm", "metrics", "{held}", "--real", "digits-test", "--features", "inception"], "unknown feature extractor"),
+        (["lfm", "metrics", "{held}", "--real", "digits-test", "--k", "0"], "--k"),
+        (["lfm", "compare", "nope_a", "nope_b"], "run directory not found"),
+        (["lfm", "compare", "nope_a", "nope_b", "--coarse-a", "x"], "go together"),
+        (["demo", "--budget", "0"], "--budget"),
+    ],
+)
+def test_cli_errors_exit_2_and_write_nothing(tmp_path, monkeypatch, args, message):
+    monkeypatch.chdir(tmp_path)
+    np.save(tmp_path / "held.npy", np.zeros((4, 8, 8), dtype=np.float32))
+    args = [a.replace("{held}", str(tmp_path / "held.npy")) for a in args]
+    res = CliRunner().invoke(main, args)
+    assert res.exit_code == 2, res.output
+    assert message in res.output and "Traceback" not in res.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["held.npy"]
+
+
+def test_demo_refuses_a_foreign_non_empty_folder(tmp_path):
+    (tmp_path / "mine.txt").write_text("keep me")
+    res = CliRunner().invoke(main, ["demo", "--quick", "-o", str(tmp_path), "-q"])
+    assert res.exit_code == 2 and "not written by `prunekit demo`" in res.output
+    assert (tmp_path / "mine.txt").read_text() == "keep me"
