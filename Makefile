@@ -27,9 +27,10 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check prunekit prunekit_lfm tests benchmarks
 
+# Sizes that finish in minutes on 2 cores; docs/performance.md gives the full-size commands.
 bench: $(STAMP)
-	$(BIN)/python benchmarks/bench_core.py
-	$(BIN)/python benchmarks/bench_flow.py
+	$(BIN)/python benchmarks/bench_core.py --quick
+	$(BIN)/python benchmarks/bench_flow.py --n 5000 --d 1024
 	$(BIN)/python benchmarks/bench_lfm.py
 
 clean:

@@ -67,10 +67,12 @@ def quality_table(results: dict) -> Table:
 
 def c2f_table(results: dict) -> Table:
     c = results["c2f"]
-    head = ["t_switch", "coarse steps", "fine steps", "FLOPs / fine-only", "speed-up", "latent cos to fine-only",
-            "FD", "precision", "recall", "auto"]
+    wall = results.get("timings", {}).get("c2f_wall", {})
+    head = ["t_switch", "coarse steps", "fine steps", "FLOPs / fine-only", "speed-up (FLOPs)",
+            "wall / fine-only", "latent cos to fine-only", "FD", "precision", "recall", "auto"]
     rows = [[_f(r["t_switch"], 2), _f(r["coarse_steps"]), _f(r["fine_steps"]), _f(r["flops_ratio"]),
-             f"{1 / r['flops_ratio']:.2f}x", _f(r["latent_cos_to_fine_mean"]), _f(r["fd"], 2),
+             f"{1 / r['flops_ratio']:.2f}x", _f(wall.get(f"{r['t_switch']:g}", {}).get("wall_ratio"), 2),
+             _f(r["latent_cos_to_fine_mean"]), _f(r["fd"], 2),
              _f(r["precision"]), _f(r["recall"]), "<- picked" if r["t_switch"] == c["auto_t_switch"] else ""]
             for r in c["rows"]]
     return head, rows
@@ -267,11 +269,13 @@ def _sections(results: dict) -> list[tuple[str, str, Table | None, str | None]]:
         ("Quality against held-out digits",
          f"Fréchet distance, precision and recall (k = 3) in the space of {d['features']}; "
          f"{results['settings']['n_samples']} generated samples against {d['n_test']} held-out images. "
+         "'full, next sampling seed' shows how much the numbers move with the sampling seed alone; "
          "'real training images' is the floor: real images against real images.", quality_table(results), None),
         ("Coarse-to-fine sampling",
          f"Coarse = the tiny full-set model, fine = a larger model on the full set. The coarse model runs while "
          f"t < t_switch (t = 0 noise, t = 1 data). Auto-picked t_switch = {auto:g} ({c['auto_rule']}): "
-         f"{auto_row['flops_ratio']:.3f} of fine-only FLOPs.", c2f_table(results), "c2f.png"),
+         f"{auto_row['flops_ratio']:.3f} of fine-only FLOPs. Wall-clock ratios are timings of this run (they vary "
+         "from run to run and are not in the reproducible numbers).", c2f_table(results), "c2f.png"),
         ("Closed-form stability on the same embeddings", results["stability"]["what"] + ".",
          stability_table(results), "stability.png"),
         ("Selections", "Kept items per subset; clusters are the k-means clusters of the embeddings.",
