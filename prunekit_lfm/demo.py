@@ -147,6 +147,10 @@ def demo_command(out: str, quick: bool, budget: float, seed: int, threads: int, 
         raise PrunekitError(f"--budget must be a positive factor, got {budget}.")
     if threads < 1:
         raise PrunekitError(f"--threads must be at least 1, got {threads}.")
+    try:
+        import matplotlib  # noqa: F401  (checked first: the report comes after minutes of work)
+    except ImportError as exc:
+        raise PrunekitError('the demo draws its figures with matplotlib: pip install "prunekit[plot]".') from exc
     plan = (QUICK if quick else DEFAULT).scaled(budget)
     results = run_demo(Path(out), plan, seed=seed, threads=threads, budget=budget, quiet=quiet)
     if not quiet:

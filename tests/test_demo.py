@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 from pathlib import Path
 
@@ -27,10 +28,21 @@ PNG = b"\x89PNG\r\n\x1a\n"
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("demo") / "out"
-    res = CliRunner().invoke(main, ["demo", "--quick", "-o", str(out), "--quiet"])
-    assert res.exit_code == 0, res.output + repr(res.exception)
-    assert "index.html" in res.output
+    """The quick demo's output, made once per test session even under pytest -n (xdist).
+
+    xdist workers share the parent of their temporary folders; a file lock lets the first
+    worker run the demo and the others reuse it.
+    """
+    from filelock import FileLock
+
+    base = tmp_path_factory.getbasetemp()
+    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    out = shared / "demo-quick"
+    with FileLock(str(shared / "demo-quick.lock")):
+        if not (out / "report" / "results.json").is_file():
+            res = CliRunner().invoke(main, ["demo", "--quick", "-o", str(out), "--quiet"])
+            assert res.exit_code == 0, res.output + repr(res.exception)
+            assert "index.html" in res.output
     return out
 
 
