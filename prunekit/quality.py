@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from .embeddings import Embeddings
+from .embeddings import CHUNK_ROWS, Embeddings
 from .errors import PrunekitError
 from .kernels import RandomFourierFeatures, median_sigma
 from .progress import track
@@ -81,7 +81,8 @@ def mmd_report(
     random subsets have as many distinct rows as the selection and are drawn from the
     usable rows with ``seed``; sigma (median heuristic on <= 4096 rows drawn with
     ``seed``) and the Fourier features (``seed``) are shared by every estimate. One pass
-    over the file.
+    over the file for the features (and, when ``sigma`` is None, one that gathers the
+    sigma sample).
     """
     kept_rows = np.sort(np.asarray(kept_rows, dtype=np.int64))
     usable = np.zeros(emb.n_total, dtype=bool)
@@ -99,7 +100,7 @@ def mmd_report(
     rff = RandomFourierFeatures(emb.dim, sigma, n_features, seed)
     subsets = [kept_rows] + random_subsets(emb.rows, distinct.size, random_draws, seed + 1)
     sums = np.zeros((1 + len(subsets), n_features), dtype=np.float64)
-    n_chunks = -(-emb.n_total // 65536)
+    n_chunks = -(-emb.n_total // CHUNK_ROWS)
     for start, block in track(emb.iter_chunks(), total=n_chunks, desc="mmd", progress=progress):
         end = start + block.shape[0]
         ok = usable[start:end]

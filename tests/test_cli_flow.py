@@ -136,6 +136,15 @@ def test_scores_file_goes_through_select(gmm, tmp_path):
     assert outs[False]["path_deviation_median"] != outs[True]["path_deviation_median"]
 
 
+def test_scores_of_other_data_are_named_in_the_error(gmm, tmp_path):
+    other = pk.score(pk.Embeddings.from_array(np.ones((N + 1, DIM))), "random", progress=False)
+    other.save(tmp_path / "other.h5")
+    res = run("stability", gmm, "--pr", "0.5", "--scores", tmp_path / "other.h5", *FAST)
+    assert res.exit_code == 2
+    assert f"--scores {tmp_path / 'other.h5'} was made for {N + 1} rows" in res.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["gmm.h5", "other.h5"]
+
+
 def test_sources_file_is_used_as_is(gmm, tmp_path):
     x0 = np.random.default_rng(11).standard_normal((7, DIM)) * 2.0
     src = tmp_path / "x0.npy"

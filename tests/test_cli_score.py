@@ -66,6 +66,23 @@ def test_herding_within_kmeans_and_kcenter(work):
         np.testing.assert_array_equal(f["score"][()][f["order"][()]], [60, 59, 58, 57, 56])
 
 
+def test_kcenter_within_then_balanced_select_keeps_each_clusters_prefix(work):
+    assert run("emb.h5", "-m", "kmeans", "--k", "3", "-o", "km.h5").exit_code == 0
+    res = run("emb.h5", "-m", "kcenter", "--within", "km.h5", "-o", "kc.h5")
+    assert res.exit_code == 0, res.output
+    sel = CliRunner().invoke(main, ["select", "kc.h5", "--pr", "0.75", "--balance", "clusters",
+                                    "-o", "sel.h5"])
+    assert sel.exit_code == 0, sel.output
+    with h5py.File(work / "kc.h5") as f, h5py.File(work / "km.h5") as km, h5py.File(work / "sel.h5") as s:
+        cluster, order, kept = km["cluster"][()], f["order"][()], s["indices"][()]
+        np.testing.assert_array_equal(f["cluster"][()], cluster)
+        assert order.size == 60 and '"within": "km.h5"' in f.attrs["params"]
+        for c in range(3):  # the quota of each cluster is the start of its own traversal
+            mine = order[cluster[order] == c]
+            q = int(np.sum(cluster[kept] == c))
+            np.testing.assert_array_equal(np.sort(mine[:q]), kept[cluster[kept] == c])
+
+
 def test_loss_and_random_and_drop_nonfinite(work):
     (work / "l.csv").write_text("id,loss\n" + "".join(f"{i * 10},{i / 2}\n" for i in reversed(range(60))))
     res = run("emb.h5", "-m", "loss", "--from", "l.csv", "-o", "l.h5")
@@ -87,7 +104,8 @@ def test_loss_and_random_and_drop_nonfinite(work):
         (["emb.h5", "-m", "herding", "--k", "3"], "--k does not apply to method 'herding'"),
         (["emb.h5", "-m", "kmeans", "--metric", "cosine", "--max-keep", "3"], "--max-keep, --metric do not apply"),
         (["emb.h5", "-m", "random", "--spherical"], "--spherical does not apply"),
-        (["emb.h5", "-m", "kcenter", "--within", "emb.h5"], "--within does not apply"),
+        (["emb.h5", "-m", "kmeans", "--within", "emb.h5"], "--within does not apply"),
+        (["emb.h5", "-m", "kcenter", "--within", "emb.h5"], "no dataset 'score'"),
         (["emb.h5", "-m", "loss"], "needs the file of scores to import: --from"),
         (["emb.h5", "-m", "loss", "--from", "none.csv"], "not found"),
         (["emb.h5", "-m", "herding", "--sigma", "wide"], "--sigma must be"),

@@ -298,3 +298,14 @@ def test_gaussian_mixture_rejects_bad_options():
         gaussian_mixture(3, 2, 1, spread=-1)
     with pytest.raises(PrunekitError, match="n >= 1"):
         gaussian_mixture(0, 2, 1)
+
+
+def test_dimension_study_checks_every_dimension_before_any_work(monkeypatch):
+    from prunekit.flow import study
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("data were drawn before the dimensions were checked")
+
+    monkeypatch.setattr(study, "gaussian_mixture", no_work)
+    with pytest.raises(PrunekitError, match="dimensions must be positive integers, got 0"):
+        dimension_study([4, 0], [0.5], progress=False)

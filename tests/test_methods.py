@@ -214,6 +214,22 @@ def test_kcenter_radius_within_twice_optimum(seed):
         assert radius(x, s.order[:m]) <= 2.0 * opt + 1e-9
 
 
+def test_kcenter_within_clusters_interleaves_per_cluster_traversals():
+    x = gauss(60, 3, 11)
+    emb = pk.Embeddings.from_array(x)
+    km = pk.score(emb, "kmeans", k=3, spherical=False, progress=False)
+    s = pk.score(emb, "kcenter", within=km, max_keep=7, progress=False)
+    np.testing.assert_array_equal(s.cluster, km.cluster)
+    per = []
+    for c in range(3):  # each cluster from its own mean, as if it were the whole set
+        rows = np.flatnonzero(km.cluster == c)
+        per.append(rows[brute_force_farthest_first(x[rows], 7)])
+    np.testing.assert_array_equal(s.order, interleave(per))
+    assert np.isneginf(s.score).sum() == 60 - 21
+    with pytest.raises(pk.PrunekitError, match="other embeddings"):
+        pk.score(pk.Embeddings.from_array(x + 1), "kcenter", within=km, progress=False)
+
+
 def test_kcenter_duplicates_tie_to_lowest_index():
     x = np.array([[0, 0], [5, 0], [0, 0], [5, 0], [5, 0]], np.float32)
     s = pk.score(pk.Embeddings.from_array(x), "kcenter", progress=False)

@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 import numpy as np
 
-from ..atomic import write_bytes, write_text
+from ..atomic import write_bytes
 from ..errors import PrunekitError
 from ..selection import Selection, load_selection
 
@@ -75,5 +75,5 @@ def export(selection: str, fmt: str, output: str | None, use_ids: bool) -> None:
     out = Path(output) if output else Path(selection).with_suffix("." + fmt)
     if out.resolve() == Path(selection).resolve():
         raise PrunekitError(f"the export would overwrite the selection file {selection}; pass -o.")
-    (write_text(out, payload.decode()) if fmt != "npy" else write_bytes(out, payload))
+    write_bytes(out, payload)
     click.echo(f"{out}: {sel.n_kept} rows ({fmt})")

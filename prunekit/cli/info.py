@@ -73,8 +73,8 @@ def info(path: str, key: str, as_json: bool) -> None:
     click.echo(f"{d['path']} ['{d['key']}']: {d['shape'][0]} x {d['shape'][1]} {d['dtype']}")
     if d["keys"]:
         click.echo("  keys: " + ", ".join(f"{k} {tuple(v)}" for k, v in d["keys"].items()))
-    click.echo(f"  ids: {d['ids'] or 'none'}   labels: {d['labels'] or 'none'} classes" if d["labels"]
-               else f"  ids: {d['ids'] or 'none'}   labels: none")
+    labels = f"{d['labels']} classes" if d["labels"] else "none"
+    click.echo(f"  ids: {d['ids'] or 'none'}   labels: {labels}")
     click.echo(
         f"  row norms: mean {n['mean']:.4g}  min {n['min']:.4g}  median {n['median']:.4g}  max {n['max']:.4g}"
     )

@@ -15,7 +15,7 @@ METHOD_OPTIONS: dict[str, tuple[str, ...]] = {
     "random": (),
     "kmeans": ("k", "iters", "spherical", "backend", "restarts"),
     "herding": ("kernel", "rff_dim", "sigma", "max_keep", "within"),
-    "kcenter": ("max_keep", "metric"),
+    "kcenter": ("max_keep", "metric", "within"),
     "loss": ("from_file",),
 }
 ALL_METHOD_OPTIONS = sorted({o for opts in METHOD_OPTIONS.values() for o in opts})
@@ -53,7 +53,8 @@ ALL_METHOD_OPTIONS = sorted({o for opts in METHOD_OPTIONS.values() for o in opts
               help="[herding, kcenter] Stop after this many picks (per cluster with --within); "
                    "the rest score -inf. Default: the full order.")
 @click.option("--within", type=click.Path(dir_okay=False), default=None,
-              help="[herding] Herd inside each cluster of this k-means scores file.")
+              help="[herding, kcenter] Pick inside each cluster of this k-means scores file "
+                   "(orders merged round by round).")
 @click.option("--metric", type=click.Choice(["euclidean", "cosine"]), default="euclidean",
               show_default=True, help="[kcenter] Distance between items.")
 @click.option("--from", "from_file", type=click.Path(dir_okay=False), default=None,
@@ -68,7 +69,7 @@ def score(ctx: click.Context, emb: str, method: str, output: str, key: str, drop
       prunekit score emb.h5 --method kmeans --k 24          # distance to own centroid
       prunekit score emb.h5 -m herding --max-keep 5000 -o herding.h5
       prunekit score emb.h5 -m herding --within scores.h5   # herd inside each k-means cluster
-      prunekit score emb.h5 -m kcenter --metric cosine
+      prunekit score emb.h5 -m kcenter --metric cosine --within scores.h5
       prunekit score emb.h5 -m loss --from losses.csv
     Options marked [method] apply to that method only; giving one to another method is an error.
     """

@@ -222,7 +222,7 @@ def _data_rows(o: dict, run: dict) -> tuple[list[dict], dict]:
         how = "selection"
     elif o["scores"]:
         subsets = scored_subsets(load_scores(o["scores"]), emb, o["pr"], balance=o["balance"],
-                                 invert=o["invert"], seed=o["seed"])
+                                 invert=o["invert"], seed=o["seed"], name=f"--scores {o['scores']}")
         how = "scores"
     else:
         subsets = random_subsets(emb, o["pr"], seed=o["seed"])

@@ -75,15 +75,20 @@ def scored_subsets(
     balance: str = "none",
     invert: bool = False,
     seed: int = 0,
+    name: str | None = None,
 ) -> list[Subset]:
-    """One subset per pr, chosen by :func:`prunekit.select` from ``scores``."""
+    """One subset per pr, chosen by :func:`prunekit.select` from ``scores``.
+
+    ``name`` is how errors call the scores (default: after their source embeddings).
+    """
+    name = name or f"selection of {scores.source}"
     # Labels for balance="labels": the scores' own, else the embeddings' when rows align.
     labels = emb.labels if scores.labels is None and emb.n_total == scores.n_total else None
     out = []
     for pr in check_prs(prs):
         sel = select(scores, pr, balance=balance, invert=invert, seed=seed, labels=labels)
         info = {"method": scores.method, "balance": balance, "invert": bool(invert)}
-        out.append(selection_subset(sel, emb, f"selection of {scores.source}", info))
+        out.append(selection_subset(sel, emb, name, info))
     return out
 
 
@@ -139,10 +144,11 @@ def dimension_study(
     Data, subsets and sources come from ``seed`` in every dimension; rows carry ``dim``.
     """
     prs = check_prs(prs)
+    bad = [d for d in dims if int(d) < 1]
+    if bad:  # before any work, not after the first dimensions ran
+        raise PrunekitError(f"dimensions must be positive integers, got {bad[0]}.")
     rows: list[dict] = []
     for dim in track(list(dims), desc="dimensions", progress=progress):
-        if int(dim) < 1:
-            raise PrunekitError(f"dimensions must be positive integers, got {dim}.")
         gmm = gaussian_mixture(n, int(dim), components, spread=spread, seed=seed)
         emb = Embeddings.from_array(gmm.points, labels=gmm.labels, name=f"gmm(dim={dim})")
         subsets = random_subsets(emb, prs, seed=seed)

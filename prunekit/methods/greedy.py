@@ -1,10 +1,14 @@
-"""Shared pieces of the greedy methods (herding, k-center): option checks, ranks to scores."""
+"""Shared pieces of the greedy methods (herding, k-center): option checks, groups, ranks to scores."""
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
+from ..embeddings import Embeddings
 from ..errors import PrunekitError
+from ..scores import Scores, load_scores
 
 
 def resolve_max_keep(max_keep: int | None, n: int) -> int:
@@ -14,6 +18,50 @@ def resolve_max_keep(max_keep: int | None, n: int) -> int:
     if int(max_keep) < 1:
         raise PrunekitError(f"--max-keep must be >= 1 (got {max_keep}); leave it out for the full order.")
     return min(int(max_keep), n)
+
+
+def within_clusters(emb: Embeddings, within: str | os.PathLike | Scores) -> np.ndarray:
+    """Cluster of each usable row of ``emb`` from a k-means scores file, checked to match."""
+    src = within if isinstance(within, Scores) else load_scores(within)
+    name = f"--within scores (method '{src.method}')" if isinstance(within, Scores) else f"--within file {within}"
+    if src.cluster is None:
+        raise PrunekitError(
+            f"{name} has no 'cluster' dataset; give the scores of "
+            "'prunekit score EMB --method kmeans'."
+        )
+    if src.n_total != emb.n_total or src.source_fingerprint != emb.fingerprint:
+        raise PrunekitError(
+            f"{name} was computed on other embeddings (n_total {src.n_total}, "
+            f"fingerprint '{src.source_fingerprint}') than {emb.source} (n_total {emb.n_total}, "
+            f"fingerprint '{emb.fingerprint}'). Run k-means on these embeddings first."
+        )
+    labels = np.asarray(src.cluster, dtype=np.int64)[emb.rows]
+    bad = np.flatnonzero(labels < 0)
+    if bad.size:
+        shown = ", ".join(map(str, emb.rows[bad[:10]]))
+        raise PrunekitError(
+            f"{name} ['cluster'] leaves rows {shown} unclustered (-1); "
+            "score k-means with the same --drop-nonfinite setting."
+        )
+    return labels
+
+
+def greedy_groups(
+    emb: Embeddings, within: str | os.PathLike | Scores | None
+) -> tuple[np.ndarray | None, list[np.ndarray]]:
+    """The clusters of ``within`` (None without it) and the compact rows of each group.
+
+    Without ``within`` there is one group, every usable row.
+    """
+    if within is None:
+        return None, [np.arange(emb.n)]
+    clusters = within_clusters(emb, within)
+    return clusters, [np.flatnonzero(clusters == c) for c in np.unique(clusters)]
+
+
+def within_param(within: str | os.PathLike | Scores) -> str:
+    """How ``within`` is recorded in a scores file's params."""
+    return "<Scores>" if isinstance(within, Scores) else str(within)
 
 
 def order_scores(order: np.ndarray, n: int) -> np.ndarray:

@@ -26,9 +26,16 @@ from ..embeddings import Embeddings
 from ..errors import PrunekitError
 from ..kernels import RandomFourierFeatures, median_sigma, rbf
 from ..progress import counter
-from ..scores import Scores, load_scores
+from ..scores import Scores
 from . import MethodResult, register
-from .greedy import interleave, order_scores, resolve_max_keep, row_dots
+from .greedy import (
+    greedy_groups,
+    interleave,
+    order_scores,
+    resolve_max_keep,
+    row_dots,
+    within_param,
+)
 
 KERNELS = ("rff", "exact")
 EXACT_MAX_ROWS = 20000
@@ -60,10 +67,7 @@ def herding_scores(
     x = emb.array()
     n = x.shape[0]
     sig = _resolve_sigma(x, sigma, seed)
-    clusters = None if within is None else within_clusters(emb, within)
-    groups = [np.arange(n)] if clusters is None else [
-        np.flatnonzero(clusters == c) for c in np.unique(clusters)
-    ]
+    clusters, groups = greedy_groups(emb, within)
     largest = max(g.size for g in groups)
     if kernel == "exact" and largest > EXACT_MAX_ROWS:
         raise PrunekitError(
@@ -85,7 +89,7 @@ def herding_scores(
     if kernel == "rff":
         params["rff_dim"] = int(rff_dim)
     if within is not None:
-        params["within"] = "<Scores>" if isinstance(within, Scores) else str(within)
+        params["within"] = within_param(within)
     return MethodResult(score=order_scores(order, n), cluster=clusters, order=order, params=params)
 
 
@@ -149,29 +153,3 @@ def _resolve_sigma(x: np.ndarray, sigma: float | str, seed: int) -> float:
     if not np.isfinite(value) or value <= 0:
         raise PrunekitError(f"--sigma must be 'auto' or a positive number (got {sigma}).")
     return value
-
-
-def within_clusters(emb: Embeddings, within: str | os.PathLike | Scores) -> np.ndarray:
-    """Cluster of each usable row of ``emb`` from a k-means scores file, checked to match."""
-    src = within if isinstance(within, Scores) else load_scores(within)
-    name = f"--within scores (method '{src.method}')" if isinstance(within, Scores) else f"--within file {within}"
-    if src.cluster is None:
-        raise PrunekitError(
-            f"{name} has no 'cluster' dataset; give the scores of "
-            "'prunekit score EMB --method kmeans'."
-        )
-    if src.n_total != emb.n_total or src.source_fingerprint != emb.fingerprint:
-        raise PrunekitError(
-            f"{name} was computed on other embeddings (n_total {src.n_total}, "
-            f"fingerprint '{src.source_fingerprint}') than {emb.source} (n_total {emb.n_total}, "
-            f"fingerprint '{emb.fingerprint}'). Run k-means on these embeddings first."
-        )
-    labels = np.asarray(src.cluster, dtype=np.int64)[emb.rows]
-    bad = np.flatnonzero(labels < 0)
-    if bad.size:
-        shown = ", ".join(map(str, emb.rows[bad[:10]]))
-        raise PrunekitError(
-            f"{name} ['cluster'] leaves rows {shown} unclustered (-1); "
-            "score k-means with the same --drop-nonfinite setting."
-        )
-    return labels

@@ -6,6 +6,10 @@ first m picks cover every item within at most twice the optimal m-center radius
 (Gonzalez 1985). ``metric="cosine"`` runs the same traversal on L2-normalised rows
 (Euclidean distance there is sqrt(2 - 2 cos), monotone in the cosine distance).
 
+``within``: run the traversal inside each cluster of an earlier k-means scores file; the
+per-cluster orders are merged round by round (:func:`prunekit.methods.greedy.interleave`),
+so ``select --balance clusters`` keeps each cluster's prefix.
+
 One pass over the (n, d) float32 matrix per pick: the squared distances to the new pick,
 folded into a running minimum.
 Output: ``order`` (the picks) and score = N - position (first pick N, unpicked -inf).
@@ -13,14 +17,24 @@ Output: ``order`` (the picks) and score = N - position (first pick N, unpicked -
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
 from ..cluster import normalize_rows
 from ..embeddings import Embeddings
 from ..errors import PrunekitError
 from ..progress import counter
+from ..scores import Scores
 from . import MethodResult, register
-from .greedy import order_scores, resolve_max_keep, row_sqdist
+from .greedy import (
+    greedy_groups,
+    interleave,
+    order_scores,
+    resolve_max_keep,
+    row_sqdist,
+    within_param,
+)
 
 METRICS = ("euclidean", "cosine")
 
@@ -33,19 +47,29 @@ def kcenter_scores(
     progress: bool = True,
     max_keep: int | None = None,
     metric: str = "euclidean",
+    within: str | os.PathLike | Scores | None = None,
 ) -> MethodResult:
-    """Farthest-first order of the rows (``max_keep`` picks; default all)."""
+    """Farthest-first order of the rows, or of each cluster's rows with ``within``.
+
+    ``max_keep`` stops after that many picks (per cluster with ``within``; default all).
+    """
     if metric not in METRICS:
         raise PrunekitError(f"unknown k-center metric '{metric}'; choose one of: {', '.join(METRICS)}.")
     x = emb.array()
+    n = x.shape[0]
     if metric == "cosine":
         normalize_rows(x)
-    m = resolve_max_keep(max_keep, x.shape[0])
-    bar = counter(m, desc="k-center", progress=progress)
-    order = farthest_first(x, m, bar.update)
+    clusters, groups = greedy_groups(emb, within)
+    picks = [resolve_max_keep(max_keep, g.size) for g in groups]
+    bar = counter(sum(picks), desc="k-center", progress=progress)
+    orders = [g[farthest_first(x if g.size == n else x[g], m, bar.update)]
+              for g, m in zip(groups, picks, strict=True)]
     bar.close()
+    order = interleave(orders)
     params = {"metric": metric, "max_keep": max_keep, "n_picked": int(order.size)}
-    return MethodResult(score=order_scores(order, x.shape[0]), order=order, params=params)
+    if within is not None:
+        params["within"] = within_param(within)
+    return MethodResult(score=order_scores(order, n), cluster=clusters, order=order, params=params)
 
 
 def farthest_first(x: np.ndarray, m: int, tick=None) -> np.ndarray:
