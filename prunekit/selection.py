@@ -125,9 +125,18 @@ def resolve_rows(
     """Rows of a target file (``target_n`` rows) that ``sel`` keeps, repeated by ``counts``.
 
     Matched by id when both sides carry ids, by position otherwise. An unknown id, a
-    position out of range or a different ``n_total`` is an error naming both files.
+    position out of range or a different ``n_total`` is an error naming both files; string
+    ids (file names) may select from a target of another size, integer ids may not.
     """
     if sel.ids is not None and target_ids is not None:
+        if sel.n_total != target_n and target_ids.dtype.kind in "iu":
+            # Integer ids are usually row positions (digits, .npy arrays): matching them
+            # across files of different sizes would silently pick unrelated rows.
+            raise PrunekitError(
+                f"{selection_name} was made for {sel.n_total} rows but {target_name} has "
+                f"{target_n}, and its ids are integers (row positions). Make the selection "
+                "from the same data set as the target file."
+            )
         lookup = {v: i for i, v in enumerate(target_ids.tolist())}
         missing = [v for v in sel.ids.tolist() if v not in lookup]
         if missing:

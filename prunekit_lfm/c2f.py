@@ -28,6 +28,7 @@ from prunekit.errors import PrunekitError
 from prunekit.progress import track
 
 from .cost import forward_flops
+from .metrics import cosine_pairs, mse_pairs
 from .sampling import (
     SampleResult,
     check_compatible,
@@ -68,6 +69,8 @@ class Sweep:
     params: dict[str, Any] = field(default_factory=dict)
     auto: float | None = None
     tol: float | None = None
+    #: t_switch -> its samples, when asked for with ``keep_samples`` (not in :meth:`to_dict`)
+    samples: dict[float, SampleResult] = field(default_factory=dict, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -98,11 +101,8 @@ class Sweep:
 
 def similarity(a: torch.Tensor, b: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
     """Per-pair cosine similarity and mean squared error of two latent batches (float64)."""
-    x = a.reshape(a.shape[0], -1).double()
-    y = b.reshape(b.shape[0], -1).double()
-    cos = (x * y).sum(1) / (x.norm(dim=1) * y.norm(dim=1)).clamp_min(1e-300)
-    mse = (x - y).pow(2).mean(1)
-    return cos.numpy(), mse.numpy()
+    x, y = a.cpu().numpy(), b.cpu().numpy()
+    return cosine_pairs(x, y), mse_pairs(x, y)
 
 
 def parse_t_switches(values: Sequence[float | str]) -> list[float]:
@@ -134,12 +134,15 @@ def sweep(
     tol: float | None = None,
     repeats: int = 1,
     progress: bool = True,
+    keep_samples: bool = False,
 ) -> Sweep:
     """Sample fine-only once, then coarse-to-fine at every t_switch, and compare.
 
     Both models first run one step on one batch, untimed, so that the fine-only baseline
     does not carry the start-up costs (thread pools, memory allocation) alone. Wall times
     are medians of ``repeats`` runs (FLOPs and latents do not vary between runs).
+    ``keep_samples`` keeps each t_switch's samples in :attr:`Sweep.samples` (to decode
+    or score them further).
     """
     t_switches = parse_t_switches(t_switches)
     if tol is not None:
@@ -162,12 +165,14 @@ def sweep(
     batch = min(batch_size, n) * (1 if cfg == 1.0 else 2)
     shape = latent_shape(fine)
     r = forward_flops(coarse, batch, shape) / forward_flops(fine, batch, shape)
-    rows = []
+    rows, kept = [], {}
     for s in track(t_switches, total=len(t_switches), desc="t_switch", progress=progress):
         if s == 0.0:
             res, wall = base, base_wall
         else:
             res, wall = timed(lambda s=s: sample_c2f(coarse, fine, n, t_switch=s, **common))
+        if keep_samples:
+            kept[s] = res
         cos, mse = similarity(res.latents, base.latents)
         kc = coarse_steps(s, steps)
         rows.append(SweepRow(
@@ -179,7 +184,7 @@ def sweep(
         ))
     params = {"n": n, "t_switches": t_switches, "repeats": int(repeats),
               **{k: v for k, v in common.items() if k != "progress"}}
-    out = Sweep(rows, base.cost.flops, base_wall, r, params=params, tol=tol)
+    out = Sweep(rows, base.cost.flops, base_wall, r, params=params, tol=tol, samples=kept)
     if tol is not None:
         out.auto = pick(rows, tol)
     return out

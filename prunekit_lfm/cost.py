@@ -30,7 +30,7 @@ def forward_flops(model: nn.Module, batch: int, shape: tuple[int, ...], device: 
 
     Measured with a forward pass on zeros (t = 0.5, null label) the first time, then cached.
     """
-    device = torch.device(device) if device is not None else _device_of(model)
+    device = torch.device(device) if device is not None else device_of(model)
     x = torch.zeros((batch, *shape), device=device)
     cache = _FLOPS.setdefault(model, {})
     key = _key(x)
@@ -44,7 +44,8 @@ def forward_flops(model: nn.Module, batch: int, shape: tuple[int, ...], device: 
     return cache[key]
 
 
-def _device_of(model: nn.Module) -> torch.device:
+def device_of(model: nn.Module) -> torch.device:
+    """The device of a model's first parameter (the CPU for a model without parameters)."""
     p = next(model.parameters(), None)
     return p.device if p is not None else torch.device("cpu")
 

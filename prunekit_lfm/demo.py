@@ -417,48 +417,36 @@ class _Context:
         self.results["c2f"] = self._c2f(extractor, real, real_feats)
 
     def _c2f(self, extractor, real, real_feats) -> dict[str, Any]:
-        from .c2f import SweepRow, pick
+        from .c2f import sweep
         from .evaluate import SampleSet, quality, to_unit
         from .latents import decode
-        from .metrics import cosine_pairs, mse_pairs
         from .runs import load_run
-        from .sampling import coarse_steps, sample, sample_c2f
 
         p = self.plan
         self.stages.start("c2f", f"coarse-to-fine sweep over t_switch {list(p.t_switches)}")
         coarse, _ = load_run(self.model_info["full"]["run_dir"])
         fine, _ = load_run(self.model_info["fine (larger model)"]["run_dir"])
-        common = dict(seed=self.seed, steps=p.sample_steps, progress=False)
-        base = sample(fine, p.n_samples, **common)
-        rows, table, walls = [], [], {}
-        for s in p.t_switches:
-            res = base if s == 0.0 else sample_c2f(coarse, fine, p.n_samples, t_switch=s, **common)
-            cos = cosine_pairs(res.latents.numpy(), base.latents.numpy())
-            mse = mse_pairs(res.latents.numpy(), base.latents.numpy())
+        result = sweep(coarse, fine, p.t_switches, p.n_samples, seed=self.seed, steps=p.sample_steps,
+                       tol=p.auto_tol, progress=False, keep_samples=True)
+        table, walls = [], {}
+        for row in result.rows:
+            s, res = row.t_switch, result.samples[row.t_switch]
             images = to_unit(decode(res.latents.numpy(), self.vae))
             q = quality(images, real, extractor, real_features=real_feats)
-            kc = coarse_steps(s, p.sample_steps)
-            row = SweepRow(t_switch=s, coarse_steps=kc, fine_steps=p.sample_steps - kc, flops=res.cost.flops,
-                           flops_ratio=res.cost.flops / base.cost.flops, ideal_flops_ratio=float("nan"),
-                           wall_s=res.cost.wall_s, wall_ratio=res.cost.wall_s / base.cost.wall_s,
-                           cos_mean=float(cos.mean()), cos_median=float(np.median(cos)),
-                           mse_mean=float(mse.mean()), mse_median=float(np.median(mse)))
-            rows.append(row)
-            walls[f"{s:g}"] = {"wall_s": res.cost.wall_s, "wall_ratio": row.wall_ratio}
-            table.append({"t_switch": s, "coarse_steps": kc, "fine_steps": row.fine_steps,
-                          "flops": int(res.cost.flops), "flops_ratio": row.flops_ratio,
+            walls[f"{s:g}"] = {"wall_s": row.wall_s, "wall_ratio": row.wall_ratio}
+            table.append({"t_switch": s, "coarse_steps": row.coarse_steps, "fine_steps": row.fine_steps,
+                          "flops": int(row.flops), "flops_ratio": row.flops_ratio,
                           "latent_cos_to_fine_mean": row.cos_mean, "latent_cos_to_fine_median": row.cos_median,
                           "latent_mse_to_fine_mean": row.mse_mean,
                           "fd": q["fd"], "precision": q["precision"], "recall": q["recall"], "f_score": q["f_score"]})
             if s in (0.0, 0.5, 0.7, 1.0) or s == p.t_switches[-1]:
                 self.samples[f"c2f t_switch={s:g}"] = SampleSet(f"c2f t_switch={s:g}", res.latents.numpy(),
                                                                 images, res.indices, self.seed)
-        auto = pick(rows, p.auto_tol)
         self.c2f_wall = walls  # timings, kept apart from the reproducible numbers
         return {
             "coarse": "full (tiny)", "fine": "fine (larger model) on the full set",
-            "flops_per_call_ratio": rows[-1].flops_ratio if p.t_switches[-1] == 1.0 else None,
-            "rows": table, "auto_tol": p.auto_tol, "auto_t_switch": auto,
+            "flops_per_call_ratio": result.flops_per_call_ratio,
+            "rows": table, "auto_tol": p.auto_tol, "auto_t_switch": result.auto,
             "auto_rule": f"cheapest t_switch whose mean latent cosine similarity to fine-only is >= {p.auto_tol}",
         }
 

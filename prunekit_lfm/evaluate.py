@@ -152,6 +152,7 @@ def draw(
     seed: int,
     steps: int = 60,
     solver: str = "euler",
+    cfg: float = 1.0,
     coarse: str | os.PathLike | None = None,
     t_switch: float | None = None,
     vae: str | os.PathLike | None = None,
@@ -166,7 +167,7 @@ def draw(
     neither, images are None and only latent measures are available.
     """
     from .latents import decode
-    from .runs import load_run
+    from .runs import check_same_latents, load_run
     from .sampling import sample, sample_c2f
     from .vae import load_vae
 
@@ -174,12 +175,13 @@ def draw(
     if coarse is not None:
         if t_switch is None:
             raise PrunekitError("a coarse model needs a switching time: give --t-switch in [0, 1].")
-        coarse_model, _ = load_run(coarse, ema=ema)
+        coarse_model, coarse_config = load_run(coarse, ema=ema)
+        check_same_latents(coarse_config, config, coarse, run)
         res = sample_c2f(coarse_model, fine, n, t_switch=t_switch, seed=seed, steps=steps,
-                         solver=solver, batch_size=batch_size, progress=progress)
+                         solver=solver, cfg=cfg, batch_size=batch_size, progress=progress)
         label = name or f"{coarse} -> {run} @ {t_switch:g}"
     else:
-        res = sample(fine, n, seed=seed, steps=steps, solver=solver, batch_size=batch_size,
+        res = sample(fine, n, seed=seed, steps=steps, solver=solver, cfg=cfg, batch_size=batch_size,
                      progress=progress)
         label = name or str(run)
     latents = res.latents.numpy()

@@ -6,7 +6,7 @@ returns numbers, so the formulas can be tested on hand-made distributions.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 import scipy.linalg
@@ -78,9 +78,6 @@ class PrecisionRecall:
     k: int
     n_real: int
     n_generated: int
-
-    def as_dict(self) -> dict:
-        return asdict(self)
 
 
 def knn_radii(x: np.ndarray, k: int) -> np.ndarray:

@@ -262,20 +262,33 @@ def _share_dit_embedder(net: nn.Module) -> None:
     """One timestep/label embedder for all blocks, as in the DiT paper.
 
     diffusers keeps a separate copy per block (its checkpoints were converted that way);
-    sharing matches the paper's parameter counts. It also turns off diffusers' built-in
-    10 % label dropout, which would draw from the global RNG in train mode.
+    sharing matches the paper's parameter counts. The blocks keep their own embedder
+    modules and are tied by their parameters (each block's embedder holds block 0's
+    Parameter objects), not by putting one module in every block: torch.func's
+    ``functional_call`` restores tied parameters correctly, but a module reachable under
+    several names comes back holding the substituted tensors instead of its Parameters.
+    It also turns off diffusers' built-in 10 % label dropout, which would draw from the
+    global RNG in train mode.
     """
     blocks = net.transformer_blocks
     shared = blocks[0].norm1.emb
-    shared.class_embedder.dropout_prob = 0.0
-    for block in blocks[1:]:
-        block.norm1.emb = shared
+    for block in blocks:
+        emb = block.norm1.emb
+        emb.class_embedder.dropout_prob = 0.0
+        if emb is shared:
+            continue
+        for owner_name, owner in shared.named_modules():
+            twin = emb.get_submodule(owner_name)
+            for name, param in owner.named_parameters(recurse=False):
+                setattr(twin, name, param)
 
 
 def _dit_init(net: nn.Module) -> None:
     """The DiT paper's initialisation: xavier linears, N(0, 0.02) embeddings, adaLN-Zero."""
+    seen: set[int] = set()  # the tied embedder's weights are drawn once, not once per block
     for module in net.modules():
-        if isinstance(module, nn.Linear):
+        if isinstance(module, nn.Linear) and id(module.weight) not in seen:
+            seen.add(id(module.weight))
             nn.init.xavier_uniform_(module.weight)
             if module.bias is not None:
                 nn.init.zeros_(module.bias)

@@ -19,6 +19,7 @@ import csv
 import dataclasses
 import io
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -244,3 +245,15 @@ def load_run(
         raise PrunekitError(f"{d / CONFIG}: {exc}") from exc
     load_weights(weights, model)
     return model.to(device).eval(), config
+
+
+def check_same_latents(a: RunConfig, b: RunConfig, path_a: str | os.PathLike, path_b: str | os.PathLike) -> None:
+    """Coarse run ``a`` and fine run ``b`` must live in one latent space (same VAE and scale)."""
+    va = str(Path(a.vae).resolve()) if a.vae else None
+    vb = str(Path(b.vae).resolve()) if b.vae else None
+    if va != vb or not math.isclose(a.scale_factor, b.scale_factor, rel_tol=1e-6):
+        raise PrunekitError(
+            f"--coarse {path_a} was trained on latents of VAE {a.vae} (scale {a.scale_factor}) but "
+            f"--fine {path_b} on VAE {b.vae} (scale {b.scale_factor}); coarse-to-fine needs one "
+            "latent space. Train both on latents from the same VAE."
+        )

@@ -36,7 +36,7 @@ from prunekit.h5io import atomic_h5
 from prunekit.progress import counter
 from prunekit.provenance import stamp
 
-from .cost import Cost, ModelCost, forward_flops
+from .cost import Cost, ModelCost, device_of, forward_flops
 from .solvers import check_solver, check_steps, evaluations_per_step, integrate
 
 
@@ -186,9 +186,9 @@ def check_compatible(coarse: nn.Module, fine: nn.Module) -> None:
             f"coarse model has {ca} classes but the fine one {cb}; train both "
             "conditional on the same labels, or both unconditional."
         )
-    if _device(coarse) != _device(fine):
+    if device_of(coarse) != device_of(fine):
         raise PrunekitError(
-            f"coarse model is on {_device(coarse)} but the fine one on {_device(fine)}; "
+            f"coarse model is on {device_of(coarse)} but the fine one on {device_of(fine)}; "
             "move both to one device."
         )
 
@@ -232,7 +232,7 @@ def _run(
     bar = counter(n * steps, desc="sampling", progress=progress)
     _sync(models)
     t0 = time.perf_counter()
-    device = _device(models[used[0]])
+    device = device_of(models[used[0]])
     with torch.inference_mode():
         for lo in range(0, n, batch):
             # The last batch is filled up with the next indices (results dropped): every
@@ -288,14 +288,9 @@ def _velocity(
     return velocity
 
 
-def _device(model: nn.Module) -> torch.device:
-    p = next(model.parameters(), None)
-    return p.device if p is not None else torch.device("cpu")
-
-
 def _sync(models: dict[str, nn.Module]) -> None:
     """Wait for queued GPU work so wall times cover it."""
-    if any(_device(m).type == "cuda" for m in models.values()):
+    if any(device_of(m).type == "cuda" for m in models.values()):
         torch.cuda.synchronize()
 
 

@@ -32,6 +32,7 @@ from prunekit.errors import PrunekitError
 from prunekit.progress import counter
 from prunekit.scores import Scores
 
+from .cost import device_of
 from .flow import fm_loss
 
 CRITERIA = ("loss", "grad")
@@ -76,7 +77,7 @@ def raw_matrix(
     ts = t_grid(t_points)
     x1_all = torch.as_tensor(np.asarray(latents), dtype=torch.float32)
     bank_x0 = noise_bank(seed, bank, tuple(x1_all.shape[1:]))
-    device = _device(model)
+    device = device_of(model)
     null = int(getattr(model, "num_classes", 0))
     y_all = (torch.full((x1_all.shape[0],), null, dtype=torch.long) if labels is None
              else torch.as_tensor(np.asarray(labels), dtype=torch.long))
@@ -125,9 +126,7 @@ class GradNorms:
     """||grad_theta loss_i||^2 per item: one backward pass per item.
 
     (A vectorised torch.func version, vmap of grad through ``functional_call``, was slower
-    on CPU -- attention has no batching rule there -- and ``functional_call`` unregisters
-    the parameters of shared submodules such as the DiT's one embedder when it restores
-    them.)
+    on CPU: attention has no batching rule there.)
     """
 
     def __init__(self, model: nn.Module) -> None:
@@ -151,11 +150,6 @@ class GradNorms:
             for p in frozen:
                 p.requires_grad_(False)
         return out
-
-
-def _device(model: nn.Module) -> torch.device:
-    p = next(model.parameters(), None)
-    return p.device if p is not None else torch.device("cpu")
 
 
 def score_model(

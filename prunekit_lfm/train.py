@@ -169,10 +169,13 @@ def _training_rows(store: LatentStore, latents: str, selection: str | None) -> t
 
 
 def _check_options(steps: int, batch_size: int, lr: float, ema: float, cfg_dropout: float,
-                   t_schedule: str, world: int) -> None:
+                   t_schedule: str, checkpoint_every: int, world: int) -> None:
     problems = []
     if steps < 0:
         problems.append(f"steps must be >= 0 (got {steps})")
+    if checkpoint_every < 1:
+        problems.append(f"checkpoint-every must be >= 1 step (got {checkpoint_every}); "
+                        "a checkpoint is always written at the end")
     if batch_size < 1 or batch_size % world:
         problems.append(f"batch size must be a positive multiple of the {world} processes (got {batch_size})")
     if lr <= 0:
@@ -261,7 +264,7 @@ def train(
     (split over torchrun processes). Returns the final RunConfig.
     """
     dist = Dist.from_env()
-    _check_options(steps, batch_size, lr, ema, cfg_dropout, t_schedule, dist.world_size)
+    _check_options(steps, batch_size, lr, ema, cfg_dropout, t_schedule, checkpoint_every, dist.world_size)
     store = load_latents(latents)
     rows, sel_fp = _training_rows(store, latents, selection)
     if conditional and store.labels is None:
@@ -280,7 +283,7 @@ def train(
         image_size=store.image_size, n_train=int(rows.size), steps=steps, steps_done=0,
         batch_size=batch_size, lr=lr, weight_decay=weight_decay, ema=ema, grad_clip=grad_clip,
         cfg_dropout=cfg_dropout if conditional else 0.0, t_schedule=t_schedule, seed=seed,
-        checkpoint_every=max(1, checkpoint_every), world_size=dist.world_size,
+        checkpoint_every=checkpoint_every, world_size=dist.world_size,
         prunekit_version=__version__,
         created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         extra={"shift_factor": store.shift_factor},

@@ -105,7 +105,26 @@ def test_config_dict_is_json_and_rebuilds_the_same_model():
 def test_dit_blocks_share_one_timestep_and_label_embedder():
     m = build_model("small", sample_size=4, in_channels=4)
     blocks = m.net.transformer_blocks
-    assert all(b.norm1.emb is blocks[0].norm1.emb for b in blocks)
+    shared = list(blocks[0].norm1.emb.parameters())
+    assert all(all(p is q for p, q in zip(b.norm1.emb.parameters(), shared, strict=True)) for b in blocks)
+
+
+def test_functional_call_keeps_the_shared_embedder_registered():
+    # torch.func.functional_call swaps parameters in and back out by name; the embedder
+    # shared by every block must come back registered once, with its own tensors.
+    m = _randomize(build_model("tiny", sample_size=4, in_channels=4))
+    names, keys = [n for n, _ in m.named_parameters()], list(m.state_dict())
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    x, t = torch.randn(2, 4, 4, 4), torch.rand(2)
+    zeros = {n: torch.zeros_like(p) for n, p in m.named_parameters()}
+    assert torch.func.functional_call(m, zeros, (x, t)).abs().max() == 0  # the zeros were used
+    assert [n for n, _ in m.named_parameters()] == names and list(m.state_dict()) == keys
+    assert all(torch.equal(v, before[k]) for k, v in m.state_dict().items())
+    shared = list(m.net.transformer_blocks[0].norm1.emb.parameters())
+    assert all(isinstance(p, torch.nn.Parameter) for p in m.parameters())
+    assert all(all(p is q for p, q in zip(b.norm1.emb.parameters(), shared, strict=True))
+               for b in m.net.transformer_blocks)
+    assert not torch.equal(m(x, t), torch.zeros_like(x))
 
 
 # The DiT paper's Table 4 (256x256 images = 32x32x4 latents, 1000 classes): params in M.

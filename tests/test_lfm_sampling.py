@@ -322,6 +322,7 @@ def test_cli_sample_decodes_and_writes_png(tmp_path):
     (["sample", "{fine}", "--t-switch", "0.5"], "--coarse"),
     (["sample", "{fine}", "--png", "{tmp}/grid.png"], "no VAE"),
     (["sample", "{fine}", "--labels", "1"], "unconditional"),
+    (["sample", "{fine}", "--vae", "{tmp}/no-vae"], "folder not found"),
     (["c2f-sweep", "--coarse", "{coarse}", "--fine", "{fine}", "--t-switch", "0", "2"], "t_switch"),
     (["c2f-sweep", "--coarse", "{coarse}", "--fine", "{fine}", "--auto", "3"], "tolerance"),
     (["c2f-sweep", "--coarse", "{tmp}/missing", "--fine", "{fine}"], "run directory not found"),
@@ -351,3 +352,29 @@ def test_cli_sweep_space_and_comma_lists_and_json(runs, tmp_path):
     rows2 = json.loads(out.read_text())["rows"]
     assert [row["t_switch"] for row in rows2] == [0.0, 0.5, 1.0]
     assert [row["flops"] for row in rows2] == [row["flops"] for row in data["rows"]]
+
+
+def test_cli_compare_refuses_a_coarse_run_from_another_latent_space(runs, tmp_path):
+    other = make_run(tmp_path / "other-vae", "tiny", seed=3, vae=str(tmp_path / "vae-b"))
+    out = tmp_path / "compare.json"
+    r = CliRunner().invoke(main, ["lfm", "compare", str(runs[1]), str(runs[1]), "--coarse-b", str(other),
+                                  "--t-switch-b", "0.5", "--n", "1", "--steps", "1", "-o", str(out), "-q"])
+    assert r.exit_code == 2, r.output
+    assert "one latent space" in r.output and "Traceback" not in r.output and not out.exists()
+
+
+def test_cli_compare_passes_guidance_to_both_sides(tmp_path):
+    run = make_run(tmp_path / "cond", "tiny", seed=4, num_classes=3)
+
+    def compare(cfg):
+        out = tmp_path / f"compare-{cfg}.json"
+        r = CliRunner().invoke(main, ["lfm", "compare", str(run), str(run), "--cfg", cfg, "--n", "3",
+                                      "--steps", "2", "-o", str(out), "-q"])
+        assert r.exit_code == 0, r.output
+        return json.loads(out.read_text())
+
+    guided, plain = compare("2.5"), compare("1")
+    assert guided["settings"]["cfg"] == 2.5 and plain["settings"]["cfg"] == 1
+    for side in ("a", "b"):  # 2 steps of 3 samples; a guided call also evaluates the null half
+        assert guided["cost"][side]["models"]["model"]["rows"] == 12
+        assert plain["cost"][side]["models"]["model"]["rows"] == 6

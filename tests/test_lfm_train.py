@@ -142,7 +142,8 @@ def test_checkpoint_round_trip_gives_identical_outputs(tmp_path):
     runs.load_weights(tmp_path / "w.safetensors", fresh)
     assert runs.weights_step(tmp_path / "w.safetensors") == 7
     blocks = fresh.net.transformer_blocks
-    assert blocks[1].norm1.emb is blocks[0].norm1.emb  # the shared embedder stays shared
+    shared = zip(blocks[1].norm1.emb.parameters(), blocks[0].norm1.emb.parameters(), strict=True)
+    assert all(p is q for p, q in shared)  # the shared embedder stays shared
     x, t, y = torch.randn(3, 4, 4, 4, generator=g), torch.rand(3, generator=g), torch.tensor([0, 1, 2])
     assert torch.equal(m.eval()(x, t, y), fresh.eval()(x, t, y))
     other = build_model("small", sample_size=4, in_channels=4)
@@ -256,6 +257,20 @@ def test_selection_mismatches_name_both_files(latents, tmp_path):
     assert not (tmp_path / "r1").exists() and not (tmp_path / "r2").exists()
 
 
+def test_selection_from_another_data_set_with_position_ids_exits_2(tmp_path):
+    # Both files have integer ids 0..n-1 (positions): every id of the 7-row selection
+    # exists among the 10 latents, but the rows are unrelated.
+    plain = tmp_path / "plain.h5"
+    save_latents(plain, LatentStore(np.zeros((10, 4, 4, 4), np.float32), np.arange(10)))
+    other = tmp_path / "other.h5"
+    Selection(indices=[0, 3, 4], n_total=7, pr=0.5, ids=np.array([0, 3, 4])).save(other)
+    run = tmp_path / "run"
+    r = _cli(plain, "--selection", other, "-o", run, "--steps", 1, "--batch-size", 4, "--device", "cpu", "-q")
+    assert r.exit_code == 2, r.output
+    assert "other.h5 was made for 7 rows but latents file" in r.output and "plain.h5 has 10" in r.output
+    assert "Traceback" not in r.output and not run.exists()
+
+
 # ----------------------------------------------------------------------------- CLI
 
 
@@ -273,11 +288,23 @@ def test_cli_trains_and_resumes(latents, tmp_path):
     assert runs.read_config(run).steps_done == 3
 
 
+def test_cli_names_a_json_model_by_what_it_is(latents, tmp_path):
+    spec = tmp_path / "model.json"
+    spec.write_text(json.dumps({"preset": "tiny", "num_layers": 1}))
+    r = _cli(latents, "--model", spec, "-o", tmp_path / "run", "--steps", 1, "--batch-size", 4, "--device", "cpu", "-q")
+    assert r.exit_code == 0, r.output
+    assert "custom model (from preset tiny) trained 1 steps" in r.output
+    spec.write_text(json.dumps({"preset": "tiny"}))
+    r = _cli(latents, "--model", spec, "-o", tmp_path / "run2", "--steps", 1, "--batch-size", 4, "--device", "cpu", "-q")
+    assert "run2: tiny trained 1 steps" in r.output
+
+
 @pytest.mark.parametrize("args,message", [
     (["{tmp}/missing.h5", "-o", "{tmp}/run"], "latents file not found"),
     (["{lat}", "-o", "{tmp}/run", "--model", "DiT-Q/2"], "not a preset"),
     (["{lat}", "-o", "{tmp}/run", "--batch-size", "0"], "batch size"),
     (["{lat}", "-o", "{tmp}/run", "--ema", "1.5"], "ema must be"),
+    (["{lat}", "-o", "{tmp}/run", "--checkpoint-every", "0"], "checkpoint-every must be >= 1"),
     (["{lat}", "-o", "{tmp}/run", "--selection", "{tmp}/nosel.h5"], "selection file not found"),
     (["{lat}", "-o", "{tmp}/run", "--resume"], "holds no run"),
 ])

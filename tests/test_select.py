@@ -273,3 +273,17 @@ def test_many_groups_path_agrees_with_the_per_group_loop(monkeypatch):
         assert got.indices.tolist() == expected.indices.tolist()
         if kw.get("oversample"):
             assert got.counts.tolist() == expected.counts.tolist()
+
+
+def test_resolve_rows_refuses_integer_ids_from_a_data_set_of_another_size():
+    from prunekit.selection import Selection, resolve_rows
+
+    sel = Selection(indices=[0, 3], n_total=7, pr=0.5, ids=np.array([0, 3]))
+    with pytest.raises(PrunekitError, match="made for 7 rows but target has 10"):
+        resolve_rows(sel, 10, np.arange(10))
+    # String ids (file names) may select from a store of another size.
+    named = Selection(indices=[0, 3], n_total=7, pr=0.5, ids=np.array(["a", "d"], dtype=object))
+    rows = resolve_rows(named, 4, np.array(["d", "c", "b", "a"], dtype=object))
+    assert rows.tolist() == [3, 0]
+    # Same size, integer ids: matched by id, not position.
+    assert resolve_rows(sel, 7, np.array([6, 5, 4, 3, 2, 1, 0])).tolist() == [6, 3]

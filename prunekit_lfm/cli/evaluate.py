@@ -44,6 +44,8 @@ def _side(letter: str):
 @click.option("--seed", type=int, default=0, show_default=True, help="Noise seed (the same for both).")
 @click.option("--steps", type=int, default=60, show_default=True, help="ODE steps.")
 @click.option("--solver", type=click.Choice(["euler", "heun"]), default="euler", show_default=True)
+@click.option("--cfg", type=float, default=1.0, show_default=True,
+              help="Guidance scale for conditional runs (sample i gets label i mod classes); 1 = none.")
 @_side("a")
 @_side("b")
 @click.option("--features", default="pixels", show_default=True, help=FEATURES_HELP)
@@ -53,7 +55,7 @@ def _side(letter: str):
 @click.option("--batch-size", type=int, default=64, show_default=True)
 @click.option("-o", "--output", type=click.Path(dir_okay=False), default="compare.json", show_default=True)
 @quiet_option
-def compare(run_a, run_b, n, seed, steps, solver, coarse_a, t_switch_a, coarse_b, t_switch_b,
+def compare(run_a, run_b, n, seed, steps, solver, cfg, coarse_a, t_switch_a, coarse_b, t_switch_b,
             features, vae, ema, batch_size, output, quiet):
     """Same-seed similarity of two trained runs, against unrelated pairs.
 
@@ -68,12 +70,12 @@ def compare(run_a, run_b, n, seed, steps, solver, coarse_a, t_switch_a, coarse_b
         if (coarse is None) != (ts is None):
             raise PrunekitError(f"--coarse-{letter} and --t-switch-{letter} go together; give both or neither.")
     extractor = get_extractor(features, progress=not quiet)
-    common = dict(n=n, seed=seed, steps=steps, solver=solver, vae=vae, ema=ema,
+    common = dict(n=n, seed=seed, steps=steps, solver=solver, cfg=cfg, vae=vae, ema=ema,
                   batch_size=batch_size, progress=not quiet)
     a = draw(run_a, coarse=coarse_a, t_switch=t_switch_a, **common)
     b = draw(run_b, coarse=coarse_b, t_switch=t_switch_b, **common)
     result = paired_similarity(a, b, extractor)
-    result["settings"] = {"steps": steps, "solver": solver, "ema": ema, "features": features,
+    result["settings"] = {"steps": steps, "solver": solver, "cfg": cfg, "ema": ema, "features": features,
                           "coarse_a": coarse_a, "t_switch_a": t_switch_a,
                           "coarse_b": coarse_b, "t_switch_b": t_switch_b}
     result["cost"] = {"a": a.cost, "b": b.cost}

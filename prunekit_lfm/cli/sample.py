@@ -58,7 +58,7 @@ def load_models(
 
     RUN_DIR doubles as the fine run when only --coarse is given.
     """
-    from prunekit_lfm.runs import load_run
+    from prunekit_lfm.runs import check_same_latents, load_run
 
     if fine is not None and run_dir is not None and Path(fine) != Path(run_dir):
         raise PrunekitError(f"RUN_DIR {run_dir} and --fine {fine} disagree; give one of them.")
@@ -75,18 +75,6 @@ def load_models(
         models[role], configs[role] = load_run(path, ema=ema, device=device)
     check_same_latents(configs["coarse"], configs["fine"], coarse, fine)
     return models, configs
-
-
-def check_same_latents(a: Any, b: Any, path_a: str, path_b: str) -> None:
-    """Coarse and fine runs must live in one latent space (same VAE and scale)."""
-    va = str(Path(a.vae).resolve()) if a.vae else None
-    vb = str(Path(b.vae).resolve()) if b.vae else None
-    if va != vb or not math.isclose(a.scale_factor, b.scale_factor, rel_tol=1e-6):
-        raise PrunekitError(
-            f"--coarse {path_a} was trained on latents of VAE {a.vae} (scale {a.scale_factor}) but "
-            f"--fine {path_b} on VAE {b.vae} (scale {b.scale_factor}); coarse-to-fine needs one "
-            "latent space. Train both on latents from the same VAE."
-        )
 
 
 def to_uint8(images: np.ndarray) -> np.ndarray:
@@ -116,6 +104,8 @@ def vae_dir(vae: str | None, configs: dict[str, Any]) -> str | None:
     """The VAE folder to decode with: --vae, else the (fine) run's own, checked to exist."""
     config = configs.get("fine") or configs["model"]
     folder = vae or config.vae
+    if vae and not Path(vae).is_dir():
+        raise PrunekitError(f"--vae {vae}: folder not found; give the VAE folder the latents were encoded with.")
     if folder and not Path(folder).is_dir():
         raise PrunekitError(
             f"VAE folder {folder} (from the run's config.json) not found; pass --vae DIR to decode "

@@ -39,6 +39,7 @@ def train(latents: str, selection: str | None, model: str, run_dir: str, steps: 
     Multi-GPU: torchrun --nproc_per_node N $(which prunekit) lfm train ... (the global
     batch is split over the processes; only rank 0 writes).
     """
+    from ..models import PRESETS
     from ..runs import read_log
     from ..train import Dist
     from ..train import train as run_training
@@ -52,5 +53,7 @@ def train(latents: str, selection: str | None, model: str, run_dir: str, steps: 
     if Dist.from_env().main:
         log = read_log(run_dir)
         last = f", last loss {log[-1]['loss']:.4f}" if log else ""
-        name = config.model.get("preset") or "custom model"
+        preset = config.model.get("preset")
+        name = preset if preset and config.model["spec"] == PRESETS[preset] else (
+            f"custom model (from preset {preset})" if preset else "custom model")
         click.echo(f"{run_dir}: {name} trained {config.steps_done} steps on {config.n_train} latents{last}")
