@@ -76,12 +76,6 @@ class Embeddings:
             pos += keep.size
         return out
 
-    def kept_ids(self) -> np.ndarray | None:
-        return None if self.ids is None else self.ids[self.rows]
-
-    def kept_labels(self) -> np.ndarray | None:
-        return None if self.labels is None else self.labels[self.rows]
-
     @classmethod
     def from_array(
         cls,

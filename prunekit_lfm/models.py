@@ -306,12 +306,3 @@ def _dit_init(net: nn.Module) -> None:
         nn.init.zeros_(layer.weight)
         nn.init.zeros_(layer.bias)
 
-
-def preset_table(sample_size: int = 32, in_channels: int = 4, num_classes: int = 1000) -> list[dict[str, Any]]:
-    """Parameter counts of every preset at a latent shape (built on the meta device: instant)."""
-    rows = []
-    for name in PRESETS:
-        m = build_model(name, sample_size=sample_size, in_channels=in_channels,
-                        num_classes=num_classes, device="meta")
-        rows.append({"preset": name, "params": m.num_params()})
-    return rows
