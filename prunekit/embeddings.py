@@ -264,3 +264,23 @@ def _check_side(values: np.ndarray | None, what: str, n: int, name: str) -> None
             f"{name} ['{what}'] has shape {values.shape} but the embeddings have {n} rows; "
             f"'{what}' must be 1-D with one entry per row."
         )
+
+
+def as_embeddings(x: object) -> Embeddings:
+    """``x`` itself when it is an :class:`Embeddings`; else an array-like wrapped (and validated).
+
+    Public functions that take embeddings accept an ``Embeddings`` or anything
+    ``numpy.asarray`` turns into an (N, D) numeric array, as scikit-learn estimators do.
+    """
+    if isinstance(x, Embeddings):
+        return x
+    if isinstance(x, (str, os.PathLike)):
+        raise PrunekitError(
+            f"got the path {x!s} where embeddings were expected; load it with "
+            "prunekit.load_embeddings(path) first."
+        )
+    try:
+        arr = np.asarray(x)
+    except (TypeError, ValueError) as exc:
+        raise PrunekitError(f"cannot use {type(x).__name__} as embeddings: {exc}") from exc
+    return Embeddings.from_array(arr)

@@ -156,9 +156,9 @@ def test_herding_option_errors(monkeypatch):
     with pytest.raises(pk.PrunekitError, match="--kernel rff"):
         pk.score(emb, "herding", kernel="exact", progress=False)
     for bad in ("-1", "zero", 0.0, "nan"):
-        with pytest.raises(pk.PrunekitError, match="--sigma"):
+        with pytest.raises(pk.PrunekitError, match="parameter sigma must be a number > 0"):
             pk.score(emb, "herding", sigma=bad, progress=False)
-    with pytest.raises(pk.PrunekitError, match="--max-keep"):
+    with pytest.raises(pk.PrunekitError, match="parameter max_keep must be an integer >= 1"):
         pk.score(emb, "herding", max_keep=0, progress=False)
 
 
@@ -341,7 +341,7 @@ def test_loss_nonfinite_length_and_missing_file(tmp_path, emb_ids):
         pk.score(emb_ids, "loss", from_file=str(tmp_path / "two.npy"), progress=False)
     with pytest.raises(pk.PrunekitError, match="not found"):
         pk.score(emb_ids, "loss", from_file=str(tmp_path / "nope.csv"), progress=False)
-    with pytest.raises(pk.PrunekitError, match="--from"):
+    with pytest.raises(pk.PrunekitError, match="parameter from_file is required"):
         pk.score(emb_ids, "loss", progress=False)
 
 

@@ -1,24 +1,101 @@
-"""``prunekit score``: score every item of an embeddings file with one method."""
+"""``prunekit score``: score every item of an embeddings file with one method.
+
+The method options are generated from the methods' parameter specs
+(:mod:`prunekit.params`): one ``--flag`` per parameter name, shared by the methods that
+take it. A flag given to a method that does not take it is an error.
+"""
 
 from __future__ import annotations
 
 import click
 from click.core import ParameterSource
 
+from ..atomic import check_output
 from ..errors import PrunekitError
-from ..methods import available
+from ..methods import REGISTRY, available, get_method
 from ..methods import score as run_score
-from .common import drop_option, key_option, open_embeddings, quiet_option
+from ..params import Param, ParamError, validate
+from .common import drop_option, key_option, open_embeddings, quiet_option, seed_option
 
-# The options each method takes (CLI parameter names = library keyword names).
-METHOD_OPTIONS: dict[str, tuple[str, ...]] = {
-    "random": (),
-    "kmeans": ("k", "iters", "spherical", "backend", "restarts"),
-    "herding": ("kernel", "rff_dim", "sigma", "max_keep", "within"),
-    "kcenter": ("max_keep", "metric", "within"),
-    "loss": ("from_file",),
-}
-ALL_METHOD_OPTIONS = sorted({o for opts in METHOD_OPTIONS.values() for o in opts})
+
+def _methods_taking(name: str) -> list[str]:
+    return [m for m in available() if any(p.name == name for p in REGISTRY[m].params)]
+
+
+def _spec_by_name() -> dict[str, Param]:
+    """One Param per parameter name across methods (the first declaration describes it)."""
+    out: dict[str, Param] = {}
+    for m in available():
+        for p in REGISTRY[m].params:
+            first = out.setdefault(p.name, p)
+            if first.kind != p.kind or first.cli_flag != p.cli_flag:
+                raise TypeError(f"parameter {p.name} is declared differently by two methods")
+    return out
+
+
+def _shown(p: Param) -> object:
+    """A default as the user types it (``spherical``, not ``True``, for a flag pair)."""
+    if p.kind == "bool" and p.negation:
+        return p.name if p.default else p.negation
+    return p.default
+
+
+def _default_text(name: str) -> str:
+    defaults = {m: next(_shown(p) for p in REGISTRY[m].params if p.name == name)
+                for m in _methods_taking(name)}
+    values = set(map(repr, defaults.values()))
+    if values == {"None"}:
+        return ""
+    if len(values) == 1:
+        return f" [default: {next(iter(defaults.values()))}]"
+    return " [default: " + "; ".join(f"{m}: {v}" for m, v in defaults.items()) + "]"
+
+
+def _option(p: Param) -> click.Option:
+    """The click option of one parameter; its default is None so 'given' is detectable."""
+    tag = "[" + ", ".join(_methods_taking(p.name)) + "] "
+    help_text = tag + p.help + _default_text(p.name)
+    if p.kind == "bool":
+        decl = f"{p.cli_flag}/--{p.negation}" if p.negation else p.cli_flag
+        return click.Option([decl, p.name], default=None, help=help_text)
+    ptype: click.ParamType
+    if p.kind == "choice":
+        ptype = click.Choice(p.choices)
+    elif p.kind == "path":
+        ptype = click.Path(dir_okay=False)
+    elif p.kind == "int":
+        ptype = click.INT
+    elif p.kind == "float" and not p.special:
+        ptype = click.FLOAT
+    else:
+        ptype = click.STRING  # numbers with special words ("auto") are parsed by the spec
+    return click.Option([p.cli_flag, p.name], type=ptype, default=None, help=help_text)
+
+
+def _method_params(ctx: click.Context, method: str, options: dict) -> dict:
+    """The method options the user gave, checked to apply to ``method``."""
+    spec = _spec_by_name()
+    given = [name for name in spec if ctx.get_parameter_source(name) not in (ParameterSource.DEFAULT, None)]
+    allowed = {p.name for p in get_method(method).params}
+    wrong = [spec[name].cli_flag for name in given if name not in allowed]
+    if wrong:
+        takes = ", ".join(p.cli_flag for p in get_method(method).params) or "no method options"
+        raise PrunekitError(
+            f"{', '.join(wrong)} {'does' if len(wrong) == 1 else 'do'} not apply to method "
+            f"'{method}'; it takes: {takes}."
+        )
+    params = {name: options[name] for name in given}
+    try:  # check values before any file is read
+        validate(method, get_method(method).params, params)
+    except ParamError as exc:
+        raise PrunekitError(exc.cli_message()) from exc
+    return params
+
+
+def _input_files(emb: str, params: dict) -> list[str]:
+    """EMB and every file a method parameter names (an output may replace none of them)."""
+    spec = _spec_by_name()
+    return [emb] + [v for k, v in params.items() if spec[k].kind == "path"]
 
 
 @click.command()
@@ -30,35 +107,7 @@ ALL_METHOD_OPTIONS = sorted({o for opts in METHOD_OPTIONS.values() for o in opts
 @key_option
 @drop_option
 @quiet_option
-@click.option("--seed", default=0, show_default=True, type=int,
-              help="Seed of every random choice (k-means++ seeding, sigma sample, Fourier features).")
-@click.option("--k", "k", default=24, show_default=True, type=click.IntRange(min=1),
-              help="[kmeans] Number of clusters.")
-@click.option("--iters", default=25, show_default=True, type=click.IntRange(min=1),
-              help="[kmeans] Lloyd iterations.")
-@click.option("--spherical/--euclidean", default=True, show_default=True,
-              help="[kmeans] Spherical: rows L2-normalised, centroids renormalised, score = 1 - cos; "
-                   "Euclidean: score = ||x - c||.")
-@click.option("--backend", type=click.Choice(["auto", "faiss", "sklearn"]), default="auto",
-              show_default=True, help="[kmeans] Lloyd implementation (auto = faiss when installed).")
-@click.option("--restarts", default=1, show_default=True, type=click.IntRange(min=1),
-              help="[kmeans] Independent seedings; the lowest inertia wins.")
-@click.option("--kernel", type=click.Choice(["rff", "exact"]), default="rff", show_default=True,
-              help="[herding] RBF kernel via random Fourier features, or exact (small sets only).")
-@click.option("--rff-dim", default=512, show_default=True, type=click.IntRange(min=1),
-              help="[herding] Number of random Fourier features.")
-@click.option("--sigma", default="auto", show_default=True,
-              help="[herding] RBF bandwidth: a positive number, or 'auto' (median heuristic).")
-@click.option("--max-keep", type=click.IntRange(min=1), default=None,
-              help="[herding, kcenter] Stop after this many picks (per cluster with --within); "
-                   "the rest score -inf. Default: the full order.")
-@click.option("--within", type=click.Path(dir_okay=False), default=None,
-              help="[herding, kcenter] Pick inside each cluster of this k-means scores file "
-                   "(orders merged round by round).")
-@click.option("--metric", type=click.Choice(["euclidean", "cosine"]), default="euclidean",
-              show_default=True, help="[kcenter] Distance between items.")
-@click.option("--from", "from_file", type=click.Path(dir_okay=False), default=None,
-              help="[loss] Scores to import: HDF5 ('score', optional 'ids'), .npy, .json or .csv (id,score).")
+@seed_option("Seed of every random choice (k-means++ seeding, sigma sample, Fourier features).")
 @click.pass_context
 def score(ctx: click.Context, emb: str, method: str, output: str, key: str, drop_nonfinite: bool,
           quiet: bool, seed: int, **options) -> None:
@@ -73,28 +122,19 @@ def score(ctx: click.Context, emb: str, method: str, output: str, key: str, drop
       prunekit score emb.h5 -m loss --from losses.csv
     Options marked [method] apply to that method only; giving one to another method is an error.
     """
-    if method not in available():
-        raise PrunekitError(f"unknown method '{method}'; choose one of: {', '.join(available())}.")
-    allowed = METHOD_OPTIONS.get(method, ())
-    given = [name for name in ALL_METHOD_OPTIONS
-             if ctx.get_parameter_source(name) not in (ParameterSource.DEFAULT, None)]
-    wrong = [_flag(name) for name in given if name not in allowed]
-    if wrong:
-        raise PrunekitError(
-            f"{', '.join(wrong)} {'does' if len(wrong) == 1 else 'do'} not apply to method '{method}'; "
-            f"it takes: {', '.join(map(_flag, allowed)) or 'no method options'}."
-        )
-    params = {name: options[name] for name in allowed if options[name] is not None}
-    if method == "loss" and "from_file" not in params:
-        raise PrunekitError("method 'loss' needs the file of scores to import: --from FILE.")
+    get_method(method)
+    params = _method_params(ctx, method, options)
+    check_output(output, inputs=_input_files(emb, params))
     embeddings = open_embeddings(emb, key, drop_nonfinite)
-    result = run_score(embeddings, method, seed=seed, progress=not quiet, **params)
+    try:
+        result = run_score(embeddings, method, seed=seed, progress=not quiet, **params)
+    except ParamError as exc:
+        raise PrunekitError(exc.cli_message()) from exc
     result.save(output)
     click.echo(f"{output}: {method} scored {embeddings.n} of {embeddings.n_total} rows{_detail(result.params)}")
 
 
-def _flag(name: str) -> str:
-    return "--from" if name == "from_file" else "--" + name.replace("_", "-")
+score.params.extend(_option(p) for p in _spec_by_name().values())
 
 
 def _detail(p: dict) -> str:

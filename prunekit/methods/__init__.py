@@ -1,8 +1,15 @@
-"""Scoring methods behind one interface and a name registry.
+"""Scoring methods behind one interface, a name registry and one parameter spec per method.
 
 A method is a function ``fn(emb, *, seed, progress, **params) -> MethodResult`` that scores
-the usable rows of ``emb`` (``emb.array()``, compact order). :func:`score` maps the result
-back to source positions and wraps it in a :class:`~prunekit.scores.Scores`.
+the usable rows of ``emb`` (compact order, positions 0..n-1), registered with the
+:class:`~prunekit.params.Param` spec of its parameters::
+
+    @register("kmeans", params=(Param("k", "int", 24, "Number of clusters.", low=1), ...))
+    def kmeans_scores(emb, *, seed, progress, k, ...): ...
+
+:func:`score` validates the parameters against the spec, maps the result back to source
+positions and wraps it in a :class:`~prunekit.scores.Scores`. The CLI builds its options
+from the same specs, so adding a method is adding one module (and importing it below).
 """
 
 from __future__ import annotations
@@ -13,12 +20,29 @@ from typing import Any
 
 import numpy as np
 
-from ..embeddings import Embeddings
+from ..embeddings import Embeddings, as_embeddings
 from ..errors import PrunekitError
+from ..params import Param, validate
 from ..scores import Scores
+from ..seeds import check_seed
 
 MethodFn = Callable[..., "MethodResult"]
-REGISTRY: dict[str, MethodFn] = {}
+
+
+@dataclass(frozen=True)
+class Method:
+    """A registered scoring method: its function, parameter spec and one-line summary."""
+
+    name: str
+    fn: MethodFn
+    params: tuple[Param, ...]
+
+    @property
+    def summary(self) -> str:
+        return (self.fn.__doc__ or "").strip().split("\n")[0]
+
+
+REGISTRY: dict[str, Method] = {}
 
 
 @dataclass
@@ -33,11 +57,11 @@ class MethodResult:
     params: dict[str, Any] = field(default_factory=dict)  # resolved settings (e.g. sigma)
 
 
-def register(name: str) -> Callable[[MethodFn], MethodFn]:
-    """Class-free registration: ``@register("kmeans")`` on the method function."""
+def register(name: str, params: tuple[Param, ...] = ()) -> Callable[[MethodFn], MethodFn]:
+    """Class-free registration: ``@register("kmeans", params=(...))`` on the method function."""
 
     def deco(fn: MethodFn) -> MethodFn:
-        REGISTRY[name] = fn
+        REGISTRY[name] = Method(name, fn, tuple(params))
         return fn
 
     return deco
@@ -48,14 +72,28 @@ def available() -> list[str]:
     return sorted(REGISTRY)
 
 
+def get_method(name: str) -> Method:
+    """The registered method ``name``, or an error listing the choices."""
+    if name not in REGISTRY:
+        raise PrunekitError(f"unknown method '{name}'; choose one of: {', '.join(available())}.")
+    return REGISTRY[name]
+
+
 def score(
-    emb: Embeddings, method: str, *, seed: int = 0, progress: bool = True, **params: Any
+    emb: Embeddings | Any, method: str, *, seed: int = 0, progress: bool = True, **params: Any
 ) -> Scores:
-    """Score every usable row of ``emb`` with ``method`` (see :func:`available`)."""
-    if method not in REGISTRY:
-        raise PrunekitError(f"unknown method '{method}'; choose one of: {', '.join(available())}.")
-    res = REGISTRY[method](emb, seed=seed, progress=progress, **params)
-    return _to_scores(emb, method, res, {"seed": seed, **params, **res.params})
+    """Score every usable row of ``emb`` with ``method`` (see :func:`available`).
+
+    ``emb`` is an :class:`~prunekit.embeddings.Embeddings` or anything array-like of shape
+    (N, D). ``params`` are the method's parameters (``prunekit.methods.REGISTRY[name].params``
+    lists them); they are checked before any work starts.
+    """
+    spec = get_method(method)
+    seed = check_seed(seed)
+    values = validate(method, spec.params, params)
+    emb = as_embeddings(emb)
+    res = spec.fn(emb, seed=seed, progress=progress, **values)
+    return _to_scores(emb, method, res, {"seed": seed, **values, **res.params})
 
 
 def _to_scores(emb: Embeddings, method: str, res: MethodResult, params: dict) -> Scores:

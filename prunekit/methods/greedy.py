@@ -8,7 +8,18 @@ import numpy as np
 
 from ..embeddings import Embeddings
 from ..errors import PrunekitError
+from ..params import Param
 from ..scores import Scores, load_scores
+
+# Parameters both greedy methods take (one declaration, shared by their specs).
+MAX_KEEP = Param(
+    "max_keep", "int", None,
+    "Stop after this many picks (per cluster with within); the rest score -inf. "
+    "Default: the full order.", low=1, nullable=True)
+WITHIN = Param(
+    "within", "path", None,
+    "Pick inside each cluster of this k-means scores file (orders merged round by round).",
+    nullable=True, objects=(Scores,))
 
 
 def resolve_max_keep(max_keep: int | None, n: int) -> int:

@@ -25,10 +25,13 @@ import numpy as np
 from ..embeddings import Embeddings
 from ..errors import PrunekitError
 from ..kernels import RandomFourierFeatures, median_sigma, rbf
+from ..params import Param
 from ..progress import counter
 from ..scores import Scores
 from . import MethodResult, register
 from .greedy import (
+    MAX_KEEP,
+    WITHIN,
     greedy_groups,
     interleave,
     order_scores,
@@ -42,7 +45,14 @@ EXACT_MAX_ROWS = 20000
 EXACT_CHUNK = 1024
 
 
-@register("herding")
+@register("herding", params=(
+    Param("kernel", "choice", "rff",
+          "RBF kernel via random Fourier features, or exact (small sets only).", choices=KERNELS),
+    Param("rff_dim", "int", 512, "Number of random Fourier features.", low=1, high=65536),
+    Param("sigma", "float", "auto", "RBF bandwidth: a positive number, or 'auto' (median heuristic).",
+          low=0, open_low=True, special=("auto",)),
+    MAX_KEEP, WITHIN,
+))
 def herding_scores(
     emb: Embeddings,
     *,

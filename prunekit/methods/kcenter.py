@@ -24,10 +24,13 @@ import numpy as np
 from ..cluster import normalize_rows
 from ..embeddings import Embeddings
 from ..errors import PrunekitError
+from ..params import Param
 from ..progress import counter
 from ..scores import Scores
 from . import MethodResult, register
 from .greedy import (
+    MAX_KEEP,
+    WITHIN,
     greedy_groups,
     interleave,
     order_scores,
@@ -39,7 +42,11 @@ from .greedy import (
 METRICS = ("euclidean", "cosine")
 
 
-@register("kcenter")
+@register("kcenter", params=(
+    MAX_KEEP,
+    Param("metric", "choice", "euclidean", "Distance between items.", choices=METRICS),
+    WITHIN,
+))
 def kcenter_scores(
     emb: Embeddings,
     *,

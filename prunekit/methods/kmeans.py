@@ -7,15 +7,28 @@ Together with ``select --balance clusters`` this is the paper's balanced cluster
 
 from __future__ import annotations
 
+from ..cluster import BACKENDS
 from ..cluster import kmeans as run_kmeans
 from ..embeddings import Embeddings
+from ..params import Param
 from . import MethodResult, register
 
 DEFAULT_K = 24
 DEFAULT_ITERS = 25
 
+PARAMS = (
+    Param("k", "int", DEFAULT_K, "Number of clusters.", low=1),
+    Param("iters", "int", DEFAULT_ITERS, "Lloyd iterations.", low=1, high=100_000),
+    Param("spherical", "bool", True,
+          "Spherical: rows L2-normalised, centroids renormalised, score = 1 - cos; "
+          "Euclidean: score = ||x - c||.", negation="euclidean"),
+    Param("backend", "choice", "auto", "Lloyd implementation (auto = faiss when installed).",
+          choices=BACKENDS),
+    Param("restarts", "int", 1, "Independent seedings; the lowest inertia wins.", low=1, high=1000),
+)
 
-@register("kmeans")
+
+@register("kmeans", params=PARAMS)
 def kmeans_scores(
     emb: Embeddings,
     *,

@@ -25,12 +25,17 @@ import numpy as np
 from ..embeddings import Embeddings
 from ..errors import PrunekitError
 from ..h5io import decode_ids, open_h5, require
+from ..params import Param
 from . import MethodResult, register
 
 NAMED = 5
 
 
-@register("loss")
+@register("loss", params=(
+    Param("from_file", "path", None,
+          "Scores to import: HDF5 ('score', optional 'ids'), .npy, .json or .csv (id,score).",
+          flag="--from"),
+))
 def loss_scores(
     emb: Embeddings,
     *,
