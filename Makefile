@@ -12,7 +12,7 @@ $(STAMP): pyproject.toml requirements/constraints-cpu.txt
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(PIP) torch==2.13.0
-	$(PIP) -e ".[lfm,plot,dev]"
+	$(PIP) -e ".[lfm,plot,dev,parquet,embed,ray]"
 	touch $(STAMP)
 
 venv: $(STAMP)

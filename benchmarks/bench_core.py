@@ -63,7 +63,8 @@ def bench_kmeans(n: int, d: int, k: int, iters: int, repeats: int, sklearn_max: 
     x = mixture(n, d, 2 * k)
 
     def ours():
-        return kmeans(x, k, iters=iters, seed=0, spherical=False, backend="auto", progress=False).centroids
+        return kmeans(x, k, iters=iters, seed=0, spherical=False, backend="auto", restarts=1,
+                      progress=False).centroids
 
     def raw_faiss(niter=iters):
         km = faiss.Kmeans(d, k, niter=niter, nredo=1, seed=1, spherical=False, verbose=False,
@@ -92,7 +93,8 @@ def bench_backends(n: int, d: int, k: int, iters: int, repeats: int) -> list[tup
     for spherical in (True, False):
         for backend in ("faiss", "sklearn"):
             t, res = median_time(lambda b=backend, s=spherical: kmeans(
-                x, k, iters=iters, seed=0, spherical=s, backend=b, progress=False), repeats)
+                x, k, iters=iters, seed=0, spherical=s, backend=b, restarts=1, progress=False),
+                repeats)
             rows.append(("spherical" if spherical else "euclidean", backend, t, res.inertia))
     return rows
 

@@ -28,9 +28,9 @@ from collections.abc import Callable
 import torch
 
 from prunekit_lfm.cost import forward_flops
-from prunekit_lfm.flow import fm_loss
 from prunekit_lfm.models import build_model
-from prunekit_lfm.sampling import coarse_steps, sample, sample_c2f
+from prunekit_lfm.paths import fm_loss
+from prunekit_lfm.sampling import SamplingConfig, coarse_steps, sample, sample_c2f
 
 
 def sync(device: str) -> None:
@@ -82,7 +82,7 @@ def sample_images_per_s(spec: str, args: argparse.Namespace) -> tuple[float, int
     n = args.batch
 
     def run() -> None:
-        sample(model, n, seed=0, steps=args.steps, batch_size=n, progress=False)
+        sample(model, n, SamplingConfig(seed=0, steps=args.steps, batch_size=n), progress=False)
 
     per_latent = forward_flops(model, n, (4, args.latent_size, args.latent_size)) // n
     return n / median_time(run, args.repeats, args.device), per_latent
@@ -93,20 +93,20 @@ def c2f_rows(args: argparse.Namespace) -> tuple[list[tuple], float, float]:
     shape = (4, args.latent_size, args.latent_size)
     n = args.batch
     r = forward_flops(coarse, n, shape) / forward_flops(fine, n, shape)
-    common = dict(seed=0, steps=args.steps, batch_size=n, progress=False)
-    sample(fine, n, **{**common, "steps": 1})  # warm-up both models
-    sample(coarse, n, **{**common, "steps": 1})
+    config = SamplingConfig(seed=0, steps=args.steps, batch_size=n)
+    sample(fine, n, config.replace(steps=1), progress=False)  # warm-up both models
+    sample(coarse, n, config.replace(steps=1), progress=False)
     rows = []
     base_flops, base_walls = None, []
     for _ in range(args.repeats):
-        res = sample(fine, n, **common)
+        res = sample(fine, n, config, progress=False)
         base_flops = res.cost.flops
         base_walls.append(res.cost.wall_s)
     base_wall = statistics.median(base_walls)
     for s in args.t_switch:
         walls, flops = [], 0
         for _ in range(args.repeats):
-            res = sample_c2f(coarse, fine, n, t_switch=s, **common)
+            res = sample_c2f(coarse, fine, n, config, t_switch=s, progress=False)
             walls.append(res.cost.wall_s)
             flops = res.cost.flops
         wall = statistics.median(walls)

@@ -10,10 +10,11 @@ imports torch. The Python API mirrors the CLI::
     sel.save("selection.h5")
 """
 
-__version__ = "0.1.0"
-
+from ._version import __version__
 from .embeddings import Embeddings, load_embeddings  # noqa: E402
 from .errors import PrunekitError  # noqa: E402
+from .flow.study import stability  # noqa: E402
+from .inspection import inspect  # noqa: E402
 from .methods import available as available_methods  # noqa: E402
 from .methods import score  # noqa: E402
 from .scores import Scores, load_scores  # noqa: E402
@@ -24,11 +25,14 @@ __all__ = [
     "PrunekitError",
     "Scores",
     "Selection",
+    "__version__",
     "available_methods",
+    "inspect",
     "load_embeddings",
     "load_scores",
     "load_selection",
     "resolve_rows",
     "score",
     "select",
+    "stability",
 ]

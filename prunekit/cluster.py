@@ -20,21 +20,38 @@ SEED_SAMPLE_PER_CLUSTER * k)`` rows. The Lloyd iterations run in a backend:
 The final assignment, the distances and the inertia are recomputed by :func:`assign` in
 chunks against the final centroids (memory O(chunk x k)), so labels and centroids always
 agree whatever the backend. Same inputs and seed give the same bytes.
+
+``restarts=None`` picks the number of restarts from the problem size
+(:func:`auto_restarts`): ten for small and medium problems, where a single k-means++
+seeding too often merges two clusters, one for large ones.
+
+:func:`kmeans_streamed` bounds the memory for data of any size: :func:`kmeans` on a sample
+held in memory (:func:`sample_plan`), optional streamed Lloyd passes, and one streamed
+assignment pass, chunk tasks running on the current engine (:mod:`prunekit.engine`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
 from threadpoolctl import threadpool_limits
 
+from .budget import memory_budget
+from .engine import chunk_rows_for, current
 from .errors import PrunekitError
 from .progress import track
+from .resume import WorkDir
+from .seeds import role_rng
 
 BACKENDS = ("auto", "faiss", "sklearn")
+AUTO_RESTARTS_MAX = 10  # scikit-learn's n_init for k-means++ seeding
+# restarts="auto": as many restarts (up to the max) as fit in this many multiply-adds of
+# seeding and Lloyd together; problems larger than that keep one restart, today's cost.
+AUTO_RESTARTS_WORK = 3e10  # about 10 s of faiss Lloyd on 2 busy cores
 SEED_SAMPLE_MIN = 4096
 SEED_SAMPLE_PER_CLUSTER = 8
 ASSIGN_CHUNK = 8192
@@ -59,6 +76,7 @@ class KMeansResult:
     inertia: float
     backend: str
     restart: int  # which restart won (lowest inertia)
+    restarts: int = 1  # how many ran
 
 
 def normalize_rows(x: np.ndarray) -> np.ndarray:
@@ -90,7 +108,7 @@ def kmeans(
     seed: int = 0,
     spherical: bool = True,
     backend: str = "auto",
-    restarts: int = 1,
+    restarts: int | None = None,
     progress: bool = True,
     copy: bool = True,
 ) -> KMeansResult:
@@ -98,11 +116,14 @@ def kmeans(
 
     ``x`` is used as C-contiguous float32 and normalised when ``spherical``: on a copy,
     unless ``copy=False`` (then a float32 C-contiguous ``x`` is normalised in place).
-    Restart ``r`` draws its seeding from ``SeedSequence([seed, r])``.
+    Restart ``r`` draws its seeding from ``SeedSequence([seed, r])``. ``restarts=None``
+    chooses their number from the problem size (:func:`auto_restarts`).
     """
     n = x.shape[0]
     if not 1 <= k <= n:
         raise PrunekitError(f"k-means needs 1 <= k <= number of rows ({n}); got k={k}. Lower --k.")
+    if restarts is None:
+        restarts = auto_restarts(n, k, x.shape[1], iters)
     if iters < 1 or restarts < 1:
         raise PrunekitError(f"k-means needs --iters >= 1 and --restarts >= 1 (got {iters}, {restarts}).")
     backend = resolve_backend(backend)
@@ -123,9 +144,23 @@ def kmeans(
         labels, dist, sq = assign(data, cent, spherical=spherical)
         inertia = float(sq.sum())
         if best is None or inertia < best.inertia:
-            best = KMeansResult(cent, labels, dist, inertia, backend, r)
+            best = KMeansResult(cent, labels, dist, inertia, backend, r, restarts)
     assert best is not None
     return best
+
+
+def auto_restarts(n: int, k: int, d: int, iters: int) -> int:
+    """Restarts for ``restarts=None``: up to 10 while their work stays small.
+
+    One restart costs about ``n k d iters`` multiply-adds of Lloyd plus the seeding's
+    ``m k d (2 + ln k)`` on its subsample of m rows. As many restarts as fit in
+    :data:`AUTO_RESTARTS_WORK` run, at least 1 and at most :data:`AUTO_RESTARTS_MAX` (the
+    ``n_init`` of scikit-learn): small and medium problems get the quality of ten seedings,
+    large ones keep the cost of one.
+    """
+    m = min(n, max(SEED_SAMPLE_MIN, SEED_SAMPLE_PER_CLUSTER * k))
+    one = float(n) * k * d * iters + float(m) * k * d * (2 + np.log(k))
+    return int(min(AUTO_RESTARTS_MAX, max(1, AUTO_RESTARTS_WORK // max(one, 1.0))))
 
 
 def kmeanspp(
@@ -265,3 +300,224 @@ def _lloyd_sklearn(data: np.ndarray, init: np.ndarray, iters: int, seed: int, sp
             km = KMeans(k, init=cent, n_init=1, max_iter=1, tol=0.0, random_state=seed)
             cent = normalize_rows(km.fit(data).cluster_centers_.astype(np.float32))
         return cent
+
+
+# ------------------------------------------------------------------ bounded-memory k-means
+
+SAMPLE_PER_CLUSTER = 256  # rows per centroid in the in-memory sample (faiss's own default)
+SAMPLE_MIN = 65536
+STATE_EVERY_S = 60.0  # how often a streamed Lloyd pass records its running sums
+
+
+@dataclass
+class SamplePlan:
+    """How many usable rows k-means holds in memory, and how they were drawn."""
+
+    rows: int
+    of: int
+    drawn: str
+
+    def params(self) -> dict:
+        return {"sample_rows": self.rows, "sample_of": self.of, "sample_drawn": self.drawn}
+
+
+def sample_plan(n: int, k: int, d: int, itemsize: int, budget: int) -> SamplePlan:
+    """All ``n`` rows when they fit in half the ``budget``; else a sample sized from k.
+
+    A sample row costs its float32 copy plus the row as read (``itemsize`` bytes a value).
+    The sample holds ``max(SAMPLE_MIN, SAMPLE_PER_CLUSTER * k)`` rows, capped by the budget
+    and by ``n``; it is drawn uniformly without replacement (see :func:`kmeans_streamed`).
+    """
+    per_row = d * (4 + itemsize) + 16
+    fits = max(0, budget // 2) // per_row
+    if n <= fits:
+        return SamplePlan(n, n, "all rows")
+    m = int(min(n, fits, max(SAMPLE_MIN, SAMPLE_PER_CLUSTER * k)))
+    if m < k:
+        raise PrunekitError(
+            f"k-means with k={k} needs a sample of at least {k} rows ({k * per_row / 2**20:.0f} MiB "
+            f"at {d} dimensions), but the memory budget of {budget / 2**20:.0f} MiB holds {m}. "
+            "Raise --memory or lower --k."
+        )
+    return SamplePlan(m, n, "uniform without replacement, seeded by (seed, 'kmeans-sample')")
+
+
+def kmeans_streamed(
+    src,
+    rows: np.ndarray,
+    k: int,
+    *,
+    plan: SamplePlan,
+    iters: int = 25,
+    seed: int = 0,
+    spherical: bool = True,
+    backend: str = "auto",
+    restarts: int | None = None,
+    full_passes: int = 0,
+    engine=None,
+    work=None,
+    chunk_rows: int | None = None,
+    budget: int | None = None,
+    progress: bool = True,
+) -> KMeansResult:
+    """k-means over the usable ``rows`` of a chunked source, holding only a sample in memory.
+
+    When all rows fit (``plan.rows >= n``) and no streamed passes are asked for, this is
+    :func:`kmeans` on the rows read into memory. Otherwise:
+
+    1. Seed and run Lloyd (:func:`kmeans`) on ``plan.rows`` usable rows read into memory.
+    2. ``full_passes`` streamed Lloyd passes: each chunk adds up its rows per nearest
+       centroid (float64), the chunk sums are added in chunk order, the centroids become
+       the means (renormalised when spherical; an empty cluster keeps its centroid).
+    3. One streamed assignment pass: labels and distances of every row, chunk by chunk.
+
+    ``src`` has ``chunks``/``read``/``read_rows`` (see :func:`prunekit.engine.source_of`);
+    ``rows`` are the positions of its usable (finite) rows. Chunks run on ``engine`` and
+    record their results in ``work`` (a :class:`prunekit.resume.WorkDir`). Labels and
+    distances come back in compact order (one per usable row). As many chunks run at a
+    time as :func:`chunk_task_bytes` fit in ``budget`` (default: the memory budget).
+    """
+    engine = engine or current()
+    work = work or WorkDir(None)
+    n = rows.size
+    if plan.rows >= n and full_passes == 0:
+        # Everything fits: in-memory k-means, whose last assignment is the answer (no
+        # second pass over the data; the same on every engine, nothing worth recording).
+        x = np.ascontiguousarray(src.read_rows(rows), dtype=np.float32)
+        return kmeans(x, k, iters=iters, seed=seed, spherical=spherical, backend=backend,
+                      restarts=restarts, progress=progress, copy=False)
+    info = work.load_json("sample")
+    if info is not None and info.get("sample_rows") != plan.rows:
+        work.clear()  # recorded with another sample size (another memory budget): start over
+        info = None
+    cent = work.load("centroids-0")
+    if cent is None or info is None:
+        if plan.rows >= n:
+            pick = rows
+        else:
+            rng = role_rng(seed, "kmeans-sample")
+            pick = rows[np.sort(rng.choice(n, size=plan.rows, replace=False))]
+        sample = np.ascontiguousarray(src.read_rows(pick), dtype=np.float32)
+        res = kmeans(sample, k, iters=iters, seed=seed, spherical=spherical, backend=backend,
+                     restarts=restarts, progress=progress, copy=False)
+        del sample
+        cent = res.centroids
+        info = {"backend": res.backend, "restart": res.restart, "restarts": res.restarts,
+                "sample_inertia": res.inertia, "sample_rows": plan.rows}
+        work.save("centroids-0", cent)
+        work.save_json("sample", info)
+    dropped = np.setdiff1d(np.arange(src.n_total), rows) if n < src.n_total else None
+    chunk_rows = chunk_rows or chunk_rows_for(src.dim)
+    chunks = src.chunks(chunk_rows)
+    budget = memory_budget() if budget is None else budget
+    limit = max(1, budget // chunk_task_bytes(chunk_rows, src.dim, src.dtype.itemsize, k))
+    for p in range(full_passes):
+        nxt = work.load(f"centroids-{p + 1}")
+        if nxt is None:
+            nxt = _lloyd_pass(src, chunks, cent, spherical, dropped, engine, work, p, limit,
+                              progress)
+            work.save(f"centroids-{p + 1}", nxt)
+        cent = nxt
+    labels, dist, inertia = _assign_pass(src, chunks, cent, spherical, dropped, engine, work,
+                                         limit, progress)
+    return KMeansResult(cent, labels[rows], dist[rows], inertia, info["backend"],
+                        int(info["restart"]), int(info["restarts"]))
+
+
+def _prepared(src, ref, dropped: np.ndarray | None, spherical: bool) -> tuple[np.ndarray, np.ndarray]:
+    """A chunk as float32 (dropped rows zeroed, normalised when spherical) and its usable mask."""
+    x = np.array(src.read(ref), dtype=np.float32, order="C")
+    ok = np.ones(x.shape[0], dtype=bool)
+    if dropped is not None:
+        lo, hi = np.searchsorted(dropped, [ref.global_start, ref.global_start + x.shape[0]])
+        ok[dropped[lo:hi] - ref.global_start] = False
+        x[~ok] = 0.0
+    if spherical:
+        normalize_rows(x)
+    return x, ok
+
+
+def _assign_chunk(shared, ref) -> tuple[np.ndarray, np.ndarray, float]:
+    src, cent, spherical, dropped = shared
+    x, ok = _prepared(src, ref, dropped, spherical)
+    labels, dist, sq = assign(x, cent, spherical=spherical)
+    labels[~ok] = -1
+    dist[~ok] = np.nan
+    return labels, dist, float(sq[ok].sum())
+
+
+def _lloyd_chunk(shared, ref) -> tuple[np.ndarray, np.ndarray]:
+    src, cent, spherical, dropped = shared
+    x, ok = _prepared(src, ref, dropped, spherical)
+    labels = assign(x, cent, spherical=spherical)[0][ok]
+    x = x[ok]
+    k = cent.shape[0]
+    sums = np.zeros((k, x.shape[1]), dtype=np.float64)
+    order = np.argsort(labels, kind="stable")  # rows of one cluster together, in row order
+    present, starts = np.unique(labels[order], return_index=True)
+    if present.size:
+        sums[present] = np.add.reduceat(x[order], starts, axis=0, dtype=np.float64)
+    return sums, np.bincount(labels, minlength=k).astype(np.int64)
+
+
+def chunk_task_bytes(chunk_rows: int, d: int, itemsize: int, k: int) -> int:
+    """Peak memory of one chunk task: the rows as read, float32 copies, the product blocks."""
+    return chunk_rows * (d * (itemsize + 12) + 32) + ASSIGN_CHUNK * (4 * k + 16 * d)
+
+
+def _lloyd_pass(src, chunks, cent, spherical, dropped, engine, work, p, limit,
+                progress) -> np.ndarray:
+    """One streamed Lloyd update; the running sums are recorded every STATE_EVERY_S."""
+    k, d = cent.shape
+    sums = work.load(f"pass-{p}-sums")
+    counts = work.load(f"pass-{p}-counts")
+    state = work.load_json(f"pass-{p}")
+    done = int(state["next_chunk"]) if state and sums is not None and counts is not None else 0
+    if not done:
+        sums, counts = np.zeros((k, d)), np.zeros(k, dtype=np.int64)
+    last = time.monotonic()
+    todo = chunks[done:]
+    shared = (src, cent, spherical, dropped)
+    results = engine.map(_lloyd_chunk, todo, shared, desc=f"Lloyd pass {p + 1}",
+                         progress=progress, limit=limit)
+    with contextlib.closing(results):
+        for i, (s, c) in enumerate(results):
+            sums += s  # chunk order: the same additions on every engine
+            counts += c
+            if work.enabled and (time.monotonic() - last >= STATE_EVERY_S or i == len(todo) - 1):
+                work.save(f"pass-{p}-sums", sums)
+                work.save(f"pass-{p}-counts", counts)
+                work.save_json(f"pass-{p}", {"next_chunk": done + i + 1})
+                last = time.monotonic()
+    new = cent.astype(np.float64).copy()
+    full = counts > 0
+    new[full] = sums[full] / counts[full, None]
+    new = new.astype(np.float32)
+    if spherical:
+        normalize_rows(new)
+    return new
+
+
+def _assign_pass(src, chunks, cent, spherical, dropped, engine, work, limit, progress):
+    """Labels, distances (per source row) and inertia; each chunk's result is recorded."""
+    labels = np.empty(src.n_total, dtype=np.int64)
+    dist = np.empty(src.n_total, dtype=np.float64)
+    sse = np.zeros(len(chunks))
+    todo = []
+    for ref in chunks:
+        rec = work.load(f"assign/{ref.index:08d}")
+        if rec is None:
+            todo.append(ref)
+            continue
+        a, b = ref.global_start, ref.global_stop
+        r = ref.n_rows  # record: [chunk's squared-distance sum, labels, distances]
+        sse[ref.index], labels[a:b], dist[a:b] = rec[0], rec[1 : r + 1], rec[r + 1 :]
+    shared = (src, cent, spherical, dropped)
+    results = engine.map(_assign_chunk, todo, shared, desc="k-means assignment",
+                         progress=progress, limit=limit)
+    with contextlib.closing(results):
+        for ref, (lab, dis, s) in zip(todo, results, strict=True):
+            a, b = ref.global_start, ref.global_stop
+            labels[a:b], dist[a:b], sse[ref.index] = lab, dis, s
+            work.save(f"assign/{ref.index:08d}", np.concatenate(([s], lab, dis)))
+    return labels, dist, float(np.sum(sse))  # per-chunk sums added in chunk order

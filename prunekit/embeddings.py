@@ -1,28 +1,42 @@
-"""Embedding sets: reading HDF5/.npy/.npz, validating, fingerprinting, chunked access.
+"""Embedding sets: one validated, fingerprinted row space over a file or many shards.
 
-An :class:`Embeddings` keeps the source on disk (HDF5 datasets and ``.npy`` memory maps are
-read in chunks) and loads the whole matrix only when a method asks for it.
+An :class:`Embeddings` keeps its rows on disk, behind an
+:class:`~prunekit.source.EmbeddingSource` (``emb.source_obj``: a file, a directory or a glob
+of ``.npy``/``.h5``/``.npz``/``.parquet`` shards), and holds in memory only a few bytes per
+row: ``rows`` (the usable positions), ``ids``, ``labels`` and, on demand, ``norms``. Methods
+stream it with :meth:`Embeddings.iter_chunks` (or ``source_obj.chunks()``/``read()`` in an
+engine); :meth:`Embeddings.array` materialises the matrix for small data and refuses, with
+the number, when that would exceed the memory budget (:mod:`prunekit.budget`).
+
+Loading makes one streamed pass (non-finite rows, norms, fingerprint; see
+:mod:`prunekit.scan`), which is cached for sharded and large inputs.
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import h5py
 import numpy as np
 
+from . import scan
+from .budget import check_budget
 from .errors import PrunekitError
-from .h5io import decode_ids, normalize_ids, open_h5
+from .h5io import normalize_ids
+from .source import (
+    CHUNK_ROWS,
+    DEFAULT_KEY,
+    EmbeddingSource,
+    MemorySource,
+    check_matrix,
+    open_source,
+)
 
-DEFAULT_KEY = "embeddings"
-CHUNK_ROWS = 65536
 MAX_ROWS_NAMED = 10
 
-Reader = Callable[[int, int], np.ndarray]
+__all__ = ["CHUNK_ROWS", "DEFAULT_KEY", "Embeddings", "as_embeddings", "load_embeddings"]
 
 
 @dataclass
@@ -30,14 +44,15 @@ class Embeddings:
     """An (N, D) embedding set with optional ``ids`` and ``labels``.
 
     ``rows`` holds the positions (into the source) of the usable rows: all of them, unless
-    non-finite rows were dropped with ``drop_nonfinite=True``. Methods work on
-    :meth:`array` (the usable rows, in order); results are mapped back to source positions.
+    non-finite rows were dropped with ``drop_nonfinite=True``. Methods work on the usable
+    rows in order (:meth:`array` for small data, :meth:`iter_chunks` streamed); results are
+    mapped back to source positions.
     """
 
     n_total: int
     dim: int
     dtype: np.dtype
-    reader: Reader = field(repr=False)
+    source_obj: EmbeddingSource = field(repr=False)
     path: Path | None = None
     key: str = DEFAULT_KEY
     ids: np.ndarray | None = None
@@ -45,7 +60,7 @@ class Embeddings:
     rows: np.ndarray = field(default=None, repr=False)  # type: ignore[assignment]
     nonfinite_rows: np.ndarray = field(default=None, repr=False)  # type: ignore[assignment]
     fingerprint: str = ""
-    norms: np.ndarray = field(default=None, repr=False)  # type: ignore[assignment]
+    _norms: np.ndarray | None = field(default=None, repr=False)
 
     @property
     def n(self) -> int:
@@ -56,13 +71,39 @@ class Embeddings:
     def source(self) -> str:
         return str(self.path) if self.path is not None else "<array>"
 
+    @property
+    def norms(self) -> np.ndarray:
+        """Euclidean norm (float32) of every source row; streamed on first use."""
+        if self._norms is None:
+            self._norms = scan.norms(self.source_obj)
+        return self._norms
+
+    @norms.setter
+    def norms(self, value: np.ndarray) -> None:
+        self._norms = value
+
     def iter_chunks(self, chunk_rows: int = CHUNK_ROWS) -> Iterator[tuple[int, np.ndarray]]:
-        """Yield ``(start, block)`` over all source rows, ``chunk_rows`` at a time."""
-        for start in range(0, self.n_total, chunk_rows):
-            yield start, np.asarray(self.reader(start, min(start + chunk_rows, self.n_total)))
+        """Yield ``(global start, block)`` over all source rows in the files' dtype.
+
+        Blocks follow ``source_obj.chunks(chunk_rows)``: at most ``chunk_rows`` rows, never
+        spanning two shards.
+        """
+        src = self.source_obj
+        for ref in src.chunks(chunk_rows):
+            yield ref.global_start, src.read(ref)
 
     def array(self, dtype: np.dtype | type = np.float32) -> np.ndarray:
-        """The usable rows as one C-contiguous ``(n, D)`` array of ``dtype``."""
+        """The usable rows as one C-contiguous ``(n, D)`` array of ``dtype``.
+
+        Refuses (PrunekitError) when the array would exceed the memory budget.
+        """
+        need = self.n * self.dim * np.dtype(dtype).itemsize
+        check_budget(
+            need,
+            f"holding the {self.n} x {self.dim} rows of {self.source} as {np.dtype(dtype).name}",
+            "raise it with --memory (e.g. --memory 16G), or use a streamed form of the "
+            "method (for herding/k-center: --within clusters).",
+        )
         out = np.empty((self.n, self.dim), dtype=dtype)
         if self.n == self.n_total:
             for start, block in self.iter_chunks():
@@ -88,12 +129,12 @@ class Embeddings:
     ) -> Embeddings:
         """Wrap an in-memory array (validated like a file)."""
         x = np.asarray(x)
-        _check_matrix(x.shape, x.dtype, name, DEFAULT_KEY)
+        check_matrix(x.shape, x.dtype, name, DEFAULT_KEY)
         emb = cls(
             n_total=x.shape[0],
             dim=x.shape[1],
             dtype=x.dtype,
-            reader=lambda a, b: x[a:b],
+            source_obj=MemorySource(x, name),
             ids=normalize_ids(ids),
             labels=None if labels is None else np.asarray(labels),
         )
@@ -105,115 +146,36 @@ def load_embeddings(
     path: str | os.PathLike,
     *,
     key: str = DEFAULT_KEY,
+    id_key: str | None = None,
     drop_nonfinite: bool = False,
+    progress: bool = False,
 ) -> Embeddings:
-    """Read an embedding set from HDF5 (dataset ``key``), ``.npy`` (memory-mapped) or ``.npz``.
+    """Read an embedding set: one file, a directory of shards or a glob of shards.
 
-    Optional ``ids`` (int64 or UTF-8 strings) and ``labels`` (integers) are read from the
-    same HDF5/npz file. Raises :class:`PrunekitError` with a fix for every malformed input.
-    Rows containing NaN/inf are an error unless ``drop_nonfinite`` is set, in which case
-    they are skipped and ``rows`` records the positions that remain.
+    Files: HDF5 (dataset ``key``, optional ``ids``/``labels``), ``.npy`` (read by offset),
+    ``.npz`` and Parquet (an embedding column ``key``, ids from ``id_key``; see
+    :mod:`prunekit.source` for the defaults and clip-retrieval's layout). Raises
+    :class:`PrunekitError` with a fix for every malformed input. Rows containing NaN/inf
+    are an error unless ``drop_nonfinite`` is set, in which case they are skipped and
+    ``rows`` records the positions that remain.
     """
-    p = Path(path)
-    if not p.exists():
-        raise PrunekitError(f"embeddings file not found: {p}. Check the path.")
-    kind = _sniff(p)
-    if kind == "h5":
-        emb = _from_h5(p, key)
-    elif kind == "npy":
-        emb = _from_npy(p)
-    else:
-        emb = _from_npz(p, key)
-    _finish(emb, str(p), drop_nonfinite)
+    src = open_source(path, key=key, id_key=id_key)
+    emb = Embeddings(
+        n_total=src.n_total,
+        dim=src.dim,
+        dtype=src.dtype,
+        source_obj=src,
+        path=Path(path),
+        key=src.shards[0].key,
+        ids=src.ids(),
+        labels=src.labels(),
+    )
+    _finish(emb, str(path), drop_nonfinite, progress=progress)
     return emb
 
 
-def _sniff(p: Path) -> str:
-    if p.is_dir():
-        raise PrunekitError(f"embeddings path {p} is a directory; give an .h5, .npy or .npz file.")
-    if h5py.is_hdf5(p):
-        return "h5"
-    with open(p, "rb") as fh:
-        magic = fh.read(6)
-    if magic == b"\x93NUMPY":
-        return "npy"
-    if magic[:4] == b"PK\x03\x04":
-        return "npz"
-    raise PrunekitError(
-        f"embeddings file {p} is neither HDF5 nor .npy/.npz. "
-        "Save the matrix with h5py (dataset 'embeddings') or numpy.save."
-    )
-
-
-def _check_matrix(shape: tuple, dtype: np.dtype, name: str, key: str) -> None:
-    where = f"{name} ['{key}']"
-    if not np.issubdtype(dtype, np.number) or np.issubdtype(dtype, np.complexfloating):
-        raise PrunekitError(f"{where} has non-numeric dtype {dtype}; embeddings must be float16/32/64.")
-    if len(shape) != 2:
-        raise PrunekitError(
-            f"{where} has shape {shape}; embeddings must be 2-D (N items x D dimensions). "
-            "Reshape to (N, -1) before saving."
-        )
-    if shape[0] == 0 or shape[1] == 0:
-        raise PrunekitError(f"{where} is empty (shape {shape}); it needs at least one row and column.")
-
-
-def _from_h5(p: Path, key: str) -> Embeddings:
-    with open_h5(p, "embeddings") as f:
-        if key not in f or not isinstance(f[key], h5py.Dataset):
-            have = ", ".join(sorted(k for k in f if isinstance(f[k], h5py.Dataset))) or "none"
-            raise PrunekitError(
-                f"embeddings file {p} has no dataset '{key}' (datasets: {have}). "
-                "Pass --key NAME to read another dataset."
-            )
-        d = f[key]
-        _check_matrix(d.shape, d.dtype, str(p), key)
-        ids = decode_ids(f["ids"][()]) if "ids" in f else None
-        labels = np.asarray(f["labels"][()]) if "labels" in f else None
-        n, dim, dtype = d.shape[0], d.shape[1], d.dtype
-
-    def reader(a: int, b: int) -> np.ndarray:
-        with h5py.File(p, "r") as fh:
-            return fh[key][a:b]
-
-    return Embeddings(n, dim, dtype, reader, path=p, key=key, ids=ids, labels=labels)
-
-
-def _from_npy(p: Path) -> Embeddings:
-    try:
-        x = np.load(p, mmap_mode="r", allow_pickle=False)
-    except ValueError as exc:
-        raise PrunekitError(f"cannot read {p} as .npy: {exc}") from exc
-    _check_matrix(x.shape, x.dtype, str(p), "array")
-    return Embeddings(x.shape[0], x.shape[1], x.dtype, lambda a, b: x[a:b], path=p, key="array")
-
-
-def _from_npz(p: Path, key: str) -> Embeddings:
-    try:
-        z = np.load(p, allow_pickle=False)
-    except ValueError as exc:
-        raise PrunekitError(f"cannot read {p} as .npz: {exc}") from exc
-    names = list(z.files)
-    data_names = [n for n in names if n not in ("ids", "labels")]
-    if key not in names:
-        if key == DEFAULT_KEY and len(data_names) == 1:
-            key = data_names[0]  # np.savez(path, x) stores 'arr_0'
-        else:
-            raise PrunekitError(
-                f"embeddings file {p} has no array '{key}' (arrays: {', '.join(names) or 'none'}). "
-                "Pass --key NAME to read another array."
-            )
-    x = z[key]
-    _check_matrix(x.shape, x.dtype, str(p), key)
-    ids = decode_ids(z["ids"]) if "ids" in names else None
-    labels = z["labels"] if "labels" in names else None
-    return Embeddings(
-        x.shape[0], x.shape[1], x.dtype, lambda a, b: x[a:b], path=p, key=key, ids=ids, labels=labels
-    )
-
-
-def _finish(emb: Embeddings, name: str, drop_nonfinite: bool) -> None:
-    """Check ids/labels, then one chunked pass: non-finite rows, norms, fingerprint."""
+def _finish(emb: Embeddings, name: str, drop_nonfinite: bool, progress: bool = False) -> None:
+    """Check ids/labels, then the streamed pass: non-finite rows, norms, fingerprint."""
     _check_side(emb.ids, "ids", emb.n_total, name)
     _check_side(emb.labels, "labels", emb.n_total, name)
     if emb.labels is not None:
@@ -228,20 +190,8 @@ def _finish(emb: Embeddings, name: str, drop_nonfinite: bool) -> None:
             raise PrunekitError(
                 f"{name} ['ids'] has duplicate ids (e.g. {', '.join(map(str, dup))}); ids must be unique."
             )
-    h = hashlib.blake2b(digest_size=16)
-    h.update(f"{emb.n_total}x{emb.dim}".encode())
-    bad: list[np.ndarray] = []
-    norms = np.empty(emb.n_total, dtype=np.float64)
-    for start, block in emb.iter_chunks():
-        block64 = block.astype(np.float64, copy=False)
-        finite = np.isfinite(block64).all(axis=1)
-        if not finite.all():
-            bad.append(start + np.flatnonzero(~finite))
-        norms[start : start + block.shape[0]] = np.sqrt(np.einsum("ij,ij->i", block64, block64))
-        h.update(np.ascontiguousarray(block, dtype=block.dtype.newbyteorder("<")).tobytes())
-    emb.fingerprint = h.hexdigest()
-    emb.norms = norms
-    emb.nonfinite_rows = np.concatenate(bad) if bad else np.zeros(0, dtype=np.int64)
+    emb.fingerprint, emb.nonfinite_rows, emb._norms, max_norm = scan.scan(
+        emb.source_obj, progress=progress)
     if emb.nonfinite_rows.size and not drop_nonfinite:
         shown = ", ".join(map(str, emb.nonfinite_rows[:MAX_ROWS_NAMED]))
         more = "" if emb.nonfinite_rows.size <= MAX_ROWS_NAMED else ", ..."
@@ -254,6 +204,25 @@ def _finish(emb: Embeddings, name: str, drop_nonfinite: bool) -> None:
     emb.rows = np.flatnonzero(keep).astype(np.int64)
     if emb.rows.size == 0:
         raise PrunekitError(f"{name} has no finite rows left after dropping NaN/inf rows.")
+    if max_norm > MAX_NORM:  # known from the scan, cached or not
+        _check_range(emb, name)
+
+
+# Finite values beyond this overflow float32 squared distances (faiss aborts on them).
+MAX_NORM = 1e15
+
+
+def _check_range(emb: Embeddings, name: str) -> None:
+    """Refuse finite rows too large to compute with (their norms are streamed if not held)."""
+    norms = emb.norms[emb.rows]
+    huge = emb.rows[~(norms <= MAX_NORM)]  # an overflowed (inf) norm counts too
+    if huge.size:
+        shown = ", ".join(map(str, huge[:MAX_ROWS_NAMED]))
+        raise PrunekitError(
+            f"{name} has {huge.size} rows with a norm above {MAX_NORM:.0e} (rows {shown}); values "
+            "this large overflow the distance computations. Rescale the embeddings (e.g. divide "
+            "by their largest norm) before scoring."
+        )
 
 
 def _check_side(values: np.ndarray | None, what: str, n: int, name: str) -> None:

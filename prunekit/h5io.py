@@ -1,4 +1,5 @@
-"""Small HDF5 helpers shared by the file types: opening with clear errors, ids, atomic writes."""
+"""Small HDF5 helpers shared by the file types: opening and reading with clear errors, ids,
+typed attributes, atomic writes."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from .atomic import atomic_path
+from .atomic import atomic_path, interrupts_deferred
 from .errors import PrunekitError
 
 
@@ -38,6 +39,67 @@ def require(f: h5py.File, name: str, what: str) -> h5py.Dataset:
             f"{what} file {f.filename} has no dataset '{name}' (datasets: {have})."
         )
     return f[name]
+
+
+def read_dataset(f: h5py.File, name: str, what: str) -> np.ndarray:
+    """The whole dataset ``name`` as an array; a group, a corrupt chunk or an unreadable
+    type under that name is a PrunekitError naming the file and the dataset."""
+    obj = f.get(name)
+    if obj is None:
+        have = ", ".join(sorted(k for k in f.keys() if isinstance(f[k], h5py.Dataset))) or "none"
+        raise PrunekitError(f"{what} file {f.filename}: dataset '{name}' is missing (datasets: {have}).")
+    if not isinstance(obj, h5py.Dataset):
+        raise PrunekitError(
+            f"{what} file {f.filename}: '{name}' is a group, not a dataset; rewrite the file with prunekit."
+        )
+    try:
+        return np.asarray(obj[()])
+    except (OSError, TypeError, ValueError, KeyError) as exc:
+        raise PrunekitError(f"cannot read '{name}' of {what} file {f.filename}: {exc}") from exc
+
+
+def read_optional(f: h5py.File, name: str, what: str) -> np.ndarray | None:
+    """:func:`read_dataset`, or None when ``name`` is absent."""
+    return read_dataset(f, name, what) if name in f else None
+
+
+def read_ids(f: h5py.File, what: str) -> np.ndarray | None:
+    """The ``ids`` dataset decoded (int64 or str), None when absent; must be 1-D."""
+    raw = read_optional(f, "ids", what)
+    if raw is None:
+        return None
+    if raw.ndim != 1:
+        raise PrunekitError(f"{what} file {f.filename}: 'ids' must be 1-D, got shape {raw.shape}.")
+    try:
+        return decode_ids(raw)
+    except UnicodeDecodeError as exc:
+        raise PrunekitError(f"{what} file {f.filename}: 'ids' are not UTF-8 text ({exc}).") from exc
+
+
+def attr_int(attrs: Any, name: str, where: str, default: int | None = None) -> int | None:
+    """An integer attribute; a value of another type (``n_total="abc"``, 2.5) is an error."""
+    value = attrs.get(name, default)
+    if isinstance(value, np.ndarray) and value.size == 1:
+        value = value.reshape(()).item()
+    if isinstance(value, np.generic):
+        value = value.item()
+    if value is None or (isinstance(value, int) and not isinstance(value, bool)):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    raise PrunekitError(f"{where}: attribute '{name}' must be an integer, got {value!r}.")
+
+
+def attr_float(attrs: Any, name: str, where: str, default: float | None = None) -> float | None:
+    """A real-number attribute; a string or an array is an error."""
+    value = attrs.get(name, default)
+    if isinstance(value, np.ndarray) and value.size == 1:
+        value = value.reshape(()).item()
+    if isinstance(value, np.generic):
+        value = value.item()
+    if value is None or (isinstance(value, (int, float)) and not isinstance(value, bool)):
+        return None if value is None else float(value)
+    raise PrunekitError(f"{where}: attribute '{name}' must be a number, got {value!r}.")
 
 
 def attr_str(attrs: Any, name: str, default: str | None = None) -> str | None:
@@ -81,7 +143,10 @@ def write_ids(group: h5py.Group, name: str, ids: np.ndarray) -> None:
 
 @contextlib.contextmanager
 def atomic_h5(path: str | os.PathLike) -> Iterator[h5py.File]:
-    """An HDF5 file open for writing that appears under ``path`` only when complete."""
-    with atomic_path(path) as tmp:
-        with h5py.File(tmp, "w") as f:
-            yield f
+    """An HDF5 file open for writing that appears under ``path`` only when complete.
+
+    The file is closed before the rename. Ctrl-C while it is written is held until the
+    file is closed (h5py would swallow it in its close) and then removes the file.
+    """
+    with atomic_path(path) as tmp, interrupts_deferred(), h5py.File(tmp, "w") as f:
+        yield f

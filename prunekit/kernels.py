@@ -9,6 +9,12 @@ from __future__ import annotations
 
 import numpy as np
 
+from .distances import sq_distances
+from .errors import PrunekitError
+
+# 1 / sigma times a normal draw (|z| < 40) must stay a finite, non-denormal float32.
+MIN_SIGMA, MAX_SIGMA = 1e-30, 1e30
+
 MEDIAN_SAMPLE = 4096
 
 
@@ -24,19 +30,27 @@ def median_sigma(x: np.ndarray, *, seed: int = 0, sample: int = MEDIAN_SAMPLE) -
     rows = np.arange(n) if n <= sample else np.sort(
         np.random.default_rng(seed).choice(n, size=sample, replace=False)
     )
-    s = np.asarray(x[rows], dtype=np.float64)
-    sq = np.einsum("ij,ij->i", s, s)
-    d2 = np.maximum(sq[:, None] + sq[None, :] - 2.0 * (s @ s.T), 0.0)
+    d2 = sq_distances(x[rows])
     med = float(np.median(d2[np.triu_indices(len(rows), k=1)]))
     return float(np.sqrt(med / 2.0)) if med > 0 else 1.0
 
 
 def rbf(x: np.ndarray, y: np.ndarray, sigma: float) -> np.ndarray:
     """Exact RBF kernel matrix between rows of ``x`` and ``y`` (float64)."""
-    x = np.asarray(x, dtype=np.float64)
-    y = np.asarray(y, dtype=np.float64)
-    d2 = np.einsum("ij,ij->i", x, x)[:, None] + np.einsum("ij,ij->i", y, y)[None, :] - 2.0 * x @ y.T
-    return np.exp(-np.maximum(d2, 0.0) / (2.0 * sigma * sigma))
+    check_sigma(sigma)
+    return np.exp(-sq_distances(x, y) / (2.0 * sigma * sigma))
+
+
+def check_sigma(sigma: float) -> float:
+    """An RBF bandwidth usable in float32 features and float64 kernels, else a PrunekitError."""
+    sigma = float(sigma)
+    if not (np.isfinite(sigma) and MIN_SIGMA <= sigma <= MAX_SIGMA):
+        raise PrunekitError(
+            f"RBF bandwidth sigma={sigma:g} is outside [{MIN_SIGMA:g}, {MAX_SIGMA:g}]: the kernel "
+            "would overflow or vanish. Give a sigma on the scale of the distances between rows, "
+            "or 'auto'."
+        )
+    return sigma
 
 
 class RandomFourierFeatures:
@@ -46,7 +60,8 @@ class RandomFourierFeatures:
         rng = np.random.default_rng(seed)
         self.sigma = float(sigma)
         self.n_features = int(n_features)
-        self.w = (rng.standard_normal((dim_in, n_features)) / sigma).astype(np.float32)
+        check_sigma(self.sigma)
+        self.w = (rng.standard_normal((dim_in, n_features)) / self.sigma).astype(np.float32)
         self.b = rng.uniform(0.0, 2.0 * np.pi, size=n_features).astype(np.float32)
         self.scale = np.float32(np.sqrt(2.0 / n_features))
 

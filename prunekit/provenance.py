@@ -9,19 +9,23 @@ from typing import Any
 
 import numpy as np
 
-from . import __version__
+from ._version import __version__
+from .errors import PrunekitError
 
 
-def _jsonable(value: Any) -> Any:
-    """Make numpy scalars/arrays and paths JSON-serialisable."""
+def jsonable(value: Any) -> Any:
+    """Plain JSON types for numpy scalars/arrays, tuples, dicts and paths (``str``).
+
+    The one conversion used for file attributes and for every JSON report.
+    """
     if isinstance(value, np.generic):
         return value.item()
     if isinstance(value, np.ndarray):
         return value.tolist()
     if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
+        return {str(k): jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
+        return [jsonable(v) for v in value]
     if isinstance(value, (str, int, float, bool)) or value is None:
         return value
     return str(value)
@@ -29,7 +33,7 @@ def _jsonable(value: Any) -> Any:
 
 def params_json(params: dict[str, Any]) -> str:
     """Canonical JSON of parameters (sorted keys, so the same params give the same bytes)."""
-    return json.dumps(_jsonable(params), sort_keys=True)
+    return json.dumps(jsonable(params), sort_keys=True)
 
 
 def stamp(attrs: Any, params: dict[str, Any], command: list[str] | None = None) -> None:
@@ -43,11 +47,19 @@ def stamp(attrs: Any, params: dict[str, Any], command: list[str] | None = None) 
     attrs["params"] = params_json(params)
 
 
-def read_params(attrs: Any) -> dict[str, Any]:
-    """The ``params`` attribute as a dict (empty when absent)."""
+def read_params(attrs: Any, where: str = "file") -> dict[str, Any]:
+    """The ``params`` attribute as a dict (empty when absent); malformed JSON is an error."""
     raw = attrs.get("params")
     if raw is None:
         return {}
-    if isinstance(raw, bytes):
-        raw = raw.decode()
-    return json.loads(raw)
+    try:
+        if isinstance(raw, bytes):
+            raw = raw.decode()
+        out = json.loads(raw)
+    except (TypeError, ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError
+        raise PrunekitError(
+            f"{where}: attribute 'params' is not valid JSON ({str(exc)[:80]}); rewrite the file with prunekit."
+        ) from exc
+    if not isinstance(out, dict):
+        raise PrunekitError(f"{where}: attribute 'params' must be a JSON object, got {type(out).__name__}.")
+    return out

@@ -15,7 +15,9 @@ import numpy as np
 from .embeddings import CHUNK_ROWS, Embeddings
 from .errors import PrunekitError
 from .kernels import RandomFourierFeatures, median_sigma
+from .memory import check_fits
 from .progress import track
+from .seeds import role_rng, role_seed
 
 SIGMA_SAMPLE = 4096
 
@@ -59,9 +61,8 @@ def _gather(emb: Embeddings, rows: np.ndarray) -> np.ndarray:
     return out
 
 
-def random_subsets(pool: np.ndarray, size: int, draws: int, seed: int) -> list[np.ndarray]:
+def uniform_row_subsets(pool: np.ndarray, size: int, draws: int, rng: np.random.Generator) -> list[np.ndarray]:
     """``draws`` uniform subsets of ``size`` rows of ``pool`` without replacement (sorted)."""
-    rng = np.random.default_rng(seed)
     return [np.sort(rng.choice(pool, size=size, replace=False)) for _ in range(draws)]
 
 
@@ -79,12 +80,17 @@ def mmd_report(
 
     ``kept_rows`` are source positions (repeats weight a row, as oversampling does). The
     random subsets have as many distinct rows as the selection and are drawn from the
-    usable rows with ``seed``; sigma (median heuristic on <= 4096 rows drawn with
-    ``seed``) and the Fourier features (``seed``) are shared by every estimate. One pass
-    over the file for the features (and, when ``sigma`` is None, one that gathers the
-    sigma sample).
+    usable rows; sigma (median heuristic on <= 4096 rows) and the Fourier features are
+    shared by every estimate. Each of the three draws has its own stream derived from
+    ``seed`` (:mod:`prunekit.seeds`). One pass over the file for the features (and, when
+    ``sigma`` is None, one that gathers the sigma sample).
     """
     kept_rows = np.sort(np.asarray(kept_rows, dtype=np.int64))
+    if random_draws < 0 or n_features < 1:
+        raise PrunekitError(f"need random_draws >= 0 and n_features >= 1, got {random_draws}, {n_features}.")
+    # Feature map, one chunk's features (and its cos temporaries), the random subsets.
+    check_fits(4 * n_features * (emb.dim + 3 * min(CHUNK_ROWS, emb.n_total))
+               + 8 * (random_draws + 1) * kept_rows.size, f"the MMD with {n_features} random features")
     usable = np.zeros(emb.n_total, dtype=bool)
     usable[emb.rows] = True
     if not usable[kept_rows].all():
@@ -95,10 +101,10 @@ def mmd_report(
         )
     distinct = np.unique(kept_rows)
     if sigma is None:
-        sample = random_subsets(emb.rows, min(SIGMA_SAMPLE, emb.n), 1, seed)[0]
-        sigma = median_sigma(_gather(emb, sample), seed=seed)
-    rff = RandomFourierFeatures(emb.dim, sigma, n_features, seed)
-    subsets = [kept_rows] + random_subsets(emb.rows, distinct.size, random_draws, seed + 1)
+        sample = uniform_row_subsets(emb.rows, min(SIGMA_SAMPLE, emb.n), 1, role_rng(seed, "sigma sample"))[0]
+        sigma = median_sigma(_gather(emb, sample), seed=role_seed(seed, "sigma sample"))
+    rff = RandomFourierFeatures(emb.dim, sigma, n_features, role_seed(seed, "fourier features"))
+    subsets = [kept_rows] + uniform_row_subsets(emb.rows, distinct.size, random_draws, role_rng(seed, "random subsets"))
     sums = np.zeros((1 + len(subsets), n_features), dtype=np.float64)
     n_chunks = -(-emb.n_total // CHUNK_ROWS)
     for start, block in track(emb.iter_chunks(), total=n_chunks, desc="mmd", progress=progress):

@@ -41,3 +41,10 @@ def role_rng(seed: int, role: str, *keys: int) -> np.random.Generator:
     """
     seed = check_seed(seed)
     return np.random.default_rng(np.random.SeedSequence([seed, role_key(role), *map(int, keys)]))
+
+
+def role_seed(seed: int, role: str, *keys: int) -> int:
+    """An integer seed for one role, for APIs that take an int (independent like :func:`role_rng`)."""
+    seed = check_seed(seed)
+    state = np.random.SeedSequence([seed, role_key(role), *map(int, keys)]).generate_state(2, np.uint32)
+    return int(state[0]) << 31 | int(state[1]) >> 1

@@ -12,10 +12,24 @@ from typing import Any
 import numpy as np
 
 from . import quotas as q
+from .embeddings import Embeddings
 from .errors import PrunekitError
-from .h5io import atomic_h5, attr_str, decode_ids, open_h5, require, write_ids
+from .h5io import (
+    atomic_h5,
+    attr_float,
+    attr_int,
+    attr_str,
+    normalize_ids,
+    open_h5,
+    read_dataset,
+    read_ids,
+    read_optional,
+    write_ids,
+)
+from .ids import id_positions
 from .provenance import read_params, stamp
 from .scores import Scores
+from .seeds import check_seed, role_rng
 
 MAX_NAMED = 5
 
@@ -39,9 +53,16 @@ class Selection:
     params: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        self.indices = np.asarray(self.indices, dtype=np.int64)
-        if self.indices.ndim != 1:
-            raise PrunekitError("selection indices must be 1-D.")
+        """Check the invariants every Selection holds, however it was made."""
+        if isinstance(self.n_total, bool) or not isinstance(self.n_total, (int, np.integer)) or self.n_total < 0:
+            raise PrunekitError(f"n_total must be a non-negative integer, got {self.n_total!r}.")
+        self.n_total = int(self.n_total)
+        indices = np.asarray(self.indices)
+        if indices.ndim != 1 or (indices.size and indices.dtype.kind not in "iu"):
+            raise PrunekitError(
+                f"selection indices must be 1-D integers, got shape {indices.shape} and dtype {indices.dtype}."
+            )
+        self.indices = indices.astype(np.int64)
         if self.indices.size and (np.any(np.diff(self.indices) <= 0)):
             raise PrunekitError("selection indices must be strictly ascending (no repeats).")
         if self.indices.size and (self.indices[0] < 0 or self.indices[-1] >= self.n_total):
@@ -49,9 +70,31 @@ class Selection:
                 f"selection indices must lie in [0, {self.n_total}); "
                 f"got {self.indices[0]}..{self.indices[-1]}."
             )
+        try:
+            self.pr = float(self.pr)
+        except (TypeError, ValueError):
+            raise PrunekitError(f"pr must be a number in [0, 1), got {self.pr!r}.") from None
+        if not 0.0 <= self.pr < 1.0:
+            raise PrunekitError(f"pr (the fraction removed) must lie in [0, 1), got {self.pr}.")
+        if self.seed is not None:
+            self.seed = check_seed(self.seed)
+        if not isinstance(self.params, dict):
+            raise PrunekitError(f"params must be a dict, got {type(self.params).__name__}.")
+        self.ids = normalize_ids(self.ids)
+        if self.ids is not None and self.ids.shape != self.indices.shape:
+            raise PrunekitError(
+                f"'ids' has {self.ids.size} entries but 'indices' has {self.indices.size}; "
+                "a selection holds one id per kept row."
+            )
         if self.counts is not None:
-            self.counts = np.asarray(self.counts, dtype=np.int64)
-            if self.counts.shape != self.indices.shape or np.any(self.counts < 1):
+            counts = np.asarray(self.counts)
+            if counts.shape != self.indices.shape or (counts.size and counts.dtype.kind not in "iu"):
+                raise PrunekitError(
+                    f"selection counts must be integers, one per index ({self.indices.size}); "
+                    f"got shape {counts.shape} and dtype {counts.dtype}."
+                )
+            self.counts = counts.astype(np.int64)
+            if np.any(self.counts < 1):
                 raise PrunekitError("selection counts must be positive, one per index.")
 
     @property
@@ -69,6 +112,15 @@ class Selection:
         m = np.zeros(self.n_total, dtype=bool)
         m[self.indices] = True
         return m
+
+    def export(self, path: str | os.PathLike, fmt: str | None = None, *, use_ids: bool = False) -> Path:
+        """Write the kept rows as .npy, .json or .txt (format from the suffix unless ``fmt``).
+
+        See :func:`prunekit.export.export_payload` for what each format holds.
+        """
+        from .export import export_selection  # export builds on this module
+
+        return export_selection(self, path, fmt, use_ids=use_ids)
 
     def save(self, path: str | os.PathLike, command: list[str] | None = None) -> Path:
         """Write the selection file atomically; returns the path."""
@@ -89,29 +141,33 @@ class Selection:
 
 
 def load_selection(path: str | os.PathLike) -> Selection:
-    """Read and validate a selection file."""
+    """Read and validate a selection file (every dataset and attribute is checked)."""
+    where = f"selection file {path}"
     with open_h5(path, "selection") as f:
-        indices = np.asarray(require(f, "indices", "selection")[()])
+        indices = read_dataset(f, "indices", "selection")
         if indices.dtype.kind not in "iu":
-            raise PrunekitError(f"selection file {path} ['indices'] must be integers, got {indices.dtype}.")
+            raise PrunekitError(f"{where} ['indices'] must be integers, got {indices.dtype}.")
         if "n_total" not in f.attrs:
-            raise PrunekitError(f"selection file {path} lacks the 'n_total' attribute; rewrite it with prunekit.")
-        seed = int(f.attrs.get("seed", -1))
+            raise PrunekitError(f"{where} lacks the 'n_total' attribute; rewrite it with prunekit.")
+        seed = attr_int(f.attrs, "seed", where, -1)
+        n_kept = attr_int(f.attrs, "n_kept", where, indices.size)
+        if n_kept != indices.size:
+            raise PrunekitError(f"{where}: attribute n_kept={n_kept} but 'indices' has {indices.size} rows.")
         kwargs = dict(
             indices=indices,
-            n_total=int(f.attrs["n_total"]),
-            pr=float(f.attrs.get("pr", 0.0)),
+            n_total=attr_int(f.attrs, "n_total", where),
+            pr=attr_float(f.attrs, "pr", where, 0.0),
             method=attr_str(f.attrs, "method", "unknown"),
             seed=None if seed < 0 else seed,
-            ids=decode_ids(f["ids"][()]) if "ids" in f else None,
-            counts=np.asarray(f["counts"][()]) if "counts" in f else None,
+            ids=read_ids(f, "selection"),
+            counts=read_optional(f, "counts", "selection"),
             source_fingerprint=attr_str(f.attrs, "source_fingerprint", "") or "",
-            params=read_params(f.attrs),
+            params=read_params(f.attrs, where),
         )
     try:
         return Selection(**kwargs)
     except PrunekitError as exc:
-        raise PrunekitError(f"selection file {path}: {exc}") from exc
+        raise PrunekitError(f"{where}: {exc}") from exc
 
 
 def resolve_rows(
@@ -137,15 +193,14 @@ def resolve_rows(
                 f"{target_n}, and its ids are integers (row positions). Make the selection "
                 "from the same data set as the target file."
             )
-        lookup = {v: i for i, v in enumerate(target_ids.tolist())}
-        missing = [v for v in sel.ids.tolist() if v not in lookup]
-        if missing:
-            shown = ", ".join(map(str, missing[:MAX_NAMED]))
+        rows, found = id_positions(sel.ids, target_ids)
+        if not found.all():
+            missing = sel.ids[~found]
+            shown = ", ".join(map(str, missing[:MAX_NAMED].tolist()))
             raise PrunekitError(
-                f"{selection_name} has {len(missing)} ids that {target_name} lacks (e.g. {shown}). "
+                f"{selection_name} has {missing.size} ids that {target_name} lacks (e.g. {shown}). "
                 "Make the selection from the same data set as the target file."
             )
-        rows = np.array([lookup[v] for v in sel.ids.tolist()], dtype=np.int64)
     else:
         if sel.n_total != target_n:
             raise PrunekitError(
@@ -159,6 +214,7 @@ def resolve_rows(
 
 
 BALANCES = ("none", "clusters", "proportional", "labels")
+FILLS = ("error", "random")
 # Dense group numbers below this fit uint16, which numpy sorts with a radix sort.
 _SMALL_GROUPS = 1 << 16
 # Up to this many groups, a loop over groups (not items) partitions each group's slice;
@@ -176,6 +232,7 @@ def select(
     oversample: bool = False,
     seed: int = 0,
     labels: np.ndarray | None = None,
+    fill: str = "error",
 ) -> Selection:
     """Turn scores into a selection that removes a fraction ``pr`` of the eligible rows.
 
@@ -196,12 +253,20 @@ def select(
     * ``oversample``: no pruning (``pr`` must be 0). Every group is brought to the size of
       the largest one: its items are repeated (``counts``) as evenly as possible, the
       extra repeats going to the items first in score order.
+    * ``fill``: greedy scores (with ``order``) rank only the rows the method picked. When
+      the kept set needs more rows than were picked (``max_keep`` when scoring), ``"error"``
+      refuses and says how many were picked; ``"random"`` fills from the unpicked rows in
+      a random order drawn with ``seed``. With ``invert`` the last picks come first; the
+      unpicked rows always come after every picked one.
 
     Raises :class:`PrunekitError` for pr outside [0, 1), a missing ``cluster`` or labels,
     unknown cluster ids, or options that do not combine.
     """
     if balance not in BALANCES:
         raise PrunekitError(f"unknown balance '{balance}'; choose one of: {', '.join(BALANCES)}.")
+    if fill not in FILLS:
+        raise PrunekitError(f"unknown fill '{fill}'; choose one of: {', '.join(FILLS)}.")
+    seed = check_seed(seed)
     eligible = scores.eligible
     rows = np.flatnonzero(eligible)
     kept_target = q.kept_count(pr, int(rows.size))
@@ -216,8 +281,11 @@ def select(
     if drop_clusters is not None:
         rows, dropped = _drop(rows, groups, drop_clusters, seed, group_by, scores)
     kept = min(kept_target, int(rows.size))
-    # Sort key: smaller = kept first. Negating keeps -inf (unpicked greedy rows) last.
+    # Sort key: smaller = kept first.
     key = scores.score[rows] if invert else -scores.score[rows]
+    unpicked = _unpicked(scores, rows)
+    if unpicked.any():
+        key = _after_picks(key, unpicked, fill, seed)
 
     counts = None
     if balance == "none" and not oversample:
@@ -236,6 +304,8 @@ def select(
             )
             picked = _top_per_group(key, g, sizes, quota)
     indices = rows[picked]
+    if not oversample and fill == "error":
+        _refuse_fill(scores, unpicked, picked, kept, pr, balance)
     params = {
         "balance": balance,
         "invert": bool(invert),
@@ -243,6 +313,8 @@ def select(
         "dropped": [_py(v) for v in dropped],
         "group_by": group_by,
         "oversample": bool(oversample),
+        "fill": fill,
+        "n_filled": int(unpicked[picked].sum()) if unpicked.any() else 0,
         "n_eligible": int(eligible.sum()),
         "kept_target": int(kept_target),
         "score_method": scores.method,
@@ -257,6 +329,67 @@ def select(
         counts=counts,
         source_fingerprint=scores.source_fingerprint,
         params=params,
+    )
+
+
+def labels_for(scores: Scores, emb: Embeddings, name: str | None = None) -> np.ndarray:
+    """The ``labels`` of ``emb`` to balance a selection from ``scores`` by.
+
+    ``emb`` must be the embeddings the scores were computed from (same row count and, when
+    the scores record it, the same fingerprint); ``name`` is how errors call it.
+    """
+    name = name or emb.source
+    if emb.labels is None:
+        raise PrunekitError(f"{name} has no 'labels' dataset; give the embeddings file that does.")
+    if emb.n_total != scores.n_total or (
+        scores.source_fingerprint and emb.fingerprint != scores.source_fingerprint
+    ):
+        raise PrunekitError(
+            f"{name} ({emb.n_total} rows) is not the embeddings file the scores were computed "
+            f"from ({scores.n_total} rows, source {scores.source}). Give the same embeddings file."
+        )
+    return emb.labels
+
+
+def _unpicked(scores: Scores, rows: np.ndarray) -> np.ndarray:
+    """Mask over ``rows``: rows a greedy method (scores with ``order``) never picked."""
+    if scores.order is None:
+        return np.zeros(rows.size, dtype=bool)
+    picked = np.zeros(scores.n_total, dtype=bool)
+    picked[scores.order] = True
+    return ~picked[rows]
+
+
+def _after_picks(key: np.ndarray, unpicked: np.ndarray, fill: str, seed: int) -> np.ndarray:
+    """Keys that put every unpicked row after every picked one (random order with fill)."""
+    key = key.copy()
+    top = float(np.max(np.abs(key[~unpicked]), initial=0.0)) + 1.0
+    if fill == "random":
+        key[unpicked] = top + role_rng(seed, "fill").permutation(int(unpicked.sum()))
+    else:
+        key[unpicked] = np.inf
+    return key
+
+
+def _refuse_fill(
+    scores: Scores, unpicked: np.ndarray, picked: np.ndarray, kept: int, pr: float, balance: str
+) -> None:
+    """A kept set that reaches into rows the greedy method never picked is an error."""
+    n_fill = int(unpicked[picked].sum())
+    if not n_fill:
+        return
+    n_picked = int((~unpicked).sum())
+    n = int(unpicked.size)
+    if balance == "none":
+        least = 1.0 - n_picked / n
+        fewer = f"keep at most {n_picked} rows (pr >= {least:.6g})"
+    else:
+        fewer = "keep fewer rows (a larger pr)"
+    raise PrunekitError(
+        f"'{scores.method}' picked {n_picked} of {n} rows, but this selection keeps {kept}, "
+        f"{n_fill} of them never picked: their order would be arbitrary. Either {fewer}, "
+        "score again with a larger max_keep (--max-keep) or none, or fill them at random "
+        "(fill='random', CLI --fill random, seeded)."
     )
 
 

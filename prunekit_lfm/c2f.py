@@ -27,10 +27,11 @@ from torch import nn
 from prunekit.errors import PrunekitError
 from prunekit.progress import track
 
-from .cost import forward_flops
+from .cost import flops_per_row
 from .metrics import cosine_pairs, mse_pairs
 from .sampling import (
-    SampleResult,
+    LatentSamples,
+    SamplingConfig,
     check_compatible,
     check_t_switch,
     coarse_steps,
@@ -70,7 +71,7 @@ class Sweep:
     auto: float | None = None
     tol: float | None = None
     #: t_switch -> its samples, when asked for with ``keep_samples`` (not in :meth:`to_dict`)
-    samples: dict[float, SampleResult] = field(default_factory=dict, repr=False)
+    samples: dict[float, LatentSamples] = field(default_factory=dict, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -124,13 +125,8 @@ def sweep(
     fine: nn.Module,
     t_switches: Sequence[float],
     n: int,
+    config: SamplingConfig,
     *,
-    seed: int,
-    steps: int = 60,
-    solver: str = "euler",
-    cfg: float = 1.0,
-    labels: Sequence[int] | None = None,
-    batch_size: int = 64,
     tol: float | None = None,
     repeats: int = 1,
     progress: bool = True,
@@ -150,27 +146,25 @@ def sweep(
     if int(repeats) != repeats or repeats < 1:
         raise PrunekitError(f"--repeats must be a positive integer, got {repeats}.")
     check_compatible(coarse, fine)
-    common = dict(seed=seed, steps=steps, solver=solver, cfg=cfg, labels=labels,
-                  batch_size=batch_size, progress=False)
+    steps = config.steps
     for model in (fine, coarse):  # warm up (thread pools, allocator, kernels) before timing
-        sample(model, min(n, batch_size), **{**common, "steps": 1})
+        sample(model, min(n, config.batch_size), config.replace(steps=1), progress=False)
 
-    def timed(run: Callable[[], SampleResult]) -> tuple[SampleResult, float]:
+    def timed(run: Callable[[], LatentSamples]) -> tuple[LatentSamples, float]:
         """The first run's result and the median wall time of ``repeats`` runs."""
         first = run()
         walls = [first.cost.wall_s] + [run().cost.wall_s for _ in range(int(repeats) - 1)]
         return first, float(np.median(walls))
 
-    base, base_wall = timed(lambda: sample(fine, n, **common))
-    batch = min(batch_size, n) * (1 if cfg == 1.0 else 2)
+    base, base_wall = timed(lambda: sample(fine, n, config, progress=False))
     shape = latent_shape(fine)
-    r = forward_flops(coarse, batch, shape) / forward_flops(fine, batch, shape)
+    r = flops_per_row(coarse, shape) / flops_per_row(fine, shape)
     rows, kept = [], {}
     for s in track(t_switches, total=len(t_switches), desc="t_switch", progress=progress):
         if s == 0.0:
             res, wall = base, base_wall
         else:
-            res, wall = timed(lambda s=s: sample_c2f(coarse, fine, n, t_switch=s, **common))
+            res, wall = timed(lambda s=s: sample_c2f(coarse, fine, n, config, t_switch=s, progress=False))
         if keep_samples:
             kept[s] = res
         cos, mse = similarity(res.latents, base.latents)
@@ -182,8 +176,7 @@ def sweep(
             cos_mean=float(cos.mean()), cos_median=float(np.median(cos)),
             mse_mean=float(mse.mean()), mse_median=float(np.median(mse)),
         ))
-    params = {"n": n, "t_switches": t_switches, "repeats": int(repeats),
-              **{k: v for k, v in common.items() if k != "progress"}}
+    params = {"n": n, "t_switches": t_switches, "repeats": int(repeats), **config.to_dict()}
     out = Sweep(rows, base.cost.flops, base_wall, r, params=params, tol=tol, samples=kept)
     if tol is not None:
         out.auto = pick(rows, tol)

@@ -21,6 +21,7 @@ Time convention of the models: t = 0 noise, t = 1 data.
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -31,6 +32,19 @@ import click
 import numpy as np
 
 from prunekit.errors import PrunekitError
+
+from .demo_results import (
+    C2FRow,
+    C2FStage,
+    DataStage,
+    DemoResults,
+    QualityRow,
+    RunRow,
+    SelectionRow,
+    SimilarityRow,
+    StabilityStage,
+    VaeStage,
+)
 
 MARKER = ".prunekit-demo"
 SUBDIRS = ("data", "vae", "selections", "runs", "report")
@@ -131,7 +145,8 @@ class Stages:
 @click.option("--quick", is_flag=True, help="A small setting (about 3 minutes on 2 CPU cores).")
 @click.option("--budget", type=float, default=1.0, show_default=True,
               help="Multiply every training step count by this factor (larger = better models).")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of every random choice.")
+@click.option("--seed", type=click.IntRange(0, 2**63 - 1), default=0, show_default=True,
+              help="Seed of every random choice (0 <= seed < 2**63).")
 @click.option("--threads", type=int, default=1, show_default=True,
               help="torch CPU threads. Numbers are reproducible for a fixed count; 1 is fastest "
                    "on a shared machine.")
@@ -143,8 +158,13 @@ def demo_command(out: str, quick: bool, budget: float, seed: int, threads: int, 
     model per subset, and measure same-seed stability, quality (FD, precision, recall) and
     coarse-to-fine cost. Opens with DIR/report/index.html (also report.md, results.json).
     """
-    if not budget > 0:
-        raise PrunekitError(f"--budget must be a positive factor, got {budget}.")
+    from .requirements import require_plugin
+
+    require_plugin("demo")
+    if not (math.isfinite(budget) and budget > 0):
+        raise PrunekitError(f"--budget must be a positive, finite factor, got {budget}.")
+    if budget > 1000:
+        raise PrunekitError(f"--budget {budget:g} would train for weeks; use a factor up to 1000.")
     if threads < 1:
         raise PrunekitError(f"--threads must be at least 1, got {threads}.")
     try:
@@ -154,7 +174,7 @@ def demo_command(out: str, quick: bool, budget: float, seed: int, threads: int, 
     plan = (QUICK if quick else DEFAULT).scaled(budget)
     results = run_demo(Path(out), plan, seed=seed, threads=threads, budget=budget, quiet=quiet)
     if not quiet:
-        click.echo(f"[demo] done in {results['timings']['total']:.0f} s", err=True)
+        click.echo(f"[demo] done in {results.timings['total']:.0f} s", err=True)
     click.echo(f"report: {Path(out) / 'report' / 'index.html'}")
 
 
@@ -176,7 +196,7 @@ def prepare_dir(out: Path) -> None:
 
 def run_demo(
     out: Path, plan: Plan, *, seed: int = 0, threads: int = 1, budget: float = 1.0, quiet: bool = False
-) -> dict[str, Any]:
+) -> DemoResults:
     """Run every stage into ``out`` and return the results (also written to results.json)."""
     import torch
 
@@ -188,7 +208,7 @@ def run_demo(
         torch.set_num_threads(before)
 
 
-def _run_stages(out: Path, plan: Plan, *, seed: int, threads: int, budget: float, quiet: bool) -> dict[str, Any]:
+def _run_stages(out: Path, plan: Plan, *, seed: int, threads: int, budget: float, quiet: bool) -> DemoResults:
     prepare_dir(out)
     progress = not quiet
     stages = Stages(quiet)
@@ -208,19 +228,23 @@ def _run_stages(out: Path, plan: Plan, *, seed: int, threads: int, budget: float
         click.echo("[demo] writing the report", err=True)
     ctx.results["timings"] = {**stages.timings, "total": round(time.perf_counter() - t_total, 3),
                               "c2f_wall": ctx.c2f_wall}
-    write_report(out / "report", ctx.results, ctx.images_for_grid())
-    return ctx.results
+    results = DemoResults(**ctx.results)
+    write_report(out / "report", results, ctx.images_for_grid())
+    return results
 
 
 class _Context:
-    """State shared by the stages: paths, arrays in memory, and the results dict."""
+    """State shared by the stages: paths, arrays in memory, and each stage's typed result."""
 
     def __init__(self, out: Path, plan: Plan, seed: int, progress: bool, stages: Stages) -> None:
         self.out, self.plan, self.seed, self.progress, self.stages = out, plan, seed, progress, stages
         self.results: dict[str, Any] = {}
-        self.samples: dict[str, Any] = {}  # model name -> SampleSet
+        self.samples: dict[str, Any] = {}  # model name -> DecodedSamples
         self.selections: dict[str, Any] = {}  # model name -> Selection
         self.model_info: dict[str, dict[str, Any]] = {}
+        from .sampling import SamplingConfig
+
+        self.sampling = SamplingConfig(steps=plan.sample_steps, seed=seed, device="cpu")
 
     # ----------------------------------------------------------------------- data
 
@@ -243,16 +267,16 @@ class _Context:
         clf = train_digits_classifier(self.seed, progress=self.progress)
         save_digits_classifier(clf, self.out / "data" / "digits_classifier.pt")
         self.classifier = clf
-        self.results["data"] = {
-            "dataset": "scikit-learn digits (1797 images of 8x8" + (
+        self.results["data"] = DataStage(
+            dataset="scikit-learn digits (1797 images of 8x8" + (
                 f", upsampled bilinearly to {p.image_size}x{p.image_size})" if p.image_size != 8 else ")"),
-            "image_size": p.image_size,
-            "n_train": int(train.size),
-            "n_test": int(test.size),
-            "split": f"stratified by digit, 20 % held out, seed {self.seed}",
-            "features": CLASSIFIER_DESCRIPTION,
-            "classifier_test_accuracy": clf.test_accuracy,
-        }
+            image_size=p.image_size,
+            n_train=int(train.size),
+            n_test=int(test.size),
+            split=f"stratified by digit, 20 % held out, seed {self.seed}",
+            features=CLASSIFIER_DESCRIPTION,
+            classifier_test_accuracy=clf.test_accuracy,
+        )
 
     def vae_and_latents(self) -> None:
         from .latents import LatentStore, decode, encode, save_latents
@@ -275,14 +299,14 @@ class _Context:
         recon = decode(z[:256], vae)
         from .evaluate import to_unit
 
-        self.results["vae"] = {
-            "size": "small",
-            "steps": p.vae_steps,
-            "latent_shape": list(z.shape[1:]),
-            "scaling_factor": store.scale_factor,
-            "reconstruction_mse_01": float(np.mean((to_unit(recon) - to_unit(self.train_images[:256])) ** 2)),
-        }
-        self.results["data"]["embeddings"] = (
+        self.results["vae"] = VaeStage(
+            size="small",
+            steps=p.vae_steps,
+            latent_shape=list(z.shape[1:]),
+            scaling_factor=store.scale_factor,
+            reconstruction_mse_01=float(np.mean((to_unit(recon) - to_unit(self.train_images[:256])) ** 2)),
+        )
+        self.results["data"].embeddings = (
             f"VAE latents flattened ({'x'.join(map(str, z.shape[1:]))} = {int(np.prod(z.shape[1:]))}-d), "
             "as given (no normalisation; k-means normalises rows itself)"
         )
@@ -319,8 +343,8 @@ class _Context:
                          seed=self.seed)
         name = f"drop-clusters@{p.drop_pr:g}"
         self._keep_selection(name, drop, {"criterion": "drop-clusters", "pr": p.drop_pr})
-        table[name] = {**self._selection_row(drop, "drop-clusters", p.drop_pr),
-                       "dropped_clusters": drop.params.get("dropped")}
+        table[name] = self._selection_row(drop, "drop-clusters", p.drop_pr)
+        table[name].dropped_clusters = drop.params.get("dropped")
         self.results["selections"] = table
 
     def _loss_scores(self):
@@ -342,13 +366,13 @@ class _Context:
         self.selections[name] = sel
         self.model_info[name] = {**info, "selection": str(path), "n_kept": sel.n_kept}
 
-    def _selection_row(self, sel, crit: str, pr: float) -> dict[str, Any]:
+    def _selection_row(self, sel, crit: str, pr: float) -> SelectionRow:
         cluster = self.scores["kmeans"].cluster
         kept = np.bincount(cluster[sel.indices], minlength=self.plan.clusters)
         digits = np.bincount(self.train_labels[sel.indices], minlength=10)
-        return {"criterion": crit, "pr": pr, "n_kept": sel.n_kept,
-                "clusters_present": int((kept > 0).sum()), "kept_per_cluster": kept.tolist(),
-                "digits_present": int((digits > 0).sum()), "kept_per_digit": digits.tolist()}
+        return SelectionRow(criterion=crit, pr=pr, n_kept=sel.n_kept,
+                            clusters_present=int((kept > 0).sum()), kept_per_cluster=kept.tolist(),
+                            digits_present=int((digits > 0).sum()), kept_per_digit=digits.tolist())
 
     # ----------------------------------------------------------------------- training
 
@@ -373,60 +397,64 @@ class _Context:
                            checkpoint_every=steps, progress=self.progress)
             log = read_log(run)
             tail = [r["loss"] for r in log[-max(1, len(log) // 10):]]
-            runs[name] = {"run_dir": str(run.relative_to(self.out)), "steps": steps, "n_train": config.n_train,
-                          "final_loss_mean_last_10pct": float(np.mean(tail)) if tail else None,
-                          "model": model if isinstance(model, str) else "fine: " + json.dumps(model, sort_keys=True)}
+            runs[name] = RunRow(
+                run_dir=str(run.relative_to(self.out)), steps=steps, n_train=config.n_train,
+                final_loss_mean_last_10pct=float(np.mean(tail)) if tail else None,
+                model=model if isinstance(model, str) else "fine: " + json.dumps(model, sort_keys=True))
             self.model_info[name]["run_dir"] = str(run)
         self.results["runs"] = runs
 
     # ----------------------------------------------------------------------- evaluation
 
     def evaluate(self) -> None:
-        from .evaluate import draw, paired_similarity, quality, to_unit
+        from .evaluate import paired_similarity, quality, to_unit
         from .features import get_extractor
+        from .generate import draw
 
         p = self.plan
         self.stages.start("evaluate", f"sampling every model ({p.n_samples} seeds) and measuring")
         extractor = get_extractor(f"digits-classifier:{self.out / 'data' / 'digits_classifier.pt'}")
         real = to_unit(self.test_images)
         real_feats = extractor(real)
-        common = dict(n=p.n_samples, seed=self.seed, steps=p.sample_steps, vae=str(self.vae_dir))
+        config = self.sampling
         for name, info in self.model_info.items():
-            self.samples[name] = draw(info["run_dir"], name=name, **common)
+            self.samples[name] = draw(info["run_dir"], p.n_samples, config, vae=str(self.vae_dir), name=name)[0]
         full = self.samples["full"]
         similarity, qualities = {}, {}
         for name, s in self.samples.items():
             info = self.model_info[name]
             if name != "full":
                 sim = paired_similarity(full, s, extractor)
-                similarity[name] = {"criterion": info["criterion"], "pr": info["pr"], "n_kept": info["n_kept"],
-                                    **sim}
-            qualities[name] = {"criterion": info["criterion"], "pr": info["pr"], "n_kept": info["n_kept"],
-                               **quality(s.images, real, extractor, real_features=real_feats)}
+                similarity[name] = SimilarityRow(criterion=info["criterion"], pr=info["pr"],
+                                                 n_kept=info["n_kept"], **sim)
+            qualities[name] = QualityRow(criterion=info["criterion"], pr=info["pr"], n_kept=info["n_kept"],
+                                         **quality(s.images, real, extractor, real_features=real_feats))
         # how much FD moves with the sampling seed alone: the full model, next seed
-        other = draw(self.model_info["full"]["run_dir"], name="full", **{**common, "seed": self.seed + 1})
-        qualities["full, next sampling seed"] = {"criterion": "full", "pr": 0.0, "n_kept": self.model_info["full"]["n_kept"],
-                                                 **quality(other.images, real, extractor, real_features=real_feats)}
+        other, _ = draw(self.model_info["full"]["run_dir"], p.n_samples, config.replace(seed=self.seed + 1),
+                        vae=str(self.vae_dir), name="full")
+        qualities["full, next sampling seed"] = QualityRow(
+            criterion="full", pr=0.0, n_kept=self.model_info["full"]["n_kept"],
+            **quality(other.images, real, extractor, real_features=real_feats))
         # the floor: real training images against the held-out ones, same count
         pick = np.random.default_rng(self.seed).choice(len(self.train_images), p.n_samples, replace=False)
-        qualities["real training images"] = {"criterion": "real", "pr": 0.0, "n_kept": p.n_samples,
-                                             **quality(to_unit(self.train_images[np.sort(pick)]), real,
-                                                       extractor, real_features=real_feats)}
+        qualities["real training images"] = QualityRow(
+            criterion="real", pr=0.0, n_kept=p.n_samples,
+            **quality(to_unit(self.train_images[np.sort(pick)]), real, extractor, real_features=real_feats))
         self.results["similarity"] = similarity
         self.results["quality"] = qualities
         self.results["c2f"] = self._c2f(extractor, real, real_feats)
 
-    def _c2f(self, extractor, real, real_feats) -> dict[str, Any]:
+    def _c2f(self, extractor, real, real_feats) -> C2FStage:
         from .c2f import sweep
-        from .evaluate import SampleSet, quality, to_unit
+        from .evaluate import quality, to_unit
+        from .generate import DecodedSamples, load_models
         from .latents import decode
-        from .runs import load_run
 
         p = self.plan
         self.stages.start("c2f", f"coarse-to-fine sweep over t_switch {list(p.t_switches)}")
-        coarse, _ = load_run(self.model_info["full"]["run_dir"])
-        fine, _ = load_run(self.model_info["fine (larger model)"]["run_dir"])
-        result = sweep(coarse, fine, p.t_switches, p.n_samples, seed=self.seed, steps=p.sample_steps,
+        models, _ = load_models(self.model_info["fine (larger model)"]["run_dir"],
+                                self.model_info["full"]["run_dir"], config=self.sampling)
+        result = sweep(models["coarse"], models["fine"], p.t_switches, p.n_samples, self.sampling,
                        tol=p.auto_tol, progress=False, keep_samples=True)
         table, walls = [], {}
         for row in result.rows:
@@ -434,21 +462,21 @@ class _Context:
             images = to_unit(decode(res.latents.numpy(), self.vae))
             q = quality(images, real, extractor, real_features=real_feats)
             walls[f"{s:g}"] = {"wall_s": row.wall_s, "wall_ratio": row.wall_ratio}
-            table.append({"t_switch": s, "coarse_steps": row.coarse_steps, "fine_steps": row.fine_steps,
-                          "flops": int(row.flops), "flops_ratio": row.flops_ratio,
-                          "latent_cos_to_fine_mean": row.cos_mean, "latent_cos_to_fine_median": row.cos_median,
-                          "latent_mse_to_fine_mean": row.mse_mean,
-                          "fd": q["fd"], "precision": q["precision"], "recall": q["recall"], "f_score": q["f_score"]})
+            table.append(C2FRow(t_switch=s, coarse_steps=row.coarse_steps, fine_steps=row.fine_steps,
+                                flops=int(row.flops), flops_ratio=row.flops_ratio,
+                                latent_cos_to_fine_mean=row.cos_mean, latent_cos_to_fine_median=row.cos_median,
+                                latent_mse_to_fine_mean=row.mse_mean, fd=q["fd"], precision=q["precision"],
+                                recall=q["recall"], f_score=q["f_score"]))
             if s in (0.0, 0.5, 0.7, 1.0) or s == p.t_switches[-1]:
-                self.samples[f"c2f t_switch={s:g}"] = SampleSet(f"c2f t_switch={s:g}", res.latents.numpy(),
-                                                                images, res.indices, self.seed)
+                self.samples[f"c2f t_switch={s:g}"] = DecodedSamples(
+                    f"c2f t_switch={s:g}", res.latents.numpy(), images, res.indices, res.labels, self.seed)
         self.c2f_wall = walls  # timings, kept apart from the reproducible numbers
-        return {
-            "coarse": "full (tiny)", "fine": "fine (larger model) on the full set",
-            "flops_per_call_ratio": result.flops_per_call_ratio,
-            "rows": table, "auto_tol": p.auto_tol, "auto_t_switch": result.auto,
-            "auto_rule": f"cheapest t_switch whose mean latent cosine similarity to fine-only is >= {p.auto_tol}",
-        }
+        return C2FStage(
+            coarse="full (tiny)", fine="fine (larger model) on the full set",
+            flops_per_call_ratio=result.flops_per_call_ratio,
+            rows=table, auto_tol=p.auto_tol, auto_t_switch=result.auto,
+            auto_rule=f"cheapest t_switch whose mean latent cosine similarity to fine-only is >= {p.auto_tol}",
+        )
 
     def stability(self) -> None:
         from prunekit.flow.study import draw_sources, selection_subset, stability_rows
@@ -463,13 +491,13 @@ class _Context:
                                             {"model": name, "criterion": info["criterion"]}))
         x0 = draw_sources(p.n_sources, x1.shape[1], self.seed)
         rows = stability_rows(x1, subsets, x0, steps=p.flow_steps, dtype="float64", progress=self.progress)
-        self.results["stability"] = {
-            "what": "closed-form (empirical optimal) flow on the flattened VAE latents; "
-                    "unchanged fraction = share of noise points whose nearest training point at t = 1 "
-                    "is the same with the subset as with the full set, among those whose full-set "
-                    "assignment was kept",
-            "n_sources": p.n_sources, "steps": p.flow_steps, "rows": rows,
-        }
+        self.results["stability"] = StabilityStage(
+            what="closed-form (empirical optimal) flow on the flattened VAE latents; "
+                 "unchanged fraction = share of noise points whose nearest training point at t = 1 "
+                 "is the same with the subset as with the full set, among those whose full-set "
+                 "assignment was kept",
+            n_sources=p.n_sources, steps=p.flow_steps, rows=rows,
+        )
         self.stages.stop()
 
     def images_for_grid(self) -> dict[str, np.ndarray]:

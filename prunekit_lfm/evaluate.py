@@ -3,20 +3,20 @@
 * :func:`paired_similarity` pairs the outputs of two models by sample index (same noise)
   and measures each pair — cosine similarity and MSE of the latents, PSNR and SSIM of the
   decoded images, cosine similarity of image features — next to a baseline of unrelated
-  pairs (sample i of one set against sample (i + 1) mod n of the other), so a number can
-  be read against what chance gives.
+  pairs of the same class (sample i of one set against the next sample of its class in
+  the other, :func:`prunekit_lfm.metrics.within_class_pairs`; for unconditional runs
+  simply sample (i + 1) mod n), so a number can be read against what another noise seed
+  gives for the same label.
 * :func:`quality` compares generated images with real ones in a feature space: Fréchet
   distance, k-NN precision and recall (k = 3) and their F-score.
-* :func:`draw` samples a run (or a coarse-to-fine pair of runs) and decodes the latents.
+Samples come from :func:`prunekit_lfm.generate.draw` (load runs, sample, decode).
 
 Images are float arrays in [0, 1] here; the plug-in's [-1, 1] images go through
-:func:`to_unit` first. Time convention of the samplers: t = 0 noise, t = 1 data.
+:func:`~prunekit_lfm.generate.to_unit` first. Time convention of the samplers: t = 0 noise, t = 1 data.
 """
 
 from __future__ import annotations
 
-import os
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -25,38 +25,19 @@ from prunekit.errors import PrunekitError
 
 from . import metrics
 from .features import FeatureExtractor
+from .generate import DecodedSamples, to_unit
+
+__all__ = ["paired_similarity", "quality", "to_unit"]
 
 # Fixed histogram ranges, so pairs and baseline are binned alike (PSNR takes the data's).
 _RANGES = {"latent_cosine": (-1.0, 1.0), "ssim": (-1.0, 1.0), "feature_cosine": (-1.0, 1.0)}
-
-
-@dataclass
-class SampleSet:
-    """Samples of one model (or coarse-to-fine pair) for fixed sample indices.
-
-    ``latents`` (n, C, h, w); ``images`` (n, C, H, W) in [0, 1] or None when there is no
-    decoder; ``indices`` the per-index noise each sample came from.
-    """
-
-    name: str
-    latents: np.ndarray
-    images: np.ndarray | None
-    indices: np.ndarray
-    seed: int
-    cost: dict[str, Any] = field(default_factory=dict)
-    params: dict[str, Any] = field(default_factory=dict)
-
-
-def to_unit(images: np.ndarray) -> np.ndarray:
-    """Images in [-1, 1] (the plug-in's convention) -> float32 in [0, 1]."""
-    return np.clip((np.asarray(images, dtype=np.float32) + 1.0) / 2.0, 0.0, 1.0)
 
 
 # --------------------------------------------------------------------------- similarity
 
 
 def paired_similarity(
-    a: SampleSet, b: SampleSet, extractor: FeatureExtractor | None = None, *, bins: int = 20
+    a: DecodedSamples, b: DecodedSamples, extractor: FeatureExtractor | None = None, *, bins: int = 20
 ) -> dict[str, Any]:
     """Per-pair similarity of ``a`` and ``b`` (same indices) and of unrelated pairs.
 
@@ -69,8 +50,13 @@ def paired_similarity(
             f"'{a.name}' and '{b.name}' were not drawn from the same noise (seed {a.seed} vs {b.seed}, "
             "or different sample indices); sample both with the same --seed and --n."
         )
+    if not np.array_equal(a.labels, b.labels):
+        raise PrunekitError(
+            f"'{a.name}' and '{b.name}' were sampled with different labels; pair runs sampled "
+            "with the same --labels (or both unconditional)."
+        )
     n = a.latents.shape[0]
-    other = metrics.shifted_pairs(n)
+    other = metrics.within_class_pairs(a.labels)
     pairs: dict[str, tuple[np.ndarray, np.ndarray]] = {
         "latent_cosine": _both(metrics.cosine_pairs, a.latents, b.latents, other),
         "latent_mse": _both(metrics.mse_pairs, a.latents, b.latents, other),
@@ -93,15 +79,18 @@ def paired_similarity(
         "b": b.name,
         "n": int(n),
         "seed": int(a.seed),
-        "baseline": "sample i of a vs sample (i + 1) mod n of b",
+        "baseline": "sample i of a vs the next sample of the same class in b (cyclic per class)",
+        "baseline_pairs": int(other[0].size),
         "features": None if extractor is None or "feature_cosine" not in pairs else extractor.description,
         "measures": measures,
     }
 
 
-def _both(fn, x: np.ndarray, y: np.ndarray, other: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """fn on the same-index pairs and on the unrelated pairs (x[i], y[other[i]])."""
-    return fn(x, y), fn(x, y[other])
+def _both(fn, x: np.ndarray, y: np.ndarray, other: tuple[np.ndarray, np.ndarray]
+          ) -> tuple[np.ndarray, np.ndarray]:
+    """fn on the same-index pairs and on the unrelated pairs (x[rows[j]], y[partners[j]])."""
+    rows, partners = other
+    return fn(x, y), fn(x[rows], y[partners])
 
 
 def _joint_range(u: np.ndarray, v: np.ndarray) -> tuple[float, float] | None:
@@ -140,53 +129,3 @@ def quality(
         "n_generated": pr.n_generated,
         "features": extractor.description,
     }
-
-
-# --------------------------------------------------------------------------- sampling runs
-
-
-def draw(
-    run: str | os.PathLike,
-    n: int,
-    *,
-    seed: int,
-    steps: int = 60,
-    solver: str = "euler",
-    cfg: float = 1.0,
-    coarse: str | os.PathLike | None = None,
-    t_switch: float | None = None,
-    vae: str | os.PathLike | None = None,
-    ema: bool = True,
-    batch_size: int = 64,
-    name: str | None = None,
-    progress: bool = False,
-) -> SampleSet:
-    """Sample ``run`` (or ``coarse`` then ``run`` as the fine model) and decode with its VAE.
-
-    The VAE is ``vae`` or the one the run was trained with (its config's ``vae``); with
-    neither, images are None and only latent measures are available.
-    """
-    from .latents import decode
-    from .runs import check_same_latents, load_run
-    from .sampling import sample, sample_c2f
-    from .vae import load_vae
-
-    fine, config = load_run(run, ema=ema)
-    if coarse is not None:
-        if t_switch is None:
-            raise PrunekitError("a coarse model needs a switching time: give --t-switch in [0, 1].")
-        coarse_model, coarse_config = load_run(coarse, ema=ema)
-        check_same_latents(coarse_config, config, coarse, run)
-        res = sample_c2f(coarse_model, fine, n, t_switch=t_switch, seed=seed, steps=steps,
-                         solver=solver, cfg=cfg, batch_size=batch_size, progress=progress)
-        label = name or f"{coarse} -> {run} @ {t_switch:g}"
-    else:
-        res = sample(fine, n, seed=seed, steps=steps, solver=solver, cfg=cfg, batch_size=batch_size,
-                     progress=progress)
-        label = name or str(run)
-    latents = res.latents.numpy()
-    vae_dir = vae or config.vae
-    images = None
-    if vae_dir:
-        images = to_unit(decode(latents, load_vae(vae_dir), batch_size=batch_size))
-    return SampleSet(label, latents, images, res.indices, int(seed), res.cost.to_dict(), dict(res.params))

@@ -111,7 +111,7 @@ def load_latents(path: str | os.PathLike) -> LatentStore:
             )
         latents = np.asarray(ds[()], dtype=np.float32)
         ids = decode_ids(require(f, "ids", "latents")[()])
-        labels = np.asarray(f["labels"][()]) if "labels" in f else None
+        labels = np.asarray(require(f, "labels", "latents")[()]) if "labels" in f else None
         size = int(f.attrs.get("image_size", -1))
         kwargs: dict[str, Any] = dict(
             scale_factor=float(f.attrs.get("scale_factor", 1.0)),
@@ -278,6 +278,11 @@ def _read_files(files: list[Path], folder: Path, size: int | None) -> np.ndarray
                 if size is not None:
                     im = _center_square(im).resize((size, size), Image.BICUBIC)
                 images.append(np.asarray(im, dtype=np.uint8))
+        except Image.DecompressionBombError as exc:
+            raise PrunekitError(
+                f"image {p} is too large to decode safely ({exc}); a decompression bomb or a "
+                "mislabelled file. Remove it from the folder, or resize it first."
+            ) from exc
         except OSError as exc:
             raise PrunekitError(f"cannot read image {p}: {exc}") from exc
     if len({a.shape for a in images}) != 1:

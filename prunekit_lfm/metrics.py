@@ -202,6 +202,30 @@ def shifted_pairs(n: int) -> np.ndarray:
     return (np.arange(n) + 1) % n
 
 
+def within_class_pairs(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Unrelated pairs of the same class: (rows, partners), row i paired with partner i.
+
+    Within each class (in order of position) a sample is paired with the next sample of
+    its class, cyclically: the shift i -> (i + 1) mod n of :func:`shifted_pairs` applied per
+    class. Same-seed pairs of a conditional model share their label, so their baseline must
+    too, or it would measure how different two classes look instead of what an unrelated
+    noise seed gives. Classes with a single sample have no partner and are left out. With
+    one label for all samples (unconditional models) this is exactly :func:`shifted_pairs`.
+    """
+    labels = np.asarray(labels)
+    rows, partners = [], []
+    for c in np.unique(labels):
+        pos = np.flatnonzero(labels == c)
+        if pos.size >= 2:
+            rows.append(pos)
+            partners.append(np.roll(pos, -1))
+    if not rows:
+        raise PrunekitError("the unrelated-pair baseline needs two samples of one class; draw more samples.")
+    rows_a, partners_a = np.concatenate(rows), np.concatenate(partners)
+    order = np.argsort(rows_a, kind="stable")
+    return rows_a[order], partners_a[order]
+
+
 def summarize(values: np.ndarray, bins: int = 20, value_range: tuple[float, float] | None = None) -> dict:
     """Mean, median, std, min, max and a histogram of the finite ``values``.
 

@@ -104,7 +104,26 @@ def resolve_spec(spec: str | os.PathLike | dict[str, Any]) -> tuple[dict[str, An
             f"model spec needs \"backbone\": \"dit\" or \"unet\" (got {spec.get('backbone')!r}); "
             f"or name a preset: {', '.join(PRESETS)}."
         )
+    _check_sizes(spec)
     return spec, preset
+
+
+#: Keys that count layers, heads or channels: each must be a positive integer (or a list of them).
+_SIZE_KEYS = ("num_layers", "num_attention_heads", "attention_head_dim", "patch_size",
+              "layers_per_block", "block_out_channels", "norm_num_groups")
+
+
+def _check_sizes(spec: dict[str, Any]) -> None:
+    for key in _SIZE_KEYS:
+        if key not in spec:
+            continue
+        values = spec[key] if isinstance(spec[key], list) else [spec[key]]
+        if not values or not all(isinstance(v, int) and not isinstance(v, bool) and 0 < v <= 1 << 16
+                                 for v in values):
+            raise PrunekitError(
+                f"model spec {key}={spec[key]!r}: give a positive integer"
+                f"{' per block' if isinstance(spec[key], list) else ''} (at most 65536)."
+            )
 
 
 def _read_spec_file(path: Path) -> dict[str, Any]:
@@ -231,7 +250,7 @@ def build_model(
         try:
             with torch.device(device or "cpu"):
                 net = _make_net(canon["backbone"], kwargs)
-        except (TypeError, ValueError) as exc:
+        except (TypeError, ValueError, IndexError, KeyError, RuntimeError, AttributeError) as exc:
             raise PrunekitError(f"invalid model spec {canon}: {exc}") from exc
     return VelocityModel(
         net, spec=canon, preset=preset, sample_size=sample_size,
@@ -253,9 +272,50 @@ def _make_net(backbone: str, kwargs: dict[str, Any]) -> nn.Module:
     if backbone == "unet":
         return UNet2DModel(**kwargs)
     net = DiTTransformer2DModel(**kwargs)
+    check_dit_internals(net)
     _share_dit_embedder(net)
     _dit_init(net)
     return net
+
+
+#: The diffusers releases [first, last) whose DiT internals :func:`_share_dit_embedder` and
+#: :func:`_dit_init` were tested against (pyproject pins the same range).
+DIFFUSERS_TESTED = ("0.30", "0.43")
+
+#: The attributes of a diffusers ``DiTTransformer2DModel`` that the tying and the
+#: initialisation reach into (relative to the net, ``*`` = every transformer block).
+DIT_INTERNALS = (
+    "pos_embed.proj", "proj_out_1", "proj_out_2",
+    "*.norm1.linear", "*.norm1.emb.class_embedder.embedding_table",
+    "*.norm1.emb.class_embedder.dropout_prob", "*.norm1.emb.timestep_embedder.linear_1",
+    "*.norm1.emb.timestep_embedder.linear_2",
+)
+
+
+def check_dit_internals(net: nn.Module) -> None:
+    """Fail loudly (naming the diffusers version) when a release moved what we tie and initialise."""
+    import diffusers
+
+    blocks = getattr(net, "transformer_blocks", None)
+    missing = [] if blocks else ["transformer_blocks"]
+    for path in DIT_INTERNALS:
+        owners = list(blocks or []) if path.startswith("*.") else [net]
+        for owner in owners:
+            obj = owner
+            for part in path.removeprefix("*.").split("."):
+                obj = getattr(obj, part, None)
+                if obj is None:
+                    missing.append(path)
+                    break
+            if missing and missing[-1] == path:
+                break
+    if missing:
+        lo, hi = DIFFUSERS_TESTED
+        raise PrunekitError(
+            f"diffusers {diffusers.__version__} changed the DiT internals prunekit ties and "
+            f"initialises (missing: {', '.join(missing)}); install a tested release: "
+            f'pip install "diffusers>={lo},<{hi}".'
+        )
 
 
 def _share_dit_embedder(net: nn.Module) -> None:

@@ -18,6 +18,8 @@ import numpy as np
 
 from prunekit.atomic import write_bytes, write_text
 
+from .demo_results import DemoResults
+
 Table = tuple[list[str], list[list[str]]]
 
 
@@ -35,20 +37,20 @@ def _f(v: Any, digits: int = 3) -> str:
     return f"{v:.{digits}f}"
 
 
-def _order(names: Sequence[str], info: dict[str, dict]) -> list[str]:
+def _order(names: Sequence[str], info: dict[str, Any]) -> list[str]:
     """full first, then the larger model, then by criterion and pr."""
     rank = {"full": 0, "fine": 1, "real": 9}
-    return sorted(names, key=lambda n: (rank.get(info[n]["criterion"], 5), info[n]["criterion"], info[n]["pr"], n))
+    return sorted(names, key=lambda n: (rank.get(info[n].criterion, 5), info[n].criterion, info[n].pr, n))
 
 
-def similarity_table(results: dict) -> Table:
-    sim = results["similarity"]
+def similarity_table(results: DemoResults) -> Table:
+    sim = results.similarity
     head = ["model", "criterion", "pr", "kept", "latent cos", "(unrelated)", "feature cos", "(unrelated)",
             "SSIM", "(unrelated)", "PSNR dB (median)", "(unrelated)"]
     rows = []
     for name in _order(list(sim), sim):
-        r, m = sim[name], sim[name]["measures"]
-        rows.append([name, r["criterion"], _f(r["pr"], 2), _f(r["n_kept"]),
+        r, m = sim[name], sim[name].measures
+        rows.append([name, r.criterion, _f(r.pr, 2), _f(r.n_kept),
                      _f(m["latent_cosine"]["pairs"]["mean"]), _f(m["latent_cosine"]["baseline"]["mean"]),
                      _f(m["feature_cosine"]["pairs"]["mean"]), _f(m["feature_cosine"]["baseline"]["mean"]),
                      _f(m["ssim"]["pairs"]["mean"]), _f(m["ssim"]["baseline"]["mean"]),
@@ -56,43 +58,43 @@ def similarity_table(results: dict) -> Table:
     return head, rows
 
 
-def quality_table(results: dict) -> Table:
-    q = results["quality"]
+def quality_table(results: DemoResults) -> Table:
+    q = results.quality
     head = ["model", "criterion", "pr", "kept", "FD", "precision", "recall", "F-score"]
-    rows = [[name, q[name]["criterion"], _f(q[name]["pr"], 2), _f(q[name]["n_kept"]), _f(q[name]["fd"], 2),
-             _f(q[name]["precision"]), _f(q[name]["recall"]), _f(q[name]["f_score"])]
+    rows = [[name, q[name].criterion, _f(q[name].pr, 2), _f(q[name].n_kept), _f(q[name].fd, 2),
+             _f(q[name].precision), _f(q[name].recall), _f(q[name].f_score)]
             for name in _order(list(q), q)]
     return head, rows
 
 
-def c2f_table(results: dict) -> Table:
-    c = results["c2f"]
-    wall = results.get("timings", {}).get("c2f_wall", {})
+def c2f_table(results: DemoResults) -> Table:
+    c = results.c2f
+    wall = results.timings.get("c2f_wall", {})
     head = ["t_switch", "coarse steps", "fine steps", "FLOPs / fine-only", "speed-up (FLOPs)",
             "wall / fine-only", "latent cos to fine-only", "FD", "precision", "recall", "auto"]
-    rows = [[_f(r["t_switch"], 2), _f(r["coarse_steps"]), _f(r["fine_steps"]), _f(r["flops_ratio"]),
-             f"{1 / r['flops_ratio']:.2f}x", _f(wall.get(f"{r['t_switch']:g}", {}).get("wall_ratio"), 2),
-             _f(r["latent_cos_to_fine_mean"]), _f(r["fd"], 2),
-             _f(r["precision"]), _f(r["recall"]), "<- picked" if r["t_switch"] == c["auto_t_switch"] else ""]
-            for r in c["rows"]]
+    rows = [[_f(r.t_switch, 2), _f(r.coarse_steps), _f(r.fine_steps), _f(r.flops_ratio),
+             f"{1 / r.flops_ratio:.2f}x", _f(wall.get(f"{r.t_switch:g}", {}).get("wall_ratio"), 2),
+             _f(r.latent_cos_to_fine_mean), _f(r.fd, 2),
+             _f(r.precision), _f(r.recall), "<- picked" if r.t_switch == c.auto_t_switch else ""]
+            for r in c.rows]
     return head, rows
 
 
-def stability_table(results: dict) -> Table:
+def stability_table(results: DemoResults) -> Table:
     head = ["subset", "criterion", "pr", "kept", "retained sources", "unchanged fraction",
             "path deviation (median)", "path deviation (p95)"]
     rows = [[r["model"], r["criterion"], _f(r["pr"], 2), _f(r["n_kept"]), _f(r["n_retained"]),
              _f(r["unchanged_fraction"]), _f(r["path_deviation_median"]), _f(r["path_deviation_p95"])]
-            for r in sorted(results["stability"]["rows"], key=lambda r: (r["criterion"], r["pr"]))]
+            for r in sorted(results.stability.rows, key=lambda r: (r["criterion"], r["pr"]))]
     return head, rows
 
 
-def selection_table(results: dict) -> Table:
-    sel = results["selections"]
+def selection_table(results: DemoResults) -> Table:
+    sel = results.selections
     head = ["subset", "criterion", "pr", "kept", "clusters present", "digits present", "kept per digit 0-9"]
-    rows = [[name, s["criterion"], _f(s["pr"], 2), _f(s["n_kept"]), _f(s["clusters_present"]),
-             _f(s["digits_present"]), " ".join(map(str, s["kept_per_digit"]))]
-            for name, s in sorted(sel.items(), key=lambda kv: (kv[1]["criterion"], kv[1]["pr"]))]
+    rows = [[name, s.criterion, _f(s.pr, 2), _f(s.n_kept), _f(s.clusters_present),
+             _f(s.digits_present), " ".join(map(str, s.kept_per_digit))]
+            for name, s in sorted(sel.items(), key=lambda kv: (kv[1].criterion, kv[1].pr))]
     return head, rows
 
 
@@ -149,28 +151,28 @@ def sample_grid(images: dict[str, np.ndarray], order: list[str]) -> bytes:
     return _png(fig)
 
 
-def pr_curves(results: dict) -> bytes:
+def pr_curves(results: DemoResults) -> bytes:
     plt = _plt()
-    sim, q = results["similarity"], results["quality"]
-    crits = sorted({r["criterion"] for r in sim.values()} - {"fine", "drop-clusters"})
+    sim, q = results.similarity, results.quality
+    crits = sorted({r.criterion for r in sim.values()} - {"fine", "drop-clusters"})
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
     for crit in crits:
-        names = sorted((n for n, r in sim.items() if r["criterion"] == crit), key=lambda n: sim[n]["pr"])
-        prs = [sim[n]["pr"] for n in names]
-        axes[0].plot(prs, [sim[n]["measures"]["feature_cosine"]["pairs"]["mean"] for n in names], "o-", label=crit)
-        axes[1].plot(prs, [sim[n]["measures"]["latent_cosine"]["pairs"]["mean"] for n in names], "o-", label=crit)
-        axes[2].plot(prs, [q[n]["fd"] for n in names], "o-", label=crit)
-    base_f = np.mean([r["measures"]["feature_cosine"]["baseline"]["mean"] for r in sim.values()])
-    base_l = np.mean([r["measures"]["latent_cosine"]["baseline"]["mean"] for r in sim.values()])
+        names = sorted((n for n, r in sim.items() if r.criterion == crit), key=lambda n: sim[n].pr)
+        prs = [sim[n].pr for n in names]
+        axes[0].plot(prs, [sim[n].measures["feature_cosine"]["pairs"]["mean"] for n in names], "o-", label=crit)
+        axes[1].plot(prs, [sim[n].measures["latent_cosine"]["pairs"]["mean"] for n in names], "o-", label=crit)
+        axes[2].plot(prs, [q[n].fd for n in names], "o-", label=crit)
+    base_f = np.mean([r.measures["feature_cosine"]["baseline"]["mean"] for r in sim.values()])
+    base_l = np.mean([r.measures["latent_cosine"]["baseline"]["mean"] for r in sim.values()])
     axes[0].axhline(base_f, color="k", ls="--", lw=1, label="unrelated pairs")
     axes[1].axhline(base_l, color="k", ls="--", lw=1, label="unrelated pairs")
     for name, r in sim.items():
-        if r["criterion"] == "drop-clusters":
-            axes[0].plot([r["pr"]], [r["measures"]["feature_cosine"]["pairs"]["mean"]], "kx", ms=10, label=name)
-            axes[1].plot([r["pr"]], [r["measures"]["latent_cosine"]["pairs"]["mean"]], "kx", ms=10, label=name)
-            axes[2].plot([r["pr"]], [q[name]["fd"]], "kx", ms=10, label=name)
-    axes[2].axhline(q["full"]["fd"], color="k", ls="--", lw=1, label="full set")
-    axes[2].axhline(q["real training images"]["fd"], color="grey", ls=":", lw=1, label="real images")
+        if r.criterion == "drop-clusters":
+            axes[0].plot([r.pr], [r.measures["feature_cosine"]["pairs"]["mean"]], "kx", ms=10, label=name)
+            axes[1].plot([r.pr], [r.measures["latent_cosine"]["pairs"]["mean"]], "kx", ms=10, label=name)
+            axes[2].plot([r.pr], [q[name].fd], "kx", ms=10, label=name)
+    axes[2].axhline(q["full"].fd, color="k", ls="--", lw=1, label="full set")
+    axes[2].axhline(q["real training images"].fd, color="grey", ls=":", lw=1, label="real images")
     for ax, title in zip(axes, ["same-seed feature cosine to the full model", "same-seed latent cosine to the full model",
                                 "FD to held-out digits (lower is better)"], strict=True):
         ax.set_xlabel("pr (fraction removed)")
@@ -182,23 +184,23 @@ def pr_curves(results: dict) -> bytes:
     return _png(fig)
 
 
-def c2f_figure(results: dict) -> bytes:
+def c2f_figure(results: DemoResults) -> bytes:
     plt = _plt()
-    c = results["c2f"]
-    rows = c["rows"]
-    cost = [r["flops_ratio"] for r in rows]
+    c = results.c2f
+    rows = c.rows
+    cost = [r.flops_ratio for r in rows]
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    axes[0].plot(cost, [r["latent_cos_to_fine_mean"] for r in rows], "o-")
-    axes[1].plot(cost, [r["fd"] for r in rows], "o-")
+    axes[0].plot(cost, [r.latent_cos_to_fine_mean for r in rows], "o-")
+    axes[1].plot(cost, [r.fd for r in rows], "o-")
     for ax in axes:
         for r, x in zip(rows, cost, strict=True):
-            y = r["latent_cos_to_fine_mean"] if ax is axes[0] else r["fd"]
-            ax.annotate(f"{r['t_switch']:g}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+            y = r.latent_cos_to_fine_mean if ax is axes[0] else r.fd
+            ax.annotate(f"{r.t_switch:g}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
         ax.set_xlabel("FLOPs / fine-only")
         ax.grid(alpha=0.3)
-    auto = [r for r in rows if r["t_switch"] == c["auto_t_switch"]]
+    auto = [r for r in rows if r.t_switch == c.auto_t_switch]
     if auto:
-        axes[0].plot([auto[0]["flops_ratio"]], [auto[0]["latent_cos_to_fine_mean"]], "r*", ms=14, label="auto pick")
+        axes[0].plot([auto[0].flops_ratio], [auto[0].latent_cos_to_fine_mean], "r*", ms=14, label="auto pick")
         axes[0].legend(fontsize=8)
     axes[0].set_ylabel("latent cosine to fine-only (same seed)")
     axes[1].set_ylabel("FD to held-out digits")
@@ -207,9 +209,9 @@ def c2f_figure(results: dict) -> bytes:
     return _png(fig)
 
 
-def stability_figure(results: dict) -> bytes:
+def stability_figure(results: DemoResults) -> bytes:
     plt = _plt()
-    rows = results["stability"]["rows"]
+    rows = results.stability.rows
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     for crit in sorted({r["criterion"] for r in rows}):
         rs = sorted((r for r in rows if r["criterion"] == crit), key=lambda r: r["pr"])
@@ -229,7 +231,7 @@ def stability_figure(results: dict) -> bytes:
 # --------------------------------------------------------------------------- the report
 
 
-def write_report(out: Path, results: dict, grid: dict[str, np.ndarray]) -> None:
+def write_report(out: Path, results: DemoResults, grid: dict[str, np.ndarray]) -> None:
     """Write figures, report.md, index.html and results.json into ``out``."""
     out.mkdir(parents=True, exist_ok=True)
     order = _grid_order(list(grid))
@@ -244,7 +246,7 @@ def write_report(out: Path, results: dict, grid: dict[str, np.ndarray]) -> None:
     sections = _sections(results)
     write_text(out / "report.md", _markdown(results, sections))
     write_text(out / "index.html", _html(results, sections))
-    write_text(out / "results.json", json.dumps(_jsonable(results), indent=2, sort_keys=True) + "\n")
+    write_text(out / "results.json", json.dumps(_jsonable(results.to_dict()), indent=2, sort_keys=True) + "\n")
 
 
 def _grid_order(names: list[str]) -> list[str]:
@@ -254,52 +256,51 @@ def _grid_order(names: list[str]) -> list[str]:
     return head + c2f + rest
 
 
-def _sections(results: dict) -> list[tuple[str, str, Table | None, str | None]]:
+def _sections(results: DemoResults) -> list[tuple[str, str, Table | None, str | None]]:
     """(title, text, table, figure) of each section, shared by the Markdown and HTML output."""
-    d, c = results["data"], results["c2f"]
-    auto = c["auto_t_switch"]
-    auto_row = next(r for r in c["rows"] if r["t_switch"] == auto)
+    d, c = results.data, results.c2f
+    auto = c.auto_t_switch
     return [
         ("Samples", "Rows are models, columns are sample indices: every cell in a column starts from the "
          "same noise. Stability means the rows look alike column by column.", None, "samples.png"),
         ("Same-seed stability of pruned models",
          "Per model, the mean over sample pairs (same noise) of the similarity to the full-set model, next to "
-         "the same measure for unrelated pairs (sample i against sample i + 1). Feature cosine uses "
-         f"{d['features']}.", similarity_table(results), "pr_curves.png"),
+         "the same measure for unrelated pairs (a sample against the next sample of its class). "
+         f"Feature cosine uses {d.features}.", similarity_table(results), "pr_curves.png"),
         ("Quality against held-out digits",
-         f"Fréchet distance, precision and recall (k = 3) in the space of {d['features']}; "
-         f"{results['settings']['n_samples']} generated samples against {d['n_test']} held-out images. "
+         f"Fréchet distance, precision and recall (k = 3) in the space of {d.features}; "
+         f"{results.settings['n_samples']} generated samples against {d.n_test} held-out images. "
          "'full, next sampling seed' shows how much the numbers move with the sampling seed alone; "
          "'real training images' is the floor: real images against real images.", quality_table(results), None),
         ("Coarse-to-fine sampling",
          f"Coarse = the tiny full-set model, fine = a larger model on the full set. The coarse model runs while "
-         f"t < t_switch (t = 0 noise, t = 1 data). Auto-picked t_switch = {auto:g} ({c['auto_rule']}): "
-         f"{auto_row['flops_ratio']:.3f} of fine-only FLOPs. Wall-clock ratios are timings of this run (they vary "
+         f"t < t_switch (t = 0 noise, t = 1 data). Auto-picked t_switch = {auto:g} ({c.auto_rule}): "
+         f"{c.auto_row.flops_ratio:.3f} of fine-only FLOPs. Wall-clock ratios are timings of this run (they vary "
          "from run to run and are not in the reproducible numbers).", c2f_table(results), "c2f.png"),
-        ("Closed-form stability on the same embeddings", results["stability"]["what"] + ".",
+        ("Closed-form stability on the same embeddings", results.stability.what + ".",
          stability_table(results), "stability.png"),
         ("Selections", "Kept items per subset; clusters are the k-means clusters of the embeddings.",
          selection_table(results), None),
     ]
 
 
-def _intro(results: dict) -> list[str]:
-    d, s, v = results["data"], results["settings"], results["vae"]
+def _intro(results: DemoResults) -> list[str]:
+    d, s, v = results.data, results.settings, results.vae
     return [
-        f"Data: {d['dataset']}, {d['n_train']} training / {d['n_test']} held-out images ({d['split']}), "
-        f"{d['image_size']}x{d['image_size']} pixels.",
-        f"VAE: {v['size']}, {v['steps']} steps, latents {'x'.join(map(str, v['latent_shape']))}, "
-        f"reconstruction MSE {v['reconstruction_mse_01']:.4f} (pixels in [0, 1]).",
-        f"Embeddings for pruning: {d['embeddings']}.",
-        f"Features for quality and similarity: {d['features']} (held-out accuracy "
-        f"{d['classifier_test_accuracy']:.3f}).",
+        f"Data: {d.dataset}, {d.n_train} training / {d.n_test} held-out images ({d.split}), "
+        f"{d.image_size}x{d.image_size} pixels.",
+        f"VAE: {v.size}, {v.steps} steps, latents {'x'.join(map(str, v.latent_shape))}, "
+        f"reconstruction MSE {v.reconstruction_mse_01:.4f} (pixels in [0, 1]).",
+        f"Embeddings for pruning: {d.embeddings}.",
+        f"Features for quality and similarity: {d.features} (held-out accuracy "
+        f"{d.classifier_test_accuracy:.3f}).",
         f"Setting '{s['name']}' (budget x{s['budget']:g}, seed {s['seed']}): flow-matching models "
         f"'{s['model']}' trained {s['lfm_steps']} steps each (batch {s['batch_size']}, lr {s['lr']:g}), "
-        f"sampled with {s['sample_steps']} Euler steps; total time {results['timings']['total']:.0f} s.",
+        f"sampled with {s['sample_steps']} Euler steps; total time {results.timings['total']:.0f} s.",
     ]
 
 
-def _markdown(results: dict, sections) -> str:
+def _markdown(results: DemoResults, sections) -> str:
     lines = ["# prunekit demo report", ""] + [f"* {t}" for t in _intro(results)] + [""]
     for title, text, table, fig in sections:
         lines += [f"## {title}", "", text, ""]
@@ -310,7 +311,7 @@ def _markdown(results: dict, sections) -> str:
     return "\n".join(lines)
 
 
-def _html(results: dict, sections) -> str:
+def _html(results: DemoResults, sections) -> str:
     parts = ["<!doctype html><html><head><meta charset='utf-8'><title>prunekit demo report</title>",
              "<style>body{font-family:sans-serif;max-width:1200px;margin:2em auto;padding:0 1em}"
              "table{border-collapse:collapse;font-size:13px;margin:1em 0}"

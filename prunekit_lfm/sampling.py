@@ -3,27 +3,36 @@
 Time convention: t = 0 is noise, t = 1 is data. A sample starts from Gaussian noise at
 t = 0 and is integrated to t = 1 on the uniform grid t_k = k / K (see :mod:`.solvers`).
 
-* **Per-index noise.** Sample i's noise depends only on (seed, i), through a generator
-  seeded from ``numpy.random.SeedSequence([seed, i])``: the same for any ``n``, batch size
-  or starting index, so two models sampled with the same seed start from the same noise
-  (the pairing the stability analysis relies on). The last batch is filled up to the
-  batch size, so sample i's result is bit-for-bit the same for any ``n`` at a given batch
-  size and device; other batch sizes change it by float rounding only.
-* **Coarse-to-fine.** Step k (from t_k to t_{k+1}) uses the coarse model when
-  t_k < t_switch, the fine one otherwise, decided once per step. t_switch = 0 is exactly
-  the fine model alone and t_switch = 1 exactly the coarse model alone.
-* **Guidance.** v = v_uncond + cfg (v_cond - v_uncond) on all latent channels, with the
-  conditional and unconditional halves evaluated in one batched pass; cfg = 1 is a single
-  conditional pass. Unconditional models always get the null label.
+Sampling is composed of small parts around a velocity model ``model(x, t, y) -> v``,
+fed to one solver (in the spirit of the model wrappers of facebookresearch/flow_matching):
+
+* :class:`~prunekit_lfm.cost.Counted` adds every network call (rows, FLOPs) to a Cost;
+* :class:`Guided` applies classifier-free guidance,
+  v = v_uncond + cfg (v_cond - v_uncond) on all latent channels, with the conditional and
+  unconditional halves in one batched pass (cfg = 1 is a single conditional pass);
+* :class:`SwitchAt` picks the model of step k: the coarse one while t_k < t_switch, the
+  fine one after, decided once per step (both Heun stages use the same model), so
+  t_switch = 0 is exactly the fine model alone and t_switch = 1 the coarse one alone;
+* :class:`Field` binds a batch's labels and hands ``velocity(x, t, k)`` to the solver.
+
+**Per-index noise.** Sample i's noise depends only on (seed, i), through a generator
+seeded from ``numpy.random.SeedSequence([seed, i])``: the same for any ``n``, batch size or
+starting index, so two models sampled with the same seed start from the same noise (the
+pairing the stability analysis relies on). The last batch is filled up to the batch size,
+so sample i's result is bit-for-bit the same for any ``n`` at a given batch size and
+device; other batch sizes change it by float rounding only.
+
+Every setting lives in one :class:`SamplingConfig`, validated once.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -35,13 +44,55 @@ from prunekit.errors import PrunekitError
 from prunekit.h5io import atomic_h5
 from prunekit.progress import counter
 from prunekit.provenance import stamp
+from prunekit.seeds import check_seed
 
-from .cost import Cost, ModelCost, device_of, forward_flops
-from .solvers import check_solver, check_steps, evaluations_per_step, integrate
+from .cost import Cost, Counted, ModelCost, device_of, flops_per_row
+from .solvers import check_solver, check_steps, integrate
+
+#: a velocity model: (x [B, C, H, W], t [B] in [0, 1], labels [B]) -> velocity like x
+VelocityFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    """Every sampling setting of ``sample``, ``c2f-sweep``, ``compare`` and the demo.
+
+    ``labels``: None = sample i gets label i mod classes (conditional models); one label
+    for all samples, or one per sample. ``device``: where runs are loaded
+    (``auto`` = cuda when available). ``ema``: sample the EMA weights of a run.
+    """
+
+    steps: int = 60
+    solver: str = "euler"
+    cfg: float = 1.0
+    seed: int = 0
+    device: str = "auto"
+    labels: tuple[int, ...] | None = None
+    batch_size: int = 64
+    ema: bool = True
+
+    def __post_init__(self) -> None:
+        check_steps(self.steps)
+        check_solver(self.solver)
+        if not isinstance(self.cfg, (int, float)) or not math.isfinite(self.cfg):
+            raise PrunekitError(f"--cfg must be a finite number, got {self.cfg}.")
+        check_seed(self.seed, "--seed")
+        if isinstance(self.batch_size, bool) or int(self.batch_size) != self.batch_size or self.batch_size < 1:
+            raise PrunekitError(f"--batch-size must be a positive integer, got {self.batch_size}.")
+        if self.labels is not None:
+            object.__setattr__(self, "labels", tuple(int(v) for v in self.labels) or None)
+
+    def replace(self, **changes: Any) -> SamplingConfig:
+        return SamplingConfig(**{**asdict(self), **changes})
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["labels"] = None if self.labels is None else list(self.labels)
+        return d
 
 
 @dataclass
-class SampleResult:
+class LatentSamples:
     """Sampled latents (t = 1) with the sample indices, labels and cost that produced them."""
 
     latents: torch.Tensor  # (n, C, H, W) float32, on the CPU
@@ -106,31 +157,6 @@ def resolve_labels(
     return arr
 
 
-def check_cfg(cfg: float) -> float:
-    if not np.isfinite(cfg):
-        raise PrunekitError(f"--cfg must be a finite number, got {cfg}.")
-    return float(cfg)
-
-
-def sample(
-    model: nn.Module,
-    n: int,
-    *,
-    seed: int,
-    steps: int = 60,
-    solver: str = "euler",
-    cfg: float = 1.0,
-    labels: Sequence[int] | None = None,
-    batch_size: int = 64,
-    start: int = 0,
-    progress: bool = True,
-) -> SampleResult:
-    """Draw samples ``start .. start + n - 1`` from one model (see the module docstring)."""
-    return _run({"model": model}, lambda k: "model", n=n, seed=seed, steps=steps,
-                solver=solver, cfg=cfg, labels=labels, batch_size=batch_size, start=start,
-                progress=progress, extra={})
-
-
 def coarse_steps(t_switch: float, steps: int) -> int:
     """Number of steps taken by the coarse model: #{k < K : k/K < t_switch}."""
     return sum(1 for k in range(steps) if k / steps < t_switch)
@@ -142,34 +168,6 @@ def check_t_switch(t_switch: float) -> float:
             f"t_switch must lie in [0, 1] (0 = fine model only, 1 = coarse only), got {t_switch}."
         )
     return float(t_switch)
-
-
-def sample_c2f(
-    coarse: nn.Module,
-    fine: nn.Module,
-    n: int,
-    *,
-    t_switch: float,
-    seed: int,
-    steps: int = 60,
-    solver: str = "euler",
-    cfg: float = 1.0,
-    labels: Sequence[int] | None = None,
-    batch_size: int = 64,
-    start: int = 0,
-    progress: bool = True,
-) -> SampleResult:
-    """Coarse model while t_k < t_switch, fine model after (t = 0 noise, t = 1 data)."""
-    t_switch = check_t_switch(t_switch)
-    check_compatible(coarse, fine)
-    check_steps(steps)
-    return _run(
-        {"coarse": coarse, "fine": fine},
-        lambda k: "coarse" if k / steps < t_switch else "fine",
-        n=n, seed=seed, steps=steps, solver=solver, cfg=cfg, labels=labels,
-        batch_size=batch_size, start=start, progress=progress,
-        extra={"t_switch": t_switch, "coarse_steps": coarse_steps(t_switch, steps)},
-    )
 
 
 def check_compatible(coarse: nn.Module, fine: nn.Module) -> None:
@@ -193,46 +191,85 @@ def check_compatible(coarse: nn.Module, fine: nn.Module) -> None:
         )
 
 
-def _run(
-    models: dict[str, nn.Module],
-    choose: Callable[[int], str],
-    *,
-    n: int,
-    seed: int,
-    steps: int,
-    solver: str,
-    cfg: float,
-    labels: Sequence[int] | None,
-    batch_size: int,
-    start: int,
-    progress: bool,
-    extra: dict[str, Any],
-) -> SampleResult:
-    check_steps(steps)
-    check_solver(solver)
-    cfg = check_cfg(cfg)
-    if int(n) != n or n < 1:
+class Guided:
+    """Classifier-free guidance around a velocity model (cfg = 1: the model itself)."""
+
+    def __init__(self, model: VelocityFn, cfg: float, null_label: int) -> None:
+        self.model, self.cfg, self.null = model, float(cfg), int(null_label)
+
+    def __call__(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if self.cfg == 1.0:
+            return self.model(x, t, y)
+        v_cond, v_uncond = self.model(torch.cat([x, x]), torch.cat([t, t]),
+                                      torch.cat([y, torch.full_like(y, self.null)])).chunk(2)
+        return v_uncond + self.cfg * (v_cond - v_uncond)
+
+
+class SwitchAt:
+    """Step k's model: ``coarse`` while t_k = k / steps < t_switch, ``fine`` after."""
+
+    def __init__(self, coarse: VelocityFn, fine: VelocityFn, t_switch: float, steps: int) -> None:
+        self.coarse, self.fine = coarse, fine
+        self.t_switch, self.steps = check_t_switch(t_switch), steps
+
+    def __call__(self, k: int) -> VelocityFn:
+        return self.coarse if k / self.steps < self.t_switch else self.fine
+
+
+class Field:
+    """``velocity(x, t, k)`` for the solver: step k's model on x at time t with fixed labels."""
+
+    def __init__(self, model_of_step: Callable[[int], VelocityFn], y: torch.Tensor) -> None:
+        self.model_of_step, self.y = model_of_step, y
+
+    def __call__(self, x: torch.Tensor, t: float, k: int) -> torch.Tensor:
+        tt = torch.full((x.shape[0],), t, device=x.device)
+        return self.model_of_step(k)(x, tt, self.y)
+
+
+def sample(model: nn.Module, n: int, config: SamplingConfig, *, start: int = 0,
+           progress: bool = True) -> LatentSamples:
+    """Draw samples ``start .. start + n - 1`` from one model (see the module docstring)."""
+    return _sample({"model": model}, None, n, config, start=start, progress=progress)
+
+
+def sample_c2f(coarse: nn.Module, fine: nn.Module, n: int, config: SamplingConfig, *,
+               t_switch: float, start: int = 0, progress: bool = True) -> LatentSamples:
+    """Coarse model while t_k < t_switch, fine model after (t = 0 noise, t = 1 data)."""
+    t_switch = check_t_switch(t_switch)
+    check_compatible(coarse, fine)
+    return _sample({"coarse": coarse, "fine": fine}, t_switch, n, config, start=start, progress=progress)
+
+
+def _sample(models: dict[str, nn.Module], t_switch: float | None, n: int, config: SamplingConfig,
+            *, start: int, progress: bool) -> LatentSamples:
+    if isinstance(n, bool) or int(n) != n or n < 1:
         raise PrunekitError(f"--n must be a positive number of samples, got {n}.")
-    if int(batch_size) != batch_size or batch_size < 1:
-        raise PrunekitError(f"--batch-size must be a positive integer, got {batch_size}.")
-    if start < 0:
+    if int(start) != start or start < 0:
         raise PrunekitError(f"the first sample index must be >= 0, got {start}.")
+    n, steps = int(n), config.steps
     first = next(iter(models.values()))
     shape = latent_shape(first)
     num_classes = int(getattr(first, "num_classes", 0))
     indices = np.arange(start, start + n, dtype=np.int64)
-    y_all = resolve_labels(labels, indices, num_classes, cfg)
-    used = sorted({choose(k) for k in range(steps)})
-    guided = cfg != 1.0
-    batch = min(int(batch_size), int(n))
-    for name in used:  # measure FLOPs before the clock starts
-        forward_flops(models[name], 2 * batch if guided else batch, shape)
+    y_all = resolve_labels(config.labels, indices, num_classes, config.cfg)
+    if t_switch is not None:
+        extra = {"t_switch": t_switch, "coarse_steps": coarse_steps(t_switch, steps)}
+        used = {"coarse" if k / steps < t_switch else "fine" for k in range(steps)}
+    else:
+        extra, used = {}, set(models)
     cost = Cost({name: ModelCost() for name in models})
+    per_row = {name: flops_per_row(models[name], shape) for name in sorted(used)}  # before the clock
+    guided = {name: Guided(Counted(models[name], name, cost, per_row.get(name, 0)), config.cfg, num_classes)
+              for name in models}
+    model_of_step = (SwitchAt(guided["coarse"], guided["fine"], t_switch, steps) if t_switch is not None
+                     else (lambda k: guided["model"]))
+    batch = min(config.batch_size, n)
+    device = device_of(first)
     out = []
     bar = counter(n * steps, desc="sampling", progress=progress)
     _sync(models)
     t0 = time.perf_counter()
-    device = device_of(models[used[0]])
     with torch.inference_mode():
         for lo in range(0, n, batch):
             # The last batch is filled up with the next indices (results dropped): every
@@ -240,52 +277,17 @@ def _run(
             idx = np.arange(start + lo, start + lo + batch, dtype=np.int64)
             y = y_all[lo : lo + batch]
             y = np.concatenate([y, np.full(batch - y.size, y[-1], dtype=np.int64)])
-            x0 = noise(seed, idx, shape).to(device)
-            velocity = _velocity(models, choose, cost, torch.as_tensor(y, device=device),
-                                 num_classes, cfg, bar, min(batch, n - lo), solver)
-            out.append(integrate(velocity, x0, steps, solver)[: n - lo].float().cpu())
+            x0 = noise(config.seed, idx, shape).to(device)
+            live = min(batch, n - lo)
+            velocity = Field(model_of_step, torch.as_tensor(y, device=device))
+            x1 = integrate(velocity, x0, steps, config.solver, on_step=lambda k, b=live: bar.update(b))
+            out.append(x1[:live].float().cpu())
     _sync(models)
     cost.wall_s = time.perf_counter() - t0
     bar.close()
-    params = {"n": int(n), "seed": int(seed), "steps": int(steps), "solver": solver, "cfg": cfg,
-              "batch_size": int(batch_size), "start": int(start), **extra}
-    return SampleResult(torch.cat(out), indices, y_all, int(seed), cost, params)
-
-
-def _velocity(
-    models: dict[str, nn.Module],
-    choose: Callable[[int], str],
-    cost: Cost,
-    y: torch.Tensor,
-    num_classes: int,
-    cfg: float,
-    bar: Any,
-    batch: int,
-    solver: str,
-) -> Callable[[torch.Tensor, float, int], torch.Tensor]:
-    """The guided velocity for one batch: velocity(x, t, k), model picked from k."""
-    null = torch.full_like(y, num_classes)
-    y2 = torch.cat([y, null])
-    per_step = evaluations_per_step(solver)
-    evaluations = {"count": 0}
-
-    def velocity(x: torch.Tensor, t: float, k: int) -> torch.Tensor:
-        name = choose(k)
-        model = models[name]
-        evaluations["count"] += 1
-        if evaluations["count"] % per_step == 0:
-            bar.update(batch)
-        if cfg == 1.0:
-            tt = torch.full((x.shape[0],), t, device=x.device)
-            cost.record(name, model, x)
-            return model(x, tt, y)
-        xx = torch.cat([x, x])
-        tt = torch.full((xx.shape[0],), t, device=x.device)
-        cost.record(name, model, xx)
-        v_cond, v_uncond = model(xx, tt, y2).chunk(2)
-        return v_uncond + cfg * (v_cond - v_uncond)
-
-    return velocity
+    params = {"n": n, "seed": int(config.seed), "steps": steps, "solver": config.solver,
+              "cfg": float(config.cfg), "batch_size": int(config.batch_size), "start": int(start), **extra}
+    return LatentSamples(torch.cat(out), indices, y_all, int(config.seed), cost, params)
 
 
 def _sync(models: dict[str, nn.Module]) -> None:
@@ -299,7 +301,7 @@ def _sync(models: dict[str, nn.Module]) -> None:
 
 def save_samples(
     path: str | os.PathLike,
-    result: SampleResult,
+    result: LatentSamples,
     *,
     images: np.ndarray | None = None,
     runs: dict[str, str] | None = None,

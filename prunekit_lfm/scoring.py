@@ -33,7 +33,7 @@ from prunekit.progress import counter
 from prunekit.scores import Scores
 
 from .cost import device_of
-from .flow import fm_loss
+from .paths import fm_loss
 
 CRITERIA = ("loss", "grad")
 

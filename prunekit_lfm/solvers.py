@@ -24,20 +24,9 @@ Velocity = Callable[[torch.Tensor, float, int], torch.Tensor]
 SOLVERS = ("euler", "heun")
 
 
-def time_grid(steps: int) -> list[float]:
-    """The K + 1 grid points t_k = k / K, k = 0..K (t = 0 noise, t = 1 data)."""
-    check_steps(steps)
-    return [k / steps for k in range(steps + 1)]
-
-
 def check_steps(steps: int) -> None:
     if int(steps) != steps or steps < 1:
         raise PrunekitError(f"steps must be a positive integer, got {steps}. Use e.g. --steps 60.")
-
-
-def evaluations_per_step(solver: str) -> int:
-    """Velocity evaluations one step of ``solver`` costs (Euler 1, Heun 2)."""
-    return {"euler": 1, "heun": 2}[check_solver(solver)]
 
 
 def check_solver(solver: str) -> str:
@@ -46,13 +35,13 @@ def check_solver(solver: str) -> str:
     return solver
 
 
-def euler_step(velocity: Velocity, x: torch.Tensor, k: int, steps: int) -> torch.Tensor:
+def _euler_step(velocity: Velocity, x: torch.Tensor, k: int, steps: int) -> torch.Tensor:
     """x_{k+1} = x_k + h v(x_k, t_k), h = 1/K."""
     h = 1.0 / steps
     return x + h * velocity(x, k / steps, k)
 
 
-def heun_step(velocity: Velocity, x: torch.Tensor, k: int, steps: int) -> torch.Tensor:
+def _heun_step(velocity: Velocity, x: torch.Tensor, k: int, steps: int) -> torch.Tensor:
     """Heun (explicit trapezoid): predictor Euler, corrector the mean of both slopes.
 
     Both evaluations pass the step index k (the model is chosen once per step).
@@ -64,12 +53,21 @@ def heun_step(velocity: Velocity, x: torch.Tensor, k: int, steps: int) -> torch.
 
 
 def integrate(
-    velocity: Velocity, x0: torch.Tensor, steps: int, solver: str = "euler"
+    velocity: Velocity,
+    x0: torch.Tensor,
+    steps: int,
+    solver: str = "euler",
+    on_step: Callable[[int], None] | None = None,
 ) -> torch.Tensor:
-    """Integrate dx/dt = velocity(x, t, k) from t = 0 (noise ``x0``) to t = 1 (data)."""
+    """Integrate dx/dt = velocity(x, t, k) from t = 0 (noise ``x0``) to t = 1 (data).
+
+    ``on_step(k)`` is called after step k (e.g. to advance a progress bar).
+    """
     check_steps(steps)
-    step = {"euler": euler_step, "heun": heun_step}[check_solver(solver)]
+    step = {"euler": _euler_step, "heun": _heun_step}[check_solver(solver)]
     x = x0
     for k in range(steps):
         x = step(velocity, x, k, steps)
+        if on_step is not None:
+            on_step(k)
     return x

@@ -23,7 +23,9 @@ averaged by DistributedDataParallel, and only rank 0 writes files.
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import dataclasses
 import datetime as _dt
 import os
 import time
@@ -36,15 +38,17 @@ import torch
 from torch import nn
 
 from prunekit import __version__
+from prunekit.atomic import check_output
 from prunekit.errors import PrunekitError
 from prunekit.progress import counter
 from prunekit.selection import load_selection, resolve_rows
 
 from . import runs
-from .flow import T_SCHEDULES, fm_loss, sample_t
+from .devices import pick_device
 from .latents import LatentStore, load_latents
 from .models import VelocityModel, build_model
-from .runs import RunConfig
+from .paths import fm_loss, sample_t
+from .runs import TrainConfig
 
 # Settings that must be the same when a run is resumed (steps may grow).
 _RESUME_KEYS = (
@@ -121,9 +125,9 @@ class Dist:
         return cls(int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_RANK", "0")))
 
 
-def _setup_dist(dist: Dist, device: str | None) -> torch.device:
+def _setup_dist(dist: Dist, device: str | torch.device | None) -> torch.device:
     if dist.world_size == 1:
-        return torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        return pick_device(device)
     import torch.distributed as tdist
 
     if torch.cuda.is_available():
@@ -168,33 +172,22 @@ def _training_rows(store: LatentStore, latents: str, selection: str | None) -> t
     return rows, sel.source_fingerprint or None
 
 
-def _check_options(steps: int, batch_size: int, lr: float, ema: float, cfg_dropout: float,
-                   t_schedule: str, checkpoint_every: int, world: int) -> None:
-    problems = []
-    if steps < 0:
-        problems.append(f"steps must be >= 0 (got {steps})")
-    if checkpoint_every < 1:
-        problems.append(f"checkpoint-every must be >= 1 step (got {checkpoint_every}); "
-                        "a checkpoint is always written at the end")
-    if batch_size < 1 or batch_size % world:
-        problems.append(f"batch size must be a positive multiple of the {world} processes (got {batch_size})")
-    if lr <= 0:
-        problems.append(f"lr must be > 0 (got {lr})")
-    if not 0 <= ema < 1:
-        problems.append(f"ema must be in [0, 1) (got {ema})")
-    if not 0 <= cfg_dropout < 1:
-        problems.append(f"cfg dropout must be in [0, 1) (got {cfg_dropout})")
-    if t_schedule not in T_SCHEDULES:
-        problems.append(f"t schedule must be one of {', '.join(T_SCHEDULES)} (got {t_schedule!r})")
-    if problems:
-        raise PrunekitError("; ".join(problems) + ".")
-
-
-def _prepare_dir(run_dir: Path, config: RunConfig, resume: bool) -> RunConfig:
-    """Refuse a used directory without resume; with resume, check the settings agree."""
+def _check_outputs(run_dir: Path, inputs: list[str | None]) -> None:
+    """Before any work: the run directory and the files it will hold may not replace an input."""
     if run_dir.exists() and not run_dir.is_dir():
         raise PrunekitError(f"run directory {run_dir} is a file; choose a directory.")
-    has_files = run_dir.exists() and any(run_dir.iterdir())
+    for name in (runs.CONFIG, runs.MODEL, runs.EMA, runs.OPTIMIZER, runs.TRAINER_STATE, runs.LOG):
+        check_output(run_dir / name, inputs=inputs, what="run file")
+
+
+def _prepare_dir(run_dir: Path, config: TrainConfig, resume: bool) -> TrainConfig:
+    """Refuse a used directory without resume; with resume, check the settings agree.
+
+    The lock file of a (finished or running) training does not count as content.
+    """
+    if run_dir.exists() and not run_dir.is_dir():
+        raise PrunekitError(f"run directory {run_dir} is a file; choose a directory.")
+    has_files = run_dir.exists() and any(p.name != runs.LOCK for p in run_dir.iterdir())
     if not resume:
         if has_files:
             raise PrunekitError(
@@ -224,13 +217,6 @@ def _update_ema(ema_model: nn.Module, model: nn.Module, decay: float) -> None:
         e.lerp_(p.detach(), 1 - decay)
 
 
-def _rng_states() -> dict[str, Any]:
-    states: dict[str, Any] = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        states["cuda"] = torch.cuda.get_rng_state_all()
-    return states
-
-
 # ----------------------------------------------------------------------------- train
 
 
@@ -253,18 +239,31 @@ def train(
     resume: bool = False,
     checkpoint_every: int = 1000,
     progress: bool = True,
-    device: str | None = None,
-) -> RunConfig:
+    device: str | torch.device | None = None,
+) -> TrainConfig:
     """Train a velocity model on the latents of ``latents`` (rows kept by ``selection``).
 
     Writes ``run_dir`` (see :mod:`prunekit_lfm.runs`): a checkpoint every
     ``checkpoint_every`` steps and at the end. ``resume=True`` continues a run from its
     last checkpoint with the same settings (``steps`` may be raised) and reproduces the
     losses an uninterrupted run would have logged. ``batch_size`` is the global batch
-    (split over torchrun processes). Returns the final RunConfig.
+    (split over torchrun processes). Returns the final TrainConfig.
     """
     dist = Dist.from_env()
-    _check_options(steps, batch_size, lr, ema, cfg_dropout, t_schedule, checkpoint_every, dist.world_size)
+    settings = TrainConfig(  # validated here, once, before any data is read
+        model=model, conditional=conditional, steps=steps, batch_size=batch_size, lr=lr,
+        weight_decay=weight_decay, ema=ema, grad_clip=grad_clip,
+        cfg_dropout=cfg_dropout if conditional else 0.0, t_schedule=t_schedule, seed=seed,
+        checkpoint_every=checkpoint_every, world_size=dist.world_size,
+    )
+    if batch_size % dist.world_size:
+        raise PrunekitError(
+            f"batch size must be a positive multiple of the {dist.world_size} processes (got {batch_size})."
+        )
+    if not conditional and not 0 <= cfg_dropout < 1:  # unused, but a bad value is still a mistake
+        raise PrunekitError(f"cfg dropout must be in [0, 1) (got {cfg_dropout}).")
+    out = Path(run_dir)
+    _check_outputs(out, [latents, selection])
     store = load_latents(latents)
     rows, sel_fp = _training_rows(store, latents, selection)
     if conditional and store.labels is None:
@@ -274,35 +273,46 @@ def train(
         raise PrunekitError(f"latents file {latents} holds non-square latents {h}x{w}; use square images.")
     num_classes = store.num_classes if conditional else 0
     net = build_model(model, sample_size=h, in_channels=c, num_classes=num_classes, seed=seed)
-    config = RunConfig(
-        model=net.config_dict(), sample_size=h, in_channels=c, num_classes=num_classes,
-        conditional=conditional, latents=str(Path(latents).resolve()),
-        latents_fingerprint=store.fingerprint,
+    config = dataclasses.replace(
+        settings, model=net.config_dict(), sample_size=h, in_channels=c, num_classes=num_classes,
+        latents=str(Path(latents).resolve()), latents_fingerprint=store.fingerprint,
         selection=None if selection is None else str(Path(selection).resolve()),
         selection_fingerprint=sel_fp, vae=store.vae, scale_factor=store.scale_factor,
-        image_size=store.image_size, n_train=int(rows.size), steps=steps, steps_done=0,
-        batch_size=batch_size, lr=lr, weight_decay=weight_decay, ema=ema, grad_clip=grad_clip,
-        cfg_dropout=cfg_dropout if conditional else 0.0, t_schedule=t_schedule, seed=seed,
-        checkpoint_every=checkpoint_every, world_size=dist.world_size,
-        prunekit_version=__version__,
+        image_size=store.image_size, n_train=int(rows.size), prunekit_version=__version__,
         created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         extra={"shift_factor": store.shift_factor},
     )
-    out = Path(run_dir)
     dev = _setup_dist(dist, device)
+    lock = created = None
     try:
-        config = _prepare_dir(out, config, resume)
-        _barrier(dist)  # every rank has checked the directory before rank 0 writes to it
-        trainer = _Trainer(config, net, store, rows, out, dist, dev)
-        if resume:
-            trainer.restore()  # before wrapping: DDP broadcasts rank 0's weights
-        elif dist.main:
-            out.mkdir(parents=True, exist_ok=True)
+        if dist.main:  # rank 0 writes, so rank 0 holds the directory's lock
+            created = [p for p in (out, *out.parents) if not p.exists()]
+            try:
+                out.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise PrunekitError(f"cannot create run directory {out}: {exc.strerror}.") from exc
+            lock = runs.RunLock(out)
+        try:
+            config = _prepare_dir(out, config, resume)
+            _barrier(dist)  # every rank has checked the directory before rank 0 writes to it
+            trainer = _Trainer(config, net, store, rows, out, dist, dev)
+            if resume:
+                trainer.restore()  # before wrapping: DDP broadcasts rank 0's weights
+        except BaseException:
+            if lock is not None:  # refused before writing anything: leave no trace
+                lock.release(remove=True)
+                for d in created or []:  # deepest first; only if still empty
+                    with contextlib.suppress(OSError):
+                        d.rmdir()
+            raise
+        if dist.main and not resume:
             runs.write_config(out, config)
         trainer.wrap_ddp()
         _barrier(dist)
         trainer.run(progress and dist.main)
     finally:
+        if lock is not None:
+            lock.release()
         _teardown_dist(dist)
     return trainer.config
 
@@ -310,7 +320,7 @@ def train(
 class _Trainer:
     """The state of one training process: model, EMA, optimizer, data, log."""
 
-    def __init__(self, config: RunConfig, net: VelocityModel, store: LatentStore, rows: np.ndarray,
+    def __init__(self, config: TrainConfig, net: VelocityModel, store: LatentStore, rows: np.ndarray,
                  out: Path, dist: Dist, dev: torch.device) -> None:
         self.config, self.out, self.dist, self.dev = config, out, dist, dev
         self.model = net.to(dev).train()
@@ -344,10 +354,17 @@ class _Trainer:
         state = runs.read_checkpoint(self.out)
         if state is None:  # stopped before its first checkpoint: start over
             return
+        step = int(state["step"])
+        if state.get("data_position") != self.order.position(step):
+            raise PrunekitError(
+                f"run {self.out}: the data position in {runs.TRAINER_STATE} "
+                f"({state.get('data_position')}) is not where step {step} of this data order "
+                "starts; the selection or batch size changed. Resume with the run's own settings."
+            )
         runs.load_weights(self.out / runs.MODEL, self.model, self.dev)
         runs.load_weights(self.out / runs.EMA, self.ema, self.dev)
-        self.opt.load_state_dict(state["optimizer"])
-        self.step = self.saved_step = int(state["step"])
+        runs.load_optimizer(self.out / runs.OPTIMIZER, state["optimizer"], self.opt, self.dev)
+        self.step = self.saved_step = step
         self.log = [r for r in runs.read_log(self.out) if r["step"] <= self.step]
         self.t_offset = self.log[-1]["time"] if self.log else 0.0
 
@@ -420,19 +437,21 @@ class _Trainer:
         self.pending = []
 
     def checkpoint(self) -> None:
-        """Write weights, EMA, state, log, then config (steps_done) -- rank 0 only."""
+        """Write weights, EMA, optimizer, trainer state, log, then config (steps_done) -- rank 0 only.
+
+        Nothing random needs saving: every draw of step s comes from (seed, s).
+        """
         self.flush_log()
         self.config.steps_done = self.saved_step = self.step
         if self.dist.main:
             d = self.out
             runs.save_weights(d / runs.MODEL, self.model, self.step)
             runs.save_weights(d / runs.EMA, self.ema, self.step)
-            runs.save_state(d / runs.STATE, {
+            optimizer = runs.save_optimizer(d / runs.OPTIMIZER, self.opt, self.step)
+            runs.write_trainer_state(d, {
                 "step": self.step,
-                "optimizer": self.opt.state_dict(),
+                "optimizer": optimizer,
                 "data_position": self.order.position(self.step),
-                "rng": _rng_states(),
-                "world_size": self.dist.world_size,
             })
             runs.write_log(d, self.log)
             runs.write_config(d, self.config)

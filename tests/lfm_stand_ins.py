@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from prunekit_lfm.models import build_model
-from prunekit_lfm.runs import EMA, MODEL, RunConfig, save_weights, write_config
+from prunekit_lfm.runs import EMA, MODEL, TrainConfig, save_weights, write_config
 
 torch.set_num_threads(1)  # two threads on a shared two-core machine are far slower than one
 
@@ -58,7 +58,7 @@ def make_run(path: Path, spec: str = "tiny", *, seed: int = 0, sample_size: int 
     model = randomize(build_model(spec, sample_size=sample_size, in_channels=in_channels,
                                   num_classes=num_classes, seed=seed), seed + 1)
     path.mkdir(parents=True, exist_ok=True)
-    config = RunConfig(model=model.config_dict(), sample_size=sample_size, in_channels=in_channels,
+    config = TrainConfig(model=model.config_dict(), sample_size=sample_size, in_channels=in_channels,
                        num_classes=num_classes, conditional=num_classes > 0, latents="latents.h5",
                        vae=vae, steps_done=1)
     write_config(path, config)

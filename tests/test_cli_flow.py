@@ -12,9 +12,10 @@ from click.testing import CliRunner
 
 import prunekit as pk
 from prunekit.cli import main
-from prunekit.cli.stability import expand_greedy
+from prunekit.cli.common import expand_values as expand_greedy
 from prunekit.flow import ClosedFormField, compare_subsets, gaussian_mixture
 from prunekit.provenance import read_params
+from prunekit.seeds import role_rng, role_seed
 
 N, DIM = 40, 6
 FAST = ["--steps", "12", "--n-sources", "24", "--quiet"]
@@ -70,8 +71,10 @@ def test_stability_json_schema_and_values(gmm, tmp_path):
     # The same numbers from the library, with the subsets and sources built by hand:
     # random scores are uniform draws from the seed and the subset keeps the highest.
     x1 = pk.load_embeddings(gmm).array()
-    order = np.argsort(-np.random.default_rng(3).random(N), kind="stable")
-    x0 = np.random.default_rng(3).standard_normal((24, DIM))
+    # (each from its own stream of the seed, see prunekit.seeds)
+    random_scores = pk.score(pk.load_embeddings(gmm), "random", seed=role_seed(3, "random subsets"), progress=False)
+    order = np.argsort(-random_scores.score, kind="stable")
+    x0 = role_rng(3, "sources").standard_normal((24, DIM))
     comps = compare_subsets(ClosedFormField(x1), [order[:k] for k in (30, 20, 10)], x0, steps=12, progress=False)
     for row, c in zip(doc["rows"], comps, strict=True):
         assert keys <= set(row) and row["n_sources"] == 24
@@ -155,7 +158,8 @@ def test_sources_file_is_used_as_is(gmm, tmp_path):
     assert res.exit_code == 0, res.output
     row = rows_of(out)[0]
     x1 = pk.load_embeddings(gmm).array(np.float64)
-    keep = np.argsort(-np.random.default_rng(0).random(N), kind="stable")[:20]
+    keep = np.argsort(-pk.score(pk.load_embeddings(gmm), "random", seed=role_seed(0, "random subsets"),
+                                progress=False).score, kind="stable")[:20]
     (c,) = compare_subsets(ClosedFormField(x1, dtype="float64"), [keep], x0, steps=10, solver="heun", progress=False)
     assert row["n_sources"] == 7 and row["path_deviation_median"] == c.deviation_median
     np.save(src, x0[:, :3])
@@ -184,11 +188,11 @@ def test_plot_without_matplotlib_says_how_to_install(gmm, tmp_path, monkeypatch)
         (["--pr", "1.0"], "[0, 1)"),
         ([], "either as --selection"),
         (["--pr", "0.5", "--balance", "clusters"], "--scores"),
-        (["--pr", "0.5", "--steps", "0"], "positive integer"),
+        (["--pr", "0.5", "--steps", "0"], "x>=1"),
         (["--pr", "0.5", "--dims", "4"], "'gmm'"),
         (["--pr", "0.5", "--components", "4"], "--dims"),
         (["--pr", "0.5", "--selection", "x.h5"], "one of the two"),
-        (["--pr", "0.5", "--n-sources", "0"], "at least 1"),
+        (["--pr", "0.5", "--n-sources", "0"], "x>=1"),
     ],
 )
 def test_stability_errors_exit_2_and_write_nothing(gmm, tmp_path, args, message):

@@ -8,7 +8,14 @@ import pytest
 from sklearn.metrics import adjusted_rand_score
 
 import prunekit as pk
-from prunekit.cluster import assign, kmeans, kmeanspp, normalize_rows
+from prunekit.cluster import (
+    AUTO_RESTARTS_WORK,
+    assign,
+    auto_restarts,
+    kmeans,
+    kmeanspp,
+    normalize_rows,
+)
 
 
 def planted(n=1200, k=8, d=16, seed=0, spread=0.15):
@@ -64,11 +71,40 @@ def test_spherical_centroids_unit_and_inertia_consistent():
     assert (res.distance >= -1e-12).all() and (res.distance <= 2.0).all()
 
 
-def test_more_restarts_never_worse():
-    x, _ = planted(n=800, k=10, d=6, seed=5, spread=1.0)
-    one = kmeans(x, 10, iters=5, seed=7, restarts=1, progress=False)
-    three = kmeans(x, 10, iters=5, seed=7, restarts=3, progress=False)
-    assert three.inertia <= one.inertia  # restart 0 is the same run in both
+def test_auto_restarts_follow_problem_size():
+    # Small and medium problems: scikit-learn's ten seedings ...
+    assert auto_restarts(1797, 10, 64, 25) == 10
+    assert auto_restarts(10_000, 24, 256, 25) == 10
+    # ... larger ones as many as fit in AUTO_RESTARTS_WORK multiply-adds ...
+    one = 40_000 * 24 * 256 * 25 + 4096 * 24 * 256 * (2 + np.log(24))  # Lloyd + seeding
+    assert auto_restarts(40_000, 24, 256, 25) == int(AUTO_RESTARTS_WORK // one) == 4
+    # ... and large ones one, today's cost.
+    assert auto_restarts(1_000_000, 1000, 512, 25) == 1
+    x, _ = planted(n=300, k=3, seed=2)
+    assert kmeans(x, 3, progress=False).restarts == 10
+    assert kmeans(x, 3, restarts=2, progress=False).restarts == 2
+
+
+@pytest.mark.parametrize("data_seed,spherical", [(100, True), (103, False)])
+def test_defaults_find_planted_clusters_for_every_seed(data_seed, spherical):
+    # One k-means++ seeding (the old default) misses a cluster for some of these seeds.
+    x, truth = planted(n=1200, k=12, d=16, seed=data_seed)
+    for seed in range(12):
+        s = pk.score(x, "kmeans", k=12, seed=seed, spherical=spherical, progress=False)
+        assert adjusted_rand_score(truth, s.cluster) >= 0.99, seed
+
+
+@pytest.mark.parametrize("k", [10, 24])
+def test_defaults_match_sklearn_n_init_10_on_digits(k):
+    from sklearn.cluster import KMeans
+    from sklearn.datasets import load_digits
+
+    x = load_digits().data.astype(np.float32)
+    ref = KMeans(k, n_init=10, random_state=0).fit(x.astype(np.float64)).inertia_
+    for seed in range(3):
+        s = pk.score(x, "kmeans", k=k, seed=seed, spherical=False, progress=False)
+        assert s.params["restarts_used"] == 10
+        assert s.params["inertia"] <= 1.005 * ref, (seed, s.params["inertia"] / ref)
 
 
 def test_kmeanspp_distinct_centres_and_duplicates():

@@ -128,14 +128,20 @@ def test_numbers_in_sane_ranges(results):
     assert results["c2f"]["auto_t_switch"] in [r["t_switch"] for r in rows]
     for r in results["stability"]["rows"]:
         assert 0 <= r["unchanged_fraction"] <= 1 and r["path_deviation_median"] >= 0
-    assert "timings" in results and results["timings"]["total"] > 0
+    # every stage is timed, and the timings (the only numbers that vary) are kept apart
+    stages = {"data", "vae", "scores", "train", "evaluate", "c2f", "stability"}
+    assert set(results["timings"]) == stages | {"total", "c2f_wall"}
+    assert sum(results["timings"][s] for s in stages) <= results["timings"]["total"]
+    assert set(results["timings"]["c2f_wall"]) == {f"{r['t_switch']:g}" for r in rows}
 
 
 def test_same_seed_rerun_of_a_sub_step_is_identical(demo, results, tmp_path):
     from prunekit_lfm.demo import QUICK
-    from prunekit_lfm.evaluate import draw, paired_similarity, quality, to_unit
+    from prunekit_lfm.evaluate import paired_similarity, quality, to_unit
     from prunekit_lfm.features import digits_split, get_extractor
+    from prunekit_lfm.generate import draw
     from prunekit_lfm.latents import load_images
+    from prunekit_lfm.sampling import SamplingConfig
     from prunekit_lfm.train import train
 
     p = QUICK
@@ -147,9 +153,9 @@ def test_same_seed_rerun_of_a_sub_step_is_identical(demo, results, tmp_path):
         assert (rerun / f).read_bytes() == (demo / "runs" / "random_0.5" / f).read_bytes()
 
     extractor = get_extractor(f"digits-classifier:{demo / 'data' / 'digits_classifier.pt'}")
-    common = dict(n=p.n_samples, seed=0, steps=p.sample_steps, vae=str(demo / "vae"))
-    full = draw(demo / "runs" / "full", name="full", **common)
-    mine = draw(rerun, name="random@0.5", **common)
+    config = SamplingConfig(steps=p.sample_steps, seed=0, device="cpu")
+    full, _ = draw(demo / "runs" / "full", p.n_samples, config, vae=str(demo / "vae"), name="full")
+    mine, _ = draw(rerun, p.n_samples, config, vae=str(demo / "vae"), name="random@0.5")
     sim = paired_similarity(full, mine, extractor)
     assert sim["measures"] == results["similarity"]["random@0.5"]["measures"]
     real = to_unit(load_images("digits", p.image_size)[0][digits_split(0)[1]])

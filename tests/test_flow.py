@@ -309,3 +309,45 @@ def test_dimension_study_checks_every_dimension_before_any_work(monkeypatch):
     monkeypatch.setattr(study, "gaussian_mixture", no_work)
     with pytest.raises(PrunekitError, match="dimensions must be positive integers, got 0"):
         dimension_study([4, 0], [0.5], progress=False)
+
+
+def test_one_seed_gives_independent_means_sources_and_subsets():
+    # The mixture means, the noise sources and the random subsets of one seed come from
+    # separate streams: no source repeats a mean (they used to be equal, row for row).
+    from prunekit.flow.study import draw_sources
+
+    for seed in (0, 1, 12345):
+        g = gaussian_mixture(50, 6, 5, spread=0.1, seed=seed)
+        x0 = draw_sources(5, 6, seed)
+        assert not np.isclose(x0[:, None, :], g.means[None, :, :]).all(axis=2).any()
+        # nor a scaled copy: the correlation of sources with means is that of independent draws
+        corr = np.corrcoef(x0.ravel(), g.means.ravel())[0, 1]
+        assert abs(corr) < 0.6, corr
+        assert np.array_equal(x0, draw_sources(5, 6, seed))  # still reproducible
+
+
+def test_pk_stability_is_the_cli_in_one_call(tmp_path):
+    import json
+
+    from click.testing import CliRunner
+
+    import prunekit as pk
+    from prunekit.cli import main
+
+    g = gaussian_mixture(40, 5, 3, spread=0.3, seed=2)
+    g.save(tmp_path / "g.h5")
+    doc = pk.stability(tmp_path / "g.h5", prs=[0.25, 0.5], seed=3, steps=8, n_sources=16)
+    res = CliRunner().invoke(main, ["stability", str(tmp_path / "g.h5"), "--pr", "0.25", "0.5", "--seed", "3",
+                                    "--steps", "8", "--n-sources", "16", "-q", "-o", str(tmp_path / "s.json")])
+    assert res.exit_code == 0, res.output
+    cli = json.loads((tmp_path / "s.json").read_text())
+    assert cli["rows"] == doc["rows"] and [r["n_kept"] for r in doc["rows"]] == [30, 20]
+    assert doc["settings"]["subsets"] == "random" and doc["settings"]["n_sources"] == 16
+    # arrays work as well as files, and the options are checked before any work
+    same = pk.stability(g.points, prs=[0.25, 0.5], seed=3, steps=8, n_sources=16)
+    assert same["rows"] == doc["rows"]
+    for bad, message in ((dict(prs=[0.5], seed=-1), "seed must"), (dict(), "one of the two"),
+                         (dict(prs=[0.5], solver="rk4"), "unknown solver"),
+                         (dict(prs=[0.5], invert=True), "give scores too")):
+        with pytest.raises(PrunekitError, match=message):
+            pk.stability(g.points, **bad)

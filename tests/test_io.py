@@ -134,7 +134,7 @@ def test_export_is_atomic_and_exact(tmp_path, monkeypatch):
     assert doc["indices"] == [1, 4, 6] and doc["counts"] == [2, 1, 3] and doc["ids"] == [10, 40, 60]
     assert doc["n_total"] == 8 and doc["pr"] == 0.6
     res = run("export", "sel.h5", "--format", "npy", "-o", "sel.h5")
-    assert res.exit_code == 2 and "overwrite" in res.output
+    assert res.exit_code == 2 and "would destroy the input" in res.output
     Selection(indices=[0], n_total=2, pr=0.5).save("noids.h5")
     res = run("export", "noids.h5", "--format", "txt", "--ids")
     assert res.exit_code == 2 and "no ids" in res.output
@@ -171,3 +171,90 @@ def test_atomic_files_get_the_umask_mode_not_0600(tmp_path):
     finally:
         os.umask(old)
     assert (tmp_path / "a.txt").stat().st_mode & 0o777 == 0o644
+
+
+def test_scores_check_their_invariants_when_constructed():
+    good = dict(score=np.arange(4.0), method="m", n_total=4)
+    assert pk.Scores(**good).score.dtype == np.float64
+    bad = [
+        (dict(n_total=5), "n_total=5 but 'score' has 4 rows"),
+        (dict(n_total="abc"), "n_total must be an integer"),
+        (dict(score=np.zeros((4, 2))), "1-D array of numbers"),
+        (dict(score=np.array(["a"] * 4)), "1-D array of numbers"),
+        (dict(ids=np.arange(3)), r"'ids' has shape \(3,\)"),
+        (dict(cluster=np.zeros(5, np.int64)), r"'cluster' has shape \(5,\)"),
+        (dict(cluster=np.zeros(4) + 0.5), "'cluster' must hold integers"),
+        (dict(labels=np.array(["x"] * 4)), "'labels' must hold integers"),
+        (dict(centroid_distance=np.zeros(2)), "'centroid_distance' has shape"),
+        (dict(order=np.array([0, 4])), r"outside \[0, 4\)"),
+        (dict(order=np.array([1, 1])), "repeats a position"),
+        (dict(order=np.array([0.5])), "1-D integers"),
+        (dict(centroids=np.zeros(3)), "'centroids' must be 2-D"),
+        (dict(params="{}"), "params must be a dict"),
+    ]
+    for change, message in bad:
+        with pytest.raises(pk.PrunekitError, match=message):
+            pk.Scores(**{**good, **change})
+
+
+def test_selections_check_their_invariants_when_constructed():
+    good = dict(indices=[1, 3], n_total=5, pr=0.6)
+    assert Selection(**good, ids=np.array(["b", "d"], dtype=object)).ids.tolist() == ["b", "d"]
+    bad = [
+        (dict(ids=np.arange(3)), "'ids' has 3 entries but 'indices' has 2"),
+        (dict(n_total="abc"), "n_total must be a non-negative integer"),
+        (dict(indices=[1.5, 3.0]), "1-D integers"),
+        (dict(indices=[3, 1]), "strictly ascending"),
+        (dict(indices=[1, 5]), r"lie in \[0, 5\)"),
+        (dict(pr=1.0), r"\[0, 1\)"),
+        (dict(pr="half"), "pr must be a number"),
+        (dict(seed=-1), "seed must lie"),
+        (dict(counts=[1, 0]), "counts must be positive"),
+        (dict(counts=[1.0, 2.0]), "counts must be integers"),
+        (dict(counts=[1, 2, 3]), "one per index"),
+        (dict(params=[1]), "params must be a dict"),
+    ]
+    for change, message in bad:
+        with pytest.raises(pk.PrunekitError, match=message):
+            Selection(**{**good, **change})
+
+
+def test_loading_checks_every_attribute_and_side_dataset(tmp_path):
+    example_scores().save(tmp_path / "s.h5")
+    Selection(indices=[1, 2], n_total=4, pr=0.5, ids=np.array([7, 8])).save(tmp_path / "sel.h5")
+    edits = [
+        ("s.h5", lambda f: f.attrs.__setitem__("n_total", "abc"), "attribute 'n_total' must be an integer"),
+        ("s.h5", lambda f: f.attrs.__setitem__("n_total", 2.5), "attribute 'n_total' must be an integer"),
+        ("s.h5", lambda f: f.attrs.__setitem__("params", "{oops"), "'params' is not valid JSON"),
+        ("s.h5", lambda f: f.attrs.__setitem__("params", "[" * 50_000 + "]" * 50_000), "not valid JSON"),
+        ("s.h5", lambda f: (f.__delitem__("ids"), f.__setitem__("ids", np.arange(2))), r"'ids' has shape \(2,\)"),
+        ("s.h5", lambda f: (f.__delitem__("labels"), f.create_group("labels")), "'labels' is a group"),
+        ("sel.h5", lambda f: (f.__delitem__("ids"), f.__setitem__("ids", np.arange(3))), "'ids' has 3 entries"),
+        ("sel.h5", lambda f: (f.__delitem__("ids"), f.create_group("ids")), "'ids' is a group"),
+        ("sel.h5", lambda f: f.attrs.__setitem__("pr", "half"), "attribute 'pr' must be a number"),
+        ("sel.h5", lambda f: f.attrs.__setitem__("seed", "x"), "attribute 'seed' must be an integer"),
+        ("sel.h5", lambda f: f.attrs.__setitem__("params", '"text"'), "must be a JSON object"),
+    ]
+    for i, (name, edit, message) in enumerate(edits):
+        path = tmp_path / f"{i}-{name}"
+        path.write_bytes((tmp_path / name).read_bytes())
+        with h5py.File(path, "a") as f:
+            edit(f)
+        load = pk.load_scores if name == "s.h5" else pk.load_selection
+        with pytest.raises(pk.PrunekitError, match=message):
+            load(path)
+
+
+def test_selection_export_by_suffix_and_to_standard_output(tmp_path, capsys):
+    sel = Selection(indices=[1, 4], n_total=6, pr=0.6, counts=[2, 1], ids=np.array(["a", "b"], dtype=object))
+    sel.export(tmp_path / "rows.npy")
+    np.testing.assert_array_equal(np.load(tmp_path / "rows.npy"), [1, 1, 4])
+    sel.export(tmp_path / "ids.txt", use_ids=True)
+    assert (tmp_path / "ids.txt").read_text() == "a\na\nb\n"
+    sel.export("-", "json")
+    assert json.loads(capsys.readouterr().out)["ids"] == ["a", "b"]
+    with pytest.raises(pk.PrunekitError, match="cannot tell the export format"):
+        sel.export(tmp_path / "rows.bin")
+    with pytest.raises(pk.PrunekitError, match="binary"):
+        sel.export("-", "npy")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ids.txt", "rows.npy"]

@@ -6,7 +6,6 @@ import json
 
 import pytest
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
 from prunekit.errors import PrunekitError
 from prunekit_lfm.models import PRESETS, TIME_SCALE, build_model, model_from_config
@@ -143,10 +142,10 @@ def test_dit_presets_match_the_paper_parameter_counts(name):
 
 
 def _flops(name, size=8):
+    from prunekit_lfm.cost import forward_flops
+
     m = build_model(name, sample_size=size, in_channels=4, device="meta")
-    with FlopCounterMode(display=False) as fc:
-        m(torch.empty(1, 4, size, size, device="meta"), torch.empty(1, device="meta"))
-    return fc.get_total_flops()
+    return forward_flops(m, 1, (4, size, size), device="meta")
 
 
 def test_cpu_presets_give_a_coarse_fine_pair_with_at_least_8x_flops():
@@ -187,3 +186,22 @@ def test_bad_json_file_is_a_prunekit_error(tmp_path):
 def test_every_preset_is_listed_with_a_backbone():
     assert {"tiny", "small", "DiT-S/2", "DiT-B/2", "DiT-L/2", "DiT-XL/2", "unet", "unet-tiny"} <= set(PRESETS)
     assert all(p["backbone"] in ("dit", "unet") for p in PRESETS.values())
+
+
+def test_installed_diffusers_is_a_tested_release_with_the_dit_internals_we_tie():
+    """Fails loudly on a diffusers release outside the tested range (see docs/architecture.md)."""
+    import diffusers
+    from packaging.version import Version
+
+    from prunekit_lfm.models import DIFFUSERS_TESTED, check_dit_internals
+
+    lo, hi = map(Version, DIFFUSERS_TESTED)
+    assert lo <= Version(diffusers.__version__) < hi, (
+        f"diffusers {diffusers.__version__} is outside the tested range {DIFFUSERS_TESTED}: check "
+        "prunekit_lfm.models._share_dit_embedder and _dit_init, then widen the pin in pyproject.toml"
+    )
+    model = build_model("tiny", sample_size=4, in_channels=4, num_classes=3)
+    check_dit_internals(model.net)  # every path the tying and init reach into exists
+    del model.net.transformer_blocks[1].norm1.emb  # what a release that moved the embedder looks like
+    with pytest.raises(PrunekitError, match=r"diffusers .* changed the DiT internals.*norm1\.emb"):
+        check_dit_internals(model.net)

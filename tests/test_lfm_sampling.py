@@ -15,8 +15,9 @@ from lfm_stand_ins import LinearVelocity, make_run, randomize
 from prunekit.cli import main
 from prunekit.errors import PrunekitError
 from prunekit_lfm.c2f import SweepRow, parse_t_switches, pick, similarity, sweep
-from prunekit_lfm.cost import forward_flops
+from prunekit_lfm.cost import count_flops, forward_flops
 from prunekit_lfm.models import build_model
+from prunekit_lfm.sampling import SamplingConfig as C
 from prunekit_lfm.sampling import coarse_steps, noise, sample, sample_c2f
 from prunekit_lfm.solvers import integrate
 
@@ -96,29 +97,31 @@ def tiny_pair():
 
 def test_sample_i_is_the_same_for_any_n(tiny_pair):
     model = tiny_pair[0]
-    r3 = sample(model, 3, seed=0, steps=3, batch_size=2, progress=False)
-    r5 = sample(model, 5, seed=0, steps=3, batch_size=2, progress=False)
+    r3 = sample(model, 3, C(seed=0, steps=3, batch_size=2), progress=False)
+    r5 = sample(model, 5, C(seed=0, steps=3, batch_size=2), progress=False)
     assert torch.equal(r3.latents, r5.latents[:3])
     assert r5.indices.tolist() == [0, 1, 2, 3, 4]
     assert r5.labels.tolist() == [0, 1, 2, 0, 1]  # label i mod classes by default
-    again = sample(model, 3, seed=0, steps=3, batch_size=2, progress=False)
+    again = sample(model, 3, C(seed=0, steps=3, batch_size=2), progress=False)
     assert torch.equal(again.latents, r3.latents)
-    other = sample(model, 3, seed=1, steps=3, batch_size=2, progress=False)
+    other = sample(model, 3, C(seed=1, steps=3, batch_size=2), progress=False)
     assert not torch.allclose(other.latents, r3.latents)
     # Another batch size changes only float rounding.
-    r_b3 = sample(model, 5, seed=0, steps=3, batch_size=3, progress=False)
+    r_b3 = sample(model, 5, C(seed=0, steps=3, batch_size=3), progress=False)
     torch.testing.assert_close(r_b3.latents, r5.latents, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("solver,cfg", [("euler", 1.0), ("heun", 2.5)])
 def test_c2f_boundaries_are_exactly_the_single_models(tiny_pair, solver, cfg):
     coarse, fine = tiny_pair
-    kw = dict(seed=3, steps=4, solver=solver, cfg=cfg, batch_size=2, progress=False)
-    fine_only = sample(fine, 3, **kw)
-    coarse_only = sample(coarse, 3, **kw)
-    assert torch.equal(sample_c2f(coarse, fine, 3, t_switch=0.0, **kw).latents, fine_only.latents)
-    assert torch.equal(sample_c2f(coarse, fine, 3, t_switch=1.0, **kw).latents, coarse_only.latents)
-    mid = sample_c2f(coarse, fine, 3, t_switch=0.5, **kw).latents
+    cfg_ = C(seed=3, steps=4, solver=solver, cfg=cfg, batch_size=2)
+    fine_only = sample(fine, 3, cfg_, progress=False)
+    coarse_only = sample(coarse, 3, cfg_, progress=False)
+    assert torch.equal(sample_c2f(coarse, fine, 3, cfg_, t_switch=0.0, progress=False).latents,
+                       fine_only.latents)
+    assert torch.equal(sample_c2f(coarse, fine, 3, cfg_, t_switch=1.0, progress=False).latents,
+                       coarse_only.latents)
+    mid = sample_c2f(coarse, fine, 3, cfg_, t_switch=0.5, progress=False).latents
     assert not torch.allclose(mid, fine_only.latents) and not torch.allclose(mid, coarse_only.latents)
 
 
@@ -133,13 +136,46 @@ def test_forward_flops_of_a_linear_map_by_hand():
     assert forward_flops(low, 5, (2, 4, 4)) == 2 * 5 * (d * 4 + 4 * d)
 
 
+def test_one_attention_layer_counts_its_projections_and_attention_on_the_cpu():
+    from diffusers.models.attention_processor import Attention
+
+    b, s, width, heads = 2, 16, 32, 4
+    layer = Attention(query_dim=width, heads=heads, dim_head=width // heads, bias=True).eval()
+    x = torch.randn(b, s, width)
+    projections = 4 * 2 * b * s * width * width  # q, k, v and the output projection
+    attention = 2 * 2 * b * heads * s * s * (width // heads)  # Q K^T and softmax(.) V
+    assert count_flops(layer, x) == projections + attention
+    q = torch.randn(b, heads, s, 8)
+    assert count_flops(torch.nn.functional.scaled_dot_product_attention, q, q, q) == 4 * b * heads * s * s * 8
+
+
+def _dit_flops_by_hand(depth, width, tokens, channels, patch):
+    """One DiT forward pass on one latent, 2 FLOPs per multiply-add, counted layer by layer."""
+    embed = 2 * (256 * width + width * width)  # timestep MLP; runs in every block and once at the end
+    block = (2 * 6 * width * width  # adaLN modulation (on the conditioning vector)
+             + 4 * 2 * tokens * width * width  # q, k, v, out projections
+             + 2 * 2 * tokens * tokens * width  # attention: Q K^T and softmax(.) V over all heads
+             + 2 * 2 * tokens * width * 4 * width)  # MLP, hidden 4 x width
+    patchify = 2 * tokens * channels * patch**2 * width
+    final = 2 * width * 2 * width + 2 * tokens * width * patch**2 * channels
+    return patchify + (depth + 1) * embed + depth * block + final
+
+
+@pytest.mark.parametrize("preset,depth,width,device", [("tiny", 2, 96, "cpu"), ("DiT-S/2", 12, 384, "meta")])
+def test_dit_flops_match_the_hand_count_including_attention(preset, depth, width, device):
+    model = build_model(preset, sample_size=32, in_channels=4, num_classes=0, device=device)
+    expected = _dit_flops_by_hand(depth, width, tokens=16 * 16, channels=4, patch=2)
+    assert forward_flops(model, 1, (4, 32, 32), device=device) == expected
+    assert forward_flops(model, 3, (4, 32, 32), device=device) == 3 * expected  # linear in the batch
+
+
 @pytest.mark.parametrize("solver,cfg", [("euler", 1.0), ("heun", 3.0)])
 def test_c2f_flops_are_calls_times_per_call_flops(solver, cfg):
     coarse = LinearVelocity(channels=2, size=4, num_classes=2, rank=4, seed=1)
     fine = LinearVelocity(channels=2, size=4, num_classes=2, seed=2)
     n, batch, steps, d = 5, 2, 10, 32
-    res = sample_c2f(coarse, fine, n, t_switch=0.7, seed=0, steps=steps, solver=solver, cfg=cfg,
-                     batch_size=batch, progress=False)
+    res = sample_c2f(coarse, fine, n, C(seed=0, steps=steps, solver=solver, cfg=cfg, batch_size=batch),
+                     t_switch=0.7, progress=False)
     rows = batch * (2 if cfg != 1 else 1)  # the last batch is filled up: every pass has `rows` rows
     per_step = 2 if solver == "heun" else 1
     batches = math.ceil(n / batch)
@@ -149,12 +185,12 @@ def test_c2f_flops_are_calls_times_per_call_flops(solver, cfg):
     assert c.flops == c.calls * coarse_call and f.flops == f.calls * fine_call
     assert res.cost.flops == c.calls * coarse_call + f.calls * fine_call
     assert c.flops_per_row / f.flops_per_row == pytest.approx(8 / 32)
-    assert res.cost.wall_s > 0
+    assert res.cost.calls == c.calls + f.calls and res.params["coarse_steps"] == 7
 
 
 def test_dit_coarse_call_costs_the_models_flop_ratio(tiny_pair):
     coarse, fine = tiny_pair
-    res = sample_c2f(coarse, fine, 2, t_switch=0.5, seed=0, steps=4, batch_size=2, progress=False)
+    res = sample_c2f(coarse, fine, 2, C(seed=0, steps=4, batch_size=2), t_switch=0.5, progress=False)
     c, f = res.cost.models["coarse"], res.cost.models["fine"]
     fc, ff = forward_flops(coarse, 2, (4, 4, 4)), forward_flops(fine, 2, (4, 4, 4))
     assert 0 < fc < ff
@@ -177,10 +213,10 @@ def test_cfg_one_is_the_conditional_velocity_and_guidance_mixes_all_channels():
     with torch.no_grad():
         plain = euler(lambda x, t: model(x, t, y))
         guided = euler(lambda x, t: model(x, t, null) + 2.0 * (model(x, t, y) - model(x, t, null)))
-    r1 = sample(model, 2, seed=0, steps=steps, labels=[2, 0], progress=False)
+    r1 = sample(model, 2, C(seed=0, steps=steps, labels=[2, 0]), progress=False)
     assert r1.cost.calls == steps and r1.cost.models["model"].rows == 2 * steps
     torch.testing.assert_close(r1.latents, plain, rtol=1e-6, atol=1e-6)
-    r2 = sample(model, 2, seed=0, steps=steps, labels=[2, 0], cfg=2.0, progress=False)
+    r2 = sample(model, 2, C(seed=0, steps=steps, labels=[2, 0], cfg=2.0), progress=False)
     assert r2.cost.calls == steps and r2.cost.models["model"].rows == 4 * steps
     torch.testing.assert_close(r2.latents, guided, rtol=1e-6, atol=1e-6)
 
@@ -188,19 +224,19 @@ def test_cfg_one_is_the_conditional_velocity_and_guidance_mixes_all_channels():
 def test_label_and_guidance_errors():
     uncond = LinearVelocity(num_classes=0)
     with pytest.raises(PrunekitError, match="unconditional"):
-        sample(uncond, 2, seed=0, steps=1, labels=[1], progress=False)
+        sample(uncond, 2, C(seed=0, steps=1, labels=[1]), progress=False)
     with pytest.raises(PrunekitError, match="class-conditional"):
-        sample(uncond, 2, seed=0, steps=1, cfg=2.0, progress=False)
+        sample(uncond, 2, C(seed=0, steps=1, cfg=2.0), progress=False)
     cond = LinearVelocity(num_classes=3)
     with pytest.raises(PrunekitError, match="one label or exactly 2"):
-        sample(cond, 2, seed=0, steps=1, labels=[0, 1, 2], progress=False)
+        sample(cond, 2, C(seed=0, steps=1, labels=[0, 1, 2]), progress=False)
     with pytest.raises(PrunekitError, match="outside"):
-        sample(cond, 2, seed=0, steps=1, labels=[3], progress=False)
+        sample(cond, 2, C(seed=0, steps=1, labels=[3]), progress=False)
     with pytest.raises(PrunekitError, match="t_switch"):
-        sample_c2f(cond, cond, 2, t_switch=1.5, seed=0, steps=1, progress=False)
+        sample_c2f(cond, cond, 2, C(seed=0, steps=1), t_switch=1.5, progress=False)
     with pytest.raises(PrunekitError, match="latents"):
-        sample_c2f(cond, LinearVelocity(channels=3, num_classes=3), 2, t_switch=0.5, seed=0,
-                   steps=1, progress=False)
+        sample_c2f(cond, LinearVelocity(channels=3, num_classes=3), 2, C(seed=0, steps=1), t_switch=0.5,
+                   progress=False)
 
 
 # ----------------------------------------------------------------------------- sweep
@@ -224,7 +260,7 @@ def test_parse_t_switches_accepts_commas_and_lists():
 
 def test_sweep_rows_and_auto_pick(tiny_pair):
     coarse, fine = tiny_pair
-    res = sweep(coarse, fine, [0, 0.5, 1], 3, seed=0, steps=4, batch_size=2, tol=-1.0, repeats=2,
+    res = sweep(coarse, fine, [0, 0.5, 1], 3, C(seed=0, steps=4, batch_size=2), tol=-1.0, repeats=2,
                 progress=False)
     r0, r5, r1 = res.rows
     assert (r0.flops_ratio, r0.cos_mean, r0.mse_mean) == (1.0, pytest.approx(1.0), 0.0)
@@ -270,7 +306,7 @@ def test_cli_sample_writes_latents_and_cost(runs, tmp_path):
                 "--device", "cpu", "-o", out, "--quiet")
     assert r.exit_code == 0, r.output
     model, _ = load_run(runs[1])
-    ref = sample(model, 3, seed=5, steps=2, batch_size=2, progress=False)
+    ref = sample(model, 3, C(seed=5, steps=2, batch_size=2), progress=False)
     with h5py.File(out) as f:
         assert np.array_equal(f["latents"][()], ref.latents.numpy())
         assert f["indices"][()].tolist() == [0, 1, 2]
@@ -289,7 +325,7 @@ def test_cli_c2f_sample_equals_library(runs, tmp_path):
                 "--steps", 4, "--device", "cpu", "-o", out, "--quiet")
     assert r.exit_code == 0, r.output
     (c, _), (f_, _) = load_run(runs[0]), load_run(runs[1])
-    ref = sample_c2f(c, f_, 2, t_switch=0.5, seed=0, steps=4, progress=False)
+    ref = sample_c2f(c, f_, 2, C(seed=0, steps=4), t_switch=0.5, progress=False)
     with h5py.File(out) as f:
         assert np.array_equal(f["latents"][()], ref.latents.numpy())
         assert f.attrs["t_switch"] == 0.5 and f.attrs["coarse_steps"] == 2
@@ -358,7 +394,7 @@ def test_cli_compare_refuses_a_coarse_run_from_another_latent_space(runs, tmp_pa
     other = make_run(tmp_path / "other-vae", "tiny", seed=3, vae=str(tmp_path / "vae-b"))
     out = tmp_path / "compare.json"
     r = CliRunner().invoke(main, ["lfm", "compare", str(runs[1]), str(runs[1]), "--coarse-b", str(other),
-                                  "--t-switch-b", "0.5", "--n", "1", "--steps", "1", "-o", str(out), "-q"])
+                                  "--t-switch-b", "0.5", "--n", "2", "--steps", "1", "-o", str(out), "-q"])
     assert r.exit_code == 2, r.output
     assert "one latent space" in r.output and "Traceback" not in r.output and not out.exists()
 
@@ -368,13 +404,36 @@ def test_cli_compare_passes_guidance_to_both_sides(tmp_path):
 
     def compare(cfg):
         out = tmp_path / f"compare-{cfg}.json"
-        r = CliRunner().invoke(main, ["lfm", "compare", str(run), str(run), "--cfg", cfg, "--n", "3",
+        r = CliRunner().invoke(main, ["lfm", "compare", str(run), str(run), "--cfg", cfg, "--n", "6",
                                       "--steps", "2", "-o", str(out), "-q"])
         assert r.exit_code == 0, r.output
         return json.loads(out.read_text())
 
     guided, plain = compare("2.5"), compare("1")
     assert guided["settings"]["cfg"] == 2.5 and plain["settings"]["cfg"] == 1
-    for side in ("a", "b"):  # 2 steps of 3 samples; a guided call also evaluates the null half
-        assert guided["cost"][side]["models"]["model"]["rows"] == 12
-        assert plain["cost"][side]["models"]["model"]["rows"] == 6
+    for side in ("a", "b"):  # 2 steps of 6 samples; a guided call also evaluates the null half
+        assert guided["cost"][side]["models"]["model"]["rows"] == 24
+        assert plain["cost"][side]["models"]["model"]["rows"] == 12
+
+
+def test_compare_baseline_pairs_samples_of_the_same_class():
+    from prunekit_lfm.evaluate import paired_similarity
+    from prunekit_lfm.generate import DecodedSamples
+
+    labels = np.array([0, 1, 0, 1, 0, 1])
+    sign = np.where(labels == 0, 1.0, -1.0)
+    wobble = np.array([0.1, 0.2, -0.1, 0.3, 0.0, -0.2])
+    z = np.stack([sign, wobble], axis=1).reshape(6, 2, 1, 1)  # class sets the sign of channel 0
+    a = DecodedSamples("a", z, None, np.arange(6), labels, 0)
+    res = paired_similarity(a, a)
+    base = res["measures"]["latent_cosine"]["baseline"]
+    # pairs (0,2), (2,4), (4,0), (1,3), (3,5), (5,1): same sign, cosine near +1 (across classes: near -1)
+    expected = np.mean([
+        float(z[i].ravel() @ z[j].ravel() / np.linalg.norm(z[i]) / np.linalg.norm(z[j]))
+        for i, j in [(0, 2), (1, 3), (2, 4), (3, 5), (4, 0), (5, 1)]
+    ])
+    assert base["mean"] == pytest.approx(expected) and expected > 0.9
+    assert res["baseline_pairs"] == 6 and "same class" in res["baseline"]
+    other = DecodedSamples("b", z, None, np.arange(6), labels[::-1].copy(), 0)
+    with pytest.raises(PrunekitError, match="different labels"):
+        paired_similarity(a, other)

@@ -10,14 +10,15 @@ import torch
 from click.testing import CliRunner
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from safetensors.torch import load_file
 
 from prunekit.cli import main
 from prunekit.errors import PrunekitError
 from prunekit.selection import Selection
 from prunekit_lfm import runs
-from prunekit_lfm.flow import fm_loss, interpolate, sample_t, target
 from prunekit_lfm.latents import LatentStore, save_latents
 from prunekit_lfm.models import build_model
+from prunekit_lfm.paths import fm_loss, interpolate, sample_t, target
 from prunekit_lfm.train import DataOrder, Dist, _Trainer, train
 
 torch.set_num_threads(1)
@@ -117,14 +118,17 @@ def test_run_dir_layout_config_and_load_run(latents, tmp_path):
     run = tmp_path / "run"
     cfg = train(str(latents), str(run), steps=4, checkpoint_every=2, seed=3, conditional=True, **FAST)
     assert sorted(p.name for p in run.iterdir()) == sorted(
-        [runs.CONFIG, runs.MODEL, runs.EMA, runs.STATE, runs.LOG])
+        [runs.CONFIG, runs.MODEL, runs.EMA, runs.OPTIMIZER, runs.TRAINER_STATE, runs.LOG, runs.LOCK])
     stored = json.loads((run / runs.CONFIG).read_text())
     assert stored["steps_done"] == 4 and stored["num_classes"] == 3 and stored["conditional"]
     assert stored["model"]["preset"] == "tiny" and stored["scale_factor"] == 0.5
     assert stored["vae"] == "/vaes/x" and stored["n_train"] == 48 and stored["sample_size"] == 4
     assert stored["latents"] == str(latents.resolve()) and len(stored["latents_fingerprint"]) == 32
-    state = runs.load_state(run / runs.STATE)
+    state = runs.read_trainer_state(run)
     assert state["step"] == 4 and state["data_position"] == {"epoch": 0, "offset": 32}
+    moments = load_file(str(run / runs.OPTIMIZER))  # AdamW: step, exp_avg, exp_avg_sq per parameter
+    n_params = len(list(runs.load_run(run)[0].parameters()))
+    assert len(moments) == 3 * n_params and all(k.startswith("state.") for k in moments)
     model, config = runs.load_run(run)
     assert not model.training and config == cfg and model.num_classes == 3
     ema_sd, raw = model.state_dict(), runs.load_run(run, ema=False)[0].state_dict()
@@ -203,7 +207,7 @@ def test_label_dropout_and_unconditional_null_labels(latents, tmp_path):
         from prunekit_lfm.latents import load_latents
 
         store = load_latents(latents)
-        cfg = runs.RunConfig(model={}, sample_size=4, in_channels=4, num_classes=3 if conditional else 0,
+        cfg = runs.TrainConfig(model={}, sample_size=4, in_channels=4, num_classes=3 if conditional else 0,
                              conditional=conditional, latents="", batch_size=48, cfg_dropout=dropout)
         net = build_model("tiny", sample_size=4, in_channels=4, num_classes=cfg.num_classes)
         tr = _Trainer(cfg, net, store, np.arange(48), tmp_path, Dist(), torch.device("cpu"))
@@ -332,7 +336,7 @@ def test_ranks_shard_one_global_batch_and_its_noise(latents, tmp_path):
     store = load_latents(latents)
 
     def batch(rank, world):
-        cfg = runs.RunConfig(model={}, sample_size=4, in_channels=4, num_classes=3, conditional=True,
+        cfg = runs.TrainConfig(model={}, sample_size=4, in_channels=4, num_classes=3, conditional=True,
                              latents="", batch_size=8, cfg_dropout=0.3, seed=2)
         net = build_model("tiny", sample_size=4, in_channels=4, num_classes=3)
         tr = _Trainer(cfg, net, store, np.arange(48), tmp_path, Dist(rank, world), torch.device("cpu"))
@@ -364,3 +368,30 @@ def test_a_conditional_unet_trains_and_loads(latents, tmp_path):
     assert cfg.model["preset"] == "unet-tiny" and model.net.class_embedding.num_embeddings == 4
     x = torch.zeros(2, 4, 4, 4)
     assert model(x, torch.tensor([0.1, 0.9]), torch.tensor([0, 3])).shape == x.shape
+
+
+@pytest.mark.slow
+def test_torchrun_with_two_cpu_processes_trains_like_one_process(latents, tmp_path):
+    """DDP under torchrun (gloo): the same global batches, so the same run up to float sums."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    torchrun = shutil.which("torchrun", path=os.path.dirname(sys.executable))
+    if torchrun is None:  # pragma: no cover - torchrun ships with torch
+        pytest.fail("torchrun not found beside the Python interpreter")
+    args = ["lfm", "train", str(latents), "--steps", "3", "--batch-size", "8", "--lr", "1e-3",
+            "--checkpoint-every", "2", "--seed", "1", "--device", "cpu", "-q"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    ddp = subprocess.run([torchrun, "--standalone", "--nproc_per_node", "2", "-m", "prunekit", *args,
+                          "-o", str(tmp_path / "ddp")], env=env, capture_output=True, text=True, timeout=300)
+    assert ddp.returncode == 0, ddp.stderr[-3000:]
+    train(str(latents), str(tmp_path / "one"), steps=3, checkpoint_every=2, seed=1,
+          **{**FAST, "batch_size": 8})
+    one, two = runs.read_config(tmp_path / "one"), runs.read_config(tmp_path / "ddp")
+    assert (two.world_size, two.steps_done, two.n_train) == (2, 3, one.n_train)
+    np.testing.assert_allclose(_losses(tmp_path / "ddp"), _losses(tmp_path / "one"), rtol=1e-5)
+    a, b = runs.load_run(tmp_path / "one", ema=False)[0], runs.load_run(tmp_path / "ddp", ema=False)[0]
+    for (name, p), q in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
+        torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-6, msg=name)

@@ -159,3 +159,16 @@ def test_summarize_statistics_and_histogram():
 def test_f_score():
     assert m.f_score(0.0, 0.0) == 0.0
     assert m.f_score(1.0, 0.5) == pytest.approx(2 / 3)
+
+
+def test_within_class_pairs_pair_each_sample_with_the_next_of_its_class():
+    rows, partners = m.within_class_pairs(np.array([0, 1, 0, 2, 1, 0]))
+    assert rows.tolist() == [0, 1, 2, 4, 5]  # the lone class-2 sample has no partner
+    assert partners.tolist() == [2, 4, 5, 1, 0]
+    labels = np.array([0, 1, 0, 2, 1, 0])
+    assert np.all(labels[rows] == labels[partners]) and np.all(rows != partners)
+    same = np.full(5, 3)  # one label (unconditional): the plain shift i -> i + 1 mod n
+    r, p = m.within_class_pairs(same)
+    assert r.tolist() == list(range(5)) and p.tolist() == m.shifted_pairs(5).tolist()
+    with pytest.raises(PrunekitError, match="two samples of one class"):
+        m.within_class_pairs(np.array([0, 1, 2]))

@@ -8,6 +8,7 @@ import pytest
 from prunekit import Embeddings, PrunekitError
 from prunekit.kernels import rbf, rff_mmd
 from prunekit.quality import group_counts, mmd_report
+from prunekit.seeds import role_seed
 
 
 def test_group_counts_by_hand():
@@ -25,7 +26,9 @@ def test_mmd_matches_rff_mmd_and_exact_kernel():
     emb = Embeddings.from_array(x)
     kept = np.arange(0, 300, 3)
     rep = mmd_report(emb, kept, random_draws=4, seed=1, n_features=4096, sigma=2.0, progress=False)
-    assert rep["kept"] == pytest.approx(rff_mmd(x[kept], x, 2.0, 4096, seed=1), rel=1e-4)
+    # the features come from the seed's own stream for that role
+    features_seed = role_seed(1, "fourier features")
+    assert rep["kept"] == pytest.approx(rff_mmd(x[kept], x, 2.0, 4096, seed=features_seed), rel=1e-4)
     # the RFF estimate approximates the exact kernel MMD
     kxx, kss, kxs = rbf(x, x, 2.0).mean(), rbf(x[kept], x[kept], 2.0).mean(), rbf(x[kept], x, 2.0).mean()
     exact = np.sqrt(kxx + kss - 2 * kxs)
@@ -43,3 +46,34 @@ def test_mmd_refuses_rows_that_were_dropped():
         mmd_report(emb, np.array([1, 3]), progress=False)
     rep = mmd_report(emb, np.array([0, 1, 2, 4]), random_draws=2, progress=False)
     assert rep["kept"] == pytest.approx(0.0, abs=1e-6) and rep["n_full"] == 4
+
+
+def test_pk_inspect_is_the_cli_in_one_call(tmp_path):
+    import json
+
+    import h5py
+    from click.testing import CliRunner
+
+    import prunekit as pk
+    from prunekit.cli import main
+
+    rng = np.random.default_rng(0)
+    with h5py.File(tmp_path / "emb.h5", "w") as f:
+        f["embeddings"] = rng.standard_normal((60, 3))
+        f["labels"] = np.arange(60) % 4
+    emb = pk.load_embeddings(tmp_path / "emb.h5")
+    scores = pk.score(emb, "kmeans", k=3, seed=0, progress=False)
+    scores.save(tmp_path / "scores.h5")
+    pk.select(scores, 0.5, balance="clusters").save(tmp_path / "sel.h5")
+    report = pk.inspect(tmp_path / "sel.h5", scores=tmp_path / "scores.h5", embeddings=tmp_path / "emb.h5",
+                        random_draws=3, seed=4)
+    res = CliRunner().invoke(main, ["inspect", str(tmp_path / "sel.h5"), "--scores", str(tmp_path / "scores.h5"),
+                                    "--embeddings", str(tmp_path / "emb.h5"), "--random-draws", "3",
+                                    "--seed", "4", "--json", "-q"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.output) == json.loads(json.dumps(report))
+    assert report["n_kept"] == 30 and sum(report["clusters"]["kept"]) == 30
+    assert sum(report["labels"]["before"]) == 60 and len(report["mmd"]["random"]) == 3
+    # objects work as well as paths
+    same = pk.inspect(pk.load_selection(tmp_path / "sel.h5"), scores=scores, embeddings=emb, random_draws=3, seed=4)
+    assert same["mmd"] == report["mmd"] and same["clusters"] == report["clusters"]

@@ -79,8 +79,36 @@ def test_greedy_order_is_respected():
     s = make(score, order=order)
     assert select(s, 0.7).indices.tolist() == [2, 7, 9]  # the first three picks
     assert select(s, 0.6).indices.tolist() == [0, 2, 7, 9]
-    assert select(s, 0.5).indices.tolist() == [0, 1, 2, 7, 9]  # then lowest unpicked index
-    assert select(s, 0.8, invert=True).indices.tolist() == [1, 3]  # unpicked first
+    # inverted: the last picks first, never the unpicked rows
+    assert select(s, 0.8, invert=True).indices.tolist() == [0, 9]
+    assert select(s, 0.6, invert=True).indices.tolist() == [0, 2, 7, 9]
+
+
+def test_keeping_more_than_the_greedy_picks_is_refused_unless_filled_at_random():
+    n, order = 10, np.array([7, 2, 9, 0])
+    score = np.full(n, -np.inf)
+    score[order] = n - np.arange(order.size)
+    s = make(score, order=order)
+    for invert in (False, True):
+        with pytest.raises(PrunekitError, match=r"picked 4 of 10 rows, but this selection keeps 5, "
+                                                r"1 of them never picked.*pr >= 0\.6"):
+            select(s, 0.5, invert=invert)
+    filled = select(s, 0.3, fill="random", seed=5)
+    assert set(order) <= set(filled.indices.tolist()) and filled.n_kept == 7
+    assert filled.params["n_filled"] == 3 and filled.params["fill"] == "random"
+    # the filled rows are a seeded random draw, not the lowest indices
+    rng_rows = [select(s, 0.3, fill="random", seed=seed).indices.tolist() for seed in range(6)]
+    assert rng_rows[0] == select(s, 0.3, fill="random", seed=0).indices.tolist()
+    assert len({tuple(r) for r in rng_rows}) > 1
+    assert all(sorted(set(r) - set(order.tolist())) for r in rng_rows)
+    # per cluster: a cluster whose quota exceeds its picks is refused as well
+    cl = np.array([0, 0, 0, 0, 0, 1, 1, 1, 1, 1])
+    sc = make(score, cluster=cl, order=order)  # picks: 0, 2 in cluster 0; 7, 9 in cluster 1
+    assert select(sc, 0.6, balance="clusters").indices.tolist() == [0, 2, 7, 9]
+    with pytest.raises(PrunekitError, match="keep fewer rows"):
+        select(sc, 0.5, balance="clusters")
+    with pytest.raises(PrunekitError, match="unknown fill"):
+        select(s, 0.5, fill="lowest")
 
 
 def test_infinite_scores_order_correctly():
@@ -287,3 +315,23 @@ def test_resolve_rows_refuses_integer_ids_from_a_data_set_of_another_size():
     assert rows.tolist() == [3, 0]
     # Same size, integer ids: matched by id, not position.
     assert resolve_rows(sel, 7, np.array([6, 5, 4, 3, 2, 1, 0])).tolist() == [6, 3]
+
+
+def test_id_positions_matches_a_brute_force_lookup():
+    from prunekit.ids import id_positions
+
+    rng = np.random.default_rng(4)
+    for kind in ("int", "str"):
+        ids = rng.permutation(1000)[:200] * 7 - 300
+        wanted = rng.choice(np.concatenate([ids, [10**12, -5]]), size=50)
+        if kind == "str":
+            ids = np.array([f"img{v}.png" for v in ids], dtype=object)
+            wanted = np.array([f"img{v}.png" for v in wanted], dtype=object)
+        lookup = {v: i for i, v in enumerate(ids.tolist())}
+        pos, found = id_positions(wanted, ids)
+        assert found.tolist() == [v in lookup for v in wanted.tolist()]
+        assert pos[found].tolist() == [lookup[v] for v in wanted.tolist() if v in lookup]
+    # an integer id never matches the string of its digits
+    pos, found = id_positions(np.array([5]), np.array(["5"], dtype=object))
+    assert not found.any()
+    assert id_positions(np.array([], dtype=np.int64), np.array([1]))[1].size == 0

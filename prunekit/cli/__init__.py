@@ -2,17 +2,22 @@
 
 Commands are loaded lazily (so ``prunekit score`` never imports what ``prunekit lfm``
 needs). Plug-ins add commands through the entry-point group ``prunekit.plugins``.
+
+Exit statuses: 0 success; 2 a user error (bad file, bad option: one line "Error: ...",
+no traceback, nothing written); 130 interrupted (Ctrl-C: no output file is left); 1 an
+internal error (a bug: the traceback is shown).
 """
 
 from __future__ import annotations
 
+import errno
 import importlib
 import sys
 from importlib.metadata import entry_points
 
 import click
 
-from .. import __version__
+from .._version import __version__
 from ..errors import PrunekitError
 
 BUILTIN = {
@@ -23,6 +28,7 @@ BUILTIN = {
     "inspect": "prunekit.cli.inspect:inspect",
     "synth": "prunekit.cli.synth:synth",
     "stability": "prunekit.cli.stability:stability",
+    "plan": "prunekit.cli.plan:plan_command",
 }
 
 
@@ -32,7 +38,16 @@ class UserError(click.ClickException):
     exit_code = 2
 
     def show(self, file=None) -> None:
-        click.echo(f"Error: {self.format_message()}", err=True)
+        click.echo("Error: " + " ".join(self.format_message().splitlines()), err=True)
+
+
+EXIT_USER = 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
+
+
+def _fail(message: str, code: int) -> None:
+    click.echo(" ".join(message.split("\n")), err=True)
+    sys.exit(code)
 
 
 def _plugins() -> dict[str, str]:
@@ -62,6 +77,32 @@ class PrunekitGroup(click.Group):
             return super().invoke(ctx)
         except PrunekitError as exc:
             raise UserError(str(exc)) from exc
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        """Every failure ends in one line on stderr and a fixed exit status (see the module doc)."""
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        try:
+            rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except click.exceptions.NoArgsIsHelpError as exc:
+            exc.show()  # a group called without a command: its help
+            sys.exit(exc.exit_code)
+        except click.UsageError as exc:
+            cmd = exc.ctx.command_path if exc.ctx is not None else "prunekit"
+            _fail(f"Error: {exc.format_message()} (see '{cmd} --help')", EXIT_USER)
+        except click.ClickException as exc:
+            exc.show()
+            sys.exit(exc.exit_code)
+        except (KeyboardInterrupt, click.Abort) as exc:
+            interrupted = isinstance(exc, KeyboardInterrupt) or isinstance(exc.__cause__, KeyboardInterrupt)
+            _fail("Interrupted." if interrupted else "Aborted.", EXIT_INTERRUPTED if interrupted else 1)
+        except MemoryError:
+            _fail("Error: out of memory; ask for less (fewer rows, points or features).", EXIT_USER)
+        except OSError as exc:
+            if exc.errno != errno.EPIPE:
+                raise
+            sys.exit(0)  # the reader of our output went away (e.g. `| head`)
+        sys.exit(rv if isinstance(rv, int) and not isinstance(rv, bool) else 0)
 
 
 def _missing_plugin(name: str, exc: ImportError) -> click.Command:

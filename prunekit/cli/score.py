@@ -7,6 +7,8 @@ take it. A flag given to a method that does not take it is an error.
 
 from __future__ import annotations
 
+import os
+
 import click
 from click.core import ParameterSource
 
@@ -15,7 +17,10 @@ from ..errors import PrunekitError
 from ..methods import REGISTRY, available, get_method
 from ..methods import score as run_score
 from ..params import Param, ParamError, validate
-from .common import drop_option, key_option, open_embeddings, quiet_option, seed_option
+from ..resume import open_work_dir, work_dir_for
+from ..resume import use as recording_in
+from .common import ID_KEY_META, drop_option, key_option, open_embeddings, quiet_option, seed_option
+from .engine_options import engine_options, running_on
 
 
 def _methods_taking(name: str) -> list[str]:
@@ -99,7 +104,7 @@ def _input_files(emb: str, params: dict) -> list[str]:
 
 
 @click.command()
-@click.argument("emb", metavar="EMB", type=click.Path(dir_okay=False))
+@click.argument("emb", metavar="EMB", type=click.Path())
 @click.option("--method", "-m", required=True,
               help=f"Scoring method: {', '.join(available())} (see docs/methods.md).")
 @click.option("--output", "-o", default="scores.h5", show_default=True, type=click.Path(dir_okay=False),
@@ -108,9 +113,17 @@ def _input_files(emb: str, params: dict) -> list[str]:
 @drop_option
 @quiet_option
 @seed_option("Seed of every random choice (k-means++ seeding, sigma sample, Fourier features).")
+@engine_options
+@click.option("--resume", is_flag=True,
+              help="Continue an interrupted run of the same command: reuse the chunks and "
+                   "clusters it finished (kept in .prunekit-work/ beside the output).")
+@click.option("--dry-run", is_flag=True,
+              help="Print the plan (passes, predicted time and peak memory of each step, here "
+                   "and on --workers Ray workers) and stop; nothing is read beyond a probe.")
 @click.pass_context
 def score(ctx: click.Context, emb: str, method: str, output: str, key: str, drop_nonfinite: bool,
-          quiet: bool, seed: int, **options) -> None:
+          quiet: bool, seed: int, engine: str, workers: int | None, ray_address: str | None,
+          resume: bool, dry_run: bool, **options) -> None:
     """Score every item of EMB with one method; larger score = kept first.
 
     \b
@@ -125,16 +138,40 @@ def score(ctx: click.Context, emb: str, method: str, output: str, key: str, drop
     get_method(method)
     params = _method_params(ctx, method, options)
     check_output(output, inputs=_input_files(emb, params))
+    if dry_run:
+        from ..plan import DEFAULT_RAY_WORKERS, plan
+
+        click.echo(plan(emb, method, ray_workers=workers or DEFAULT_RAY_WORKERS, key=key,
+                        id_key=ctx.meta.get(ID_KEY_META), **params).table())
+        return
     embeddings = open_embeddings(emb, key, drop_nonfinite)
+    work = open_work_dir(work_dir_for(
+        output, fingerprint=embeddings.fingerprint, method=method,
+        params={"seed": seed, "drop_nonfinite": drop_nonfinite, **_identity(params)}),
+        resume=resume)
     try:
-        result = run_score(embeddings, method, seed=seed, progress=not quiet, **params)
+        with running_on(engine, workers, ray_address), recording_in(work):
+            result = run_score(embeddings, method, seed=seed, progress=not quiet, **params)
     except ParamError as exc:
         raise PrunekitError(exc.cli_message()) from exc
     result.save(output)
+    work.remove()
     click.echo(f"{output}: {method} scored {embeddings.n} of {embeddings.n_total} rows{_detail(result.params)}")
 
 
 score.params.extend(_option(p) for p in _spec_by_name().values())
+
+
+def _identity(params: dict) -> dict:
+    """Parameters as they key the work directory: a file parameter by path, size and mtime."""
+    spec = _spec_by_name()
+    out = {}
+    for name, value in params.items():
+        if spec[name].kind == "path" and value is not None and os.path.isfile(value):
+            st = os.stat(value)
+            value = [os.path.realpath(value), st.st_size, st.st_mtime_ns]
+        out[name] = value
+    return out
 
 
 def _detail(p: dict) -> str:
@@ -145,4 +182,7 @@ def _detail(p: dict) -> str:
         return f" ({p['n_picked']} picked in order{extra})"
     if "matched_by" in p:
         return f" (imported from {p['from_file']}, matched by {p['matched_by']})"
+    if "duplicates" in p:
+        counts = ", ".join(f"{r['eps']:g}: {r['removed']}" for r in p["duplicates"])
+        return f" (near-duplicates removed at eps {counts}; select --eps E applies one)"
     return ""

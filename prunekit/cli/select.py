@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import click
 
+from ..dedup import check_eps, select_eps
 from ..errors import PrunekitError
 from ..quotas import kept_count
-from ..scores import Scores, load_scores
-from ..selection import BALANCES
+from ..scores import load_scores
+from ..selection import BALANCES, FILLS, labels_for
 from ..selection import select as run_select
-from .common import drop_option, key_option, open_embeddings
+from .common import check_output, drop_option, key_option, open_embeddings, seed_option
 
 
 def parse_drop(text: str | None) -> list[int] | float | None:
@@ -31,28 +32,15 @@ def parse_drop(text: str | None) -> list[int] | float | None:
         ) from None
 
 
-def labels_from(path: str, key: str, drop_nonfinite: bool, scores: Scores, scores_path: str):
-    """The labels of the embeddings ``scores`` was computed from, checked to be that file."""
-    emb = open_embeddings(path, key, drop_nonfinite)
-    if emb.labels is None:
-        raise PrunekitError(f"--labels-from {path} has no 'labels' dataset; give the file that does.")
-    if emb.n_total != scores.n_total or (
-        scores.source_fingerprint and emb.fingerprint != scores.source_fingerprint
-    ):
-        raise PrunekitError(
-            f"--labels-from {path} ({emb.n_total} rows) is not the embeddings file {scores_path} "
-            f"was computed from ({scores.n_total} rows, source {scores.source}). "
-            "Give the same embeddings file."
-        )
-    return emb.labels
-
-
 @click.command()
 @click.argument("scores", metavar="[SCORES]", default="scores.h5", required=False,
                 type=click.Path(dir_okay=False))
 @click.option("--pr", type=float, default=None,
               help="Fraction REMOVED, in [0, 1): --pr 0.8 keeps round(0.2 * N) rows "
                    "(N = rows with a score). Required unless --oversample (then 0).")
+@click.option("--eps", type=float, default=None,
+              help="semdedup scores only, instead of --pr: remove exactly the near-duplicates "
+                   "SemDeDup removes at this cosine-distance threshold (keeps score >= eps).")
 @click.option("--output", "-o", default="selection.h5", show_default=True,
               type=click.Path(dir_okay=False), help="Selection file to write (HDF5, atomic).")
 @click.option("--balance", type=click.Choice(BALANCES), default="none", show_default=True,
@@ -68,16 +56,19 @@ def labels_from(path: str, key: str, drop_nonfinite: bool, scores: Scores, score
 @click.option("--oversample", is_flag=True,
               help="No pruning: repeat items of small clusters (labels with --balance labels) "
                    "until each reaches the largest one; writes 'counts'.")
-@click.option("--seed", default=0, show_default=True, type=int,
-              help="Seed for --drop-clusters FRACTION.")
+@click.option("--fill", type=click.Choice(FILLS), default="error", show_default=True,
+              help="Greedy scores (herding, kcenter) rank only the rows they picked: when more "
+                   "rows must be kept, 'error' refuses and 'random' fills from the unpicked "
+                   "rows at random (--seed).")
+@seed_option("Seed for --drop-clusters FRACTION and --fill random.")
 @click.option("--labels-from", "labels_path", default=None, type=click.Path(dir_okay=False),
               metavar="EMB", help="Embeddings file whose 'labels' --balance labels uses when the "
                                   "scores file carries none.")
 @key_option
 @drop_option
-def select(scores: str, pr: float | None, output: str, balance: str, invert: bool,
-           drop: str | None, oversample: bool, seed: int, labels_path: str | None, key: str,
-           drop_nonfinite: bool) -> None:
+def select(scores: str, pr: float | None, eps: float | None, output: str, balance: str, invert: bool,
+           drop: str | None, oversample: bool, fill: str, seed: int, labels_path: str | None,
+           key: str, drop_nonfinite: bool) -> None:
     """Select the rows to keep from SCORES (default scores.h5) into a selection file.
 
     \b
@@ -89,6 +80,22 @@ def select(scores: str, pr: float | None, output: str, balance: str, invert: boo
       prunekit select --oversample --balance clusters          # balanced repeats
     --key and --drop-nonfinite apply to the --labels-from file.
     """
+    check_output(output, inputs=[scores, labels_path], what="--output")
+    if eps is not None:
+        if pr is not None or balance != "none" or invert or drop or oversample:
+            raise PrunekitError("--eps selects by threshold alone; leave out --pr, --balance, "
+                                "--invert, --drop-clusters and --oversample.")
+        check_eps(eps, "--eps")
+        sc = load_scores(scores)
+        try:
+            sel = select_eps(sc, eps)
+        except PrunekitError as exc:
+            raise PrunekitError(f"{scores}: {exc}") from exc
+        sel.params["scores"] = scores
+        sel.save(output)
+        click.echo(f"{output}: kept {sel.n_kept} of {sel.params['n_eligible']} scored rows "
+                   f"(semdedup eps {eps:g}: {sel.params['removed']} near-duplicates removed)")
+        return
     if pr is None:
         if not oversample:
             raise PrunekitError("--pr is required: the fraction of rows to REMOVE, e.g. --pr 0.5.")
@@ -98,10 +105,11 @@ def select(scores: str, pr: float | None, output: str, balance: str, invert: boo
     sc = load_scores(scores)
     labels = None
     if labels_path is not None:
-        labels = labels_from(labels_path, key, drop_nonfinite, sc, scores)
+        emb = open_embeddings(labels_path, key, drop_nonfinite)
+        labels = labels_for(sc, emb, name=f"--labels-from {labels_path}")
     try:
         sel = run_select(sc, pr, balance=balance, invert=invert, drop_clusters=drop_clusters,
-                         oversample=oversample, seed=seed, labels=labels)
+                         oversample=oversample, seed=seed, labels=labels, fill=fill)
     except PrunekitError as exc:
         raise PrunekitError(f"{scores}: {exc}") from exc
     sel.params["scores"] = scores

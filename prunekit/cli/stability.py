@@ -4,109 +4,37 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import click
-import numpy as np
 
-from .. import __version__
-from ..atomic import write_bytes, write_text
+from .._version import __version__
+from ..atomic import is_stdout, write_bytes, write_text
 from ..errors import PrunekitError
 from ..flow.ode import SOLVERS
 from ..flow.plot import require_matplotlib, stability_figure
-from ..flow.study import (
-    check_prs,
-    dimension_study,
-    draw_sources,
-    random_subsets,
-    scored_subsets,
-    selection_subset,
-    stability_rows,
+from ..flow.study import DEFAULT_SOURCES, check_prs, dimension_study
+from ..flow.study import stability as run_stability
+from ..provenance import jsonable
+from ..selection import BALANCES
+from .common import (
+    MultiValueCommand,
+    check_output,
+    drop_option,
+    is_number,
+    is_value,
+    key_option,
+    quiet_option,
+    seed_option,
+    split_values,
 )
-from ..scores import load_scores
-from ..selection import BALANCES, load_selection
-from .common import drop_option, key_option, open_embeddings, quiet_option
 
 GMM_DEFAULTS = {"n": 1000, "components": 10, "spread": 0.5}
-DEFAULT_SOURCES = 256
+POSITIVE = click.IntRange(min=1)
 
 
-def _is_number(token: str) -> bool:
-    try:
-        float(token)
-    except ValueError:
-        return False
-    return True
-
-
-def _is_value(token: str) -> bool:
-    return not token.startswith("-")
-
-
-def expand_greedy(args: Sequence[str], greedy: dict[str, Callable[[str], bool]]) -> list[str]:
-    """Rewrite ``--pr 0.25 0.5`` as ``--pr 0.25 --pr 0.5`` for the options in ``greedy``.
-
-    After an option's own value, following tokens that its predicate accepts are taken as
-    more values of the same option; anything else (another option, DATA) ends the run.
-    """
-    out: list[str] = []
-    i = 0
-    while i < len(args):
-        tok = args[i]
-        out.append(tok)
-        i += 1
-        if tok == "--":
-            out.extend(args[i:])
-            break
-        name = tok.split("=", 1)[0]
-        if name not in greedy:
-            continue
-        if "=" not in tok and i < len(args):
-            out.append(args[i])
-            i += 1
-        while i < len(args) and greedy[name](args[i]):
-            out += [name, args[i]]
-            i += 1
-    return out
-
-
-class GreedyCommand(click.Command):
-    """A command whose multi-value options also accept several values after one flag."""
-
-    greedy = {"--pr": _is_number, "--dims": _is_number, "--selection": _is_value}
-
-    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
-        return super().parse_args(ctx, expand_greedy(args, self.greedy))
-
-
-def _split(values: Sequence[str], cast: Callable[[str], float | int], option: str) -> list:
-    out = []
-    for v in values:
-        for part in v.replace(",", " ").split():
-            try:
-                out.append(cast(part))
-            except ValueError as exc:
-                raise PrunekitError(f"{option} takes numbers, got '{part}'.") from exc
-    return out
-
-
-def _load_sources(path: str, dim: int) -> np.ndarray:
-    p = Path(path)
-    if not p.is_file():
-        raise PrunekitError(f"sources file not found: {p}. Give an .npy file of shape (M, {dim}).")
-    try:
-        x0 = np.load(p, allow_pickle=False)
-    except (ValueError, OSError) as exc:
-        raise PrunekitError(f"cannot read sources file {p} as .npy: {exc}") from exc
-    if x0.ndim != 2 or x0.shape[1] != dim or x0.shape[0] == 0 or x0.dtype.kind != "f":
-        raise PrunekitError(
-            f"sources file {p} holds a {x0.dtype} array of shape {x0.shape}; it must be float, "
-            f"(M, {dim}) to match the data's dimension."
-        )
-    if not np.isfinite(x0).all():
-        raise PrunekitError(f"sources file {p} has NaN/inf values; every source must be finite.")
-    return x0
+class StabilityCommand(MultiValueCommand):
+    several = {"--pr": is_number, "--dims": is_number, "--selection": is_value}
 
 
 def _check_combinations(o: dict) -> None:
@@ -158,7 +86,7 @@ def _table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-@click.command(cls=GreedyCommand)
+@click.command(cls=StabilityCommand)
 @click.argument("data")
 @key_option
 @drop_option
@@ -171,18 +99,19 @@ def _table(rows: list[dict]) -> str:
               help="With --scores: how quotas are spread, as in `prunekit select`.")
 @click.option("--invert", is_flag=True, help="With --scores: keep the lowest scores first.")
 @click.option("--sources", type=click.Path(dir_okay=False), help="Noise points x0 as an (M, d) .npy file, used as they are.")
-@click.option("--n-sources", type=int, help=f"Draw M noise points x0 ~ N(0, I) [default: {DEFAULT_SOURCES}].")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the sources, random subsets and synthetic data.")
-@click.option("--steps", type=int, default=100, show_default=True, help="Euler/Heun steps K on t_k = k/K.")
+@click.option("--n-sources", type=POSITIVE, help=f"Draw M noise points x0 ~ N(0, I) [default: {DEFAULT_SOURCES}].")
+@seed_option("Seed of the sources, random subsets and synthetic data (each its own stream).")
+@click.option("--steps", type=POSITIVE, default=100, show_default=True, help="Euler/Heun steps K on t_k = k/K.")
 @click.option("--solver", type=click.Choice(SOLVERS), default="euler", show_default=True)
 @click.option("--dtype", type=click.Choice(["float32", "float64"]), default="float32", show_default=True,
               help="Compute precision.")
-@click.option("--block", type=int, help="Training points per block (default: sized to ~64 MiB of logits).")
-@click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write the JSON here (default: print it).")
+@click.option("--block", type=POSITIVE, help="Training points per block (default: sized to ~64 MiB of logits).")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, allow_dash=True),
+              help="Write the JSON here ('-' or nothing: print it).")
 @click.option("--plot", type=click.Path(dir_okay=False), help="Also draw the curves into this PNG (needs prunekit[plot]).")
 @click.option("--dims", multiple=True, metavar="D ...", help="Sweep these dimensions on synthetic data (DATA = gmm): --dims 16 256 4096.")
-@click.option("--n", "n", type=int, help=f"--dims: points of the mixture [default: {GMM_DEFAULTS['n']}].")
-@click.option("--components", type=int, help=f"--dims: mixture components [default: {GMM_DEFAULTS['components']}].")
+@click.option("--n", "n", type=POSITIVE, help=f"--dims: points of the mixture [default: {GMM_DEFAULTS['n']}].")
+@click.option("--components", type=POSITIVE, help=f"--dims: mixture components [default: {GMM_DEFAULTS['components']}].")
 @click.option("--spread", type=float, help=f"--dims: spread around component means [default: {GMM_DEFAULTS['spread']}].")
 @quiet_option
 def stability(**o) -> None:
@@ -194,59 +123,45 @@ def stability(**o) -> None:
     one call gives a whole curve. `prunekit stability gmm --dims 16 256 4096 --pr 0.5 0.8`
     sweeps the dimension on a synthetic Gaussian mixture.
     """
-    o["pr"] = check_prs(_split(o["pr"], float, "--pr")) if o["pr"] else []
-    o["dims"] = _split(o["dims"], int, "--dims")
+    o["pr"] = check_prs(split_values(o["pr"], float, "--pr")) if o["pr"] else []
+    o["dims"] = split_values(o["dims"], int, "--dims")
+    inputs = [o["data"], *o["selection"], o["scores"], o["sources"]]
+    if o["output"]:
+        check_output(o["output"], inputs=inputs, what="--output", allow_stdout=True)
+    if o["plot"]:
+        check_output(o["plot"], inputs=inputs, what="--plot")
+        if o["output"] and Path(o["plot"]).resolve() == Path(o["output"]).resolve():
+            raise PrunekitError("--plot and --output name the same file; give the figure its own path.")
     _check_combinations(o)
     if o["plot"]:
         require_matplotlib()
-    settings = {k: o[k] for k in ("steps", "solver", "dtype", "seed")}
     run = {"steps": o["steps"], "solver": o["solver"], "dtype": o["dtype"], "progress": not o["quiet"]}
     if o["dims"]:
         gmm = {k: GMM_DEFAULTS[k] if o[k] is None else o[k] for k in GMM_DEFAULTS}
         n_sources = DEFAULT_SOURCES if o["n_sources"] is None else o["n_sources"]
         rows = dimension_study(o["dims"], o["pr"], n_sources=n_sources, seed=o["seed"], **gmm, **run)
+        settings = {k: o[k] for k in ("steps", "solver", "dtype", "seed")}
         settings.update(data="gmm", dims=o["dims"], gmm=gmm, n_sources=n_sources, subsets="random")
+        doc = {"prunekit_version": __version__, "settings": settings, "rows": rows}
     else:
-        rows, more = _data_rows(o, run)
-        settings.update(more)
-    _write(o, rows, settings)
+        doc = run_stability(
+            o["data"], selections=o["selection"], prs=o["pr"], scores=o["scores"],
+            balance=o["balance"], invert=o["invert"], sources=o["sources"], n_sources=o["n_sources"],
+            seed=o["seed"], block=o["block"], key=o["key"], drop_nonfinite=o["drop_nonfinite"], **run,
+        )
+        doc["settings"]["data"] = o["data"]
+    _write(o, doc)
 
 
-def _data_rows(o: dict, run: dict) -> tuple[list[dict], dict]:
-    emb = open_embeddings(o["data"], o["key"], o["drop_nonfinite"])
-    if o["selection"]:
-        subsets = [
-            selection_subset(sel, emb, path, {"selection": path, "method": sel.method})
-            for path, sel in ((p, load_selection(p)) for p in o["selection"])
-        ]
-        how = "selection"
-    elif o["scores"]:
-        subsets = scored_subsets(load_scores(o["scores"]), emb, o["pr"], balance=o["balance"],
-                                 invert=o["invert"], seed=o["seed"], name=f"--scores {o['scores']}")
-        how = "scores"
-    else:
-        subsets = random_subsets(emb, o["pr"], seed=o["seed"])
-        how = "random"
-    if o["sources"]:
-        x0 = _load_sources(o["sources"], emb.dim)
-    else:
-        x0 = draw_sources(DEFAULT_SOURCES if o["n_sources"] is None else o["n_sources"], emb.dim, o["seed"])
-    x1 = emb.array(np.float64 if emb.dtype == np.float64 else np.float32)
-    rows = stability_rows(x1, subsets, x0, block=o["block"], **run)
-    settings = {
-        "data": o["data"], "key": o["key"], "n_train": emb.n, "dim": emb.dim,
-        "n_sources": int(x0.shape[0]), "sources": o["sources"], "subsets": how,
-        "scores": o["scores"], "balance": o["balance"], "invert": o["invert"],
-    }
-    return rows, settings
-
-
-def _write(o: dict, rows: list[dict], settings: dict) -> None:
+def _write(o: dict, doc: dict) -> None:
     """Render everything first, then write: a failure leaves no file behind."""
-    doc = {"prunekit_version": __version__, "command": list(sys.argv), "settings": settings, "rows": rows}
-    text = json.dumps(doc, indent=2) + "\n"
-    png = stability_figure(rows, title=_title(settings)) if o["plot"] else None
-    if o["output"]:
+    doc = {"prunekit_version": doc["prunekit_version"], "command": list(sys.argv),
+           "settings": doc["settings"], "rows": doc["rows"]}
+    text = json.dumps(jsonable(doc), indent=2) + "\n"
+    rows = doc["rows"]
+    png = stability_figure(rows, title=_title(doc["settings"])) if o["plot"] else None
+    to_file = o["output"] and not is_stdout(o["output"])
+    if to_file:
         write_text(o["output"], text)
         click.echo(_table(rows))
         click.echo(f"wrote {o['output']}")
@@ -254,7 +169,7 @@ def _write(o: dict, rows: list[dict], settings: dict) -> None:
         click.echo(text, nl=False)
     if png is not None:
         write_bytes(o["plot"], png)
-        click.echo(f"wrote {o['plot']}", err=not o["output"])
+        click.echo(f"wrote {o['plot']}", err=not to_file)
 
 
 def _title(s: dict) -> str:

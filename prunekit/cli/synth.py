@@ -5,6 +5,9 @@ from __future__ import annotations
 import click
 
 from ..flow.synthetic import gaussian_mixture
+from .common import check_output, seed_option
+
+POSITIVE = click.IntRange(min=1)
 
 
 @click.group()
@@ -13,12 +16,12 @@ def synth() -> None:
 
 
 @synth.command("gmm")
-@click.option("--n", "n", type=int, required=True, help="Number of points.")
-@click.option("--dim", type=int, required=True, help="Dimension.")
-@click.option("--components", type=int, required=True, help="Number of Gaussian components.")
+@click.option("--n", "n", type=POSITIVE, required=True, help="Number of points.")
+@click.option("--dim", type=POSITIVE, required=True, help="Dimension.")
+@click.option("--components", type=POSITIVE, required=True, help="Number of Gaussian components.")
 @click.option("--spread", type=float, default=0.5, show_default=True,
               help="Standard deviation of the points around their component mean (means ~ N(0, I)).")
-@click.option("--seed", type=int, default=0, show_default=True, help="Random seed.")
+@seed_option("Seed of the means, the shuffle and the noise (each its own stream).")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), required=True, help="Embeddings file (.h5) to write.")
 def gmm(n: int, dim: int, components: int, spread: float, seed: int, output: str) -> None:
     """A Gaussian mixture: dataset `embeddings` (float32) and the component as `labels`.
@@ -26,6 +29,7 @@ def gmm(n: int, dim: int, components: int, spread: float, seed: int, output: str
     Component means are N(0, I) and points are mean + SPREAD * N(0, I), so coordinates have
     the scale of the flow's N(0, I) noise in every dimension.
     """
+    check_output(output, what="--output")
     g = gaussian_mixture(n, dim, components, spread=spread, seed=seed)
     g.save(output)
     click.echo(f"wrote {output}: {n} x {dim} float32, {components} components (labels)")

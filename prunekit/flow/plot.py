@@ -23,11 +23,14 @@ def require_matplotlib() -> None:
 
 
 def _series(rows: Sequence[dict]) -> dict[str, list[dict]]:
-    """Rows grouped into curves: by dimension in a dimension sweep, else by method."""
+    """Rows grouped into curves: by dimension in a dimension sweep, else by ``criterion``
+    when rows carry one, else by method (with balance and inversion)."""
     groups: dict[str, list[dict]] = {}
     for r in rows:
         if "dim" in r:
             name = f"d = {r['dim']}"
+        elif "criterion" in r:
+            name = str(r["criterion"])
         else:
             name = str(r.get("method", "subset"))
             if r.get("balance", "none") != "none":

@@ -3,24 +3,38 @@
 A row holds ``pr``, ``n_kept``, ``n_sources``, ``n_retained``, ``unchanged_fraction``,
 ``path_deviation_median`` and ``path_deviation_p95`` (see :mod:`.assign`), plus what
 identifies the subset (its selection file or method) and, in a dimension sweep, ``dim``.
+
+:func:`stability` is ``prunekit stability`` as one call (``pk.stability``).
+
+One seed feeds several draws here (the noise sources, the random subsets, the synthetic
+data); each has its own stream (:mod:`prunekit.seeds`), so none repeats another's numbers.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from ..embeddings import Embeddings
+from .._version import __version__
+from ..embeddings import Embeddings, load_embeddings
 from ..errors import PrunekitError
+from ..memory import check_fits
 from ..methods import score
 from ..progress import track
-from ..scores import Scores
-from ..selection import Selection, resolve_rows, select
+from ..scores import Scores, load_scores
+from ..seeds import check_seed, role_rng, role_seed
+from ..selection import Selection, labels_for, load_selection, resolve_rows, select
 from .assign import compare_subsets
+from .ode import SOLVERS
 from .synthetic import gaussian_mixture
-from .velocity import ClosedFormField
+from .velocity import DEFAULT_BUFFER, ClosedFormField, resolve_dtype
+
+DEFAULT_SOURCES = 256
 
 
 @dataclass
@@ -33,10 +47,39 @@ class Subset:
 
 
 def draw_sources(n: int, dim: int, seed: int) -> np.ndarray:
-    """``n`` noise points x0 ~ N(0, I_dim) (float64), from ``seed``."""
+    """``n`` noise points x0 ~ N(0, I_dim) (float64), from the ``sources`` stream of ``seed``."""
     if n < 1:
         raise PrunekitError(f"the number of sources must be at least 1, got {n}.")
-    return np.random.default_rng(seed).standard_normal((n, dim))
+    check_fits(8.0 * n * dim, f"{n} noise sources of dimension {dim}")
+    return role_rng(seed, "sources").standard_normal((n, dim))
+
+
+def load_sources(path: str | os.PathLike, dim: int) -> np.ndarray:
+    """Noise points x0 from an (M, dim) float ``.npy`` file (never unpickled), checked."""
+    p = Path(path)
+    if not p.is_file():
+        raise PrunekitError(f"sources file not found: {p}. Give an .npy file of shape (M, {dim}).")
+    with open(p, "rb") as fh:
+        magic = fh.read(6)
+    if magic != b"\x93NUMPY":
+        raise PrunekitError(
+            f"sources file {p} is not an .npy file (an .npz or other format?); save the (M, {dim}) "
+            "array with numpy.save."
+        )
+    try:
+        x0 = np.load(p, mmap_mode="r", allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        raise PrunekitError(f"cannot read sources file {p} as .npy: {exc}") from exc
+    if x0.ndim != 2 or x0.shape[1] != dim or x0.shape[0] == 0 or x0.dtype.kind != "f":
+        raise PrunekitError(
+            f"sources file {p} holds a {x0.dtype} array of shape {x0.shape}; it must be float, "
+            f"(M, {dim}) to match the data's dimension."
+        )
+    check_fits(8.0 * x0.size, f"the sources of {p}")
+    x0 = np.array(x0, dtype=np.float64)
+    if not np.isfinite(x0).all():
+        raise PrunekitError(f"sources file {p} has NaN/inf values; every source must be finite.")
+    return x0
 
 
 def check_prs(prs: Sequence[float]) -> list[float]:
@@ -82,8 +125,8 @@ def scored_subsets(
     ``name`` is how errors call the scores (default: after their source embeddings).
     """
     name = name or f"selection of {scores.source}"
-    # Labels for balance="labels": the scores' own, else the embeddings' when rows align.
-    labels = emb.labels if scores.labels is None and emb.n_total == scores.n_total else None
+    # Labels for balance="labels": the scores' own, else those of the embeddings.
+    labels = labels_for(scores, emb) if balance == "labels" and scores.labels is None else None
     out = []
     for pr in check_prs(prs):
         sel = select(scores, pr, balance=balance, invert=invert, seed=seed, labels=labels)
@@ -92,12 +135,14 @@ def scored_subsets(
     return out
 
 
-def random_subsets(emb: Embeddings, prs: Sequence[float], *, seed: int = 0) -> list[Subset]:
+def random_pruned_subsets(emb: Embeddings, prs: Sequence[float], *, seed: int = 0) -> list[Subset]:
     """Uniform random subsets, as ``prunekit score --method random`` + ``select`` make them.
 
-    All pr values share one draw of scores, so the subsets are nested.
+    All pr values share one draw of scores (the ``random subsets`` stream of ``seed``), so
+    the subsets are nested.
     """
-    return scored_subsets(score(emb, "random", seed=seed, progress=False), emb, prs, seed=seed)
+    scores = score(emb, "random", seed=role_seed(seed, "random subsets"), progress=False)
+    return scored_subsets(scores, emb, prs, seed=seed)
 
 
 def stability_rows(
@@ -118,6 +163,8 @@ def stability_rows(
             f"sources have shape {x0.shape} but the training set has dimension {np.shape(x1)[1]}; "
             f"give an (M x {np.shape(x1)[1]}) array."
         )
+    check_fits(stability_bytes(np.shape(x1), len(subsets), x0.shape[0], dtype),
+               f"the stability runs ({len(subsets)} subsets, {x0.shape[0]} sources)")
     fld = ClosedFormField(x1, dtype=dtype, block=block)
     comps = compare_subsets(
         fld, [s.rows for s in subsets], x0, steps=steps, solver=solver, progress=progress
@@ -141,20 +188,132 @@ def dimension_study(
 ) -> list[dict]:
     """The stability curve of a Gaussian mixture for each dimension (random subsets).
 
-    Data, subsets and sources come from ``seed`` in every dimension; rows carry ``dim``.
+    Data, subsets and sources come from ``seed`` in every dimension (each from its own
+    stream); rows carry ``dim``.
     """
     prs = check_prs(prs)
+    seed = check_seed(seed)
     bad = [d for d in dims if int(d) < 1]
     if bad:  # before any work, not after the first dimensions ran
         raise PrunekitError(f"dimensions must be positive integers, got {bad[0]}.")
+    if not dims:
+        raise PrunekitError("give at least one dimension to sweep.")
+    top = max(int(d) for d in dims)
+    check_fits(20.0 * n * top + stability_bytes((n, top), len(prs), n_sources, dtype),
+               f"the largest dimension of the sweep ({top})")
     rows: list[dict] = []
     for dim in track(list(dims), desc="dimensions", progress=progress):
         gmm = gaussian_mixture(n, int(dim), components, spread=spread, seed=seed)
         emb = Embeddings.from_array(gmm.points, labels=gmm.labels, name=f"gmm(dim={dim})")
-        subsets = random_subsets(emb, prs, seed=seed)
+        subsets = random_pruned_subsets(emb, prs, seed=seed)
         x0 = draw_sources(n_sources, int(dim), seed)
         found = stability_rows(
             gmm.points, subsets, x0, steps=steps, solver=solver, dtype=dtype, progress=progress
         )
         rows.extend({"dim": int(dim), **r} for r in found)
     return rows
+
+
+def stability_bytes(shape: Sequence[int], n_subsets: int, n_sources: int, dtype: str) -> float:
+    """Memory of :func:`stability_rows`: the centred training copy, one state per run (and
+    the solver's temporaries), the (sources x block) logit buffer."""
+    n, d = int(shape[0]), int(shape[1])
+    item = resolve_dtype(dtype).itemsize
+    return item * (n * (d + 1) + 4.0 * (n_subsets + 1) * n_sources * d + 2 * DEFAULT_BUFFER)
+
+
+def stability(
+    data: Embeddings | np.ndarray | str | os.PathLike,
+    *,
+    selections: Sequence[Selection | str | os.PathLike] = (),
+    prs: Sequence[float] = (),
+    scores: Scores | str | os.PathLike | None = None,
+    balance: str = "none",
+    invert: bool = False,
+    sources: np.ndarray | str | os.PathLike | None = None,
+    n_sources: int | None = None,
+    seed: int = 0,
+    steps: int = 100,
+    solver: str = "euler",
+    dtype: str = "float32",
+    block: int | None = None,
+    key: str = "embeddings",
+    drop_nonfinite: bool = False,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Integrate the closed-form flow of ``data`` and of subsets of it from the same noise.
+
+    The subsets are either ``selections`` (objects or files) or built here for each ``prs``
+    value: from ``scores`` as :func:`prunekit.select` makes them (``balance``, ``invert``),
+    or uniformly at random. The noise points are ``sources`` (an (M, d) array or ``.npy``
+    file) or ``n_sources`` draws (default 256) of N(0, I) from ``seed``. Returns
+    ``{"prunekit_version", "settings", "rows"}``, one row per subset (see the module doc).
+    """
+    if bool(selections) == bool(prs):
+        raise PrunekitError("give the subsets either as selections or as pr values (one of the two).")
+    if selections and (scores is not None or balance != "none" or invert):
+        raise PrunekitError("scores, balance and invert build subsets from pr values; not with selections.")
+    if scores is None and (balance != "none" or invert):
+        raise PrunekitError("balance and invert choose from a scores file: give scores too.")
+    if sources is not None and n_sources is not None:
+        raise PrunekitError("give either sources or n_sources, not both.")
+    prs = check_prs(prs) if prs else []
+    seed = check_seed(seed)
+    _check_run(steps, solver, dtype, block)
+    emb = _as_embeddings(data, key, drop_nonfinite)
+    if selections:
+        subsets = [_selection_subset(s, emb) for s in selections]
+        how = "selection"
+    elif scores is not None:
+        sc = scores if isinstance(scores, Scores) else load_scores(scores)
+        name = f"--scores {scores}" if not isinstance(scores, Scores) else None
+        subsets = scored_subsets(sc, emb, prs, balance=balance, invert=invert, seed=seed, name=name)
+        how = "scores"
+    else:
+        subsets = random_pruned_subsets(emb, prs, seed=seed)
+        how = "random"
+    if sources is None:
+        x0 = draw_sources(DEFAULT_SOURCES if n_sources is None else int(n_sources), emb.dim, seed)
+    elif isinstance(sources, (str, os.PathLike)):
+        x0 = load_sources(sources, emb.dim)
+    else:
+        x0 = np.asarray(sources, dtype=np.float64)
+    check_fits(np.dtype(dtype).itemsize * float(emb.n) * emb.dim, f"the training set of {emb.source}")
+    x1 = emb.array(np.float64 if emb.dtype == np.float64 else np.float32)
+    rows = stability_rows(x1, subsets, x0, steps=steps, solver=solver, dtype=dtype, block=block,
+                          progress=progress)
+    settings = {
+        "steps": steps, "solver": solver, "dtype": dtype, "seed": seed,
+        "data": emb.source, "key": emb.key, "n_train": emb.n, "dim": emb.dim,
+        "n_sources": int(x0.shape[0]),
+        "sources": str(sources) if isinstance(sources, (str, os.PathLike)) else None,
+        "subsets": how, "scores": str(scores) if isinstance(scores, (str, os.PathLike)) else None,
+        "balance": balance, "invert": bool(invert),
+    }
+    return {"prunekit_version": __version__, "settings": settings, "rows": rows}
+
+
+def _check_run(steps: int, solver: str, dtype: str, block: int | None) -> None:
+    """The integration settings, before any file is read."""
+    if solver not in SOLVERS:
+        raise PrunekitError(f"unknown solver '{solver}'; choose one of: {', '.join(SOLVERS)}.")
+    if int(steps) != steps or steps < 1:
+        raise PrunekitError(f"steps must be a positive integer, got {steps}.")
+    if block is not None and block < 1:
+        raise PrunekitError(f"block must be a positive number of training points, got {block}.")
+    resolve_dtype(dtype)
+
+
+def _as_embeddings(data: Any, key: str, drop_nonfinite: bool) -> Embeddings:
+    if isinstance(data, Embeddings):
+        return data
+    if isinstance(data, (str, os.PathLike)):
+        return load_embeddings(data, key=key, drop_nonfinite=drop_nonfinite)
+    return Embeddings.from_array(np.asarray(data), drop_nonfinite=drop_nonfinite)
+
+
+def _selection_subset(sel: Selection | str | os.PathLike, emb: Embeddings) -> Subset:
+    if isinstance(sel, Selection):
+        return selection_subset(sel, emb, "selection", {"method": sel.method})
+    loaded = load_selection(sel)
+    return selection_subset(loaded, emb, str(sel), {"selection": str(sel), "method": loaded.method})

@@ -3,7 +3,9 @@
 Component means are drawn from N(0, I_d) and each point is its component's mean plus
 ``spread`` times N(0, I_d) noise, so every coordinate has the scale of the N(0, I) noise the
 flow starts from, whatever the dimension. Components get equal shares of the points (up to
-one), in a shuffled order.
+one), in a shuffled order. The means, the shuffle and the noise each have their own random
+stream derived from the seed (:mod:`prunekit.seeds`), and so do the flow's noise sources
+(:func:`prunekit.flow.study.draw_sources`): the first source is never the first mean.
 """
 
 from __future__ import annotations
@@ -16,7 +18,9 @@ import numpy as np
 
 from ..errors import PrunekitError
 from ..h5io import atomic_h5
+from ..memory import check_fits
 from ..provenance import stamp
+from ..seeds import check_seed, role_rng
 
 
 @dataclass
@@ -49,9 +53,13 @@ def gaussian_mixture(
         raise PrunekitError(f"components must lie in [1, n={n}], got {components}.")
     if not (np.isfinite(spread) and spread >= 0):
         raise PrunekitError(f"spread must be a finite number >= 0, got {spread}.")
-    rng = np.random.default_rng(seed)
-    means = rng.standard_normal((components, dim))
-    labels = rng.permutation(np.arange(n) % components).astype(np.int64)
-    points = means[labels] + spread * rng.standard_normal((n, dim))
+    seed = check_seed(seed)
+    # float64 noise, the gathered means, the float32 result; labels and their permutation
+    check_fits(20.0 * n * dim + 4.0 * components * dim + 24.0 * n, f"a mixture of {n} x {dim} points")
+    means = role_rng(seed, "gmm means").standard_normal((components, dim))
+    labels = role_rng(seed, "gmm labels").permutation(np.arange(n) % components).astype(np.int64)
+    points = role_rng(seed, "gmm noise").standard_normal((n, dim))
+    points *= spread
+    points += means[labels]
     params = {"n": n, "dim": dim, "components": components, "spread": spread, "seed": seed}
     return GaussianMixture(points.astype(np.float32), labels, means.astype(np.float32), params)

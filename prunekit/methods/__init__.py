@@ -124,4 +124,4 @@ def _to_scores(emb: Embeddings, method: str, res: MethodResult, params: dict) ->
 
 
 # Importing the modules registers the methods.
-from . import herding, kcenter, kmeans, loss, random  # noqa: E402,F401
+from . import herding, kcenter, kmeans, loss, random, semdedup  # noqa: E402,F401

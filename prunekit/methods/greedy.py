@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
+import tempfile
+from pathlib import Path
 
 import numpy as np
 
+from ..budget import memory_budget
 from ..embeddings import Embeddings
+from ..engine import chunk_rows_for
+from ..engine import current as current_engine
 from ..errors import PrunekitError
+from ..grouping import GroupedRows, batches, group_rows, layout
+from ..memory import human
 from ..params import Param
+from ..resume import current as current_work
 from ..scores import Scores, load_scores
 
 # Parameters both greedy methods take (one declaration, shared by their specs).
@@ -57,17 +67,80 @@ def within_clusters(emb: Embeddings, within: str | os.PathLike | Scores) -> np.n
     return labels
 
 
-def greedy_groups(
-    emb: Embeddings, within: str | os.PathLike | Scores | None
-) -> tuple[np.ndarray | None, list[np.ndarray]]:
-    """The clusters of ``within`` (None without it) and the compact rows of each group.
+def check_in_memory(need: int, method: str, n: int) -> None:
+    """Refuse a greedy pass over all ``n`` rows at once when it does not fit the budget."""
+    budget = memory_budget()
+    if need > budget:
+        raise PrunekitError(
+            f"{method} without --within holds all {n} rows in memory: {human(need)}, more than "
+            f"the memory budget of {human(budget)}. Use --within SCORES (the clusters of "
+            "'prunekit score EMB -m kmeans'; memory is then bounded by the largest cluster) "
+            "or raise --memory."
+        )
 
-    Without ``within`` there is one group, every usable row.
+
+def per_cluster_orders(
+    emb: Embeddings,
+    clusters: np.ndarray,
+    task,
+    params: object,
+    *,
+    max_keep: int | None,
+    row_bytes: int,
+    desc: str,
+    progress: bool,
+) -> list[np.ndarray]:
+    """Each cluster's pick order (compact positions), clusters in increasing id.
+
+    The rows are grouped by cluster on disk once (:mod:`prunekit.grouping`: in the run's
+    work directory when it has one, else in a temporary directory removed afterwards);
+    then ``task((grouped, params, picks), (i, batch))`` returns the concatenated local
+    orders of the clusters of one batch, run on the current engine with as many batches
+    at a time as the memory budget holds (a batch costs ``row_bytes`` per row of its
+    largest cluster). Each finished batch is recorded for ``--resume``.
     """
-    if within is None:
-        return None, [np.arange(emb.n)]
-    clusters = within_clusters(emb, within)
-    return clusters, [np.flatnonzero(clusters == c) for c in np.unique(clusters)]
+    engine, work = current_engine(), current_work()
+    lay = layout(clusters)
+    ids, offsets, _ = lay
+    sizes = np.diff(offsets)
+    largest = int(sizes.max())
+    need, budget = largest * row_bytes, memory_budget()
+    if need > budget:
+        raise PrunekitError(
+            f"{desc} --within: cluster {int(ids[int(np.argmax(sizes))])} has {largest} rows and "
+            f"needs {human(need)}, more than the memory budget of {human(budget)}. Raise "
+            "--memory, or cluster into more, smaller clusters (a larger --k)."
+        )
+    picks = [resolve_max_keep(max_keep, int(s)) for s in sizes]
+    tmp = None if work.enabled else tempfile.mkdtemp(prefix="prunekit-groups-")
+    path = work.scratch("grouped.rows") if tmp is None else Path(tmp) / "grouped.rows"
+    src = emb.source_obj
+    try:
+        if work.load_json("grouped") is None or not path.exists():
+            grouped = group_rows(src, emb.rows, clusters, path, chunk_rows=chunk_rows_for(src.dim),
+                                 progress=progress, lay=lay)
+            work.save_json("grouped", {"rows": int(emb.rows.size)})
+        else:
+            grouped = GroupedRows(str(path), src.dim, np.dtype(src.dtype), *lay)
+        plan = list(enumerate(batches(sizes)))
+        flat = {i: work.load(f"orders/{i:08d}") for i, _ in plan}
+        todo = [item for item in plan if flat[item[0]] is None]
+        results = engine.map(task, todo, (grouped.for_tasks(), params, picks), desc=desc,
+                             progress=progress, limit=max(1, budget // need))
+        with contextlib.closing(results):
+            for (i, _), local in zip(todo, results, strict=True):
+                work.save(f"orders/{i:08d}", local)
+                flat[i] = local
+        orders = []
+        for i, batch in plan:
+            at = 0
+            for g in batch:
+                orders.append(grouped.rows_of(g)[flat[i][at : at + picks[g]]])
+                at += picks[g]
+        return orders
+    finally:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def within_param(within: str | os.PathLike | Scores) -> str:

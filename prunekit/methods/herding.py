@@ -12,7 +12,9 @@ matrix-vector product over the (n, D) float32 feature matrix per pick.
 
 ``within``: herd inside each cluster of an earlier k-means scores file (mu is the
 cluster's own mean embedding); the per-cluster orders are merged round by round
-(:func:`prunekit.methods.greedy.interleave`). Output: ``order`` (the picks) and
+(:func:`prunekit.methods.greedy.interleave`). The clusters run one batch at a time on the
+current engine, reading their rows from a copy grouped by cluster on disk, so memory is
+bounded by the largest cluster (:func:`prunekit.methods.greedy.per_cluster_orders`). Output: ``order`` (the picks) and
 score = N - position (first pick N, unpicked -inf), N = number of scored rows.
 """
 
@@ -24,7 +26,7 @@ import numpy as np
 
 from ..embeddings import Embeddings
 from ..errors import PrunekitError
-from ..kernels import RandomFourierFeatures, median_sigma, rbf
+from ..kernels import MEDIAN_SAMPLE, RandomFourierFeatures, median_sigma, rbf
 from ..params import Param
 from ..progress import counter
 from ..scores import Scores
@@ -32,11 +34,13 @@ from . import MethodResult, register
 from .greedy import (
     MAX_KEEP,
     WITHIN,
-    greedy_groups,
+    check_in_memory,
     interleave,
     order_scores,
+    per_cluster_orders,
     resolve_max_keep,
     row_dots,
+    within_clusters,
     within_param,
 )
 
@@ -74,33 +78,56 @@ def herding_scores(
         raise PrunekitError(f"unknown herding kernel '{kernel}'; choose one of: {', '.join(KERNELS)}.")
     if int(rff_dim) < 1:
         raise PrunekitError(f"--rff-dim must be >= 1 (got {rff_dim}).")
-    x = emb.array()
-    n = x.shape[0]
-    sig = _resolve_sigma(x, sigma, seed)
-    clusters, groups = greedy_groups(emb, within)
-    largest = max(g.size for g in groups)
+    n, d = emb.n, emb.dim
+    clusters = None if within is None else within_clusters(emb, within)
+    largest = n if clusters is None else int(np.bincount(clusters - clusters.min()).max())
     if kernel == "exact" and largest > EXACT_MAX_ROWS:
         raise PrunekitError(
             f"the exact herding kernel needs O(N^2) work and is limited to {EXACT_MAX_ROWS} rows "
             f"per herd; this one has {largest}. Use --kernel rff (random Fourier features)."
         )
-    if kernel == "rff":
-        x = RandomFourierFeatures(x.shape[1], sig, int(rff_dim), seed).transform(x)  # rows -> z
-    herd = herd_rff if kernel == "rff" else lambda rows, m, tick: herd_exact(rows, sig, m, tick)
-    picks = [resolve_max_keep(max_keep, g.size) for g in groups]
-    bar = counter(sum(picks), desc="herding", progress=progress)
-    orders = []
-    for g, m in zip(groups, picks, strict=True):
-        rows = x if g.size == n else x[g]  # one herd over everything: no copy
-        orders.append(g[herd(rows, m, bar.update)])
-    bar.close()
-    order = interleave(orders)
+    sig = _resolve_sigma(emb, sigma, seed)
+    rff = RandomFourierFeatures(d, sig, int(rff_dim), seed) if kernel == "rff" else None
+    if clusters is None:
+        check_in_memory(n * _row_bytes(emb, kernel, int(rff_dim)), "herding", n)
+        x = emb.array()
+        bar = counter(resolve_max_keep(max_keep, n), desc="herding", progress=progress)
+        order = _herd(x, kernel, sig, rff, resolve_max_keep(max_keep, n), bar.update)
+        bar.close()
+    else:
+        order = interleave(per_cluster_orders(
+            emb, clusters, _herd_batch, (kernel, sig, rff), max_keep=max_keep,
+            row_bytes=_row_bytes(emb, kernel, int(rff_dim)), desc="herding", progress=progress))
     params = {"kernel": kernel, "sigma": sig, "max_keep": max_keep, "n_picked": int(order.size)}
     if kernel == "rff":
         params["rff_dim"] = int(rff_dim)
     if within is not None:
         params["within"] = within_param(within)
     return MethodResult(score=order_scores(order, n), cluster=clusters, order=order, params=params)
+
+
+def _herd(x: np.ndarray, kernel: str, sigma: float, rff, m: int, tick=None) -> np.ndarray:
+    """The first ``m`` picks over float32 rows ``x`` (features computed here for rff)."""
+    if kernel == "rff":
+        return herd_rff(rff.transform(x), m, tick)
+    return herd_exact(x, sigma, m, tick)
+
+
+def _herd_batch(shared, item) -> np.ndarray:
+    """Engine task: the concatenated herding orders of one batch of clusters."""
+    grouped, (kernel, sigma, rff), picks = shared
+    _, batch = item
+    return np.concatenate([
+        _herd(np.asarray(grouped.read(g), dtype=np.float32), kernel, sigma, rff, picks[g])
+        for g in batch])
+
+
+def _row_bytes(emb: Embeddings, kernel: str, rff_dim: int) -> int:
+    """Memory per herded row: the row as read and as float32, plus features or kernel rows."""
+    per = emb.dim * (emb.dtype.itemsize + 4) + 32
+    if kernel == "rff":
+        return per + 2 * rff_dim * 4  # the features and one transform block
+    return per + emb.dim * 8 + EXACT_CHUNK * 8  # float64 rows and one block of kernel values
 
 
 def herd_rff(z: np.ndarray, m: int, tick=None) -> np.ndarray:
@@ -153,9 +180,18 @@ def herd_exact(x: np.ndarray, sigma: float, m: int, tick=None) -> np.ndarray:
     return order
 
 
-def _resolve_sigma(x: np.ndarray, sigma: float | str, seed: int) -> float:
+def _resolve_sigma(emb: Embeddings, sigma: float | str, seed: int) -> float:
+    """A given sigma, or the median heuristic on the rows :func:`median_sigma` would draw.
+
+    The <= MEDIAN_SAMPLE rows are the ones ``median_sigma(emb.array(), seed=seed)`` samples,
+    read on their own, so the result is the same without holding the matrix.
+    """
     if isinstance(sigma, str) and sigma.strip().lower() == "auto":
-        return median_sigma(x, seed=seed)
+        n = emb.n
+        pick = np.arange(n) if n <= MEDIAN_SAMPLE else np.sort(
+            np.random.default_rng(seed).choice(n, size=MEDIAN_SAMPLE, replace=False))
+        rows = emb.source_obj.read_rows(emb.rows[pick]).astype(np.float32)
+        return median_sigma(rows, seed=seed)
     try:
         value = float(sigma)
     except (TypeError, ValueError):

@@ -31,11 +31,13 @@ from . import MethodResult, register
 from .greedy import (
     MAX_KEEP,
     WITHIN,
-    greedy_groups,
+    check_in_memory,
     interleave,
     order_scores,
+    per_cluster_orders,
     resolve_max_keep,
     row_sqdist,
+    within_clusters,
     within_param,
 )
 
@@ -62,21 +64,44 @@ def kcenter_scores(
     """
     if metric not in METRICS:
         raise PrunekitError(f"unknown k-center metric '{metric}'; choose one of: {', '.join(METRICS)}.")
-    x = emb.array()
-    n = x.shape[0]
-    if metric == "cosine":
-        normalize_rows(x)
-    clusters, groups = greedy_groups(emb, within)
-    picks = [resolve_max_keep(max_keep, g.size) for g in groups]
-    bar = counter(sum(picks), desc="k-center", progress=progress)
-    orders = [g[farthest_first(x if g.size == n else x[g], m, bar.update)]
-              for g, m in zip(groups, picks, strict=True)]
-    bar.close()
-    order = interleave(orders)
+    n = emb.n
+    if within is None:
+        check_in_memory(n * _row_bytes(emb), "k-center", n)
+        x = emb.array()
+        if metric == "cosine":
+            normalize_rows(x)
+        m = resolve_max_keep(max_keep, n)
+        bar = counter(m, desc="k-center", progress=progress)
+        order = farthest_first(x, m, bar.update)
+        bar.close()
+        clusters = None
+    else:
+        clusters = within_clusters(emb, within)
+        order = interleave(per_cluster_orders(
+            emb, clusters, _kcenter_batch, metric, max_keep=max_keep, row_bytes=_row_bytes(emb),
+            desc="k-center", progress=progress))
     params = {"metric": metric, "max_keep": max_keep, "n_picked": int(order.size)}
     if within is not None:
         params["within"] = within_param(within)
     return MethodResult(score=order_scores(order, n), cluster=clusters, order=order, params=params)
+
+
+def _kcenter_batch(shared, item) -> np.ndarray:
+    """Engine task: the concatenated traversals of one batch of clusters."""
+    grouped, metric, picks = shared
+    _, batch = item
+    orders = []
+    for g in batch:
+        x = np.array(grouped.read(g), dtype=np.float32)
+        if metric == "cosine":
+            normalize_rows(x)
+        orders.append(farthest_first(x, picks[g]))
+    return np.concatenate(orders)
+
+
+def _row_bytes(emb: Embeddings) -> int:
+    """Memory per row: as read, as float32, and the running distances."""
+    return emb.dim * (emb.dtype.itemsize + 4) + 16
 
 
 def farthest_first(x: np.ndarray, m: int, tick=None) -> np.ndarray:

@@ -6,11 +6,13 @@ command module imports torch itself.
 
 from __future__ import annotations
 
+import functools
 import importlib
 
 import click
 
 COMMANDS = {
+    "embed": "prunekit_lfm.cli.embed:embed",
     "encode": "prunekit_lfm.cli.latents:encode",
     "train-vae": "prunekit_lfm.cli.latents:train_vae",
     "train": "prunekit_lfm.cli.train:train",
@@ -23,6 +25,8 @@ COMMANDS = {
 
 
 class LazyGroup(click.Group):
+    """Imports a command's module only when it runs; checks the dependencies first."""
+
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted(COMMANDS)
 
@@ -30,7 +34,26 @@ class LazyGroup(click.Group):
         if name not in COMMANDS:
             return None
         module, attr = COMMANDS[name].split(":")
-        return getattr(importlib.import_module(module), attr)
+        command = getattr(importlib.import_module(module), attr)
+        return _checked(command, name)
+
+
+def _checked(command: click.Command, name: str) -> click.Command:
+    """Run ``command`` only when torch and diffusers import (its --help works without them)."""
+    callback = command.callback
+    if callback is None or getattr(callback, "_requires_plugin", False):
+        return command
+
+    @functools.wraps(callback)
+    def run(*args, **kwargs):
+        from prunekit_lfm.requirements import require_plugin
+
+        require_plugin(f"lfm {name}")
+        return callback(*args, **kwargs)
+
+    run._requires_plugin = True  # type: ignore[attr-defined]
+    command.callback = run
+    return command
 
 
 @click.group(cls=LazyGroup)

@@ -7,9 +7,11 @@ from pathlib import Path
 
 import click
 
-from prunekit.atomic import write_text
+from prunekit.atomic import check_output, write_text
 from prunekit.cli.common import quiet_option
 from prunekit.errors import PrunekitError
+
+from .options import POSITIVE, device_option, seed_option
 
 FEATURES_HELP = (
     "Feature extractor: pixels, digits-classifier[:PATH] (bundled digits only) or "
@@ -40,9 +42,10 @@ def _side(letter: str):
 @click.command()
 @click.argument("run_a", type=click.Path(file_okay=False))
 @click.argument("run_b", type=click.Path(file_okay=False))
-@click.option("--n", "n", type=int, default=256, show_default=True, help="Samples per model.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Noise seed (the same for both).")
-@click.option("--steps", type=int, default=60, show_default=True, help="ODE steps.")
+@click.option("--n", "n", type=click.IntRange(min=2), default=256, show_default=True,
+              help="Samples per model.")
+@seed_option("Noise seed (the same for both).")
+@click.option("--steps", type=POSITIVE, default=60, show_default=True, help="ODE steps.")
 @click.option("--solver", type=click.Choice(["euler", "heun"]), default="euler", show_default=True)
 @click.option("--cfg", type=float, default=1.0, show_default=True,
               help="Guidance scale for conditional runs (sample i gets label i mod classes); 1 = none.")
@@ -52,30 +55,40 @@ def _side(letter: str):
 @click.option("--vae", type=click.Path(file_okay=False), default=None,
               help="Decode with this VAE folder instead of the one each run was trained with.")
 @click.option("--ema/--no-ema", default=True, show_default=True, help="Use the EMA weights.")
-@click.option("--batch-size", type=int, default=64, show_default=True)
+@click.option("--batch-size", type=POSITIVE, default=64, show_default=True)
+@device_option()
 @click.option("-o", "--output", type=click.Path(dir_okay=False), default="compare.json", show_default=True)
 @quiet_option
 def compare(run_a, run_b, n, seed, steps, solver, cfg, coarse_a, t_switch_a, coarse_b, t_switch_b,
-            features, vae, ema, batch_size, output, quiet):
+            features, vae, ema, batch_size, device, output, quiet):
     """Same-seed similarity of two trained runs, against unrelated pairs.
 
     Sample i of RUN_A and sample i of RUN_B start from the same noise. Per pair: cosine
     similarity and MSE of the latents, PSNR and SSIM of the decoded images, cosine
-    similarity of image features; the baseline pairs sample i with sample (i + 1) mod n.
+    similarity of image features. The baseline pairs sample i with the next sample of the
+    same class (for unconditional runs: sample (i + 1) mod n), so it measures what another
+    noise seed gives for the same label.
     """
-    from prunekit_lfm.evaluate import draw, paired_similarity
+    from prunekit_lfm.evaluate import paired_similarity
     from prunekit_lfm.features import get_extractor
+    from prunekit_lfm.generate import draw
+    from prunekit_lfm.sampling import SamplingConfig, check_t_switch
 
     for letter, coarse, ts in (("a", coarse_a, t_switch_a), ("b", coarse_b, t_switch_b)):
         if (coarse is None) != (ts is None):
             raise PrunekitError(f"--coarse-{letter} and --t-switch-{letter} go together; give both or neither.")
+        if ts is not None:
+            check_t_switch(ts)
+    check_output(output, what="--output", inputs=[vae],
+                 input_dirs=[run_a, run_b, coarse_a, coarse_b, vae])  # before minutes of sampling
+    config = SamplingConfig(steps=steps, solver=solver, cfg=cfg, seed=seed, device=device,
+                            batch_size=batch_size, ema=ema)
     extractor = get_extractor(features, progress=not quiet)
-    common = dict(n=n, seed=seed, steps=steps, solver=solver, cfg=cfg, vae=vae, ema=ema,
-                  batch_size=batch_size, progress=not quiet)
-    a = draw(run_a, coarse=coarse_a, t_switch=t_switch_a, **common)
-    b = draw(run_b, coarse=coarse_b, t_switch=t_switch_b, **common)
+    common = dict(vae=vae, progress=not quiet)
+    a, _ = draw(run_a, n, config, coarse=coarse_a, t_switch=t_switch_a, **common)
+    b, _ = draw(run_b, n, config, coarse=coarse_b, t_switch=t_switch_b, **common)
     result = paired_similarity(a, b, extractor)
-    result["settings"] = {"steps": steps, "solver": solver, "cfg": cfg, "ema": ema, "features": features,
+    result["settings"] = {**config.to_dict(), "features": features,
                           "coarse_a": coarse_a, "t_switch_a": t_switch_a,
                           "coarse_b": coarse_b, "t_switch_b": t_switch_b}
     result["cost"] = {"a": a.cost, "b": b.cost}
@@ -106,7 +119,7 @@ def _fmt(v) -> str:
 @click.option("--real", required=True,
               help="Real images: an .npy/HDF5 image array, or digits-test (the held-out digits split).")
 @click.option("--features", default="pixels", show_default=True, help=FEATURES_HELP)
-@click.option("--k", "k", type=int, default=3, show_default=True, help="Neighbours for the k-NN manifolds.")
+@click.option("--k", "k", type=POSITIVE, default=3, show_default=True, help="Neighbours for the k-NN manifolds.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), default="metrics.json", show_default=True)
 @quiet_option
 def metrics(samples, real, features, k, output, quiet):
@@ -120,8 +133,7 @@ def metrics(samples, real, features, k, output, quiet):
     from prunekit_lfm.features import digits_split, get_extractor
     from prunekit_lfm.latents import load_images
 
-    if k < 1:
-        raise PrunekitError(f"--k must be a positive number of neighbours, got {k}.")
+    check_output(output, what="--output", inputs=[samples, real])
     gen = to_unit(load_images(_checked(samples, "samples"), None, key="images")[0])
     size = gen.shape[-1]
     if real == "digits-test":

@@ -6,8 +6,13 @@ from pathlib import Path
 
 import click
 
+from prunekit.atomic import check_output
 from prunekit.cli.common import quiet_option
 from prunekit.errors import PrunekitError
+
+from .options import POSITIVE, device_option, seed_option
+
+SIDE = click.IntRange(1, 16384)
 
 
 @click.command()
@@ -15,30 +20,27 @@ from prunekit.errors import PrunekitError
 @click.option("--vae", "vae_dir", required=True, type=click.Path(),
               help="Folder of a diffusers AutoencoderKL (config.json + weights).")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Latent store to write (.h5).")
-@click.option("--size", type=int, default=None,
+@click.option("--size", type=SIDE, default=None,
               help="Image side in pixels before encoding [default: the VAE's sample_size].")
-@click.option("--batch-size", type=int, default=64, show_default=True)
+@click.option("--batch-size", type=POSITIVE, default=64, show_default=True)
 @click.option("--key", default="images", show_default=True, help="Dataset holding the images in an HDF5 file.")
-@click.option("--device", default=None, help="torch device [default: cuda if available, else cpu].")
+@device_option()
 @quiet_option
 def encode(images: str, vae_dir: str, output: str, size: int | None, batch_size: int, key: str,
-           device: str | None, quiet: bool) -> None:
+           device: str, quiet: bool) -> None:
     """Encode IMAGES to VAE latents (posterior mean, scaled) in a latent store.
 
     IMAGES: 'digits' (scikit-learn's bundled digits), a folder of image files, or an
     .npy / HDF5 array of images. The store keeps ids (file names or positions), labels
     when known, the VAE's scale factor and folder.
     """
-    import torch
-
+    from ..devices import pick_device
     from ..latents import LatentStore, open_images, save_latents
     from ..latents import encode as encode_images
     from ..vae import load_vae
 
-    if batch_size < 1:
-        raise PrunekitError(f"--batch-size must be >= 1 (got {batch_size}).")
-    dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    vae = load_vae(vae_dir, device=dev)
+    check_output(output, what="--output", inputs=[images], input_dirs=[vae_dir, images])
+    vae = load_vae(vae_dir, device=pick_device(device))
     side = size or int(vae.config.sample_size if isinstance(vae.config.sample_size, int) else 0) or 32
     factor = 2 ** (len(vae.config.block_out_channels) - 1)
     if side % factor:
@@ -62,24 +64,25 @@ def encode(images: str, vae_dir: str, output: str, size: int | None, batch_size:
 @click.option("-o", "--output", required=True, type=click.Path(file_okay=False), help="Folder to write the VAE to.")
 @click.option("--size", "vae_size", type=click.Choice(["small", "base"]), default="small", show_default=True,
               help="small: f=2, 16x16 -> 8x8x4; base: f=8, 256x256 -> 32x32x4.")
-@click.option("--image-size", type=int, default=None, help="Image side [default: 16 for small, 256 for base].")
-@click.option("--steps", type=int, default=300, show_default=True)
-@click.option("--batch-size", type=int, default=64, show_default=True)
+@click.option("--image-size", type=SIDE, default=None, help="Image side [default: 16 for small, 256 for base].")
+@click.option("--steps", type=POSITIVE, default=300, show_default=True)
+@click.option("--batch-size", type=POSITIVE, default=64, show_default=True)
 @click.option("--lr", type=float, default=2e-3, show_default=True)
 @click.option("--kl-weight", type=float, default=1e-4, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
+@seed_option()
 @click.option("--key", default="images", show_default=True, help="Dataset holding the images in an HDF5 file.")
-@click.option("--device", default=None, help="torch device [default: cuda if available, else cpu].")
+@device_option()
 @quiet_option
 def train_vae(images: str, output: str, vae_size: str, image_size: int | None, steps: int, batch_size: int,
-              lr: float, kl_weight: float, seed: int, key: str, device: str | None, quiet: bool) -> None:
+              lr: float, kl_weight: float, seed: int, key: str, device: str, quiet: bool) -> None:
     """Train a small AutoencoderKL on IMAGES and save it (save_pretrained, safetensors).
 
     For data without a pretrained VAE (the bundled digits in tests and the demo). The
     config's scaling_factor is set so that encoded latents have unit variance.
     """
-    import torch
+    import math
 
+    from ..devices import pick_device
     from ..latents import load_images
     from ..vae import downsampling, save_vae
     from ..vae import train_vae as fit
@@ -87,13 +90,16 @@ def train_vae(images: str, output: str, vae_size: str, image_size: int | None, s
     out = Path(output)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise PrunekitError(f"output folder {out} exists and is not empty; choose a new folder.")
-    if steps < 1 or batch_size < 1 or lr <= 0 or kl_weight < 0:
-        raise PrunekitError("--steps and --batch-size must be >= 1, --lr > 0 and --kl-weight >= 0.")
+    for name in ("config.json", "diffusion_pytorch_model.safetensors"):
+        check_output(out / name, what="VAE file", inputs=[images], input_dirs=[images])
+    if not (math.isfinite(lr) and lr > 0) or not (math.isfinite(kl_weight) and kl_weight >= 0):
+        raise PrunekitError(f"--lr must be a finite number > 0 (got {lr}) and --kl-weight a finite "
+                            f"number >= 0 (got {kl_weight}).")
     side = image_size or (16 if vae_size == "small" else 256)
     if side % downsampling(vae_size):
         raise PrunekitError(f"--image-size {side} must be divisible by {downsampling(vae_size)} for --size {vae_size}.")
     x, _, _ = load_images(images, side, key=key)
-    dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    dev = pick_device(device)
     vae = fit(x, size=vae_size, steps=steps, batch_size=batch_size, lr=lr, kl_weight=kl_weight,
               seed=seed, progress=not quiet, device=dev)
     save_vae(vae, out)

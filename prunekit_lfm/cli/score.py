@@ -5,9 +5,10 @@ from __future__ import annotations
 import click
 import numpy as np
 
+from prunekit.atomic import check_output
 from prunekit.cli.common import quiet_option
 
-from .sample import check_output, pick_device
+from .options import POSITIVE, device_option, seed_option
 
 
 @click.command()
@@ -15,14 +16,14 @@ from .sample import check_output, pick_device
 @click.argument("latents", type=click.Path(dir_okay=False))
 @click.option("--criterion", type=click.Choice(["loss", "grad"]), default="loss", show_default=True,
               help="loss: flow-matching loss; grad: squared norm of its gradient w.r.t. the weights.")
-@click.option("--t-points", type=int, default=8, show_default=True,
+@click.option("--t-points", type=click.IntRange(1, 10_000), default=8, show_default=True,
               help="Interior times t_j = (j + 0.5) / T (t = 0 noise, t = 1 data).")
-@click.option("--noise-bank", type=int, default=4, show_default=True,
+@click.option("--noise-bank", type=click.IntRange(1, 10_000), default=4, show_default=True,
               help="Noise tensors shared by all items (drawn from --seed).")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the noise bank.")
+@seed_option("Seed of the noise bank.")
 @click.option("--ema/--no-ema", default=True, show_default=True, help="Use the EMA weights.")
-@click.option("--batch-size", type=int, default=64, show_default=True, help="Items per forward pass.")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--batch-size", type=POSITIVE, default=64, show_default=True, help="Items per forward pass.")
+@device_option()
 @click.option("-o", "--output", type=click.Path(dir_okay=False), default="scores.h5", show_default=True,
               help="Scores file (HDF5), ready for `prunekit select`.")
 @quiet_option
@@ -36,9 +37,10 @@ def score(run_dir, latents, criterion, t_points, noise_bank, seed, ema, batch_si
     core scores file: `prunekit select scores.h5 --pr 0.5` keeps the highest-loss half
     ("L"), `--invert` the lowest ("L^-1").
     """
+    from prunekit_lfm.devices import pick_device
     from prunekit_lfm.scoring import score_items
 
-    check_output(output, "--output")
+    check_output(output, what="--output", inputs=[latents], input_dirs=[run_dir])
     scores = score_items(run_dir, latents, criterion=criterion, t_points=t_points,
                          noise_bank=noise_bank, seed=seed, batch_size=batch_size, ema=ema,
                          device=pick_device(device), progress=not quiet)

@@ -6,6 +6,8 @@ import click
 
 from prunekit.cli.common import quiet_option
 
+from .options import device_option, seed_option
+
 
 @click.command()
 @click.argument("latents", type=click.Path(dir_okay=False))
@@ -25,20 +27,21 @@ from prunekit.cli.common import quiet_option
 @click.option("--cfg-dropout", type=float, default=0.1, show_default=True,
               help="Probability of replacing a label by the null label (conditional runs).")
 @click.option("--t-schedule", type=click.Choice(["uniform", "logit_normal"]), default="uniform", show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
+@seed_option()
 @click.option("--checkpoint-every", type=int, default=1000, show_default=True)
 @click.option("--resume", is_flag=True, help="Continue the run in RUN_DIR from its last checkpoint (same settings).")
-@click.option("--device", default=None, help="torch device [default: cuda if available, else cpu].")
+@device_option()
 @quiet_option
 def train(latents: str, selection: str | None, model: str, run_dir: str, steps: int, batch_size: int,
           lr: float, weight_decay: float, ema: float, grad_clip: float, conditional: bool,
           cfg_dropout: float, t_schedule: str, seed: int, checkpoint_every: int, resume: bool,
-          device: str | None, quiet: bool) -> None:
+          device: str, quiet: bool) -> None:
     """Train a velocity model on LATENTS (t = 0 noise, t = 1 data; linear path, MSE on x1 - x0).
 
     Multi-GPU: torchrun --nproc_per_node N $(which prunekit) lfm train ... (the global
     batch is split over the processes; only rank 0 writes).
     """
+    from ..devices import pick_device
     from ..models import PRESETS
     from ..runs import read_log
     from ..train import Dist
@@ -48,7 +51,7 @@ def train(latents: str, selection: str | None, model: str, run_dir: str, steps: 
         latents, run_dir, model=model, selection=selection, steps=steps, batch_size=batch_size,
         lr=lr, weight_decay=weight_decay, ema=ema, grad_clip=grad_clip, conditional=conditional,
         cfg_dropout=cfg_dropout, t_schedule=t_schedule, seed=seed, resume=resume,
-        checkpoint_every=checkpoint_every, progress=not quiet, device=device,
+        checkpoint_every=checkpoint_every, progress=not quiet, device=pick_device(device),
     )
     if Dist.from_env().main:
         log = read_log(run_dir)

@@ -1,4 +1,6 @@
-"""The linear (rectified) flow-matching path, its velocity target, time sampling and loss.
+"""The training path of flow matching: the linear (rectified) path, its target, time sampling, loss.
+
+(Named ``paths`` to keep it apart from the core's closed-form :mod:`prunekit.flow`.)
 
 Time runs from noise to data: x0 ~ N(0, I) at t = 0, the data x1 at t = 1,
 

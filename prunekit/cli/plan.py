@@ -1,0 +1,42 @@
+"""``prunekit plan``: the predicted passes, time and memory of ``score`` before running it."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from ..methods import available, get_method
+from ..plan import DEFAULT_RAY_WORKERS, plan
+from .common import ID_KEY_META, key_option
+from .score import _method_params, _option, _spec_by_name
+
+
+@click.command("plan")
+@click.argument("emb", metavar="EMB", type=click.Path())
+@click.option("--method", "-m", required=True, help=f"Scoring method: {', '.join(available())}.")
+@click.option("--workers", "-w", "ray_workers", type=click.IntRange(1), default=DEFAULT_RAY_WORKERS,
+              show_default=True, help="Size of the Ray cluster to predict for.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of the table.")
+@key_option
+@click.pass_context
+def plan_command(ctx: click.Context, emb: str, method: str, ray_workers: int, as_json: bool,
+                 key: str, **options) -> None:
+    """Predict each step of `score EMB --method M` here and on a Ray cluster.
+
+    A few seconds' probe of this machine (reading EMB, GEMM speed) gives the rates; the
+    load pass is free when its result is cached. Nothing is written.
+
+    \b
+    Examples:
+      prunekit plan shards/ --method kmeans --k 1000
+      prunekit plan emb.h5 -m herding --within scores.h5 --workers 16 --memory 8G
+    """
+    get_method(method)
+    params = _method_params(ctx, method, options)
+    p = plan(emb, method, ray_workers=ray_workers, key=key, id_key=ctx.meta.get(ID_KEY_META),
+             **params)
+    click.echo(json.dumps(p.to_dict(), indent=2) if as_json else p.table())
+
+
+plan_command.params.extend(_option(p) for p in _spec_by_name().values())

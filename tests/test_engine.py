@@ -1,0 +1,261 @@
+"""Engines, streamed k-means, rows grouped by cluster, per-cluster greedy methods.
+
+The streamed and per-cluster paths are checked against brute-force references computed
+in memory, and against themselves across worker counts (the determinism contract).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import numpy as np
+import pytest
+
+import prunekit as pk
+from prunekit import engine as engine_mod
+from prunekit import grouping
+from prunekit.budget import budget
+from prunekit.cluster import SamplePlan, kmeans, kmeans_streamed, normalize_rows
+from prunekit.engine import LocalEngine, chunk_rows_for, make_engine, use
+from prunekit.kernels import RandomFourierFeatures, median_sigma
+from prunekit.methods.greedy import interleave, order_scores
+from prunekit.methods.herding import herd_rff
+from prunekit.methods.kcenter import farthest_first
+from prunekit.seeds import role_rng
+
+
+@pytest.fixture
+def small_chunks(monkeypatch):
+    """Chunks of 64 rows and batches of 100 rows: many tasks on small data."""
+    monkeypatch.setattr(engine_mod, "MIN_CHUNK_ROWS", 64)
+    monkeypatch.setattr(engine_mod, "CHUNK_BYTES", 64 * 4 * 8)  # 64 rows at d = 8
+    monkeypatch.setattr(grouping, "BATCH_ROWS", 100)
+
+
+def blobs(n=1500, k=6, d=8, seed=0, dtype=np.float32):
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((k, d)) * 4.0
+    labels = rng.integers(0, k, n)
+    return (centres[labels] + rng.standard_normal((n, d))).astype(dtype), labels
+
+
+def square(shared, item):
+    return shared * item * item
+
+
+# ------------------------------------------------------------------------------ engines
+
+
+@pytest.mark.parametrize("workers", [1, 3])
+def test_local_map_yields_in_item_order(workers):
+    eng = LocalEngine(workers)
+    # Later items are cheaper, so with threads they tend to finish first.
+    out = list(eng.map(square, range(40, 0, -1), 2, progress=False))
+    assert out == [2 * i * i for i in range(40, 0, -1)]
+    assert list(eng.map(square, [], 1, progress=False)) == []
+
+
+def test_limit_caps_concurrent_calls():
+    import threading
+    import time
+
+    running, peak, lock = [0], [0], threading.Lock()
+
+    def task(shared, item):
+        with lock:
+            running[0] += 1
+            peak[0] = max(peak[0], running[0])
+        time.sleep(0.01)
+        with lock:
+            running[0] -= 1
+        return item
+
+    assert list(LocalEngine(4).map(task, range(12), limit=2, progress=False)) == list(range(12))
+    assert peak[0] <= 2
+
+
+def test_engine_errors_and_choices():
+    with pytest.raises(pk.PrunekitError, match="--workers must be >= 1"):
+        LocalEngine(0)
+    with pytest.raises(pk.PrunekitError, match="unknown engine 'spark'"):
+        make_engine("spark")
+    with pytest.raises(pk.PrunekitError, match="--ray-address needs --engine ray"):
+        make_engine("local", ray_address="auto")
+    assert chunk_rows_for(256) == 32768 and chunk_rows_for(768) == 8192  # powers of two <= 32 MiB
+    assert chunk_rows_for(100_000) == engine_mod.MIN_CHUNK_ROWS
+
+
+def test_ray_errors_without_a_cluster(monkeypatch):
+    with pytest.raises(pk.PrunekitError, match="no Ray head answers at --ray-address 127.0.0.1:1"):
+        engine_mod._check_reachable("127.0.0.1:1")  # port 1: nothing listens
+    with pytest.raises(pk.PrunekitError, match="is not HOST:PORT"):
+        engine_mod._check_reachable("headnode")
+    monkeypatch.setitem(sys.modules, "ray", None)  # Ray not installed
+    with pytest.raises(pk.PrunekitError, match=r'pip install "prunekit\[ray\]"'):
+        make_engine("ray")
+
+
+# ---------------------------------------------------------------------- streamed k-means
+
+
+def test_streamed_kmeans_sample_and_assignment_match_brute_force(small_chunks):
+    x, _ = blobs()
+    x[[5, 700]] = np.nan
+    emb = pk.Embeddings.from_array(x, drop_nonfinite=True)
+    res = kmeans_streamed(emb.source_obj, emb.rows, 6, plan=SamplePlan(600, emb.n, "u"), seed=4,
+                          spherical=False, engine=LocalEngine(2), progress=False)
+    # The sample: 600 usable rows drawn by (seed, "kmeans-sample"); Lloyd on it alone.
+    pick = emb.rows[np.sort(role_rng(4, "kmeans-sample").choice(emb.n, 600, replace=False))]
+    ref = kmeans(x[pick], 6, seed=4, spherical=False, progress=False)
+    np.testing.assert_array_equal(res.centroids, ref.centroids)
+    # The assignment: every usable row to its nearest centroid, distances in float64.
+    xs = x[emb.rows].astype(np.float64)
+    d2 = ((xs[:, None, :] - res.centroids[None].astype(np.float64)) ** 2).sum(-1)
+    np.testing.assert_array_equal(res.labels, d2.argmin(1))
+    np.testing.assert_allclose(res.distance, np.sqrt(d2.min(1)), rtol=1e-12)
+    assert res.inertia == pytest.approx(d2.min(1).sum(), rel=1e-12)
+
+
+@pytest.mark.parametrize("spherical", [False, True])
+def test_streamed_lloyd_pass_is_one_exact_lloyd_update(small_chunks, spherical):
+    x, _ = blobs(seed=1, dtype=np.float16)  # float16 on disk: converted chunk by chunk
+    emb = pk.Embeddings.from_array(x)
+    kw = dict(plan=SamplePlan(300, emb.n, "u"), seed=2, spherical=spherical, progress=False)
+    c0 = kmeans_streamed(emb.source_obj, emb.rows, 6, engine=LocalEngine(1), **kw).centroids
+    c1 = kmeans_streamed(emb.source_obj, emb.rows, 6, full_passes=1, engine=LocalEngine(3),
+                         **kw).centroids
+    xs = x.astype(np.float32)
+    if spherical:
+        normalize_rows(xs)
+    x64 = xs.astype(np.float64)
+    d2 = ((x64[:, None, :] - c0[None].astype(np.float64)) ** 2).sum(-1)
+    lab = d2.argmin(1)
+    ref = np.stack([x64[lab == c].mean(0) for c in range(6)])
+    if spherical:
+        ref /= np.linalg.norm(ref, axis=1, keepdims=True)
+    np.testing.assert_allclose(c1, ref, rtol=0, atol=2e-6)
+
+
+def test_streamed_kmeans_same_bytes_for_any_worker_count(small_chunks):
+    x, _ = blobs(n=2000, seed=3)
+    emb = pk.Embeddings.from_array(x)
+    runs = []
+    for workers in (1, 2, 5):
+        with use(LocalEngine(workers)):
+            runs.append(pk.score(emb, "kmeans", k=5, sample=700, full_passes=2, seed=9,
+                                 progress=False))
+    for r in runs[1:]:
+        for name in ("score", "cluster", "centroids"):
+            assert getattr(r, name).tobytes() == getattr(runs[0], name).tobytes(), name
+    assert runs[0].params["sample_rows"] == 700 and runs[0].params["sample_of"] == 2000
+    assert "uniform without replacement" in runs[0].params["sample_drawn"]
+
+
+def test_sample_size_follows_k_and_budget():
+    from prunekit.cluster import sample_plan
+
+    # Everything fits in half the budget: all rows, exactly as before.
+    assert sample_plan(10_000, 10, 64, 4, 100 << 20).rows == 10_000
+    # Too large: max(65536, 256 k) rows ...
+    assert sample_plan(10**7, 1000, 256, 2, 4 << 30).rows == 256_000
+    assert sample_plan(10**7, 10, 256, 2, 4 << 30).rows == 65_536
+    # ... capped by the budget (half of it, 256 * 6 + 16 bytes a row) ...
+    assert sample_plan(10**7, 1000, 256, 2, 200 << 20).rows == (100 << 20) // (256 * 6 + 16)
+    # ... and refused when not even k rows fit.
+    with pytest.raises(pk.PrunekitError, match="Raise --memory or lower --k"):
+        sample_plan(10**7, 1000, 256, 2, 1 << 20)
+
+
+def test_kmeans_method_uses_the_budget_sample():
+    x, _ = blobs(n=3000, d=8)
+    emb = pk.Embeddings.from_array(x)
+    with budget(3000 * (8 * 8 + 16)):  # half of it holds 1500 rows: too few for all
+        s = pk.score(emb, "kmeans", k=3, progress=False)
+    assert s.params["sample_rows"] == 1500 and s.params["sample_of"] == 3000
+    full = pk.score(emb, "kmeans", k=3, progress=False)
+    assert full.params["sample_rows"] == 3000 and full.params["sample_drawn"] == "all rows"
+
+
+# ------------------------------------------------------------------ grouping by cluster
+
+
+def test_group_rows_writes_each_cluster_contiguously(tmp_path, small_chunks):
+    x, _ = blobs(n=500, d=8, dtype=np.float16)
+    x[[3, 77]] = np.nan
+    emb = pk.Embeddings.from_array(x, drop_nonfinite=True)
+    clusters = np.random.default_rng(0).choice([2, 5, 9], size=emb.n)
+    g = grouping.group_rows(emb.source_obj, emb.rows, clusters, tmp_path / "g.rows",
+                            chunk_rows=64, progress=False)
+    np.testing.assert_array_equal(g.clusters, [2, 5, 9])
+    assert os.path.getsize(tmp_path / "g.rows") == emb.n * 8 * 2  # float16 stays float16
+    for i, c in enumerate([2, 5, 9]):
+        members = np.flatnonzero(clusters == c)
+        np.testing.assert_array_equal(g.rows_of(i), members)
+        assert g.read(i).dtype == np.float16
+        np.testing.assert_array_equal(g.read(i), x[emb.rows[members]])
+
+
+def test_batches_close_at_batch_rows():
+    assert grouping.batches(np.array([5, 5, 12, 1, 1, 1]), batch_rows=10) == [[0, 1], [2], [3, 4, 5]]
+    assert grouping.batches(np.array([3]), batch_rows=10) == [[0]]
+
+
+# --------------------------------------------------------- per-cluster greedy methods
+
+
+def reference_within(x, clusters, method, *, seed=0, max_keep=None, metric="euclidean"):
+    """The in-memory implementation: the whole matrix, then one herd/traversal per cluster."""
+    xs = x.astype(np.float32)
+    if method == "herding":
+        z = RandomFourierFeatures(x.shape[1], median_sigma(xs, seed=seed), 512, seed).transform(xs)
+    elif metric == "cosine":
+        normalize_rows(xs)
+    orders = []
+    for c in np.unique(clusters):
+        g = np.flatnonzero(clusters == c)
+        m = g.size if max_keep is None else min(max_keep, g.size)
+        local = herd_rff(z[g], m) if method == "herding" else farthest_first(xs[g], m)
+        orders.append(g[local])
+    return interleave(orders)
+
+
+@pytest.mark.parametrize("method,opts", [("herding", {}), ("herding", {"max_keep": 7}),
+                                         ("kcenter", {}), ("kcenter", {"metric": "cosine"})])
+def test_within_equals_in_memory_implementation(small_chunks, method, opts):
+    x, _ = blobs(n=1200, k=6, d=8, seed=5)
+    emb = pk.Embeddings.from_array(x)
+    km = pk.score(emb, "kmeans", k=6, seed=1, progress=False)
+    with use(LocalEngine(2)):
+        s = pk.score(emb, method, within=km, progress=False, **opts)
+    ref = reference_within(x, km.cluster, method, **opts)
+    np.testing.assert_array_equal(s.order, ref)
+    np.testing.assert_array_equal(s.score, order_scores(ref, emb.n))
+    np.testing.assert_array_equal(s.cluster, km.cluster)
+
+
+def test_within_leaves_no_temporary_files(tmp_path, monkeypatch, small_chunks):
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    x, _ = blobs(n=400, d=8)
+    emb = pk.Embeddings.from_array(x)
+    km = pk.score(emb, "kmeans", k=3, progress=False)
+    pk.score(emb, "kcenter", within=km, progress=False)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_greedy_over_budget_refuses_with_the_cost():
+    x, _ = blobs(n=4000, d=8)
+    emb = pk.Embeddings.from_array(x)
+    km = pk.score(emb, "kmeans", k=8, progress=False)
+    with budget("64K"):
+        with pytest.raises(pk.PrunekitError, match=r"herding without --within holds all 4000 rows"
+                                                   r" in memory: .*Use --within SCORES"):
+            pk.score(emb, "herding", progress=False)
+        with pytest.raises(pk.PrunekitError, match="k-center without --within"):
+            pk.score(emb, "kcenter", progress=False)
+        s = pk.score(emb, "kcenter", within=km, progress=False)  # clusters of ~500 rows fit
+        assert s.order.size == 4000
+    with budget("4K"), pytest.raises(pk.PrunekitError, match=r"cluster \d+ has \d+ rows .* --memory"):
+        pk.score(emb, "kcenter", within=km, progress=False)

@@ -1,0 +1,332 @@
+"""The plug-in under hostile or careless use: no code from run files, no overwritten inputs,
+a locked run directory, and one clean error (exit 2, nothing written) for every bad input."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import pickle
+import sys
+
+import h5py
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from lfm_stand_ins import make_run
+
+from prunekit.cli import main
+from prunekit_lfm import runs
+from prunekit_lfm.latents import LatentStore, save_latents
+from prunekit_lfm.train import train
+
+torch.set_num_threads(1)
+FAST = dict(model="tiny", batch_size=8, lr=1e-3, progress=False, device="cpu")
+
+
+class _Plant:
+    """A pickle that creates a marker file when unpickled: what a hostile run dir would hold."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def _plant(path, marker):
+    path.write_bytes(pickle.dumps(_Plant(marker)))
+
+
+def _invoke(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def _error(r, *needles):
+    """Exit 2, one 'Error:' line, no traceback, every needle in the message."""
+    assert r.exit_code == 2, r.output
+    assert "Traceback" not in r.output and r.output.count("Error") >= 1, r.output
+    for needle in needles:
+        assert needle in r.output, r.output
+
+
+@pytest.fixture(scope="module")
+def latents(tmp_path_factory):
+    rng = np.random.default_rng(0)
+    path = tmp_path_factory.mktemp("lat") / "latents.h5"
+    save_latents(path, LatentStore(latents=rng.normal(size=(24, 4, 4, 4)).astype(np.float32),
+                                   ids=np.arange(24), labels=np.arange(24) % 3))
+    return path
+
+
+@pytest.fixture
+def trained(latents, tmp_path):
+    run = tmp_path / "run"
+    train(str(latents), str(run), steps=2, checkpoint_every=1, seed=0, **FAST)
+    return run
+
+
+def _resume(latents, run):
+    return _invoke("lfm", "train", latents, "-o", run, "--steps", 3, "--batch-size", 8, "--lr", 1e-3,
+                   "--device", "cpu", "--resume", "-q")
+
+
+# ----------------------------------------------------------------------------- no pickles
+
+
+def test_resume_refuses_a_pickled_state_pt_without_opening_it(latents, trained, tmp_path):
+    marker = tmp_path / "pwned"
+    _plant(trained / runs.LEGACY_STATE, marker)
+    before = {p.name: p.read_bytes() for p in trained.iterdir()}
+    _error(_resume(latents, trained), "state.pt", "never loads pickles")
+    assert not marker.exists()
+    assert {p.name: p.read_bytes() for p in trained.iterdir()} == before
+
+
+@pytest.mark.parametrize("name", [runs.OPTIMIZER, runs.MODEL, runs.EMA])
+def test_a_pickle_in_place_of_a_checkpoint_file_is_refused_and_never_run(latents, trained, tmp_path, name):
+    marker = tmp_path / "pwned"
+    _plant(trained / name, marker)
+    _error(_resume(latents, trained), name, "not a safetensors file")
+    assert not marker.exists()
+
+
+def test_truncated_weights_on_resume_exit_2(latents, trained):
+    data = (trained / runs.MODEL).read_bytes()
+    (trained / runs.MODEL).write_bytes(data[: len(data) // 2])
+    _error(_resume(latents, trained), "model.safetensors", "truncated")
+
+
+def test_resume_state_is_safetensors_and_json_only(trained):
+    for path in trained.iterdir():
+        head = path.read_bytes()[:2]
+        assert head != b"\x80\x04" and not path.name.endswith((".pt", ".pkl"))  # no pickle protocol header
+    state = json.loads((trained / runs.TRAINER_STATE).read_text())
+    assert state["step"] == 2 and state["data_position"] == {"epoch": 0, "offset": 16}
+    assert state["optimizer"]["param_groups"][0]["lr"] == 1e-3
+
+
+# ----------------------------------------------------------------------------- the lock
+
+
+def test_a_second_training_into_a_locked_run_dir_fails_naming_the_lock(latents, tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    with open(run / runs.LOCK, "w") as held:  # another training process holds the directory
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        r = _invoke("lfm", "train", latents, "-o", run, "--steps", 1, "--device", "cpu", "-q")
+        _error(r, "in use", str(run / runs.LOCK))
+        assert sorted(p.name for p in run.iterdir()) == [runs.LOCK]  # nothing else written
+    r = _invoke("lfm", "train", latents, "-o", run, "--steps", 1, "--batch-size", 8, "--device", "cpu", "-q")
+    assert r.exit_code == 0, r.output  # released: the directory is usable again
+
+
+def test_the_lock_is_held_while_training_and_dropped_after(latents, tmp_path, monkeypatch):
+    from prunekit_lfm.train import _Trainer
+
+    run, seen = tmp_path / "run", []
+    original = _Trainer.train_step
+
+    def probe(self, step):
+        with open(run / runs.LOCK) as fh:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                seen.append("free")
+            except BlockingIOError:
+                seen.append("held")
+        return original(self, step)
+
+    monkeypatch.setattr(_Trainer, "train_step", probe)
+    train(str(latents), str(run), steps=2, seed=0, **FAST)
+    assert seen == ["held", "held"]
+    with open(run / runs.LOCK) as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)  # raises if still held
+
+
+# ----------------------------------------------------------------------------- inputs stay
+
+
+def test_sample_refuses_to_write_into_the_run_it_reads(tmp_path):
+    run = make_run(tmp_path / "run")
+    before = (run / runs.EMA).read_bytes()
+    _error(_invoke("lfm", "sample", run, "--n", 2, "--steps", 1, "-o", run / runs.EMA, "-q"),
+           "lies inside", str(run))
+    assert (run / runs.EMA).read_bytes() == before
+
+
+def test_score_refuses_to_overwrite_its_latents(latents, tmp_path):
+    run = make_run(tmp_path / "run", sample_size=4, in_channels=4)
+    copy = tmp_path / "lat.h5"
+    copy.write_bytes(latents.read_bytes())
+    _error(_invoke("lfm", "score", run, copy, "-o", copy, "-q"), "the command's input")
+    assert copy.read_bytes() == latents.read_bytes()
+
+
+def test_compare_checks_its_output_before_sampling(tmp_path, monkeypatch):
+    import prunekit_lfm.generate as generate
+
+    run = make_run(tmp_path / "run")
+    monkeypatch.setattr(generate, "draw", lambda *a, **k: pytest.fail("sampled before checking -o"))
+    _error(_invoke("lfm", "compare", run, run, "-o", run / "cmp.json", "-q"), "lies inside")
+    (tmp_path / "fifo").mkdir()
+    _error(_invoke("lfm", "compare", run, run, "-o", tmp_path / "fifo", "-q"), "directory")
+
+
+def test_metrics_and_encode_refuse_to_overwrite_their_inputs(tmp_path):
+    images = tmp_path / "images.npy"
+    np.save(images, np.zeros((4, 8, 8), dtype=np.float32))
+    before = images.read_bytes()
+    _error(_invoke("lfm", "metrics", images, "--real", images, "-o", images), "the command's input")
+    (tmp_path / "vae").mkdir()
+    _error(_invoke("lfm", "encode", images, "--vae", tmp_path / "vae", "-o", images), "the command's input")
+    assert images.read_bytes() == before
+
+
+def test_training_on_a_selection_whose_ids_disagree_with_its_indices_exits_2(latents, tmp_path):
+    sel = tmp_path / "sel.h5"
+    with h5py.File(sel, "w") as f:
+        f["indices"] = np.arange(10, dtype=np.int64)
+        f["ids"] = np.arange(3, dtype=np.int64)
+        f.attrs.update({"pr": 0.5, "n_total": 24, "n_kept": 10, "method": "random"})
+    r = _invoke("lfm", "train", latents, "--selection", sel, "-o", tmp_path / "run", "--steps", 1,
+                "--device", "cpu", "-q")
+    _error(r, "ids")
+    assert not (tmp_path / "run").exists()
+
+
+def test_latent_store_side_datasets_must_match_the_latents(latents, tmp_path):
+    bad = tmp_path / "bad.h5"
+    bad.write_bytes(latents.read_bytes())
+    with h5py.File(bad, "a") as f:
+        del f["labels"]
+        f["labels"] = np.zeros(5, dtype=np.int64)
+    r = _invoke("lfm", "train", bad, "-o", tmp_path / "run", "--steps", 1, "--device", "cpu", "-q")
+    _error(r, str(bad), "labels")
+    assert not (tmp_path / "run").exists()
+
+
+# ----------------------------------------------------------------------------- bad numbers
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["train", "{lat}", "-o", "{tmp}/out", "--lr", "nan"], "lr must be a finite"),
+    (["train", "{lat}", "-o", "{tmp}/out", "--lr", "inf"], "lr must be a finite"),
+    (["train", "{lat}", "-o", "{tmp}/out", "--device", "bogus"], "bogus"),
+    (["train", "{lat}", "-o", "{tmp}/out", "--seed", "-1"], "--seed"),
+    (["train", "{lat}", "-o", "{tmp}/out", "--seed", str(2**63)], "--seed"),
+    (["train", "{lat}", "-o", "{tmp}/out", "--model", "{tmp}/neg.json"], "num_layers=-2"),
+    (["train", "{lat}", "-o", "{tmp}/out", "--grad-clip", "-1"], "grad clip"),
+    (["encode", "digits", "--vae", "{tmp}", "-o", "{tmp}/out", "--size", "-4"], "--size"),
+    (["encode", "digits", "--vae", "{tmp}", "-o", "{tmp}/out", "--size", "0"], "--size"),
+    (["train-vae", "digits", "-o", "{tmp}/out", "--image-size", "-2"], "--image-size"),
+    (["train-vae", "digits", "-o", "{tmp}/out", "--lr", "nan"], "--lr"),
+    (["sample", "{run}", "-o", "{tmp}/out", "--device", "bogus"], "bogus"),
+    (["sample", "{run}", "-o", "{tmp}/out", "--seed", "-3"], "--seed"),
+    (["sample", "{run}", "-o", "{tmp}/out", "--n", "1e12"], "--n"),
+    (["sample", "{run}", "-o", "{tmp}/out", "--n", str(10**12)], "needs"),
+    (["sample", "{run}", "-o", "{tmp}/out", "--cfg", "nan"], "--cfg"),
+    (["score", "{run}", "{lat}", "-o", "{tmp}/out", "--seed", "-1"], "--seed"),
+    (["compare", "{run}", "{run}", "-o", "{tmp}/out", "--seed", "-1"], "--seed"),
+    (["c2f-sweep", "--coarse", "{run}", "--fine", "{run}", "-o", "{tmp}/out", "--device", "bogus"], "bogus"),
+])
+def test_bad_numbers_exit_2_and_write_nothing(latents, tmp_path, args, needle):
+    run = make_run(tmp_path / "run")
+    (tmp_path / "neg.json").write_text(json.dumps({"preset": "tiny", "num_layers": -2}))
+    before = sorted(p.name for p in tmp_path.iterdir())
+    args = [a.format(lat=latents, tmp=tmp_path, run=run) for a in args]
+    _error(_invoke("lfm", *args), needle)
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def test_demo_refuses_an_infinite_budget_and_a_negative_seed(tmp_path):
+    _error(_invoke("demo", "--budget", "inf", "-o", tmp_path / "d"), "--budget")
+    _error(_invoke("demo", "--seed", "-1", "-o", tmp_path / "d"), "--seed")
+    assert not (tmp_path / "d").exists()
+
+
+def test_a_decompression_bomb_in_an_image_folder_is_a_clean_error(tmp_path, monkeypatch):
+    from PIL import Image
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    Image.new("L", (64, 64)).save(folder / "bomb.png")  # 4096 pixels > 2 x the limit below
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    r = _invoke("lfm", "train-vae", folder, "-o", tmp_path / "vae", "--steps", 1, "--device", "cpu", "-q")
+    _error(r, "bomb.png", "too large to decode safely")
+    assert not (tmp_path / "vae").exists()
+
+
+# ----------------------------------------------------------------------------- no torch
+
+
+@pytest.mark.parametrize("args", [["lfm", "train", "x.h5", "-o", "run"], ["lfm", "sample", "run"],
+                                  ["lfm", "compare", "a", "b"], ["demo", "--quick"]])
+def test_without_torch_the_commands_say_how_to_install_the_plug_in(tmp_path, args):
+    import subprocess
+
+    blocker = tmp_path / "sitecustomize.py"
+    blocker.write_text(
+        "import sys\n"
+        "class _NoTorch:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] in ('torch', 'diffusers'):\n"
+        "            raise ModuleNotFoundError(f\"No module named '{name}'\", name=name)\n"
+        "sys.meta_path.insert(0, _NoTorch())\n"
+    )
+    env = {**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    proc = subprocess.run([sys.executable, "-m", "prunekit", *args], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr and 'pip install "prunekit[lfm]"' in proc.stderr
+    assert "torch" in proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["sitecustomize.py"]
+
+
+# ----------------------------------------------------------------------------- Ctrl-C
+
+
+def _interrupt(*args, **kwargs):
+    raise KeyboardInterrupt
+
+
+def test_ctrl_c_during_the_final_write_exits_130_and_leaves_no_file(tmp_path, monkeypatch):
+    import prunekit_lfm.sampling as sampling
+
+    run = make_run(tmp_path / "run")
+    out = tmp_path / "out"
+    out.mkdir()
+    monkeypatch.setattr(sampling, "stamp", _interrupt)  # inside the atomic write, after the datasets
+    r = _invoke("lfm", "sample", run, "--n", 2, "--steps", 1, "--device", "cpu", "-o", out / "s.h5", "-q")
+    assert r.exit_code == 130, r.output
+    assert "Traceback" not in r.output and list(out.iterdir()) == []
+
+
+def test_ctrl_c_while_writing_the_png_removes_the_samples_file_too(tmp_path, monkeypatch):
+    from diffusers import AutoencoderKL
+
+    import prunekit_lfm.generate as generate
+    from prunekit_lfm.vae import save_vae, vae_config
+
+    vae = AutoencoderKL(**{**vae_config("small", sample_size=16), "block_out_channels": (16, 16, 16),
+                           "norm_num_groups": 8})
+    save_vae(vae, tmp_path / "vae")
+    run = make_run(tmp_path / "run", vae=str(tmp_path / "vae"))
+    out = tmp_path / "out"
+    out.mkdir()
+    monkeypatch.setattr(generate, "save_grid", _interrupt)
+    r = _invoke("lfm", "sample", run, "--n", 2, "--steps", 1, "--device", "cpu", "-o", out / "s.h5",
+                "--png", out / "g.png", "-q")
+    assert r.exit_code == 130, r.output
+    assert list(out.iterdir()) == []
+
+
+def test_an_edited_config_json_is_validated_when_the_run_is_read(tmp_path):
+    run = make_run(tmp_path / "run")
+    data = json.loads((run / runs.CONFIG).read_text())
+    for key, value, needle in [("lr", -1.0, "lr must be > 0"), ("steps", "many", "steps must be an integer"),
+                               ("seed", -5, "seed")]:
+        (run / runs.CONFIG).write_text(json.dumps({**data, key: value}))
+        _error(_invoke("lfm", "sample", run, "--n", 2, "--steps", 1, "-o", tmp_path / "s.h5", "-q"),
+               "config.json", needle)
+    assert not (tmp_path / "s.h5").exists()

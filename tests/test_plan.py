@@ -1,0 +1,141 @@
+"""The plan: each step's formula on hand-set rates, the verdict, and the command."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+import prunekit as pk
+from prunekit.cli import main
+from prunekit.cluster import sample_plan
+from prunekit.errors import PrunekitError
+from prunekit.plan import plan
+from prunekit.probe import Probe, probe
+from prunekit.source import open_source
+
+RATES = Probe(read_bytes_per_s=1e6, scan_bytes_per_s=2e6, gemm_flops_1=1e9, gemm_flops_all=2e9,
+              gemv_flops_1=1e8, threads=2, bytes_read=0, seconds=0.0)
+B = 1000 * 8 * 2  # 1000 rows x 8 float16 values
+
+
+@pytest.fixture
+def shards(tmp_path):
+    d = tmp_path / "d"
+    d.mkdir()
+    x = np.random.default_rng(0).standard_normal((1000, 8)).astype(np.float16)
+    np.save(d / "e_0.npy", x[:600])
+    np.save(d / "e_1.npy", x[600:])
+    return d
+
+
+def test_kmeans_steps_follow_the_cost_model(shards):
+    p = plan(shards, "kmeans", k=4, iters=10, restarts=1, rates=RATES, local_workers=2,
+             ray_workers=4, budget=1 << 30)
+    assert [s.name for s in p.steps] == ["load + check", "sample", "lloyd on sample", "assign"]
+    load = p.step("load + check")
+    assert load.passes == 1 and load.seconds_local == pytest.approx(B / 1e6 + B / 2e6)
+    sample = p.step("sample")  # all rows fit the budget: one read
+    assert sample.passes == 1 and sample.seconds_local == pytest.approx(B / 1e6)
+    seeding = 2.0 * 1000 * 4 * 8 * (2 + math.log(4))
+    # no k-means rates in the probe: Lloyd and seeding at the all-threads GEMM rate, the
+    # sample's final assignment at the one-thread rate times the threads
+    lloyd = (10 * 2.0 * 1000 * 4 * 8 + seeding) / 2e9 + 2.0 * 1000 * 4 * 8 / (1e9 * 2)
+    assert p.step("lloyd on sample").seconds_local == pytest.approx(lloyd)
+    assign = p.step("assign")  # reading dominates: B / read here, B / (4 reads) on Ray
+    assert assign.seconds_local == pytest.approx(B / 1e6)
+    assert assign.seconds_ray == pytest.approx(B / 4e6)
+    assert p.passes == 3 and p.seconds_local == pytest.approx(sum(s.seconds_local for s in p.steps))
+    assert p.fits and p.n == 1000 and p.shards == 2
+
+
+def test_kmeans_uses_the_probed_kmeans_rates_at_its_k(shards):
+    rates = dataclasses.replace(RATES, kmeans_k=4, lloyd_flops=1e7, seeding_flops=2e7,
+                                assign_flops_1=4e7)
+    p = plan(shards, "kmeans", k=4, iters=10, restarts=2, rates=rates, local_workers=2,
+             ray_workers=4, budget=1 << 30)
+    one = 2.0 * 1000 * 4 * 8
+    seeding = 2.0 * 1000 * 4 * 8 * (2 + math.log(4))
+    lloyd = 2 * (10 * one / 1e7 + seeding / 2e7 + one / (4e7 * 2))
+    assert p.step("lloyd on sample").seconds_local == pytest.approx(lloyd)
+    assign = p.step("assign")  # now compute dominates: 2nkd over 2 tasks at 4e7 each
+    assert assign.seconds_local == pytest.approx(max(B / 1e6, one / (2 * 4e7)))
+    other_k = plan(shards, "kmeans", k=5, iters=10, restarts=2, rates=rates, budget=1 << 30)
+    assert other_k.step("lloyd on sample").seconds_local < lloyd / 100  # GEMM rates again
+
+
+def test_cached_load_pass_is_free(shards):
+    pk.load_embeddings(shards)  # writes the scan cache
+    p = plan(shards, "random", rates=RATES, budget=1 << 30)
+    load = p.step("load + check")
+    assert (load.passes, load.seconds_local, load.peak_bytes) == (0, 0.0, 0)
+
+
+def test_kmeans_sample_beyond_the_budget(shards):
+    # The sample is the one k-means will draw (cluster.sample_plan): here the budget's half
+    # holds 512 of the 1000 rows (8 x (4 + 2) + 16 = 64 bytes a row).
+    p = plan(shards, "kmeans", k=4, iters=10, restarts=1, rates=RATES, budget=1 << 16)
+    assert sample_plan(1000, 4, 8, 2, 1 << 16).rows == 512
+    sample = p.step("sample")
+    assert "512 of 1,000 rows" in sample.note
+    assert sample.peak_bytes == 512 * 8 * 6 + 1000 * 8 * 6  # the sample, and one chunk read
+    with pytest.raises(PrunekitError, match="Raise --memory or lower --k"):
+        plan(shards, "kmeans", k=100, rates=RATES, budget=4096)
+
+
+def test_greedy_over_all_rows_beyond_the_budget_does_not_fit(shards):
+    p = plan(shards, "kcenter", rates=RATES, budget=16 << 10)
+    need = 1000 * 8 * 4 + 1000 * 8
+    assert p.step("greedy picks").peak_bytes == need and not p.fits
+    assert p.step("greedy picks").seconds_local == pytest.approx(1000 * 1000 * 3.0 * 8 / 1e8)
+    assert any("--within" in n for n in p.notes)
+    assert "does NOT fit" in p.table()
+
+
+def test_greedy_within_clusters_uses_their_sizes(shards, tmp_path):
+    emb = pk.load_embeddings(shards)
+    cluster = np.r_[np.zeros(600, np.int64), np.ones(400, np.int64)]
+    within = tmp_path / "km.h5"
+    pk.Scores(score=np.zeros(1000), method="kmeans", n_total=1000, cluster=cluster,
+              source_fingerprint=emb.fingerprint).save(within)
+    p = plan(shards, "kcenter", within=str(within), max_keep=100, rates=RATES,
+             local_workers=2, ray_workers=4, budget=1 << 30)
+    picks = p.step("per-cluster picks")
+    work = np.array([600 * 100 * 24.0, 400 * 100 * 24.0])  # s x picks x 3d flops
+    assert picks.seconds_local == pytest.approx(max(work.sum() / 2, work.max()) / 1e8 + B / 1e6)
+    assert picks.seconds_ray == pytest.approx(max(work.sum() / 4, work.max()) / 1e8 + B / 4e6)
+    probed = dataclasses.replace(RATES, kcenter_pick_s=1e-3, kcenter_pick_per_value=1e-8)
+    p2 = plan(shards, "kcenter", within=str(within), max_keep=100, rates=probed,
+              local_workers=2, ray_workers=4, budget=1 << 30)
+    per_cluster = 100 * (1e-3 + 1e-8 * np.array([600, 400]) * 8)
+    assert p2.step("per-cluster picks").seconds_local == pytest.approx(
+        max(per_cluster.sum() / 2, per_cluster.max()) + B / 1e6)
+    assert picks.peak_bytes == 2 * 600 * (8 * (4 + 2) + 8)  # two tasks, largest cluster each
+    assert p.step("group by cluster").passes == 2
+
+
+def test_probe_measures_this_source(shards):
+    r = probe(open_source(shards), k=4, greedy="kcenter")
+    assert 0 < r.bytes_read <= B and r.kmeans_k == 4
+    assert r.kcenter_pick_s >= 0 and r.kcenter_pick_per_value >= 0 and r.herding_pick_s is None
+    assert min(r.read_bytes_per_s, r.scan_bytes_per_s, r.gemm_flops_1, r.gemm_flops_all,
+               r.gemv_flops_1, r.lloyd_flops, r.seeding_flops, r.assign_flops_1) > 0
+
+
+def test_plan_command_prints_and_writes_nothing(shards, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    res = CliRunner().invoke(main, ["plan", str(shards), "-m", "kmeans", "--k", "4", "--json",
+                                    "--workers", "3", "--memory", "1G"])
+    assert res.exit_code == 0, res.output
+    d = json.loads(res.output)
+    assert d["shape"] == [1000, 8] and d["ray_workers"] == 3 and d["budget"] == 1 << 30
+    assert [s["name"] for s in d["steps"]][-1] == "assign" and d["fits"] is True
+    assert sorted(p.name for p in shards.iterdir()) == ["e_0.npy", "e_1.npy"]  # not even a cache
+    text = CliRunner().invoke(main, ["plan", str(shards), "-m", "kmeans", "--k", "4"]).output
+    assert "ray (8 workers)" in text and "fits the memory budget" in text
+    bad = CliRunner().invoke(main, ["plan", str(shards), "-m", "kmeans", "--max-keep", "3"])
+    assert bad.exit_code == 2 and "--max-keep does not apply to method 'kmeans'" in bad.output
