@@ -238,8 +238,9 @@ def print_tables(rows: list[dict], start: float) -> None:
     print("| N | format | command | engine | seconds | peak RSS MiB | plan s | plan / measured |")
     print("|---|---|---|---|---:|---:|---:|---:|")
     for r in rows:
-        work = max(r["seconds"] - start, 1e-3)
-        ratio = r["predicted"] / work if r["predicted"] == r["predicted"] else float("nan")
+        work = r["seconds"] - start
+        # Below a second of work the ratio says more about process start than the plan.
+        ratio = r["predicted"] / work if r["predicted"] == r["predicted"] and work >= 1 else float("nan")
         print(f"| {r['n']:.0e} | {r['format']} | {r['command']} | {r['engine']} | {r['seconds']:.1f} "
               f"| {r['rss_mib']:.0f} | {_f(r['predicted'])} | {_f(ratio, 2)} |")
     g = growth(rows)

@@ -383,7 +383,8 @@ def kmeans_streamed(
     if plan.rows >= n and full_passes == 0:
         # Everything fits: in-memory k-means, whose last assignment is the answer (no
         # second pass over the data; the same on every engine, nothing worth recording).
-        x = np.ascontiguousarray(src.read_rows(rows), dtype=np.float32)
+        x = np.ascontiguousarray(src.read_rows(rows, chunk_rows=chunk_rows_for(src.dim)),
+                                 dtype=np.float32)
         return kmeans(x, k, iters=iters, seed=seed, spherical=spherical, backend=backend,
                       restarts=restarts, progress=progress, copy=False)
     info = work.load_json("sample")
@@ -397,7 +398,8 @@ def kmeans_streamed(
         else:
             rng = role_rng(seed, "kmeans-sample")
             pick = rows[np.sort(rng.choice(n, size=plan.rows, replace=False))]
-        sample = np.ascontiguousarray(src.read_rows(pick), dtype=np.float32)
+        sample = np.ascontiguousarray(src.read_rows(pick, chunk_rows=chunk_rows_for(src.dim)),
+                                      dtype=np.float32)
         res = kmeans(sample, k, iters=iters, seed=seed, spherical=spherical, backend=backend,
                      restarts=restarts, progress=progress, copy=False)
         del sample

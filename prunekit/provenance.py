@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import math
 import sys
 from typing import Any
 
@@ -16,10 +17,13 @@ from .errors import PrunekitError
 def jsonable(value: Any) -> Any:
     """Plain JSON types for numpy scalars/arrays, tuples, dicts and paths (``str``).
 
-    The one conversion used for file attributes and for every JSON report.
+    The one conversion used for file attributes and for every JSON report. Non-finite
+    floats, which strict JSON cannot hold, become ``None`` (NaN) or ``"inf"``/``"-inf"``.
     """
     if isinstance(value, np.generic):
-        return value.item()
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None if math.isnan(value) else ("inf" if value > 0 else "-inf")
     if isinstance(value, np.ndarray):
         return value.tolist()
     if isinstance(value, dict):

@@ -28,6 +28,7 @@ import os
 import shutil
 import warnings
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -308,20 +309,30 @@ def embed_batches(inputs: ImageInput, encoder: Encoder, *, batch_size: int = 64,
     """Yield ``(first row, float32 [b, D] features)`` batch by batch from row ``start``.
 
     ``normalize`` (default: the encoder's default) divides each feature by its L2 norm.
+    The next batch is read and preprocessed in a background thread while the model runs
+    on the current one (decoding images is often slower than a GPU forward pass).
     """
     if batch_size < 1:
         raise PrunekitError(f"--batch-size must be >= 1 (got {batch_size}).")
     norm = encoder.normalize_default if normalize is None else bool(normalize)
     encoder.model.eval()
-    for a in range(start, inputs.n, batch_size):
-        b = min(a + batch_size, inputs.n)
-        feats = encoder.features(encoder.pixels(inputs.read(a, b)))
-        if norm:
-            feats = torch.nn.functional.normalize(feats, dim=1)
-        out = feats.cpu().numpy()
-        if not np.isfinite(out).all():
-            raise PrunekitError(f"the encoder returned NaN/inf features for rows {a}..{b - 1}.")
-        yield a, out
+
+    def prepare(a: int) -> torch.Tensor:
+        return encoder.pixels(inputs.read(a, min(a + batch_size, inputs.n)))
+
+    with ThreadPoolExecutor(1) as pool:
+        ahead = pool.submit(prepare, start) if start < inputs.n else None
+        for a in range(start, inputs.n, batch_size):
+            pixels = ahead.result()
+            ahead = pool.submit(prepare, a + batch_size) if a + batch_size < inputs.n else None
+            feats = encoder.features(pixels)
+            if norm:
+                feats = torch.nn.functional.normalize(feats, dim=1)
+            out = feats.cpu().numpy()
+            if not np.isfinite(out).all():
+                raise PrunekitError(f"the encoder returned NaN/inf features for rows "
+                                    f"{a}..{a + out.shape[0] - 1}.")
+            yield a, out
 
 
 def embed_images(inputs: ImageInput, encoder: Encoder, *, batch_size: int = 64,

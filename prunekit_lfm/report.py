@@ -17,6 +17,8 @@ from typing import Any
 import numpy as np
 
 from prunekit.atomic import write_bytes, write_text
+from prunekit.flow.plot import stability_figure as core_stability_figure
+from prunekit.provenance import jsonable
 
 from .demo_results import DemoResults
 
@@ -210,22 +212,9 @@ def c2f_figure(results: DemoResults) -> bytes:
 
 
 def stability_figure(results: DemoResults) -> bytes:
-    plt = _plt()
-    rows = results.stability.rows
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for crit in sorted({r["criterion"] for r in rows}):
-        rs = sorted((r for r in rows if r["criterion"] == crit), key=lambda r: r["pr"])
-        style = "kx" if crit == "drop-clusters" else "o-"
-        axes[0].plot([r["pr"] for r in rs], [r["unchanged_fraction"] for r in rs], style, label=crit, ms=8)
-        axes[1].plot([r["pr"] for r in rs], [r["path_deviation_median"] for r in rs], style, label=crit, ms=8)
-    axes[0].set_ylabel("unchanged assignment fraction")
-    axes[1].set_ylabel("path deviation (median)")
-    for ax in axes:
-        ax.set_xlabel("pr (fraction removed)")
-        ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=7)
-    axes[0].set_title("closed-form flow on the same embeddings", fontsize=10)
-    return _png(fig)
+    """The closed-form stability curves, drawn by the core's own figure (one per criterion)."""
+    return core_stability_figure(results.stability.rows,
+                                 title="closed-form flow on the same embeddings")
 
 
 # --------------------------------------------------------------------------- the report
@@ -246,7 +235,7 @@ def write_report(out: Path, results: DemoResults, grid: dict[str, np.ndarray]) -
     sections = _sections(results)
     write_text(out / "report.md", _markdown(results, sections))
     write_text(out / "index.html", _html(results, sections))
-    write_text(out / "results.json", json.dumps(_jsonable(results.to_dict()), indent=2, sort_keys=True) + "\n")
+    write_text(out / "results.json", json.dumps(jsonable(results.to_dict()), indent=2, sort_keys=True) + "\n")
 
 
 def _grid_order(names: list[str]) -> list[str]:
@@ -328,17 +317,3 @@ def _html(results: DemoResults, sections) -> str:
             parts.append(f"<img src='{fig}' alt='{html.escape(title)}'>")
     parts.append("<p>Every number is in <a href='results.json'>results.json</a>.</p></body></html>\n")
     return "\n".join(parts)
-
-
-def _jsonable(v: Any) -> Any:
-    if isinstance(v, dict):
-        return {str(k): _jsonable(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [_jsonable(x) for x in v]
-    if isinstance(v, np.generic):
-        v = v.item()
-    if isinstance(v, float) and not np.isfinite(v):
-        return None if np.isnan(v) else ("inf" if v > 0 else "-inf")
-    if isinstance(v, Path):
-        return str(v)
-    return v

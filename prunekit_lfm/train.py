@@ -256,6 +256,8 @@ def train(
         cfg_dropout=cfg_dropout if conditional else 0.0, t_schedule=t_schedule, seed=seed,
         checkpoint_every=checkpoint_every, world_size=dist.world_size,
     )
+    if steps < 1:  # TrainConfig allows 0 (a run not yet trained); a training needs a step
+        raise PrunekitError(f"steps must be >= 1 (got {steps}); pass --steps N.")
     if batch_size % dist.world_size:
         raise PrunekitError(
             f"batch size must be a positive multiple of the {dist.world_size} processes (got {batch_size})."

@@ -175,6 +175,9 @@ def test_kmeans_method_uses_the_budget_sample():
     assert s.params["sample_rows"] == 1500 and s.params["sample_of"] == 3000
     full = pk.score(emb, "kmeans", k=3, progress=False)
     assert full.params["sample_rows"] == 3000 and full.params["sample_drawn"] == "all rows"
+    with budget("100K"), pytest.raises(pk.PrunekitError, match=r"a k-means sample of 3000 rows "
+                                                               r"needs .* smaller --sample"):
+        pk.score(emb, "kmeans", k=3, sample=5000, progress=False)
 
 
 # ------------------------------------------------------------------ grouping by cluster
@@ -259,3 +262,34 @@ def test_greedy_over_budget_refuses_with_the_cost():
         assert s.order.size == 4000
     with budget("4K"), pytest.raises(pk.PrunekitError, match=r"cluster \d+ has \d+ rows .* --memory"):
         pk.score(emb, "kcenter", within=km, progress=False)
+
+
+def test_streamed_paths_hold_less_than_the_matrix(tmp_path, monkeypatch):
+    """k-means with a sample and k-center --within never hold the (N, D) matrix.
+
+    300 000 x 128 float16 on disk is 154 MB as float32; with a 32 MB budget (1 MB chunks)
+    the peak of traced allocations stays near the per-row arrays (~60 B a row) plus the
+    budget and a task's fixed working memory.
+    """
+    import tracemalloc
+
+    monkeypatch.setattr(engine_mod, "CHUNK_BYTES", 1 << 20)
+    rng = np.random.default_rng(0)
+    centres = rng.standard_normal((10, 128)).astype(np.float32) * 3
+    x = (centres[rng.integers(0, 10, 300_000)] + rng.standard_normal((300_000, 128),
+                                                                      dtype=np.float32))
+    np.save(tmp_path / "emb.npy", x.astype(np.float16))
+    del x
+    emb = pk.load_embeddings(tmp_path / "emb.npy")
+    matrix = emb.n * emb.dim * 4
+    with budget("32M"), use(LocalEngine(2)):
+        tracemalloc.start()
+        km = pk.score(emb, "kmeans", k=10, progress=False)
+        kmeans_peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.reset_peak()
+        kc = pk.score(emb, "kcenter", within=km, max_keep=20, progress=False)
+        within_peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    assert km.params["sample_rows"] < emb.n and kc.order.size == 200
+    assert kmeans_peak < 0.5 * matrix, kmeans_peak
+    assert within_peak < 0.5 * matrix, within_peak

@@ -296,20 +296,14 @@ def check_clean_failure(result, message: str) -> None:
     assert message in err, err
 
 
-# Cases of the core not passing yet: each fails today (strict), and passes once fixed.
-KNOWN = {
-    "score-loss-nonutf8": "methods/loss.py reads a CSV that is not UTF-8 with a traceback",
-    "score-loss-deep-json": "methods/loss.py parses deeply nested JSON with a RecursionError traceback",
-}
-
-
 def _params(cases, known):
+    """Cases as pytest params; a known failure is a strict xfail (it fails loudly once fixed)."""
     for name, argv, message in cases:
         marks = [pytest.mark.xfail(strict=True, reason=known[name])] if name in known else []
         yield pytest.param(argv, message, id=name, marks=marks)
 
 
-@pytest.mark.parametrize("argv, message", list(_params(CASES, KNOWN)))
+@pytest.mark.parametrize("argv, message", list(_params(CASES, {})))
 def test_bad_input_is_one_clean_error_and_writes_nothing(corpus, monkeypatch, argv, message):
     monkeypatch.chdir(corpus)
     monkeypatch.setenv("PRUNEKIT_AVAILABLE_MEMORY", str(2**30))
@@ -319,13 +313,7 @@ def test_bad_input_is_one_clean_error_and_writes_nothing(corpus, monkeypatch, ar
     assert snapshot(corpus) == before
 
 
-# Cases the plug-in does not pass yet: each fails today (strict), and passes once fixed.
-LFM_KNOWN = {
-    "lfm-train-steps": "lfm train reads the latents file before it checks --steps",
-}
-
-
-@pytest.mark.parametrize("argv, message", list(_params(LFM_CASES, LFM_KNOWN)))
+@pytest.mark.parametrize("argv, message", list(_params(LFM_CASES, {})))
 def test_lfm_option_validation(corpus, monkeypatch, argv, message):
     pytest.importorskip("torch")
     monkeypatch.chdir(corpus)

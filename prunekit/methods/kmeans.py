@@ -7,7 +7,7 @@ Together with ``select --balance clusters`` this is the paper's balanced cluster
 
 from __future__ import annotations
 
-from ..budget import memory_budget
+from ..budget import check_budget, memory_budget
 from ..cluster import BACKENDS, SamplePlan, kmeans_streamed, sample_plan
 from ..embeddings import Embeddings
 from ..engine import current as current_engine
@@ -62,10 +62,11 @@ def kmeans_scores(
     """
     if sample is None:
         plan = sample_plan(emb.n, int(k), emb.dim, emb.dtype.itemsize, memory_budget())
-    elif sample >= emb.n:
-        plan = SamplePlan(emb.n, emb.n, "all rows")
     else:
-        plan = SamplePlan(int(sample), emb.n,
+        rows = min(int(sample), emb.n)
+        check_budget(rows * emb.dim * (4 + emb.dtype.itemsize), f"a k-means sample of {rows} rows",
+                     "give a smaller --sample (or leave it out), or raise --memory.")
+        plan = SamplePlan(rows, emb.n, "all rows" if rows == emb.n else
                           "uniform without replacement, seeded by (seed, 'kmeans-sample')")
     res = kmeans_streamed(
         emb.source_obj, emb.rows, int(k), plan=plan, iters=int(iters), seed=seed,

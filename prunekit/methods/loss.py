@@ -25,6 +25,7 @@ import numpy as np
 from ..embeddings import Embeddings
 from ..errors import PrunekitError
 from ..h5io import decode_ids, open_h5, require
+from ..ids import id_positions
 from ..params import Param
 from . import MethodResult, register
 
@@ -104,15 +105,27 @@ def read_score_file(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray | N
 
 def _number(value: object, where: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise PrunekitError(f"{where} is {value!r}, not a number; every score must be a number.")
-    return float(value)
+        raise PrunekitError(f"{where} is {_short(value)}, not a number; every score must be a number.")
+    try:
+        return float(value)
+    except OverflowError:  # an integer beyond float64's range
+        raise PrunekitError(f"{where} is {_short(value)}, beyond the float64 range.") from None
+
+
+def _short(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def _read_json(p: Path) -> tuple[np.ndarray, np.ndarray | None]:
     try:
         data = json.loads(p.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise PrunekitError(f"{p} is not valid JSON: {exc}") from exc
+    except (ValueError, UnicodeDecodeError) as exc:  # ValueError covers huge integer literals
+        raise PrunekitError(f"{p} is not valid JSON (UTF-8 text): {exc}") from exc
+    except RecursionError:
+        raise PrunekitError(
+            f"{p} is nested too deeply to be a score file; give {{id: score}} or a list of scores."
+        ) from None
     if isinstance(data, dict):
         values = [_number(v, f"{p} entry '{k}'") for k, v in data.items()]
         return np.array(values, dtype=np.float64), np.array(list(data.keys()), dtype=object)
@@ -122,8 +135,14 @@ def _read_json(p: Path) -> tuple[np.ndarray, np.ndarray | None]:
 
 
 def _read_csv(p: Path) -> tuple[np.ndarray, np.ndarray | None]:
-    with open(p, newline="", encoding="utf-8") as fh:
-        rows = [r for r in csv.reader(fh) if r and any(c.strip() for c in r)]
+    try:
+        with open(p, newline="", encoding="utf-8") as fh:
+            rows = [r for r in csv.reader(fh) if r and any(c.strip() for c in r)]
+    except UnicodeDecodeError as exc:
+        raise PrunekitError(f"{p} is not UTF-8 text ({exc.reason} at byte {exc.start}); "
+                            "save the CSV as UTF-8.") from None
+    except csv.Error as exc:
+        raise PrunekitError(f"{p} is not a valid CSV file: {exc}.") from None
     ids: list[str] = []
     values: list[float] = []
     for i, row in enumerate(rows):
@@ -145,36 +164,30 @@ def _by_id(values: np.ndarray, ids: np.ndarray, emb: Embeddings, name: str) -> n
     assert target is not None
     if target.dtype.kind in "iu":
         ids = _as_int_ids(ids)
-        key_dtype = np.int64
-    else:
-        ids = np.array([str(v) for v in ids], dtype=object)
-        key_dtype = str
-    file_keys = np.asarray(ids, dtype=key_dtype)
-    emb_keys = np.asarray(target, dtype=key_dtype)
-    uniq, counts = np.unique(file_keys, return_counts=True)
-    if uniq.size != file_keys.size:
+    else:  # string ids: compare the file's ids as text, whatever their type there
+        ids = np.array([str(v) for v in ids.tolist()], dtype=object)
+    uniq, counts = np.unique(np.asarray([str(v) for v in ids.tolist()]), return_counts=True)
+    if uniq.size != ids.size:
         dup = ", ".join(map(str, uniq[counts > 1][:NAMED]))
         raise PrunekitError(f"{name} has duplicate ids (e.g. {dup}); each id needs one score.")
-    sorter = np.argsort(file_keys, kind="stable")
-    pos = np.searchsorted(file_keys, emb_keys, sorter=sorter)
-    pos = np.minimum(pos, file_keys.size - 1)
-    found = file_keys[sorter[pos]] == emb_keys
+    pos, found = id_positions(target, ids)
     missing = np.flatnonzero(~found[emb.rows])
-    extra = ~np.isin(file_keys, emb_keys)
-    if missing.size or extra.any():
+    _, known = id_positions(ids, target)
+    extra = np.flatnonzero(~known)
+    if missing.size or extra.size:
         parts = []
         if missing.size:
             parts.append(f"{missing.size} embedding ids have no score (e.g. "
-                         f"{', '.join(map(str, emb_keys[emb.rows[missing[:NAMED]]]))})")
-        if extra.any():
-            parts.append(f"{int(extra.sum())} ids are not in the embeddings (e.g. "
-                         f"{', '.join(map(str, file_keys[extra][:NAMED]))})")
+                         f"{', '.join(map(str, target[emb.rows[missing[:NAMED]]]))})")
+        if extra.size:
+            parts.append(f"{extra.size} ids are not in the embeddings (e.g. "
+                         f"{', '.join(map(str, ids[extra[:NAMED]]))})")
         raise PrunekitError(
             f"{name} does not match the ids of {emb.source}: {'; '.join(parts)}. "
             "Score exactly the embedded items."
         )
     out = np.full(emb.n_total, np.nan)
-    out[found] = values[sorter[pos[found]]]
+    out[found] = values[pos[found]]
     return out
 
 

@@ -4,16 +4,11 @@ from __future__ import annotations
 
 import click
 
+from prunekit.cli.common import seed_option, split_values
 from prunekit.errors import PrunekitError
 
-#: The project's rule for seeds: integers 0 <= seed < 2**63.
-SEED = click.IntRange(0, 2**63 - 1)
 POSITIVE = click.IntRange(min=1)
 DEVICE_HELP = "auto (cuda when available, else cpu), cpu, cuda, cuda:N or mps."
-
-
-def seed_option(help: str = "Seed of every random choice (0 <= seed < 2**63).", default: int = 0):
-    return click.option("--seed", type=SEED, default=default, show_default=True, help=help)
 
 
 def device_option(default: str = "auto"):
@@ -33,14 +28,7 @@ def with_options(options):
 
 def parse_ints(values: tuple[str, ...], what: str) -> list[int] | None:
     """Repeated options and comma lists ("1,2" "3") -> [1, 2, 3]; None when empty."""
-    out = []
-    for value in values:
-        for part in value.replace(",", " ").split():
-            try:
-                out.append(int(part))
-            except ValueError:
-                raise PrunekitError(f"{what} value '{part}' is not an integer.") from None
-    return out or None
+    return split_values(values, int, what) or None
 
 
 def check_suffix(path: str | None, what: str, suffixes: tuple[str, ...]) -> None:
