@@ -10,9 +10,11 @@ process, like a user's; its wall time is measured outside, its peak RSS inside
   (``prunekit plan``, made just before) and the ratio predicted / measured;
 * the growth exponent of each command's time in N (least squares on log-log);
 * k-means against its floor: faiss on the sample plus one read of the data at the
-  probed speed.
+  probed speed;
+* with Ray engines (``--engines local,ray1,ray2``): the cost of starting Ray (the same
+  command with ``-m random``), and whether each engine wrote the same arrays as local.
 
-    python benchmarks/bench_scale.py --quick            # 10^5 rows, all formats (minutes)
+    python benchmarks/bench_scale.py --quick            # 10^5 rows, all formats, 5 iterations
     python benchmarks/bench_scale.py --sizes 1e5,1e6 --formats h5
     python benchmarks/bench_scale.py --sizes 1e7 --formats h5 --engines local,ray1,ray2
 """
@@ -132,11 +134,12 @@ def run(args: list[str], cwd: Path) -> tuple[float, float, str]:
     return wall, (int(rss[-1].split()[1]) / 1024 if rss else float("nan")), res.stdout
 
 
-def predicted(args: list[str], cwd: Path) -> tuple[float, dict]:
-    """The plan's local prediction (seconds) and the plan itself."""
-    _, _, out = run(["plan", *args, "--json"], cwd)
+def predicted(args: list[str], cwd: Path, engine: str = "local") -> tuple[float, dict]:
+    """The plan's prediction (seconds) for ``engine`` and the plan itself."""
+    workers = ENGINES[engine][-1] if engine != "local" else "8"
+    _, _, out = run(["plan", *args, "--workers", workers, "--json"], cwd)
     p = json.loads(out)
-    return p["seconds_local"], p
+    return p["seconds_local" if engine == "local" else "seconds_ray"], p
 
 
 def has_engines(cwd: Path) -> bool:
@@ -176,21 +179,29 @@ def bench_size(n: int, formats: list[str], engines: list[str], k: int, iters: in
         record("info", "local", ["info", emb, "--json"])
         record("random", "local", ["score", emb, "-m", "random", "-o", "random.h5", "-q"],
                [emb, "-m", "random"])
+        km_args = ["-m", "kmeans", "--k", str(k), "--iters", str(iters)]
+        if "kmeans" in commands:
+            record("kmeans", "local", ["score", emb, *km_args, "-o", "km-local.h5", "-q"],
+                   [emb, *km_args])
+        else:  # the commands below need its clusters
+            run(["score", emb, *km_args, "-o", "km-local.h5", "-q"], work)
+        record("select", "local", ["select", "km-local.h5", "--pr", "0.9", "--balance", "clusters",
+                                   "-o", "sel.h5"])
         for engine in engines:
             eng = ENGINES[engine]
             if engine != "local" and fmt != formats[0]:
                 continue  # engines are compared on the first format only
-            km = f"km-{engine}.h5"
-            km_args = ["-m", "kmeans", "--k", str(k), "--iters", str(iters)]
-            record("kmeans", engine, ["score", emb, *km_args, "-o", km, "-q", *eng], [emb, *km_args])
-            if engine == "local":
-                record("select", engine, ["select", km, "--pr", "0.9", "--balance", "clusters",
-                                          "-o", "sel.h5"])
+            if engine != "local":  # what starting and stopping Ray costs a command
+                _record(rows, n, fmt, work, "ray start", engine,
+                        ["score", emb, "-m", "random", "-o", "r.h5", "-q", *eng], None)
+                record("kmeans", engine, ["score", emb, *km_args, "-o", f"km-{engine}.h5", "-q", *eng],
+                       [emb, *km_args])
             for method in ("herding", "kcenter"):
                 record(method, engine,
-                       ["score", emb, "-m", method, "--within", km, "--max-keep", str(keep),
+                       ["score", emb, "-m", method, "--within", "km-local.h5", "--max-keep", str(keep),
                         "-o", f"{method}-{engine}.h5", "-q", *eng],
-                       [emb, "-m", method, "--within", km, "--max-keep", str(keep)])
+                       [emb, "-m", method, "--within", "km-local.h5", "--max-keep", str(keep)])
+        _same_across_engines(work, engines, rows)
         record("inspect", "local", ["inspect", "sel.h5", "--scores", "km-local.h5",
                                     "--embeddings", emb, "--json", "-q"])
         shutil.rmtree(work)
@@ -201,10 +212,23 @@ def bench_size(n: int, formats: list[str], engines: list[str], k: int, iters: in
                 p.unlink()
 
 
+def _same_across_engines(work: Path, engines: list[str], rows: list[dict]) -> None:
+    """Mark each row of another engine with whether its arrays equal the local engine's."""
+    for r in rows:
+        if r["engine"] == "local" or "identical" in r:
+            continue
+        name = "km" if r["command"] == "kmeans" else r["command"]
+        a, b = work / f"{name}-local.h5", work / f"{name}-{r['engine']}.h5"
+        if a.exists() and b.exists():
+            with h5py.File(a, "r") as fa, h5py.File(b, "r") as fb:
+                r["identical"] = all(np.array_equal(fa[d][()], fb[d][()]) for d in fa
+                                     if isinstance(fa[d], h5py.Dataset))
+
+
 def _record(rows: list[dict], n: int, fmt: str, work: Path, cmd: str, engine: str,
             args: list[str], plan_args: list[str] | None) -> None:
     """Plan (when ``plan_args``), run, and append one result row."""
-    pred, plan = predicted(plan_args, work) if plan_args else (float("nan"), None)
+    pred, plan = predicted(plan_args, work, engine) if plan_args else (float("nan"), None)
     wall, rss, _ = run(args, work)
     rows.append({"n": n, "format": fmt, "command": cmd, "engine": engine, "seconds": wall,
                  "rss_mib": rss, "predicted": pred,
@@ -234,27 +258,32 @@ def growth(rows: list[dict]) -> dict[tuple, float]:
 
 def print_tables(rows: list[dict], start: float) -> None:
     print(f"process start (imports, no work): {start:.1f} s; 'plan / measured' compares the plan "
-          "with the measured time less this start")
-    print("| N | format | command | engine | seconds | peak RSS MiB | plan s | plan / measured |")
-    print("|---|---|---|---|---:|---:|---:|---:|")
+          "with the measured time less this start (and less the Ray start measured on the "
+          "same engine: 'ray start' rows, a command that starts Ray and does no work)")
+    ray_start = {(r["n"], r["format"], r["engine"]): r["seconds"] - start
+                 for r in rows if r["command"] == "ray start"}
+    print("| N | format | command | engine | seconds | peak RSS MiB | plan s | plan / measured | same arrays as local |")
+    print("|---|---|---|---|---:|---:|---:|---:|---|")
     for r in rows:
-        work = r["seconds"] - start
+        work = r["seconds"] - start - ray_start.get((r["n"], r["format"], r["engine"]), 0.0)
         # Below a second of work the ratio says more about process start than the plan.
         ratio = r["predicted"] / work if r["predicted"] == r["predicted"] and work >= 1 else float("nan")
         print(f"| {r['n']:.0e} | {r['format']} | {r['command']} | {r['engine']} | {r['seconds']:.1f} "
-              f"| {r['rss_mib']:.0f} | {_f(r['predicted'])} | {_f(ratio, 2)} |")
+              f"| {r['rss_mib']:.0f} | {_f(r['predicted'])} | {_f(ratio, 2)} | "
+              f"{ {True: 'yes', False: 'NO'}.get(r.get('identical'), '') } |")
     g = growth(rows)
     if g:
         print("\n| format | command | engine | growth exponent (time ~ N^x) |")
         print("|---|---|---|---:|")
         for (fmt, cmd, eng), x in g.items():
             print(f"| {fmt} | {cmd} | {eng} | {x:.2f} |")
-    km = [r for r in rows if r["command"] == "kmeans" and r["floor"] == r["floor"]]
+    km = [r for r in rows if r["command"] == "kmeans" and r["engine"] == "local"
+          and r["floor"] == r["floor"]]
     if km:
-        print("\n| N | format | engine | k-means s | floor s (sample Lloyd + one read) | ratio |")
-        print("|---|---|---|---:|---:|---:|")
+        print("\n| N | format | k-means s | floor s (sample Lloyd + one read) | ratio |")
+        print("|---|---|---:|---:|---:|")
         for r in km:
-            print(f"| {r['n']:.0e} | {r['format']} | {r['engine']} | {r['seconds']:.1f} | "
+            print(f"| {r['n']:.0e} | {r['format']} | {r['seconds']:.1f} | "
                   f"{r['floor']:.1f} | {r['seconds'] / r['floor']:.2f} |")
 
 
@@ -264,12 +293,14 @@ def _f(v: float, digits: int = 1) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--quick", action="store_true", help="10^5 rows only (the default run)")
+    ap.add_argument("--quick", action="store_true",
+                    help="10^5 rows, k-means with 5 Lloyd iterations: a few minutes on 2 cores")
     ap.add_argument("--sizes", default="1e5", help="comma-separated N, e.g. 1e5,1e6,1e7")
     ap.add_argument("--formats", default="h5,npy,parquet")
     ap.add_argument("--engines", default="local", help="local,ray1,ray2 (ray needs prunekit[ray])")
     ap.add_argument("--k", type=int, default=1000)
-    ap.add_argument("--iters", type=int, default=25, help="k-means Lloyd iterations")
+    ap.add_argument("--iters", type=int, default=None,
+                    help="k-means Lloyd iterations (default 25, or 5 with --quick)")
     ap.add_argument("--memory", help="memory budget of every command, e.g. 1G (PRUNEKIT_MEMORY)")
     ap.add_argument("--max-keep", type=int, default=100, help="greedy picks per cluster")
     ap.add_argument("--commands", default=",".join(COMMANDS),
@@ -295,7 +326,8 @@ def main() -> None:
             sys.exit(f"needs about {need / 2**30:.1f} GiB in {scratch}, {free / 2**30:.1f} GiB free")
         rows: list[dict] = []
         for n in sizes:
-            bench_size(n, formats, engines, min(a.k, n), a.iters, a.max_keep, scratch, rows,
+            iters = a.iters or (5 if a.quick else 25)
+            bench_size(n, formats, engines, min(a.k, n), iters, a.max_keep, scratch, rows,
                        tuple(a.commands.split(",")))
         print_tables(rows, start)
         if a.json_out:

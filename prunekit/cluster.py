@@ -335,7 +335,8 @@ def sample_plan(n: int, k: int, d: int, itemsize: int, budget: int) -> SamplePla
     m = int(min(n, fits, max(SAMPLE_MIN, SAMPLE_PER_CLUSTER * k)))
     if m < k:
         raise PrunekitError(
-            f"k-means with k={k} needs a sample of at least {k} rows ({k * per_row / 2**20:.0f} MiB "
+            f"k-means with k={k} needs a sample of at least {k} rows "
+            f"({k * per_row / 2**20:.0f} MiB "
             f"at {d} dimensions), but the memory budget of {budget / 2**20:.0f} MiB holds {m}. "
             "Raise --memory or lower --k."
         )
@@ -371,7 +372,7 @@ def kmeans_streamed(
        the means (renormalised when spherical; an empty cluster keeps its centroid).
     3. One streamed assignment pass: labels and distances of every row, chunk by chunk.
 
-    ``src`` has ``chunks``/``read``/``read_rows`` (see :func:`prunekit.engine.source_of`);
+    ``src`` has ``chunks``/``read``/``read_rows`` (:class:`prunekit.source.EmbeddingSource`);
     ``rows`` are the positions of its usable (finite) rows. Chunks run on ``engine`` and
     record their results in ``work`` (a :class:`prunekit.resume.WorkDir`). Labels and
     distances come back in compact order (one per usable row). As many chunks run at a
@@ -426,7 +427,8 @@ def kmeans_streamed(
                         int(info["restart"]), int(info["restarts"]))
 
 
-def _prepared(src, ref, dropped: np.ndarray | None, spherical: bool) -> tuple[np.ndarray, np.ndarray]:
+def _prepared(src, ref, dropped: np.ndarray | None,
+              spherical: bool) -> tuple[np.ndarray, np.ndarray]:
     """A chunk as float32 (dropped rows zeroed, normalised when spherical) and its usable mask."""
     x = np.array(src.read(ref), dtype=np.float32, order="C")
     ok = np.ones(x.shape[0], dtype=bool)

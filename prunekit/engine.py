@@ -16,8 +16,8 @@ implementations:
 Determinism contract: chunk boundaries come from the data (never from ``workers``), every
 task runs its BLAS single-threaded (so a chunk's floating-point result does not depend on
 how many threads the machine has), and every random draw is keyed by
-:func:`prunekit.seeds.role_rng` (seed, role, chunk or cluster id). Local, ``ray --workers 1`` and
-``ray --workers 8`` therefore write the same bytes.
+:func:`prunekit.seeds.role_rng` (seed, role, chunk or cluster id). Local,
+``ray --workers 1`` and ``ray --workers 8`` therefore write the same bytes.
 
 The engine a method uses is the one made current by :func:`use` (the CLI's ``--engine``),
 or a local engine with one worker per core; no other code knows which engine runs.
@@ -79,10 +79,6 @@ class Engine:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-    def describe(self) -> dict[str, Any]:
-        """How the engine ran, for a scores file's params."""
-        return {"engine": self.name, "workers": self.workers}
 
 
 def _single_threaded(fn: Fn, shared: Any, item: Any) -> Any:
@@ -151,8 +147,9 @@ class RayEngine(Engine):
                     ray.init(address=address, include_dashboard=False, log_to_driver=False,
                              logging_level=logging.WARNING)
                 except (ConnectionError, RuntimeError, ValueError) as exc:
+                    why = str(exc).rstrip(".")
                     raise PrunekitError(
-                        f"cannot join the Ray cluster at --ray-address {address}: {str(exc).rstrip('.')}. "
+                        f"cannot join the Ray cluster at --ray-address {address}: {why}. "
                         "Start one with 'ray start --head' or leave --ray-address out."
                     ) from exc
             else:
@@ -161,7 +158,6 @@ class RayEngine(Engine):
             self._owns = True
         cpus = int(ray.cluster_resources().get("CPU", 1))
         self.workers = max(1, int(workers)) if workers else max(1, cpus)
-        self.address = address
         self._ray = ray
         self._task = ray.remote(num_cpus=1, max_retries=RAY_MAX_RETRIES)(_single_threaded)
 
@@ -205,12 +201,6 @@ class RayEngine(Engine):
                 "check the workers' memory and logs, then run the command again "
                 "(with --resume to keep the work done so far)."
             ) from exc
-
-    def describe(self) -> dict[str, Any]:
-        out = super().describe()
-        if self.address:
-            out["ray_address"] = self.address
-        return out
 
     def close(self) -> None:
         if self._owns and self._ray.is_initialized():
@@ -292,8 +282,6 @@ def use(engine: Engine) -> Iterator[Engine]:
 # --------------------------------------------------------------------------- row chunks
 
 CHUNK_BYTES = 32 << 20  # float32 bytes of one chunk: its size follows the data's width only
-
-
 MIN_CHUNK_ROWS = 1024
 
 
@@ -305,8 +293,3 @@ def chunk_rows_for(dim: int) -> int:
     """
     rows = max(1, CHUNK_BYTES // (4 * max(1, int(dim))))
     return max(MIN_CHUNK_ROWS, 1 << (rows.bit_length() - 1))
-
-
-def source_of(emb: Any) -> Any:
-    """The chunked row source (:class:`prunekit.source.EmbeddingSource`) of an Embeddings."""
-    return emb.source_obj

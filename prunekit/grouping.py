@@ -80,7 +80,7 @@ def layout(clusters: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 def group_rows(src, rows: np.ndarray, clusters: np.ndarray, path: str | os.PathLike, *,
                chunk_rows: int, progress: bool = True,
                lay: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None) -> GroupedRows:
-    """Write the usable ``rows`` of ``src`` grouped by ``clusters`` (one per usable row) to ``path``.
+    """Write the usable ``rows`` of ``src``, grouped by ``clusters`` (one a row), to ``path``.
 
     One sequential pass over ``src``: each chunk's usable rows are sorted by cluster
     (stable) and each cluster's run is written at that cluster's next free place. ``lay``

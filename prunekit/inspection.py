@@ -14,7 +14,7 @@ import numpy as np
 from .dedup import duplicate_counts, render_counts
 from .embeddings import Embeddings, load_embeddings
 from .errors import PrunekitError
-from .quality import group_counts, mmd_report
+from .quality import MMD_SAMPLE, group_counts, mmd_report
 from .scores import Scores, load_scores
 from .selection import Selection, load_selection, resolve_rows
 
@@ -46,6 +46,7 @@ def inspect(
     random_draws: int = 5,
     seed: int = 0,
     rff_dim: int = 512,
+    mmd_sample: int | None = MMD_SAMPLE,
     progress: bool = False,
 ) -> dict[str, Any]:
     """The inspect report of a selection as a JSON-ready dict.
@@ -56,7 +57,10 @@ def inspect(
     semdedup scores ``duplicates`` (:func:`prunekit.dedup.duplicate_counts`). With
     ``embeddings`` (any feature space, matched by ids or positions): ``mmd``, the RFF-MMD
     of the kept rows to the full set next to ``random_draws`` uniform subsets of the same
-    size. Each argument is an object or a path.
+    size, estimated on at most ``mmd_sample`` rows of each side (None: all rows; see
+    :func:`prunekit.quality.mmd_report`). Each argument is an object or a path. The MMD's
+    chunk tasks run on the current engine (:func:`prunekit.engine.use`); the report is the
+    same on every engine.
     """
     names = (_named(selection, "selection"), _named(scores, "scores"), _named(embeddings, "embeddings"))
     sel = selection if isinstance(selection, Selection) else load_selection(selection)
@@ -65,7 +69,8 @@ def inspect(
     if emb is not None and not isinstance(emb, Embeddings):
         emb = load_embeddings(emb, key=key, drop_nonfinite=drop_nonfinite)
     return inspect_selection(sel, scores=sc, emb=emb, names=names, random_draws=random_draws,
-                             seed=seed, rff_dim=rff_dim, progress=progress)
+                             seed=seed, rff_dim=rff_dim, mmd_sample=mmd_sample,
+                             progress=progress)
 
 
 def inspect_selection(
@@ -77,6 +82,7 @@ def inspect_selection(
     random_draws: int = 5,
     seed: int = 0,
     rff_dim: int = 512,
+    mmd_sample: int | None = MMD_SAMPLE,
     progress: bool = True,
 ) -> dict[str, Any]:
     """:func:`inspect` on loaded objects; ``names`` say how errors call them."""
@@ -106,7 +112,7 @@ def inspect_selection(
         if labels is None and emb.labels is not None:
             labels = (emb.labels, emb.rows, rows)
         out["mmd"] = mmd_report(emb, rows, random_draws=random_draws, seed=seed,
-                                n_features=rff_dim, progress=progress)
+                                n_features=rff_dim, sample=mmd_sample, progress=progress)
         out["mmd"]["same_embeddings"] = (
             not sel.source_fingerprint or sel.source_fingerprint == emb.fingerprint
         )
@@ -147,11 +153,17 @@ def render(report: dict[str, Any]) -> str:
         lines += render_counts(report["duplicates"])
     if "mmd" in report:
         m = report["mmd"]
+        err = "" if m.get("kept_error") is None else f" +- {m['kept_error']:.5f}"
+        rand = ("" if m["random_mean"] is None else
+                f"   random subsets of {m['n_kept']}: {m['random_mean']:.5f} +- "
+                f"{m['random_std']:.5f} ({len(m['random'])} draws)")
         lines.append(
             f"RFF-MMD to the full set (sigma {m['sigma']:.4g}, {m['n_features']} features): "
-            f"kept {m['kept']:.5f}   random subsets of {m['n_kept']}: "
-            f"{m['random_mean']:.5f} +- {m['random_std']:.5f} ({len(m['random'])} draws)"
+            f"kept {m['kept']:.5f}{err}{rand}"
         )
+        if m.get("n_sample", m["n_full"]) < m["n_full"] or m.get("kept_error") is not None:
+            lines.append(f"  (estimated on a seeded sample of {m['n_sample']} of {m['n_full']} rows; "
+                         "+- is the jackknife standard error)")
         if not m["same_embeddings"]:
             lines.append("  (these embeddings are not the ones the selection was made from)")
     return "\n".join(lines)

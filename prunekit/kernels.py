@@ -9,20 +9,22 @@ from __future__ import annotations
 
 import numpy as np
 
-from .distances import sq_distances
+from .distances import sq_distances, sq_norms
 from .errors import PrunekitError
 
 # 1 / sigma times a normal draw (|z| < 40) must stay a finite, non-denormal float32.
 MIN_SIGMA, MAX_SIGMA = 1e-30, 1e30
 
 MEDIAN_SAMPLE = 4096
+MEDIAN_BLOCK_BYTES = 2 << 20  # temporaries of one block of the median heuristic
 
 
 def median_sigma(x: np.ndarray, *, seed: int = 0, sample: int = MEDIAN_SAMPLE) -> float:
     """sigma with sigma^2 = median pairwise squared distance / 2, on <= ``sample`` rows.
 
     The rows are drawn without replacement with ``seed`` when there are more than
-    ``sample``. Only distinct pairs (i < j) count.
+    ``sample``. Only distinct pairs (i < j) count. Memory: the m (m - 1) / 2 pair distances
+    (float64: 64 MiB at the default 4096 rows) and one block of rows, whatever ``x`` holds.
     """
     n = x.shape[0]
     if n < 2:
@@ -30,9 +32,36 @@ def median_sigma(x: np.ndarray, *, seed: int = 0, sample: int = MEDIAN_SAMPLE) -
     rows = np.arange(n) if n <= sample else np.sort(
         np.random.default_rng(seed).choice(n, size=sample, replace=False)
     )
-    d2 = sq_distances(x[rows])
-    med = float(np.median(d2[np.triu_indices(len(rows), k=1)]))
+    med = median_pair_sq_distance(x[rows])
     return float(np.sqrt(med / 2.0)) if med > 0 else 1.0
+
+
+def median_pair_sq_distance(x: np.ndarray, block_bytes: int = MEDIAN_BLOCK_BYTES) -> float:
+    """Median of ||x_i - x_j||^2 over the pairs i < j, computed a block of rows at a time.
+
+    Each block holds rows a..b against rows a.. (the upper triangle only); every distance is
+    the same float64 number :func:`prunekit.distances.sq_distances` gives, so the median is
+    too. The pairs are kept in one float64 vector and partitioned in place.
+    """
+    x = np.asarray(x, dtype=np.float64)
+    m = x.shape[0]
+    sq = sq_norms(x)
+    pairs = np.empty(m * (m - 1) // 2, dtype=np.float64)
+    step = max(1, block_bytes // (16 * m))  # two (step x m) float64 temporaries
+    pos = 0
+    for a in range(0, m, step):
+        b = min(a + step, m)
+        d2 = sq[a:b, None] + sq[None, a:]
+        prod = x[a:b] @ x[a:].T
+        prod *= 2.0
+        d2 -= prod  # (||x_i||^2 + ||x_j||^2) - 2 x_i.x_j, in sq_distances' order
+        np.maximum(d2, 0.0, out=d2)
+        for i in range(b - a):  # row a + i pairs with the rows after it
+            row = d2[i, i + 1 :]
+            pairs[pos : pos + row.size] = row
+            pos += row.size
+        del d2, prod  # before the next block's are made
+    return float(np.median(pairs, overwrite_input=True))
 
 
 def rbf(x: np.ndarray, y: np.ndarray, sigma: float) -> np.ndarray:

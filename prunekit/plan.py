@@ -10,7 +10,8 @@ The cost model, per step (``B`` = bytes of the matrix, ``n`` rows of ``d`` value
 * a streamed pass takes ``max(B / read, flops / (tasks x GEMM per thread))``; locally the
   reads share one disk (one stream), on Ray each worker reads its own chunks (``W`` streams
   at the probed rate: right for a shared file system that scales, optimistic otherwise);
-* the load pass (hash, NaN check, norms) is ``B / read + B / scan``, or free when cached;
+* the load pass (hash, NaN check, norms) is ``B / read + B / (scan x tasks)`` (shards
+  are scanned in parallel), or free when cached;
 * k-means Lloyd on its sample runs on the driver with all its threads:
   ``restarts x (iters x 2 m k d + seeding)`` flops at the all-threads GEMM rate;
 * a greedy pick costs one matrix-vector product over its candidates: herding
@@ -230,9 +231,11 @@ class _Model:
         if cached:
             return Step("load + check", 0, 0.0, 0.0, 0, "cached scan (no pass)")
         r = self.rates
-        t = self.B / r.read_bytes_per_s + self.B / r.scan_bytes_per_s
-        return Step("load + check", 1, t, t, int(self.chunk_bytes()),
-                    "hash, NaN check and norms of every row (cached for the next command)")
+        tasks = min(self.local, len(self.src.shards))  # shards are scanned in parallel
+        t = self.B / r.read_bytes_per_s + self.B / (r.scan_bytes_per_s * tasks)
+        return Step("load + check", 1, t, t, int(self.chunk_bytes() * tasks),
+                    "hash, NaN check and norms of every row, shards in parallel "
+                    "(cached for the next command)")
 
 
 def _kmeans(m: _Model, p: dict) -> tuple[list[Step], int, list[str]]:

@@ -15,13 +15,14 @@ import hashlib
 import json
 import os
 import tempfile
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from .budget import memory_budget
 from .progress import track
 from .source import CHUNK_ROWS, EmbeddingSource, MemorySource
 
@@ -119,23 +120,26 @@ def is_cached(src: EmbeddingSource) -> bool:
 
 
 def scan(
-    src: EmbeddingSource,
-    *,
-    progress: bool = False,
-    use_cache: bool | None = None,
-    mapper: Callable[[Callable[[int], ShardScan], Iterable[int]], Iterable[ShardScan]] = map,
+    src: EmbeddingSource, *, progress: bool = False, use_cache: bool | None = None,
 ) -> tuple[str, np.ndarray, np.ndarray | None, float]:
     """``(fingerprint, global non-finite rows, norms or None, largest finite norm)``.
 
     Norms are returned only when no shard came from the cache (a cached shard is not
-    re-read; :func:`norms` streams them on demand). ``mapper`` runs the per-shard scans
-    (``map`` here; an engine may pass its own parallel map, results in shard order).
+    re-read; :func:`norms` streams them on demand). The shards not in the cache are
+    scanned as tasks of the current engine (:func:`prunekit.engine.current`: threads on
+    this machine unless a command made another one current), results in shard order.
     """
     cache = ScanCache() if (uses_cache(src) if use_cache is None else use_cache) else None
     found = [cache.get(s, src.dim) if cache else None for s in src.shards]
     todo = [i for i, f in enumerate(found) if f is None]
-    fresh = track(mapper(lambda i: scan_shard(src, i), todo), total=len(todo),
-                  desc="scan", progress=progress)
+    if isinstance(src, MemorySource) or len(todo) <= 1:
+        fresh: Iterable[ShardScan] = track((scan_shard(src, i) for i in todo), total=len(todo),
+                                           desc="scan", progress=progress)
+    else:
+        from .engine import current
+
+        fresh = current().map(_scan_task, todo, shared=src, desc="scan", progress=progress,
+                              limit=max(1, memory_budget() // task_bytes(src)))
     for i, res in zip(todo, fresh, strict=True):
         found[i] = res
         if cache:
@@ -149,6 +153,17 @@ def scan(
     have_norms = all(r.norms is not None for r in scans)
     norms = np.concatenate([r.norms for r in scans]) if have_norms else None  # type: ignore[misc]
     return fp, nonfinite, norms, max((r.max_norm for r in scans), default=0.0)
+
+
+def task_bytes(src: EmbeddingSource, chunk_rows: int = CHUNK_ROWS) -> int:
+    """Memory one shard scan holds: a chunk as read, its little-endian copy, a float32 part."""
+    rows = min(chunk_rows, max(s.n_rows for s in src.shards))
+    return rows * src.dim * src.dtype.itemsize * 2 + SUB_ROWS * src.dim * 8
+
+
+def _scan_task(src: EmbeddingSource, i: int) -> ShardScan:
+    """Engine task: the scan of shard ``i`` (workers open the shard themselves)."""
+    return scan_shard(src, i)
 
 
 def norms(src: EmbeddingSource, chunk_rows: int = CHUNK_ROWS) -> np.ndarray:

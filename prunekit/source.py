@@ -29,7 +29,7 @@ import glob
 import os
 import re
 import threading
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -217,7 +217,7 @@ class EmbeddingSource:
             if r is not None:
                 self._handles.move_to_end(i)
                 return r  # type: ignore[return-value]
-        r = _open_reader(self.shards[i])
+        r = _open_reader(self.shards[i], self.dim, self.dtype)
         with self._lock:
             self._handles[i] = r
             while len(self._handles) > OPEN_HANDLES:
@@ -609,53 +609,87 @@ def _fixed_rows(arr, dim: int, path: str) -> np.ndarray:
     values = arr.flatten()
     if values.null_count:
         raise PrunekitError(f"Parquet shard {path} has null values inside embeddings.")
-    return values.to_numpy(zero_copy_only=False).reshape(-1, dim)
+    dtype = np.dtype(values.type.to_pandas_dtype())
+    # The values buffer as it is (to_numpy converts float16 value by value).
+    flat = np.frombuffer(values.buffers()[1], dtype=dtype, count=len(values),
+                         offset=values.offset * dtype.itemsize)
+    return flat.reshape(-1, dim)
 
 
 class _ParquetReader:
-    """Rows by row group; the last decoded row group is kept for the next chunk."""
+    """Rows through a stream of small record batches, so a row group of any size is never
+    decoded whole (pyarrow's default row group is 1 Mi rows: GBs for wide embeddings).
 
-    def __init__(self, s: Shard) -> None:
-        self.pf = _pq().ParquetFile(s.path)
-        self.key, self.path = s.key, s.path
+    Reads go forward through the stream; the last ``KEEP_ROWS`` decoded rows are kept, so a
+    read that comes slightly out of order (parallel tasks) is served without decoding
+    again. A read before that restarts its row group's stream. A lock serialises the
+    threads sharing this reader.
+    """
+
+    BATCH_ROWS = 8192
+    KEEP_ROWS = 2 * CHUNK_ROWS
+
+    def __init__(self, s: Shard, dim: int, dtype: np.dtype) -> None:
+        # buffer_size: pages are read as they are decoded, not the whole column chunk
+        self.pf = _pq().ParquetFile(s.path, buffer_size=1 << 20, pre_buffer=False)
+        self.key, self.path, self.dim, self.dtype = s.key, s.path, dim, dtype
         sizes = [self.pf.metadata.row_group(g).num_rows for g in range(self.pf.num_row_groups)]
         self.bounds = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
-        t = self.pf.schema_arrow.field(self.key).type
-        self.dim = t.list_size if hasattr(t, "list_size") else None
-        self.cached: tuple[int, np.ndarray] | None = None
+        self.lock = threading.Lock()
+        self.group = -1  # the row group being streamed
+        self.stream = None
+        self.pos = 0  # shard row of the stream's next batch
+        self.recent: deque[tuple[int, np.ndarray]] = deque()  # (first row, rows), in order
 
-    def _group(self, g: int) -> np.ndarray:
-        if self.cached is None or self.cached[0] != g:
-            col = self.pf.read_row_group(g, columns=[self.key]).column(0)
-            if self.dim is None:
-                self.dim = len(col[0].values) if len(col) else 0
-            self.cached = (g, _fixed_rows(col, self.dim, self.path))
-        return self.cached[1]
+    def _restart(self, g: int) -> None:
+        self.group, self.pos, self.recent = g, int(self.bounds[g]), deque()
+        self.stream = iter(self.pf.iter_batches(batch_size=self.BATCH_ROWS, row_groups=[g],
+                                                columns=[self.key], use_threads=False))
+
+    def _block_at(self, row: int) -> tuple[int, np.ndarray]:
+        """The decoded block holding ``row``: kept, next in the stream, or after a restart."""
+        g = int(np.searchsorted(self.bounds, row, side="right")) - 1
+        if g == self.group:
+            for start, block in self.recent:
+                if start <= row < start + block.shape[0]:
+                    return start, block
+        if g != self.group or row < self.pos:
+            self._restart(g)
+        while True:
+            batch = next(self.stream)  # type: ignore[call-overload]
+            start, block = self.pos, _fixed_rows(batch.column(0), self.dim, self.path)
+            self.pos += block.shape[0]
+            self.recent.append((start, block))
+            kept = sum(b.shape[0] for _, b in self.recent)
+            while kept - self.recent[0][1].shape[0] >= self.KEEP_ROWS:
+                kept -= self.recent.popleft()[1].shape[0]
+            if row < self.pos:
+                return start, block
 
     def read(self, a: int, b: int) -> np.ndarray:
-        parts = []
-        g = int(np.searchsorted(self.bounds, a, side="right")) - 1
-        while a < b:
-            lo, hi = int(self.bounds[g]), int(self.bounds[g + 1])
-            stop = min(b, hi)
-            parts.append(self._group(g)[a - lo : stop - lo].copy())
-            if stop == hi:  # read to the group's end: a sequential reader is done with it
-                self.cached = None
-            a, g = stop, g + 1
-        return parts[0] if len(parts) == 1 else np.concatenate(parts)
+        out = np.empty((b - a, self.dim), dtype=self.dtype)
+        with self.lock:
+            done = a
+            while done < b:
+                start, block = self._block_at(done)
+                stop = min(b, start + block.shape[0])
+                out[done - a : stop - a] = block[done - start : stop - start]
+                done = stop
+        return out
 
     def close(self) -> None:
-        self.cached = None
+        self.stream, self.recent = None, deque()
 
 
 _ShardReader = _NpyReader | _H5Reader | _NpzReader | _ParquetReader
 
 
-def _open_reader(s: Shard) -> _ShardReader:
+def _open_reader(s: Shard, dim: int, dtype: np.dtype) -> _ShardReader:
     if not Path(s.path).exists():
         raise PrunekitError(f"shard {s.path} is missing (it was there when the input was opened).")
-    return {"npy": _NpyReader, "h5": _H5Reader, "npz": _NpzReader,
-            "parquet": _ParquetReader}[s.kind](s)
+    if s.kind == "parquet":
+        return _ParquetReader(s, dim, dtype)
+    return {"npy": _NpyReader, "h5": _H5Reader, "npz": _NpzReader}[s.kind](s)
 
 
 # -- side arrays ------------------------------------------------------------------------------

@@ -200,7 +200,8 @@ def test_group_rows_writes_each_cluster_contiguously(tmp_path, small_chunks):
 
 
 def test_batches_close_at_batch_rows():
-    assert grouping.batches(np.array([5, 5, 12, 1, 1, 1]), batch_rows=10) == [[0, 1], [2], [3, 4, 5]]
+    sizes = np.array([5, 5, 12, 1, 1, 1])
+    assert grouping.batches(sizes, batch_rows=10) == [[0, 1], [2], [3, 4, 5]]
     assert grouping.batches(np.array([3]), batch_rows=10) == [[0]]
 
 
@@ -260,7 +261,8 @@ def test_greedy_over_budget_refuses_with_the_cost():
             pk.score(emb, "kcenter", progress=False)
         s = pk.score(emb, "kcenter", within=km, progress=False)  # clusters of ~500 rows fit
         assert s.order.size == 4000
-    with budget("4K"), pytest.raises(pk.PrunekitError, match=r"cluster \d+ has \d+ rows .* --memory"):
+    with budget("4K"), pytest.raises(pk.PrunekitError,
+                                     match=r"cluster \d+ has \d+ rows .* --memory"):
         pk.score(emb, "kcenter", within=km, progress=False)
 
 

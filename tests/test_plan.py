@@ -38,7 +38,7 @@ def test_kmeans_steps_follow_the_cost_model(shards):
              ray_workers=4, budget=1 << 30)
     assert [s.name for s in p.steps] == ["load + check", "sample", "lloyd on sample", "assign"]
     load = p.step("load + check")
-    assert load.passes == 1 and load.seconds_local == pytest.approx(B / 1e6 + B / 2e6)
+    assert load.passes == 1 and load.seconds_local == pytest.approx(B / 1e6 + B / (2e6 * 2))
     sample = p.step("sample")  # all rows fit the budget: one read
     assert sample.passes == 1 and sample.seconds_local == pytest.approx(B / 1e6)
     seeding = 2.0 * 1000 * 4 * 8 * (2 + math.log(4))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 
 import click
@@ -9,7 +10,9 @@ import click
 from ..inspection import inspect as run_inspect
 from ..inspection import inspect_selection, render
 from ..provenance import jsonable
+from ..quality import MMD_SAMPLE
 from .common import drop_option, key_option, quiet_option, seed_option
+from .engine_options import engine_options, running_on
 
 __all__ = ["inspect", "inspect_selection", "render"]
 
@@ -27,18 +30,28 @@ __all__ = ["inspect", "inspect_selection", "render"]
               help="Random subsets averaged for the comparison.")
 @click.option("--rff-dim", default=512, show_default=True, type=click.IntRange(1, 1 << 20),
               help="Random Fourier features of the MMD estimate.")
-@seed_option("Seed of the random subsets, the sigma sample and the features.")
+@click.option("--mmd-sample", default=MMD_SAMPLE, show_default=True, type=click.IntRange(min=0),
+              help="Estimate the MMD on a seeded sample of at most this many rows per side "
+                   "(with a jackknife error bar); 0 = every row.")
+@seed_option("Seed of the random subsets, the samples, the sigma sample and the features.")
+@engine_options
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
 @quiet_option
 def inspect(selection: str, scores_path: str | None, emb_path: str | None, key: str,
-            drop_nonfinite: bool, random_draws: int, rff_dim: int, seed: int, as_json: bool,
+            drop_nonfinite: bool, random_draws: int, rff_dim: int, mmd_sample: int, seed: int,
+            engine: str, workers: int | None, ray_address: str | None, as_json: bool,
             quiet: bool) -> None:
     """What SELECTION keeps: per cluster / label before and after, and its RFF-MMD.
 
     Compare criteria before training: a lower MMD than random subsets of the same size
-    means the kept set represents the full set better than chance.
+    means the kept set represents the full set better than chance. The MMD is one streamed
+    pass of chunk tasks (--engine); every engine gives the same report.
     """
-    report = run_inspect(selection, scores=scores_path, embeddings=emb_path, key=key,
-                         drop_nonfinite=drop_nonfinite, random_draws=random_draws, seed=seed,
-                         rff_dim=rff_dim, progress=not quiet)
+    # Only the MMD runs on the engine: without --embeddings no cluster is started.
+    where = running_on(engine, workers, ray_address) if emb_path else contextlib.nullcontext()
+    with where:
+        report = run_inspect(selection, scores=scores_path, embeddings=emb_path, key=key,
+                             drop_nonfinite=drop_nonfinite, random_draws=random_draws,
+                             seed=seed, rff_dim=rff_dim, mmd_sample=mmd_sample or None,
+                             progress=not quiet)
     click.echo(json.dumps(jsonable(report), indent=1) if as_json else render(report))

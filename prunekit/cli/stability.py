@@ -13,7 +13,7 @@ from ..atomic import is_stdout, write_bytes, write_text
 from ..errors import PrunekitError
 from ..flow.ode import SOLVERS
 from ..flow.plot import require_matplotlib, stability_figure
-from ..flow.study import DEFAULT_SOURCES, check_prs, dimension_study
+from ..flow.study import DEFAULT_SOURCES, STABILITY_SAMPLE, check_prs, dimension_study
 from ..flow.study import stability as run_stability
 from ..provenance import jsonable
 from ..selection import BALANCES
@@ -28,6 +28,7 @@ from .common import (
     seed_option,
     split_values,
 )
+from .engine_options import engine_options, running_on
 
 GMM_DEFAULTS = {"n": 1000, "components": 10, "spread": 0.5}
 POSITIVE = click.IntRange(min=1)
@@ -105,6 +106,9 @@ def _table(rows: list[dict]) -> str:
 @click.option("--solver", type=click.Choice(SOLVERS), default="euler", show_default=True)
 @click.option("--dtype", type=click.Choice(["float32", "float64"]), default="float32", show_default=True,
               help="Compute precision.")
+@click.option("--sample", "sample", type=click.IntRange(min=0), default=STABILITY_SAMPLE, show_default=True,
+              help="Data with more usable rows are represented by a seeded uniform sample of this "
+                   "many (the subsets keep their rows in it); 0 = every row.")
 @click.option("--block", type=POSITIVE, help="Training points per block (default: sized to ~64 MiB of logits).")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, allow_dash=True),
               help="Write the JSON here ('-' or nothing: print it).")
@@ -113,6 +117,7 @@ def _table(rows: list[dict]) -> str:
 @click.option("--n", "n", type=POSITIVE, help=f"--dims: points of the mixture [default: {GMM_DEFAULTS['n']}].")
 @click.option("--components", type=POSITIVE, help=f"--dims: mixture components [default: {GMM_DEFAULTS['components']}].")
 @click.option("--spread", type=float, help=f"--dims: spread around component means [default: {GMM_DEFAULTS['spread']}].")
+@engine_options
 @quiet_option
 def stability(**o) -> None:
     """Integrate the closed-form flow of DATA and of subsets of it from the same noise.
@@ -121,7 +126,8 @@ def stability(**o) -> None:
     same (among those whose full-set point was kept) and the deviation of the paths. With
     --pr the subsets are built here (random, or from --scores like `prunekit select`), so
     one call gives a whole curve. `prunekit stability gmm --dims 16 256 4096 --pr 0.5 0.8`
-    sweeps the dimension on a synthetic Gaussian mixture.
+    sweeps the dimension on a synthetic Gaussian mixture. Blocks of noise points (and
+    groups of subsets) run as tasks on --engine; every engine gives the same numbers.
     """
     o["pr"] = check_prs(split_values(o["pr"], float, "--pr")) if o["pr"] else []
     o["dims"] = split_values(o["dims"], int, "--dims")
@@ -136,6 +142,13 @@ def stability(**o) -> None:
     if o["plot"]:
         require_matplotlib()
     run = {"steps": o["steps"], "solver": o["solver"], "dtype": o["dtype"], "progress": not o["quiet"]}
+    with running_on(o["engine"], o["workers"], o["ray_address"]):
+        doc = _study(o, run)
+    _write(o, doc)
+
+
+def _study(o: dict, run: dict) -> dict:
+    """The JSON document of a --dims sweep or of a study of DATA."""
     if o["dims"]:
         gmm = {k: GMM_DEFAULTS[k] if o[k] is None else o[k] for k in GMM_DEFAULTS}
         n_sources = DEFAULT_SOURCES if o["n_sources"] is None else o["n_sources"]
@@ -147,10 +160,11 @@ def stability(**o) -> None:
         doc = run_stability(
             o["data"], selections=o["selection"], prs=o["pr"], scores=o["scores"],
             balance=o["balance"], invert=o["invert"], sources=o["sources"], n_sources=o["n_sources"],
-            seed=o["seed"], block=o["block"], key=o["key"], drop_nonfinite=o["drop_nonfinite"], **run,
+            seed=o["seed"], block=o["block"], key=o["key"], drop_nonfinite=o["drop_nonfinite"],
+            sample=o["sample"] or None, **run,
         )
         doc["settings"]["data"] = o["data"]
-    _write(o, doc)
+    return doc
 
 
 def _write(o: dict, doc: dict) -> None:

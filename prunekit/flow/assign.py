@@ -17,9 +17,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..progress import track
-from .ode import integrate_together
-from .velocity import ClosedFormField
+from ..budget import memory_budget
+from ..engine import current as current_engine
+from ..errors import PrunekitError
+from .ode import check_run, integrate_together
+from .velocity import DEFAULT_BUFFER, ClosedFormField
 
 
 def nearest(field: ClosedFormField, points: np.ndarray) -> np.ndarray:
@@ -106,6 +108,9 @@ def compare_assignments(
     )
 
 
+SOURCE_BLOCK = 64  # noise points per task: fixed, so the numbers never depend on the workers
+
+
 def compare_subsets(
     field: ClosedFormField,
     subsets: Sequence[np.ndarray],
@@ -113,17 +118,60 @@ def compare_subsets(
     *,
     steps: int = 100,
     solver: str = "euler",
+    engine=None,
     progress: bool = True,
 ) -> list[Comparison]:
     """Run the full ``field`` and each subset (positions into its training set) from ``x0``.
 
-    All runs go in lockstep, so the full run is integrated once and no path is stored.
+    The noise points are cut into blocks of SOURCE_BLOCK; one task integrates a block under
+    the full field and under a group of subsets in lockstep (no path is stored) and returns
+    the end assignments and path deviations of its particles, which are joined in block
+    order. Tasks run on ``engine`` (default: the current one, :mod:`prunekit.engine`).
+
+    Every run of a particle is its own computation, which depends on its block (fixed by
+    SOURCE_BLOCK) but not on which other runs share the task. So the subsets may be split
+    into groups to give every worker work (the full run is then repeated once per group)
+    and the numbers stay the same on every engine and any number of workers.
     """
-    fields = [field.subset(s) for s in subsets]
-    runs = integrate_together(field, fields, x0, steps=steps, solver=solver, progress=progress)
-    full = nearest(field, runs.reference_end)
-    out = []
-    items = zip(fields, runs.ends, runs.deviations, strict=True)
-    for sub, end, dev in track(items, total=len(fields), desc="assigning", progress=progress):
-        out.append(compare_assignments(full, nearest(sub, end), sub.points(), dev))
-    return out
+    engine = engine or current_engine()
+    check_run(field, x0, steps, solver)  # here, before any task starts
+    x0 = np.asarray(x0)
+    if x0.shape[0] == 0:
+        raise PrunekitError("give at least one noise point (source) to integrate from.")
+    subsets = [np.asarray(s) for s in subsets]
+    points = [field.subset(s).points() for s in subsets]  # checks every subset first
+    if not subsets:
+        return []
+    starts = list(range(0, x0.shape[0], SOURCE_BLOCK))
+    n_groups = min(len(subsets), max(1, -(-engine.workers // max(1, len(starts)))))
+    groups = [list(g) for g in np.array_split(np.arange(len(subsets)), n_groups) if g.size]
+    items = [(a, g) for a in starts for g in groups]
+    shared = (field, subsets, x0, steps, solver)
+    full: dict[int, np.ndarray] = {}
+    ends: list[list[np.ndarray]] = [[] for _ in subsets]
+    devs: list[list[np.ndarray]] = [[] for _ in subsets]
+    # A task holds its runs' states (and the solver's temporaries) and the logit buffers.
+    task = field.dtype.itemsize * (4 * (1 + max(map(len, groups))) * SOURCE_BLOCK * field.dim
+                                   + 2 * DEFAULT_BUFFER)
+    results = engine.map(_block_task, items, shared, desc=f"{solver}, {len(subsets) + 1} runs",
+                         progress=progress, limit=max(1, memory_budget() // task))
+    for (a, group), (ref_assign, assigned, deviation) in zip(items, results, strict=True):
+        full.setdefault(a, ref_assign)
+        for i, e, d in zip(group, assigned, deviation, strict=True):
+            ends[i].append(e)
+            devs[i].append(d)
+    ref = np.concatenate([full[a] for a in starts])
+    return [compare_assignments(ref, np.concatenate(e), p, np.concatenate(d))
+            for e, d, p in zip(ends, devs, points, strict=True)]
+
+
+def _block_task(shared, item) -> tuple[np.ndarray, list[np.ndarray], list[np.ndarray]]:
+    """One block of noise points under the full field and a group of subsets."""
+    field, subsets, x0, steps, solver = shared
+    a, group = item
+    xb = x0[a : a + SOURCE_BLOCK]
+    fields = [field.subset(subsets[i]) for i in group]
+    runs = integrate_together(field, fields, xb, steps=steps, solver=solver, progress=False)
+    return (nearest(field, runs.reference_end),
+            [nearest(sub, end) for sub, end in zip(fields, runs.ends, strict=True)],
+            runs.deviations)

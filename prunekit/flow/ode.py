@@ -31,7 +31,8 @@ def time_grid(steps: int) -> np.ndarray:
     return np.arange(steps + 1) / steps
 
 
-def _check(field: ClosedFormField, x0: np.ndarray, steps: int, solver: str) -> None:
+def check_run(field: ClosedFormField, x0: np.ndarray, steps: int, solver: str) -> None:
+    """The solver, the number of steps and the sources (shape and finiteness), else an error."""
     if solver not in SOLVERS:
         raise PrunekitError(f"unknown solver '{solver}'; choose one of: {', '.join(SOLVERS)}.")
     if int(steps) != steps or steps < 1:
@@ -51,7 +52,7 @@ def trajectory(
 
     ``x0`` are the noise points at t = 0; x_K lies on the data side (t = 1).
     """
-    _check(field, x0, steps, solver)
+    check_run(field, x0, steps, solver)
     x = np.array(x0, dtype=field.dtype)
     yield x
     for k in range(steps):

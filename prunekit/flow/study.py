@@ -35,6 +35,9 @@ from .synthetic import gaussian_mixture
 from .velocity import DEFAULT_BUFFER, ClosedFormField, resolve_dtype
 
 DEFAULT_SOURCES = 256
+# Training rows the closed-form flow uses at most: every velocity evaluation touches each of
+# them, so beyond this a seeded uniform sample of the data stands for the full set.
+STABILITY_SAMPLE = 100_000
 
 
 @dataclass
@@ -154,9 +157,14 @@ def stability_rows(
     solver: str = "euler",
     dtype: str = "float32",
     block: int | None = None,
+    engine=None,
     progress: bool = True,
 ) -> list[dict]:
-    """Compare the full training set ``x1`` with each subset on the noise points ``x0``."""
+    """Compare the full training set ``x1`` with each subset on the noise points ``x0``.
+
+    Blocks of noise points (and groups of subsets) run as tasks on ``engine`` (default: the
+    current one); the rows are the same on every engine (:func:`.assign.compare_subsets`).
+    """
     x0 = np.asarray(x0)
     if x0.ndim != 2 or x0.shape[1] != np.shape(x1)[1]:
         raise PrunekitError(
@@ -167,7 +175,8 @@ def stability_rows(
                f"the stability runs ({len(subsets)} subsets, {x0.shape[0]} sources)")
     fld = ClosedFormField(x1, dtype=dtype, block=block)
     comps = compare_subsets(
-        fld, [s.rows for s in subsets], x0, steps=steps, solver=solver, progress=progress
+        fld, [s.rows for s in subsets], x0, steps=steps, solver=solver, engine=engine,
+        progress=progress,
     )
     return [{"pr": s.pr, **s.info, **c.summary()} for s, c in zip(subsets, comps, strict=True)]
 
@@ -239,6 +248,7 @@ def stability(
     block: int | None = None,
     key: str = "embeddings",
     drop_nonfinite: bool = False,
+    sample: int | None = STABILITY_SAMPLE,
     progress: bool = False,
 ) -> dict[str, Any]:
     """Integrate the closed-form flow of ``data`` and of subsets of it from the same noise.
@@ -248,6 +258,12 @@ def stability(
     or uniformly at random. The noise points are ``sources`` (an (M, d) array or ``.npy``
     file) or ``n_sources`` draws (default 256) of N(0, I) from ``seed``. Returns
     ``{"prunekit_version", "settings", "rows"}``, one row per subset (see the module doc).
+
+    Data with more than ``sample`` usable rows (None: no limit) are represented by a seeded
+    uniform sample of ``sample`` rows (the ``stability sample`` stream of ``seed``): the
+    full field is the sample's, each subset keeps its rows that fall in the sample (a row's
+    ``n_kept`` counts those, ``n_kept_data`` all it keeps). The runs go as tasks to the
+    current engine (:func:`prunekit.engine.use`); every engine gives the same rows.
     """
     if bool(selections) == bool(prs):
         raise PrunekitError("give the subsets either as selections or as pr values (one of the two).")
@@ -278,19 +294,45 @@ def stability(
         x0 = load_sources(sources, emb.dim)
     else:
         x0 = np.asarray(sources, dtype=np.float64)
-    check_fits(np.dtype(dtype).itemsize * float(emb.n) * emb.dim, f"the training set of {emb.source}")
-    x1 = emb.array(np.float64 if emb.dtype == np.float64 else np.float32)
+    if sample is not None and int(sample) < 1:
+        raise PrunekitError(f"the training sample must be at least 1 row, got {sample}.")
+    x1, subsets = _training_set(emb, subsets, None if sample is None else int(sample), seed)
     rows = stability_rows(x1, subsets, x0, steps=steps, solver=solver, dtype=dtype, block=block,
                           progress=progress)
     settings = {
         "steps": steps, "solver": solver, "dtype": dtype, "seed": seed,
-        "data": emb.source, "key": emb.key, "n_train": emb.n, "dim": emb.dim,
+        "data": emb.source, "key": emb.key, "n_train": int(x1.shape[0]), "dim": emb.dim,
+        "n_data": emb.n, "sample": None if x1.shape[0] == emb.n else int(x1.shape[0]),
         "n_sources": int(x0.shape[0]),
         "sources": str(sources) if isinstance(sources, (str, os.PathLike)) else None,
         "subsets": how, "scores": str(scores) if isinstance(scores, (str, os.PathLike)) else None,
         "balance": balance, "invert": bool(invert),
     }
     return {"prunekit_version": __version__, "settings": settings, "rows": rows}
+
+
+def _training_set(emb: Embeddings, subsets: list[Subset], sample: int | None,
+                  seed: int) -> tuple[np.ndarray, list[Subset]]:
+    """The training array of the flow and the subsets as positions into it (see :func:`stability`)."""
+    dtype = np.float64 if emb.dtype == np.float64 else np.float32
+    if sample is None or emb.n <= sample:
+        check_fits(np.dtype(dtype).itemsize * float(emb.n) * emb.dim, f"the training set of {emb.source}")
+        return emb.array(dtype), subsets
+    check_fits(np.dtype(dtype).itemsize * float(sample) * emb.dim,
+               f"a training sample of {sample} rows of {emb.source}")
+    pick = np.sort(role_rng(seed, "stability sample").choice(emb.n, size=sample, replace=False))
+    x1 = np.asarray(emb.source_obj.read_rows(emb.rows[pick]), dtype=dtype)
+    out = []
+    for s in subsets:
+        inside = np.searchsorted(pick, s.rows[np.isin(s.rows, pick)])
+        if inside.size == 0:
+            raise PrunekitError(
+                f"the subset at pr {s.pr:g} keeps none of the {sample} sampled rows of "
+                f"{emb.source}; raise --sample (or 0 for every row)."
+            )
+        info = {**s.info, "n_kept_data": int(s.rows.size)}
+        out.append(Subset(pr=s.pr, rows=inside, info=info))
+    return x1, out
 
 
 def _check_run(steps: int, solver: str, dtype: str, block: int | None) -> None:

@@ -28,7 +28,8 @@ MAX_KEEP = Param(
     "Default: the full order.", low=1, nullable=True)
 WITHIN = Param(
     "within", "path", None,
-    "Pick inside each cluster of this k-means scores file (orders merged round by round).",
+    "Work inside each cluster of this k-means scores file (one cluster at a time; greedy "
+    "orders are merged round by round).",
     nullable=True, objects=(Scores,))
 
 

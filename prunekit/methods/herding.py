@@ -12,10 +12,11 @@ matrix-vector product over the (n, D) float32 feature matrix per pick.
 
 ``within``: herd inside each cluster of an earlier k-means scores file (mu is the
 cluster's own mean embedding); the per-cluster orders are merged round by round
-(:func:`prunekit.methods.greedy.interleave`). The clusters run one batch at a time on the
-current engine, reading their rows from a copy grouped by cluster on disk, so memory is
-bounded by the largest cluster (:func:`prunekit.methods.greedy.per_cluster_orders`). Output: ``order`` (the picks) and
-score = N - position (first pick N, unpicked -inf), N = number of scored rows.
+(:func:`prunekit.methods.greedy.interleave`). The clusters run as tasks on the current
+engine, reading their rows from a copy grouped by cluster on disk, so memory is bounded by
+the largest cluster (:func:`prunekit.methods.greedy.per_cluster_orders`).
+Output: ``order`` (the picks) and score = N - position (first pick N, unpicked -inf),
+N = number of scored rows.
 """
 
 from __future__ import annotations
