@@ -46,7 +46,7 @@ from .engine import IN_FLIGHT_PER_WORKER, chunk_rows_for, resolve_workers
 from .errors import PrunekitError
 from .kernels import MEDIAN_SAMPLE
 from .memory import human
-from .methods.kmeans import DEFAULT_K
+from .methods.kmeans import DEFAULT_ITERS, DEFAULT_K
 from .probe import Probe, probe
 from .scores import Scores, load_scores
 from .source import DEFAULT_KEY, EmbeddingSource, open_source
@@ -239,7 +239,8 @@ class _Model:
 
 
 def _kmeans(m: _Model, p: dict) -> tuple[list[Step], int, list[str]]:
-    k, iters, full = int(p.get("k") or DEFAULT_K), int(p.get("iters") or 25), int(p.get("full_passes") or 0)
+    k, iters = int(p.get("k") or DEFAULT_K), int(p.get("iters") or DEFAULT_ITERS)
+    full = int(p.get("full_passes") or 0)
     if p.get("sample"):
         sp = SamplePlan(min(int(p["sample"]), m.n), m.n, "given")
     else:

@@ -212,18 +212,21 @@ class EmbeddingSource:
 
     # -- reading one shard ------------------------------------------------------------
     def _reader(self, i: int) -> _ShardReader:
+        """The open reader of shard ``i`` (at most OPEN_HANDLES stay open per process).
+
+        An evicted reader is not closed here: another thread may still be reading with it;
+        it closes its file when the last reference goes.
+        """
         with self._lock:
             r = self._handles.get(i)
-            if r is not None:
+            if r is None:
+                r = _open_reader(self.shards[i], self.dim, self.dtype)
+                self._handles[i] = r
+                while len(self._handles) > OPEN_HANDLES:
+                    self._handles.popitem(last=False)
+            else:
                 self._handles.move_to_end(i)
-                return r  # type: ignore[return-value]
-        r = _open_reader(self.shards[i], self.dim, self.dtype)
-        with self._lock:
-            self._handles[i] = r
-            while len(self._handles) > OPEN_HANDLES:
-                _, old = self._handles.popitem(last=False)
-                old.close()  # type: ignore[attr-defined]
-        return r
+            return r  # type: ignore[return-value]
 
     def _read_shard(self, i: int, a: int, b: int) -> np.ndarray:
         s = self.shards[i]
@@ -291,6 +294,25 @@ def open_source(path: str | os.PathLike, key: str = DEFAULT_KEY,
     if sharded:
         _check_id_sources(shards, name)
     return EmbeddingSource(shards, dim, dtype, name, sharded=sharded)  # type: ignore[arg-type]
+
+
+def shard_dirs(path: str | os.PathLike) -> list[str]:
+    """The folders a sharded input reads as a whole (a directory, or a glob's fixed prefix).
+
+    An output written into one of them would be read as a shard by the next command, so
+    commands pass these to :func:`prunekit.atomic.check_output` as ``input_dirs``.
+    """
+    name = str(path)
+    if Path(name).is_dir():
+        return [name]
+    if not Path(name).exists() and glob.has_magic(name):
+        fixed = []
+        for part in Path(name).parts:
+            if glob.has_magic(part):
+                break
+            fixed.append(part)
+        return [str(Path(*fixed)) if fixed else "."]
+    return []
 
 
 def natural_key(p: Path | str) -> list:
@@ -447,6 +469,7 @@ class _NpyReader:
     """Rows of a C-order .npy by ``pread`` (Fortran order: a memory map)."""
 
     def __init__(self, s: Shard) -> None:
+        self.fd = -1
         shape, self.dtype, fortran, self.offset = _npy_header(Path(s.path))
         self.dim = shape[1]
         self.rowbytes = self.dim * self.dtype.itemsize
@@ -468,7 +491,11 @@ class _NpyReader:
         return out
 
     def close(self) -> None:
-        os.close(self.fd)
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    __del__ = close
 
 
 # -- HDF5 and npz -----------------------------------------------------------------------------
@@ -620,14 +647,14 @@ class _ParquetReader:
     """Rows through a stream of small record batches, so a row group of any size is never
     decoded whole (pyarrow's default row group is 1 Mi rows: GBs for wide embeddings).
 
-    Reads go forward through the stream; the last ``KEEP_ROWS`` decoded rows are kept, so a
-    read that comes slightly out of order (parallel tasks) is served without decoding
+    Reads go forward through the stream; the last ``KEEP_BYTES`` of decoded rows are kept,
+    so a read that comes slightly out of order (parallel tasks) is served without decoding
     again. A read before that restarts its row group's stream. A lock serialises the
     threads sharing this reader.
     """
 
     BATCH_ROWS = 8192
-    KEEP_ROWS = 2 * CHUNK_ROWS
+    KEEP_BYTES = 64 << 20
 
     def __init__(self, s: Shard, dim: int, dtype: np.dtype) -> None:
         # buffer_size: pages are read as they are decoded, not the whole column chunk
@@ -635,6 +662,7 @@ class _ParquetReader:
         self.key, self.path, self.dim, self.dtype = s.key, s.path, dim, dtype
         sizes = [self.pf.metadata.row_group(g).num_rows for g in range(self.pf.num_row_groups)]
         self.bounds = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+        self.keep_rows = max(self.BATCH_ROWS, self.KEEP_BYTES // (dim * np.dtype(dtype).itemsize))
         self.lock = threading.Lock()
         self.group = -1  # the row group being streamed
         self.stream = None
@@ -661,7 +689,7 @@ class _ParquetReader:
             self.pos += block.shape[0]
             self.recent.append((start, block))
             kept = sum(b.shape[0] for _, b in self.recent)
-            while kept - self.recent[0][1].shape[0] >= self.KEEP_ROWS:
+            while kept - self.recent[0][1].shape[0] >= self.keep_rows:
                 kept -= self.recent.popleft()[1].shape[0]
             if row < self.pos:
                 return start, block

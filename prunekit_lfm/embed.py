@@ -27,7 +27,7 @@ import json
 import os
 import shutil
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,13 +36,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from prunekit.atomic import atomic_path, write_text
+from prunekit.atomic import write_text
 from prunekit.errors import PrunekitError
 from prunekit.h5io import atomic_h5, write_ids
 from prunekit.progress import counter
 from prunekit.provenance import stamp
 
 from .data import decode_image, index_webdataset, is_webdataset
+from .distributed import Dist, barrier, load_part, part_path, save_part, together
 from .latents import open_images
 
 ENCODERS = ("clip", "dinov2", "siglip")
@@ -305,26 +306,31 @@ def _first_line(exc: BaseException) -> str:
 
 @torch.no_grad()
 def embed_batches(inputs: ImageInput, encoder: Encoder, *, batch_size: int = 64,
-                  normalize: bool | None = None, start: int = 0) -> Iterator[tuple[int, np.ndarray]]:
-    """Yield ``(first row, float32 [b, D] features)`` batch by batch from row ``start``.
+                  normalize: bool | None = None, start: int = 0,
+                  starts: Iterable[int] | None = None) -> Iterator[tuple[int, np.ndarray]]:
+    """Yield ``(first row, float32 [b, D] features)`` batch by batch from row ``start``
+    (or for the batches beginning at ``starts``, which must be multiples of the batch size).
 
     ``normalize`` (default: the encoder's default) divides each feature by its L2 norm.
     The next batch is read and preprocessed in a background thread while the model runs
-    on the current one (decoding images is often slower than a GPU forward pass).
+    on the current one (decoding images is often slower than a GPU forward pass). A
+    batch's features depend on its images only, so batches may be computed in any order
+    or by different processes.
     """
     if batch_size < 1:
         raise PrunekitError(f"--batch-size must be >= 1 (got {batch_size}).")
     norm = encoder.normalize_default if normalize is None else bool(normalize)
     encoder.model.eval()
+    todo = list(range(start, inputs.n, batch_size) if starts is None else starts)
 
     def prepare(a: int) -> torch.Tensor:
         return encoder.pixels(inputs.read(a, min(a + batch_size, inputs.n)))
 
     with ThreadPoolExecutor(1) as pool:
-        ahead = pool.submit(prepare, start) if start < inputs.n else None
-        for a in range(start, inputs.n, batch_size):
+        ahead = pool.submit(prepare, todo[0]) if todo else None
+        for i, a in enumerate(todo):
             pixels = ahead.result()
-            ahead = pool.submit(prepare, a + batch_size) if a + batch_size < inputs.n else None
+            ahead = pool.submit(prepare, todo[i + 1]) if i + 1 < len(todo) else None
             feats = encoder.features(pixels)
             if norm:
                 feats = torch.nn.functional.normalize(feats, dim=1)
@@ -349,7 +355,7 @@ def embed_images(inputs: ImageInput, encoder: Encoder, *, batch_size: int = 64,
 def embed_to_file(inputs: ImageInput, encoder: Encoder, output: str | os.PathLike, *,
                   batch_size: int = 64, normalize: bool | None = None, dtype: str = "float32",
                   resume: bool = False, progress: bool = True,
-                  command: list[str] | None = None) -> Path:
+                  command: list[str] | None = None, dist: Dist | None = None) -> Path:
     """Embed every image into an embeddings file (core format), resumably.
 
     Finished batches go to ``OUTPUT.parts/`` (one ``.npy`` each, written atomically) with
@@ -358,42 +364,60 @@ def embed_to_file(inputs: ImageInput, encoder: Encoder, output: str | os.PathLik
     end and the parts are removed. Dataset ``embeddings`` (N, D) ``dtype``, ``ids``,
     ``labels`` when asked; attributes ``encoder``, ``weights``, ``normalize``,
     ``image_size``, ``source`` and the provenance stamp.
+
+    Under torchrun (``dist``) rank r embeds batches b = r (mod W) (on resume: its share
+    of the batches without a part) and rank 0 writes the file from all the parts; a run
+    may be resumed with another number of processes.
     """
     if dtype not in DTYPES:
         raise PrunekitError(f"--dtype must be one of {', '.join(DTYPES)} (got {dtype}).")
+    dist = dist or Dist()
     norm = encoder.normalize_default if normalize is None else bool(normalize)
     settings = {**encoder.describe(), "normalize": norm, "source": inputs.name, "n": inputs.n,
                 "batch_size": int(batch_size), "ids": _ids_digest(inputs.ids)}
     parts = Path(str(output) + ".parts")
-    created = _prepare_parts(parts, settings, resume)
+    created = together(dist, lambda: _prepare_parts(parts, settings, resume), main_only=True)
     try:
-        done = _finished(parts, inputs.n, batch_size)
-        with counter(inputs.n, desc="embed", progress=progress) as bar:
-            bar.update(done)
-            for a, feats in embed_batches(inputs, encoder, batch_size=batch_size,
-                                          normalize=norm, start=done):
-                with atomic_path(parts / _part_name(a)) as tmp, open(tmp, "wb") as f:
-                    np.save(f, feats, allow_pickle=False)
-                bar.update(feats.shape[0])
-        params = {k: v for k, v in settings.items() if k not in ("ids", "n")}
-        params["dtype"] = dtype
-        _write(output, parts, inputs, batch_size, dtype, params, command)
+        todo = _share(parts, inputs.n, batch_size, dist)
+        together(dist, lambda: _embed_parts(inputs, encoder, parts, todo, batch_size, norm,
+                                            progress and dist.main))
+        if dist.main:
+            params = {k: v for k, v in settings.items() if k not in ("ids", "n")}
+            params["dtype"] = dtype
+            _write(output, parts, inputs, batch_size, dtype, params, command)
     except PrunekitError:
         if created:  # nothing of a failed fresh run stays behind
             shutil.rmtree(parts, ignore_errors=True)
         raise
-    shutil.rmtree(parts, ignore_errors=True)
+    if dist.main:
+        shutil.rmtree(parts, ignore_errors=True)
     return Path(output)
+
+
+def _share(parts: Path, n: int, batch_size: int, dist: Dist) -> list[int]:
+    """This rank's share of the batches without a part (their first rows).
+
+    They are dealt out in turn: on a fresh run batch b goes to rank b mod W; a resumed run
+    shares what is left evenly, whatever W the first run had.
+    """
+    missing = [a for a in range(0, n, batch_size) if not part_path(parts, a).is_file()]
+    barrier(dist)  # every rank has listed the parts before any rank adds one
+    return missing[dist.rank :: dist.world_size]
+
+
+def _embed_parts(inputs: ImageInput, encoder: Encoder, parts: Path, todo: list[int], batch_size: int,
+                 norm: bool, progress: bool) -> None:
+    """Embed the batches starting at ``todo``, each saved as its part."""
+    with counter(sum(min(batch_size, inputs.n - a) for a in todo), desc="embed", progress=progress) as bar:
+        for a, feats in embed_batches(inputs, encoder, batch_size=batch_size, normalize=norm, starts=todo):
+            save_part(parts, a, feats)
+            bar.update(feats.shape[0])
 
 
 def _ids_digest(ids: np.ndarray) -> str:
     h = hashlib.blake2b(digest_size=16)
     h.update("\n".join(map(str, ids.tolist())).encode())
     return h.hexdigest()
-
-
-def _part_name(start: int) -> str:
-    return f"part-{start:012d}.npy"
 
 
 def _prepare_parts(parts: Path, settings: dict, resume: bool) -> bool:
@@ -421,24 +445,16 @@ def _prepare_parts(parts: Path, settings: dict, resume: bool) -> bool:
     return True
 
 
-def _finished(parts: Path, n: int, batch_size: int) -> int:
-    """Rows already embedded: the consecutive parts from row 0 (a torn tail is redone)."""
-    done = 0
-    while done < n and (parts / _part_name(done)).is_file():
-        done = min(done + batch_size, n)
-    return done
-
-
 def _write(output: str | os.PathLike, parts: Path, inputs: ImageInput, batch_size: int,
            dtype: str, params: dict, command: list[str] | None) -> None:
-    first = np.load(parts / _part_name(0), allow_pickle=False)
+    first = load_part(parts, 0, min(batch_size, inputs.n))
     with atomic_h5(output) as f:
         ds = f.create_dataset("embeddings", shape=(inputs.n, first.shape[1]), dtype=dtype,
                               chunks=(min(inputs.n, max(1, 65536 // first.shape[1])), first.shape[1]))
         for a in range(0, inputs.n, batch_size):
-            block = np.load(parts / _part_name(a), allow_pickle=False)
+            block = load_part(parts, a, min(batch_size, inputs.n - a))
             if block.shape != (min(batch_size, inputs.n - a), first.shape[1]):
-                raise PrunekitError(f"{parts / _part_name(a)} has shape {block.shape}; delete {parts} "
+                raise PrunekitError(f"{part_path(parts, a)} has shape {block.shape}; delete {parts} "
                                     "and embed again.")
             ds[a : a + block.shape[0]] = block.astype(dtype)
         write_ids(f, "ids", inputs.ids)

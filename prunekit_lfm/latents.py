@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -306,7 +306,6 @@ def _factors(vae: Any) -> tuple[float, float]:
     return scale, shift
 
 
-@torch.no_grad()
 def encode(
     images: np.ndarray | torch.Tensor | ImageSource, vae: Any, batch_size: int = 64, progress: bool = True
 ) -> np.ndarray:
@@ -316,22 +315,36 @@ def encode(
     Uses the posterior mean (deterministic), then (mean - shift_factor) * scaling_factor
     with the factors from the VAE's config.
     """
+    out = [z for _, z in encode_batches(images, vae, batch_size, progress=progress)]
+    return np.concatenate(out) if out else np.zeros((0,), np.float32)
+
+
+@torch.no_grad()
+def encode_batches(
+    images: np.ndarray | torch.Tensor | ImageSource, vae: Any, batch_size: int = 64, *,
+    starts: Iterable[int] | None = None, progress: bool = True,
+) -> Iterator[tuple[int, np.ndarray]]:
+    """``(start, latents of rows [start, start + batch_size))`` for each batch start in
+    ``starts`` (default: every batch, in order), as :func:`encode` computes them.
+
+    A batch's latents depend on its rows only (the posterior mean draws nothing), so the
+    batches may be computed in any order or by different processes.
+    """
     vae.eval()
     scale, shift = _factors(vae)
     device = next(vae.parameters()).device
     if isinstance(images, ImageSource):
-        n, batches = images.n, images.batches(batch_size)
+        n, read = images.n, images.read
     else:
         x = torch.as_tensor(np.asarray(images) if not torch.is_tensor(images) else images, dtype=torch.float32)
-        n, batches = x.shape[0], (x[s : s + batch_size] for s in range(0, x.shape[0], batch_size))
-    out = []
-    with counter(n, desc="encode", progress=progress) as bar:
-        for batch in batches:
-            batch = torch.as_tensor(batch, dtype=torch.float32).to(device)
+        n, read = x.shape[0], lambda a, b: x[a:b]
+    starts = list(range(0, n, batch_size) if starts is None else starts)
+    with counter(sum(min(batch_size, n - a) for a in starts), desc="encode", progress=progress) as bar:
+        for a in starts:
+            batch = torch.as_tensor(read(a, min(a + batch_size, n)), dtype=torch.float32).to(device)
             mean = vae.encode(batch).latent_dist.mean
-            out.append(((mean - shift) * scale).float().cpu())
+            yield a, ((mean - shift) * scale).float().cpu().numpy()
             bar.update(batch.shape[0])
-    return torch.cat(out).numpy() if out else np.zeros((0,), np.float32)
 
 
 @torch.no_grad()

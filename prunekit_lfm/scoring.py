@@ -21,6 +21,7 @@ order of the data. Higher score = higher loss = kept first ("L"); ``prunekit sel
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,7 @@ from prunekit.progress import counter
 from prunekit.scores import Scores
 
 from .cost import device_of
+from .distributed import Dist, Shards
 from .paths import fm_loss
 
 CRITERIA = ("loss", "grad")
@@ -70,6 +72,31 @@ def raw_matrix(
     ``labels`` None gives every item the model's null label. The model is put in eval
     mode (no dropout); its weights are not changed.
     """
+    blocks = raw_batches(model, latents, labels, criterion=criterion, t_points=t_points, bank=bank,
+                         seed=seed, batch_size=batch_size, progress=progress)
+    out = [block for _, block in blocks]
+    return np.concatenate(out) if out else np.zeros((0, len(t_grid(t_points))), np.float64)
+
+
+def raw_batches(
+    model: nn.Module,
+    latents: np.ndarray | torch.Tensor,
+    labels: np.ndarray | None,
+    *,
+    criterion: str = "loss",
+    t_points: int = 8,
+    bank: int = 4,
+    seed: int = 0,
+    batch_size: int = 64,
+    starts: Iterable[int] | None = None,
+    progress: bool = True,
+) -> Iterator[tuple[int, np.ndarray]]:
+    """``(start, rows [start, start + batch_size) of r)`` for each batch start in ``starts``
+    (default: every batch, in order); see :func:`raw_matrix`.
+
+    The noise bank and the times are the same for every item, so a batch's rows depend on
+    its items only: batches may be computed in any order or by different processes.
+    """
     if criterion not in CRITERIA:
         raise PrunekitError(f"unknown criterion '{criterion}'; use one of: {', '.join(CRITERIA)}.")
     if int(batch_size) != batch_size or batch_size < 1:
@@ -82,22 +109,24 @@ def raw_matrix(
     y_all = (torch.full((x1_all.shape[0],), null, dtype=torch.long) if labels is None
              else torch.as_tensor(np.asarray(labels), dtype=torch.long))
     n = x1_all.shape[0]
+    starts = list(range(0, n, batch_size) if starts is None else starts)
     item_fn = Losses(model) if criterion == "loss" else GradNorms(model)
-    out = np.zeros((n, len(ts)), dtype=np.float64)
     model.eval()
-    with counter(n, desc=f"scoring ({criterion})", progress=progress) as bar:
-        for lo in range(0, n, batch_size):
+    total = sum(min(batch_size, n - lo) for lo in starts)
+    with counter(total, desc=f"scoring ({criterion})", progress=progress) as bar:
+        for lo in starts:
             x1 = x1_all[lo : lo + batch_size].to(device)
             y = y_all[lo : lo + batch_size].to(device)
+            out = np.zeros((x1.shape[0], len(ts)), dtype=np.float64)
             for j, t in enumerate(ts):
                 tt = torch.full((x1.shape[0],), float(t), device=device)
                 acc = torch.zeros(x1.shape[0], dtype=torch.float64)
                 for m in range(bank):
                     x0 = bank_x0[m].to(device).expand_as(x1)
                     acc += item_fn(x1, x0, tt, y).double().cpu()
-                out[lo : lo + x1.shape[0], j] = (acc / bank).numpy()
+                out[:, j] = (acc / bank).numpy()
+            yield lo, out
             bar.update(x1.shape[0])
-    return out
 
 
 def normalise(raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -163,10 +192,21 @@ def score_model(
     seed: int = 0,
     batch_size: int = 64,
     progress: bool = True,
-) -> tuple[np.ndarray, dict[str, Any]]:
-    """Normalised scores (N,) of ``latents`` under ``model`` and the parameters that made them."""
-    raw = raw_matrix(model, latents, labels, criterion=criterion, t_points=t_points,
-                     bank=noise_bank, seed=seed, batch_size=batch_size, progress=progress)
+    shards: Shards | None = None,
+) -> tuple[np.ndarray, dict[str, Any]] | None:
+    """Normalised scores (N,) of ``latents`` under ``model`` and the parameters that made them.
+
+    ``shards`` (under torchrun): this process computes its share of the batches and rank 0
+    normalises the gathered matrix; the other ranks return None.
+    """
+    shards = shards or Shards(Dist())
+    n = int(np.asarray(latents).shape[0]) if not torch.is_tensor(latents) else int(latents.shape[0])
+    blocks = raw_batches(model, latents, labels, criterion=criterion, t_points=t_points,
+                         bank=noise_bank, seed=seed, batch_size=batch_size,
+                         starts=shards.starts(n, batch_size), progress=progress)
+    raw = shards.gather(blocks, n, batch_size)
+    if raw is None:  # not rank 0
+        return None
     score, means = normalise(raw)
     params = {"criterion": criterion, "t_points": int(t_points), "t_grid": t_grid(t_points).tolist(),
               "noise_bank": int(noise_bank), "seed": int(seed), "t_means": means.tolist()}
@@ -185,11 +225,13 @@ def score_items(
     ema: bool = True,
     device: str | torch.device = "cpu",
     progress: bool = True,
-) -> Scores:
+    shards: Shards | None = None,
+) -> Scores | None:
     """Score every item of a latent store with the model of ``run_dir`` (see the module docstring).
 
     The result is a core scores file (method ``loss`` or ``grad``, the store's ids and
-    labels), ready for ``prunekit select``.
+    labels), ready for ``prunekit select``. Under torchrun (``shards``) every process
+    scores its share of the batches and only rank 0 returns the scores (the others None).
     """
     from .latents import load_latents
     from .runs import load_run
@@ -208,9 +250,12 @@ def score_items(
             f"was trained on {want}. Score with latents from the same VAE and image size."
         )
     labels = _labels_for(store.labels, config.num_classes, latents_path, run_dir)
-    score, params = score_model(model, store.latents, labels=labels, criterion=criterion,
-                                t_points=t_points, noise_bank=noise_bank, seed=seed,
-                                batch_size=batch_size, progress=progress)
+    result = score_model(model, store.latents, labels=labels, criterion=criterion,
+                         t_points=t_points, noise_bank=noise_bank, seed=seed,
+                         batch_size=batch_size, progress=progress, shards=shards)
+    if result is None:
+        return None
+    score, params = result
     params.update({"run": str(run_dir), "ema": bool(ema), "steps_done": int(config.steps_done),
                    "latents": str(latents_path)})
     return Scores(

@@ -27,9 +27,7 @@ import contextlib
 import copy
 import dataclasses
 import datetime as _dt
-import os
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +42,10 @@ from prunekit.progress import counter
 from prunekit.selection import load_selection, resolve_rows
 
 from . import runs
-from .devices import pick_device
+from .distributed import Dist
+from .distributed import barrier as _barrier
+from .distributed import setup_dist as _setup_dist
+from .distributed import teardown_dist as _teardown_dist
 from .latents import LatentStore, load_latents
 from .models import VelocityModel, build_model
 from .paths import fm_loss, sample_t
@@ -102,58 +103,6 @@ class DataOrder:
         """(epoch, offset) of the first item of ``step``: the data-order position."""
         pos = step * self.batch
         return {"epoch": pos // self.n, "offset": pos % self.n}
-
-
-# ----------------------------------------------------------------------------- distributed
-
-
-@dataclass
-class Dist:
-    """The process's place in a torchrun job (world_size 1 without torchrun)."""
-
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-    @classmethod
-    def from_env(cls) -> Dist:
-        world = int(os.environ.get("WORLD_SIZE", "1"))
-        return cls(int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_RANK", "0")))
-
-
-def _setup_dist(dist: Dist, device: str | torch.device | None) -> torch.device:
-    if dist.world_size == 1:
-        return pick_device(device)
-    import torch.distributed as tdist
-
-    if torch.cuda.is_available():
-        torch.cuda.set_device(dist.local_rank)
-        dev = torch.device("cuda", dist.local_rank)
-        backend = "nccl"
-    else:
-        dev, backend = torch.device("cpu"), "gloo"
-    if not tdist.is_initialized():
-        tdist.init_process_group(backend)
-    return dev
-
-
-def _barrier(dist: Dist) -> None:
-    if dist.world_size > 1:
-        import torch.distributed as tdist
-
-        tdist.barrier()
-
-
-def _teardown_dist(dist: Dist) -> None:
-    if dist.world_size > 1:
-        import torch.distributed as tdist
-
-        if tdist.is_initialized():
-            tdist.destroy_process_group()
 
 
 # ----------------------------------------------------------------------------- setup

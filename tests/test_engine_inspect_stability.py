@@ -143,6 +143,29 @@ def test_mmd_sample_mode_estimates_with_an_error_bar(small_chunks, shards):
     assert abs(est["kept"] - exact["kept"]) < 4 * est["kept_error"]
 
 
+def test_group_sums_and_jackknife_against_brute_force():
+    rng = np.random.default_rng(4)
+    z = rng.standard_normal((50, 3)).astype(np.float32)
+    g = rng.integers(0, 4, 50)
+    w = rng.integers(1, 3, 50).astype(np.float64)
+    sums, n = quality._group_sums(z, g, w, 4)
+    for i in range(4):
+        np.testing.assert_allclose(sums[i], (z[g == i] * w[g == i, None]).sum(0), rtol=1e-6)
+        assert n[i] == w[g == i].sum()
+    full, fn = quality._group_sums(z, g, np.ones(50), 4)
+    kz, kg = z[:20] + 1, g[:20]
+    kept, kn = quality._group_sums(kz, kg, np.ones(20), 4)
+    loo = []
+    for i in range(4):  # leave group i out of both sides, by hand
+        mk = kz[kg != i].astype(np.float64).mean(0) - z[g != i].astype(np.float64).mean(0)
+        loo.append(np.linalg.norm(mk))
+    loo = np.array(loo)
+    se = np.sqrt(3 / 4 * ((loo - loo.mean()) ** 2).sum())
+    assert quality._jackknife(full, fn, kept, kn) == pytest.approx(se, rel=1e-9)
+    kept[1:], kn[1:] = 0, 0  # every kept row in group 0: no delete-a-group estimate
+    assert quality._jackknife(full, fn, kept, kn) is None
+
+
 def test_mmd_plan_draws_uniform_subsets_of_exact_size(small_chunks, shards):
     _, emb, kept = shards
     items, n_kept, n_sample, sampled = quality._plan_chunks(
@@ -313,3 +336,16 @@ def test_inspect_and_stability_stream_a_file_larger_than_their_memory(tmp_path):
     assert res.returncode == 0, res.stderr
     st = json.loads((tmp_path / "st.json").read_text())
     assert st["settings"]["n_train"] == 2000 and st["rows"][0]["n_kept_data"] == n // 2
+
+
+def test_stability_sample_missing_every_kept_row_is_a_clear_error(tmp_path):
+    x = np.random.default_rng(5).standard_normal((400, 3)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    pick = np.sort(role_rng(0, "stability sample").choice(400, size=10, replace=False))
+    outside = int(np.setdiff1d(np.arange(400), pick)[0])
+    pk.Selection(indices=np.array([outside]), n_total=400, pr=0.9975).save(tmp_path / "one.h5")
+    out = tmp_path / "st.json"
+    res = CliRunner().invoke(main, ["stability", str(tmp_path / "x.npy"), "--selection",
+                                    str(tmp_path / "one.h5"), "--sample", "10", "-o", str(out)])
+    assert res.exit_code == 2 and "keeps none of the 10 sampled rows" in res.output
+    assert "raise --sample" in res.output and not out.exists()

@@ -323,3 +323,62 @@ def test_huge_rows_are_refused_also_from_the_cache(tmp_path):
         with pytest.raises(PrunekitError, match=r"1 rows with a norm above 1e\+15 \(rows 650\)"):
             pk.load_embeddings(d)
     assert (d / scan.CACHE_NAME).exists()
+
+
+def test_parquet_row_groups_are_streamed_in_small_batches(tmp_path, monkeypatch):
+    from prunekit import source
+
+    data = x(3000)
+    path = parquet_file(tmp_path / "one-group.parquet", data, rows_per_group=3000)
+    monkeypatch.setattr(source._ParquetReader, "BATCH_ROWS", 64)
+    monkeypatch.setattr(source._ParquetReader, "KEEP_BYTES", 400 * 8 * 2)  # 400 rows
+    restarts = []
+    real = source._ParquetReader._restart
+    monkeypatch.setattr(source._ParquetReader, "_restart",
+                        lambda self, g: restarts.append(g) or real(self, g))
+    src = open_source(path)
+    refs = src.chunks(chunk_rows=200)
+    order = [1, 0, 2, 3, 5, 4] + list(range(6, len(refs)))  # parallel tasks: slightly out of order
+    for i in order:
+        assert np.array_equal(src.read(refs[i]), data[refs[i].global_start : refs[i].global_stop])
+    assert restarts == [0]  # one pass over the row group: the early chunks were still kept
+    assert np.array_equal(src.read(refs[0]), data[:200]) and restarts == [0, 0]  # long gone
+    pos = np.array([5, 700, 701, 2999])
+    assert np.array_equal(src.read_rows(pos, chunk_rows=200), data[pos])
+    reader = src._reader(0)
+    assert sum(b.shape[0] for _, b in reader.recent) < 400 + 64  # what one reader holds
+
+
+def test_many_shards_read_from_many_threads(tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from prunekit import source
+
+    data = x(2000)
+    d = npy_shards(tmp_path / "d", data, splits=[(a, a + 100) for a in range(0, 2000, 100)])
+    src = open_source(d)
+    refs = src.chunks(chunk_rows=30) * 3  # 20 shards > OPEN_HANDLES: readers get evicted
+    assert len(src.shards) > source.OPEN_HANDLES
+    with ThreadPoolExecutor(8) as pool:
+        blocks = list(pool.map(src.read, refs))
+    for r, b in zip(refs, blocks, strict=True):
+        assert np.array_equal(b, data[r.global_start : r.global_stop])
+    assert len(src._handles) <= source.OPEN_HANDLES
+
+
+def test_outputs_are_never_written_into_a_sharded_input(tmp_path):
+    """The next read of the folder would take the output for a shard."""
+    from prunekit.cli import main
+
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(2):
+        np.save(shards / f"part_{i}.npy", rng.normal(size=(10, 3)).astype(np.float32))
+    runner = CliRunner()
+    for emb in (str(shards), str(shards / "part_*.npy")):
+        res = runner.invoke(main, ["score", emb, "-m", "random", "-o", str(shards / "s.h5")])
+        assert res.exit_code == 2 and "lies inside" in res.output, res.output
+        assert sorted(p.name for p in shards.iterdir()) == ["part_0.npy", "part_1.npy"]
+    res = runner.invoke(main, ["score", str(shards), "-m", "random", "-o", str(tmp_path / "s.h5")])
+    assert res.exit_code == 0, res.output

@@ -19,6 +19,7 @@ from ..methods import score as run_score
 from ..params import Param, ParamError, validate
 from ..resume import open_work_dir, work_dir_for
 from ..resume import use as recording_in
+from ..source import shard_dirs
 from .common import ID_KEY_META, drop_option, key_option, open_embeddings, quiet_option, seed_option
 from .engine_options import engine_options, running_on
 
@@ -137,21 +138,22 @@ def score(ctx: click.Context, emb: str, method: str, output: str, key: str, drop
     """
     get_method(method)
     params = _method_params(ctx, method, options)
-    check_output(output, inputs=_input_files(emb, params))
+    check_output(output, inputs=_input_files(emb, params), input_dirs=shard_dirs(emb))
     if dry_run:
         from ..plan import DEFAULT_RAY_WORKERS, plan
 
         click.echo(plan(emb, method, ray_workers=workers or DEFAULT_RAY_WORKERS, key=key,
                         id_key=ctx.meta.get(ID_KEY_META), **params).table())
         return
-    embeddings = open_embeddings(emb, key, drop_nonfinite)
-    work = open_work_dir(work_dir_for(
-        output, fingerprint=embeddings.fingerprint, method=method,
-        params={"seed": seed, "drop_nonfinite": drop_nonfinite, **_identity(params)}),
-        resume=resume)
     try:
-        with running_on(engine, workers, ray_address), recording_in(work):
-            result = run_score(embeddings, method, seed=seed, progress=not quiet, **params)
+        with running_on(engine, workers, ray_address):  # the load pass runs on the engine too
+            embeddings = open_embeddings(emb, key, drop_nonfinite)
+            work = open_work_dir(work_dir_for(
+                output, fingerprint=embeddings.fingerprint, method=method,
+                params={"seed": seed, "drop_nonfinite": drop_nonfinite, **_identity(params)}),
+                resume=resume)
+            with recording_in(work):
+                result = run_score(embeddings, method, seed=seed, progress=not quiet, **params)
     except ParamError as exc:
         raise PrunekitError(exc.cli_message()) from exc
     result.save(output)

@@ -17,6 +17,7 @@ from ..flow.study import DEFAULT_SOURCES, STABILITY_SAMPLE, check_prs, dimension
 from ..flow.study import stability as run_stability
 from ..provenance import jsonable
 from ..selection import BALANCES
+from ..source import shard_dirs
 from .common import (
     MultiValueCommand,
     check_output,
@@ -132,10 +133,11 @@ def stability(**o) -> None:
     o["pr"] = check_prs(split_values(o["pr"], float, "--pr")) if o["pr"] else []
     o["dims"] = split_values(o["dims"], int, "--dims")
     inputs = [o["data"], *o["selection"], o["scores"], o["sources"]]
+    dirs = shard_dirs(o["data"]) if o["data"] else []
     if o["output"]:
-        check_output(o["output"], inputs=inputs, what="--output", allow_stdout=True)
+        check_output(o["output"], inputs=inputs, input_dirs=dirs, what="--output", allow_stdout=True)
     if o["plot"]:
-        check_output(o["plot"], inputs=inputs, what="--plot")
+        check_output(o["plot"], inputs=inputs, input_dirs=dirs, what="--plot")
         if o["output"] and Path(o["plot"]).resolve() == Path(o["output"]).resolve():
             raise PrunekitError("--plot and --output name the same file; give the figure its own path.")
     _check_combinations(o)

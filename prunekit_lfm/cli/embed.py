@@ -52,16 +52,22 @@ def embed(images: str, output: str, encoder: str, weights: str | None, normalize
       prunekit lfm embed photos/ -o emb.h5                       # CLIP ViT-B/32 from the cache
       prunekit lfm embed photos/ -o emb.h5 --encoder dinov2 --weights ./dinov2-base
       prunekit lfm embed 'shards/{000..009}.tar' -o emb.h5 --dtype float16 --labels
+
+    Several GPUs: torchrun --nproc_per_node W $(which prunekit) lfm embed ... (batches
+    are shared out over the processes; the file is the same as one process writes).
     """
-    from ..devices import pick_device
+    from ..distributed import process_group
     from ..embed import embed_to_file, load_encoder, open_inputs
 
     weights_dir = weights if weights and Path(weights).is_dir() else None
     check_output(output, what="--output", inputs=[images], input_dirs=[images, weights_dir])
-    model = load_encoder(encoder, weights, device=pick_device(device), size=size)
-    inputs = open_inputs(images, labels=labels, key=key)
-    embed_to_file(inputs, model, output, batch_size=batch_size, normalize=normalize, dtype=dtype,
-                  resume=resume, progress=not quiet)
+    with process_group(device) as (dist, dev):
+        model = load_encoder(encoder, weights, device=dev, size=size)
+        inputs = open_inputs(images, labels=labels, key=key)
+        embed_to_file(inputs, model, output, batch_size=batch_size, normalize=normalize, dtype=dtype,
+                      resume=resume, progress=not quiet, dist=dist)
+    if not dist.main:  # rank 0 wrote the file
+        return
     norm = model.normalize_default if normalize is None else normalize
     click.echo(f"{output}: {inputs.n} embeddings from {model.kind} ({model.weights}), "
                f"{'L2-normalised' if norm else 'not normalised'}, {dtype}, "

@@ -33,27 +33,34 @@ def encode(images: str, vae_dir: str, output: str, size: int | None, batch_size:
     IMAGES: 'digits' (scikit-learn's bundled digits), a folder of image files, or an
     .npy / HDF5 array of images. The store keeps ids (file names or positions), labels
     when known, the VAE's scale factor and folder.
+
+    Several GPUs: torchrun --nproc_per_node W $(which prunekit) lfm encode ... (batches
+    are shared out over the processes; the file is the same as one process writes).
     """
-    from ..devices import pick_device
-    from ..latents import LatentStore, open_images, save_latents
-    from ..latents import encode as encode_images
+    from ..distributed import Shards, process_group
+    from ..latents import LatentStore, encode_batches, open_images, save_latents
     from ..vae import load_vae
 
     check_output(output, what="--output", inputs=[images], input_dirs=[vae_dir, images])
-    vae = load_vae(vae_dir, device=pick_device(device))
-    side = size or int(vae.config.sample_size if isinstance(vae.config.sample_size, int) else 0) or 32
-    factor = 2 ** (len(vae.config.block_out_channels) - 1)
-    if side % factor:
-        raise PrunekitError(f"--size {side} must be divisible by the VAE's downsampling factor {factor}.")
-    source = open_images(images, side, key=key)
-    z = encode_images(source, vae, batch_size=batch_size, progress=not quiet)
-    labels = source.labels
-    store = LatentStore(
-        latents=z, ids=source.ids, labels=labels, scale_factor=float(vae.config.scaling_factor or 1.0),
-        shift_factor=float(getattr(vae.config, "shift_factor", None) or 0.0),
-        vae=str(Path(vae_dir).resolve()), image_size=side, source=str(images),
-    )
-    save_latents(output, store)
+    with process_group(device) as (dist, dev), Shards.beside(output, dist) as shards:
+        vae = load_vae(vae_dir, device=dev)
+        side = size or int(vae.config.sample_size if isinstance(vae.config.sample_size, int) else 0) or 32
+        factor = 2 ** (len(vae.config.block_out_channels) - 1)
+        if side % factor:
+            raise PrunekitError(f"--size {side} must be divisible by the VAE's downsampling factor {factor}.")
+        source = open_images(images, side, key=key)
+        batches = encode_batches(source, vae, batch_size, starts=shards.starts(source.n, batch_size),
+                                 progress=not quiet and dist.main)
+        z = shards.gather(batches, source.n, batch_size)
+        if not dist.main:  # rank 0 writes the file
+            return
+        labels = source.labels
+        store = LatentStore(
+            latents=z, ids=source.ids, labels=labels, scale_factor=float(vae.config.scaling_factor or 1.0),
+            shift_factor=float(getattr(vae.config, "shift_factor", None) or 0.0),
+            vae=str(Path(vae_dir).resolve()), image_size=side, source=str(images),
+        )
+        save_latents(output, store)
     c, h, w = store.shape
     click.echo(f"{output}: {store.n} latents of {c}x{h}x{w} (images {side}x{side}, "
                f"scale factor {store.scale_factor:.4g}, labels: {'yes' if labels is not None else 'no'})")

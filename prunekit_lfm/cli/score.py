@@ -36,15 +36,21 @@ def score(run_dir, latents, criterion, t_points, noise_bank, seed, ema, batch_si
     whole data set, averaged over times. Higher = harder for the model. The output is a
     core scores file: `prunekit select scores.h5 --pr 0.5` keeps the highest-loss half
     ("L"), `--invert` the lowest ("L^-1").
+
+    Several GPUs: torchrun --nproc_per_node W $(which prunekit) lfm score ... (batches
+    are shared out over the processes; the file is the same as one process writes).
     """
-    from prunekit_lfm.devices import pick_device
+    from prunekit_lfm.distributed import Shards, process_group
     from prunekit_lfm.scoring import score_items
 
     check_output(output, what="--output", inputs=[latents], input_dirs=[run_dir])
-    scores = score_items(run_dir, latents, criterion=criterion, t_points=t_points,
-                         noise_bank=noise_bank, seed=seed, batch_size=batch_size, ema=ema,
-                         device=pick_device(device), progress=not quiet)
-    scores.save(output)
+    with process_group(device) as (dist, dev), Shards.beside(output, dist) as shards:
+        scores = score_items(run_dir, latents, criterion=criterion, t_points=t_points,
+                             noise_bank=noise_bank, seed=seed, batch_size=batch_size, ema=ema,
+                             device=dev, progress=not quiet and dist.main, shards=shards)
+        if scores is None:  # not rank 0: rank 0 writes the file
+            return
+        scores.save(output)
     s = scores.score
     click.echo(
         f"wrote {output}: {criterion} scores of {scores.n_total} items "
