@@ -21,11 +21,11 @@ demo: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/prunekit demo -o demo-out
 
 test: $(STAMP)
-	$(BIN)/ruff check prunekit prunekit_lfm tests benchmarks
+	$(BIN)/ruff check prunekit prunekit_lfm tests benchmarks examples
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -n 2 tests
 
 lint: $(STAMP)
-	$(BIN)/ruff check prunekit prunekit_lfm tests benchmarks
+	$(BIN)/ruff check prunekit prunekit_lfm tests benchmarks examples
 
 # Sizes that finish in minutes on 2 cores; docs/performance.md gives the full-size commands.
 bench: $(STAMP)

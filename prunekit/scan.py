@@ -10,11 +10,9 @@ commands skip the pass. Small single files are not cached: re-reading them is ch
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
-import tempfile
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -22,7 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
+from .atomic import write_text
 from .budget import memory_budget
+from .errors import PrunekitError
 from .progress import track
 from .source import CHUNK_ROWS, EmbeddingSource, MemorySource
 
@@ -226,8 +226,14 @@ class ScanCache:
         if not isinstance(e, dict) or e.get("size") != size or e.get("mtime_ns") != mtime \
                 or e.get("n_rows") != shard.n_rows or not isinstance(e.get("nonfinite"), list):
             return None
-        return ShardScan(str(e["fingerprint"]), np.asarray(e["nonfinite"], dtype=np.int64),
-                         float(e.get("max_norm", np.inf)))
+        try:  # the cache is a file in the user's folder: trust nothing in it
+            rows = np.asarray(e["nonfinite"], dtype=np.int64)
+            scan = ShardScan(str(e["fingerprint"]), rows, float(e.get("max_norm", np.inf)))
+        except (TypeError, ValueError, OverflowError):
+            return None
+        if rows.ndim != 1 or (rows.size and (rows.min() < 0 or rows.max() >= shard.n_rows)):
+            return None
+        return scan
 
     def put(self, shard, dim: int, res: ShardScan) -> None:
         if res.nonfinite.size > CACHED_NONFINITE_MAX:
@@ -252,17 +258,9 @@ class ScanCache:
 
 
 def _write_atomic(path: Path, text: str) -> bool:
+    """Write the cache like any output (temp file + rename); False where it cannot be."""
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".prunekit-cache.", dir=path.parent)
-    except OSError:
+        write_text(path, text)
+    except (OSError, PrunekitError):
         return False
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-        return True
-    except OSError:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        return False
+    return True
