@@ -8,11 +8,7 @@ the file with a single-process run (the creation time and the command line aside
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import h5py
@@ -21,6 +17,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 from lfm_stand_ins import make_run
+from torchrun_helper import run_two_processes
 
 from prunekit.cli import main
 from prunekit.errors import PrunekitError
@@ -72,26 +69,14 @@ def _torchrun(args: list[str], output: Path, fresh: bool = True) -> str:
 
     ``fresh``: remove the output and its parts first (also before the retry).
     """
-    torchrun = shutil.which("torchrun", path=os.path.dirname(sys.executable))
-    if torchrun is None:  # pragma: no cover - torchrun ships with torch
-        pytest.fail("torchrun not found beside the Python interpreter")
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    for attempt in range(2):  # a rendezvous port taken by another process can stall gloo: retry once
+    def clean() -> None:
         if fresh:
             output.unlink(missing_ok=True)
             shutil.rmtree(f"{output}.parts", ignore_errors=True)
-        proc = subprocess.Popen([torchrun, "--standalone", "--nproc_per_node", "2", "-m", "prunekit",
-                                 *args, "-o", str(output)], env=env, text=True,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
-        try:
-            stdout, stderr = proc.communicate(timeout=120)
-            break
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)  # torchrun and both workers
-            proc.communicate()
-            if attempt == 1:
-                raise
-    assert proc.returncode == 0, stderr[-3000:]
+
+    code, stdout, stderr = run_two_processes([*args, "-o", str(output)], before_try=clean,
+                                             timeout=120)
+    assert code == 0, stderr[-3000:]
     assert not Path(f"{output}.parts").exists()  # the parts are merged and removed
     return stdout
 

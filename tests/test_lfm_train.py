@@ -373,32 +373,16 @@ def test_a_conditional_unet_trains_and_loads(latents, tmp_path):
 @pytest.mark.slow
 def test_torchrun_with_two_cpu_processes_trains_like_one_process(latents, tmp_path):
     """DDP under torchrun (gloo): the same global batches, so the same run up to float sums."""
-    import os
     import shutil
-    import signal
-    import subprocess
-    import sys
 
-    torchrun = shutil.which("torchrun", path=os.path.dirname(sys.executable))
-    if torchrun is None:  # pragma: no cover - torchrun ships with torch
-        pytest.fail("torchrun not found beside the Python interpreter")
+    from torchrun_helper import run_two_processes
+
     args = ["lfm", "train", str(latents), "--steps", "3", "--batch-size", "8", "--lr", "1e-3",
             "--checkpoint-every", "2", "--seed", "1", "--device", "cpu", "-q"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    for attempt in range(2):  # a rendezvous port taken by another process can stall gloo: retry once
-        shutil.rmtree(tmp_path / "ddp", ignore_errors=True)
-        proc = subprocess.Popen([torchrun, "--standalone", "--nproc_per_node", "2", "-m", "prunekit",
-                                 *args, "-o", str(tmp_path / "ddp")], env=env, text=True,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
-        try:
-            _, stderr = proc.communicate(timeout=150)
-            break
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)  # torchrun and both workers
-            proc.communicate()
-            if attempt == 1:
-                raise
-    assert proc.returncode == 0, stderr[-3000:]
+    code, _, stderr = run_two_processes(
+        [*args, "-o", str(tmp_path / "ddp")],
+        before_try=lambda: shutil.rmtree(tmp_path / "ddp", ignore_errors=True))
+    assert code == 0, stderr[-3000:]
     train(str(latents), str(tmp_path / "one"), steps=3, checkpoint_every=2, seed=1,
           **{**FAST, "batch_size": 8})
     one, two = runs.read_config(tmp_path / "one"), runs.read_config(tmp_path / "ddp")
