@@ -25,6 +25,7 @@ metadata. Shards are read in natural order (``x_2`` before ``x_10``).
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import re
@@ -535,6 +536,26 @@ def _pq():
     return pq
 
 
+def _parquet_file(path: str | Path, **options):
+    """``pyarrow.parquet.ParquetFile``, with a damaged file reported as the user's error."""
+    pq = _pq()
+    try:
+        return pq.ParquetFile(path, **options)
+    except (OSError, ValueError) as exc:  # pyarrow's ArrowInvalid/ArrowIOError derive from these
+        raise PrunekitError(f"{path} is not a readable Parquet file ({exc}); rewrite the shard.") from exc
+
+
+@contextlib.contextmanager
+def _parquet_errors(path: str | Path):
+    """Damage found while decoding (a corrupt page) named by file, not as a traceback."""
+    try:
+        yield
+    except PrunekitError:
+        raise
+    except (OSError, ValueError, ArithmeticError) as exc:
+        raise PrunekitError(f"{path}: cannot decode its Parquet data ({exc}); rewrite the shard.") from exc
+
+
 def _list_column(schema, key: str, f: Path) -> str:
     import pyarrow as pa
 
@@ -560,7 +581,7 @@ def _list_column(schema, key: str, f: Path) -> str:
 def _describe_parquet(f: Path, key: str, id_key: str | None, start: int):
     import pyarrow as pa
 
-    pf = _pq().ParquetFile(f)
+    pf = _parquet_file(f)
     schema = pf.schema_arrow
     col = _list_column(schema, key, f)
     t = schema.field(col).type
@@ -582,7 +603,7 @@ def _describe_parquet(f: Path, key: str, id_key: str | None, start: int):
 
 
 def _parquet_id_key(f: Path, id_key: str | None) -> str | None:
-    names = list(_pq().ParquetFile(f).schema_arrow.names)
+    names = list(_parquet_file(f).schema_arrow.names)
     if id_key is not None:
         if id_key not in names:
             raise PrunekitError(
@@ -658,7 +679,7 @@ class _ParquetReader:
 
     def __init__(self, s: Shard, dim: int, dtype: np.dtype) -> None:
         # buffer_size: pages are read as they are decoded, not the whole column chunk
-        self.pf = _pq().ParquetFile(s.path, buffer_size=1 << 20, pre_buffer=False)
+        self.pf = _parquet_file(s.path, buffer_size=1 << 20, pre_buffer=False)
         self.key, self.path, self.dim, self.dtype = s.key, s.path, dim, dtype
         sizes = [self.pf.metadata.row_group(g).num_rows for g in range(self.pf.num_row_groups)]
         self.bounds = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
@@ -699,7 +720,8 @@ class _ParquetReader:
         with self.lock:
             done = a
             while done < b:
-                start, block = self._block_at(done)
+                with _parquet_errors(self.path):
+                    start, block = self._block_at(done)
                 stop = min(b, start + block.shape[0])
                 out[done - a : stop - a] = block[done - start : stop - start]
                 done = stop
@@ -724,7 +746,8 @@ def _open_reader(s: Shard, dim: int, dtype: np.dtype) -> _ShardReader:
 
 
 def _parquet_column(path: str, column: str) -> np.ndarray:
-    col = _pq().ParquetFile(path).read(columns=[column]).column(0)
+    with _parquet_errors(path):
+        col = _parquet_file(path).read(columns=[column]).column(0)
     if col.null_count:
         raise PrunekitError(f"{path}: column '{column}' has {col.null_count} missing values.")
     return col.to_numpy(zero_copy_only=False)
@@ -768,6 +791,6 @@ def _raw_labels(s: Shard) -> np.ndarray | None:
             return read_optional(h, "labels", "embeddings")
     if s.kind == "npz":
         return load_npz_array(s.path, "labels") if "labels" in npz_names(s.path) else None
-    if s.kind == "parquet" and "labels" in _pq().ParquetFile(s.path).schema_arrow.names:
+    if s.kind == "parquet" and "labels" in _parquet_file(s.path).schema_arrow.names:
         return _parquet_column(s.path, "labels")
     return None

@@ -97,6 +97,21 @@ def build_corpus(d: Path) -> None:
     np.savez(d / "sources.npz", x0=rng.standard_normal((5, D)))
     np.save(d / "pickled.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
 
+    # sharded inputs that do not form one row space
+    for name, shards in {
+        "mixedwidth": [x[:10], x[10:, :2]],
+        "mixeddtype": [x[:10], x[10:].astype(np.float16)],
+        "emptyshard": [x[:10], x[:0]],
+        "gap": {"part_0.npy": x[:10], "part_2.npy": x[10:]},
+    }.items():
+        (d / name).mkdir()
+        items = shards.items() if isinstance(shards, dict) else (
+            (f"part_{i}.npy", a) for i, a in enumerate(shards))
+        for fname, arr in items:
+            np.save(d / name / fname, arr)
+    (d / "pq").mkdir()
+    (d / "pq" / "part_0.parquet").write_bytes(b"PAR1 not really parquet PAR1")
+
     # scores files with bad side datasets or attributes
     sc = d / "scores.h5"
     _copy_h5(sc, d / "sc_ntotal.h5", lambda f: f.attrs.__setitem__("n_total", "abc"))
@@ -253,6 +268,34 @@ CASES = [
     ("synth-spread-nan", ["synth", "gmm", "--n", "5", "--dim", "2", "--components", "1", "--spread", "nan",
                           "-o", "g.h5"], "spread"),
     ("inspect-draws-0", ["inspect", "sel.h5", "--random-draws", "0"], "--random-draws"),
+    # sharded inputs, the engine, the memory budget and the newer methods' options
+    ("info-mixed-width", ["info", "mixedwidth"], "needs the same width and dtype"),
+    ("info-mixed-dtype", ["info", "mixeddtype"], "needs the same width and dtype"),
+    ("info-empty-shard", ["info", "emptyshard"], "part_1.npy ['array'] is empty"),
+    ("info-shard-gap", ["info", "gap"], "part_1"),
+    ("info-bad-parquet", ["info", "pq"], "part_0.parquet"),
+    ("info-glob-none", ["info", "nothing_*.npy"], "no files match"),
+    ("score-mixed-width", ["score", "mixedwidth", "-m", "random", "-o", "out.h5"], "same width"),
+    ("score-into-shard-dir", ["score", "gap", "-m", "random", "-o", "gap/s.h5"], "lies inside"),
+    ("score-memory-text", ["score", "emb.h5", "-m", "random", "--memory", "lots", "-o", "out.h5"], "--memory"),
+    ("score-memory-0", ["score", "emb.h5", "-m", "random", "--memory", "0", "-o", "out.h5"], "--memory"),
+    ("score-engine-bogus", ["score", "emb.h5", "-m", "random", "--engine", "spark", "-o", "out.h5"],
+     "--engine"),
+    ("score-workers-0", ["score", "emb.h5", "-m", "random", "--workers", "0", "-o", "out.h5"], "--workers"),
+    ("score-kmeans-sample-0", ["score", "emb.h5", "-m", "kmeans", "--sample", "0", "-o", "out.h5"],
+     "--sample"),
+    ("score-kmeans-passes-neg", ["score", "emb.h5", "-m", "kmeans", "--full-passes", "-1", "-o", "out.h5"],
+     "--full-passes"),
+    ("score-kmeans-k-too-big", ["score", "emb.h5", "-m", "kmeans", "--k", "31", "-o", "out.h5"], "k=31"),
+    ("score-semdedup-keep", ["score", "emb.h5", "-m", "semdedup", "--keep", "middle", "-o", "out.h5"],
+     "--keep"),
+    ("score-semdedup-within-bad", ["score", "emb.h5", "-m", "semdedup", "--within", "sel.h5", "-o", "out.h5"],
+     "sel.h5"),
+    ("select-eps-neg", ["select", "scores.h5", "--eps", "-0.1", "-o", "out.h5"], "--eps"),
+    ("plan-garbage", ["plan", "garbage.h5", "-m", "kmeans"], "neither HDF5"),
+    ("plan-method", ["plan", "emb.h5", "-m", "bogus"], "unknown method"),
+    ("plan-param", ["plan", "emb.h5", "-m", "kmeans", "--k", "0"], "--k"),
+    ("plan-workers-0", ["plan", "emb.h5", "-m", "kmeans", "--workers", "0"], "--workers"),
     ("unknown-option", ["select", "--bogus"], "No such option"),
     ("unknown-command", ["bogus"], "No such command"),
 ]
