@@ -62,6 +62,22 @@ class Embeddings:
     fingerprint: str = ""
     _norms: np.ndarray | None = field(default=None, repr=False)
 
+    def __post_init__(self) -> None:
+        """The invariants that hold however an Embeddings is made (the data pass is _finish's)."""
+        src, name = self.source_obj, self.source
+        if (self.n_total, self.dim) != (src.n_total, src.dim) or np.dtype(self.dtype) != src.dtype:
+            raise PrunekitError(
+                f"{name}: n_total/dim/dtype ({self.n_total}, {self.dim}, {self.dtype}) disagree "
+                f"with its source ({src.n_total}, {src.dim}, {src.dtype})."
+            )
+        _check_side(self.ids, "ids", self.n_total, name)
+        _check_side(self.labels, "labels", self.n_total, name)
+        if self.rows is not None:
+            rows = np.asarray(self.rows)
+            if rows.ndim != 1 or rows.dtype.kind not in "iu" or (
+                    rows.size and (rows[0] < 0 or rows[-1] >= self.n_total or np.any(np.diff(rows) <= 0))):
+                raise PrunekitError(f"{name}: rows must be ascending positions in [0, {self.n_total}).")
+
     @property
     def n(self) -> int:
         """Number of usable rows."""

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+import prunekit as pk
 from prunekit.cli import main
 from prunekit.selection import load_selection
 
@@ -215,3 +216,18 @@ def test_info_reports_shape_keys_norms_and_nonfinite(work):
     d = json.loads(run("info", "e.npy", "--json").output)
     assert d["shape"] == [2, 2] and d["dtype"] == "float16" and d["keys"] == {} and d["ids"] is None
     only(work, "emb.h5", "e.npy")
+
+
+def test_embeddings_check_their_invariants_when_constructed():
+    from prunekit.source import MemorySource
+
+    x = np.zeros((4, 3), np.float32)
+    src = MemorySource(x, "<array>")
+    with pytest.raises(pk.PrunekitError, match="disagree with its source"):
+        pk.Embeddings(n_total=5, dim=3, dtype=x.dtype, source_obj=src)
+    with pytest.raises(pk.PrunekitError, match=r"\['ids'\] has shape"):
+        pk.Embeddings(n_total=4, dim=3, dtype=x.dtype, source_obj=src, ids=np.arange(3))
+    with pytest.raises(pk.PrunekitError, match="rows must be ascending positions"):
+        pk.Embeddings(n_total=4, dim=3, dtype=x.dtype, source_obj=src, rows=np.array([0, 4]))
+    ok = pk.Embeddings(n_total=4, dim=3, dtype=x.dtype, source_obj=src, rows=np.array([1, 3]))
+    assert ok.n == 2
