@@ -11,6 +11,7 @@ imports torch. The Python API mirrors the CLI::
 """
 
 from ._version import __version__
+from .dedup import select_eps  # noqa: E402
 from .embeddings import Embeddings, load_embeddings  # noqa: E402
 from .errors import PrunekitError  # noqa: E402
 from .flow.study import stability  # noqa: E402
@@ -34,5 +35,6 @@ __all__ = [
     "resolve_rows",
     "score",
     "select",
+    "select_eps",
     "stability",
 ]
