@@ -158,6 +158,7 @@ def startup(cwd: Path) -> float:
 
 
 COMMANDS = ("info", "random", "kmeans", "select", "herding", "kcenter", "inspect")
+OPTIONAL = ("stability",)  # run only when named in --commands
 
 
 def bench_size(n: int, formats: list[str], engines: list[str], k: int, iters: int, keep: int,
@@ -185,8 +186,11 @@ def bench_size(n: int, formats: list[str], engines: list[str], k: int, iters: in
                    [emb, *km_args])
         else:  # the commands below need its clusters
             run(["score", emb, *km_args, "-o", "km-local.h5", "-q"], work)
-        record("select", "local", ["select", "km-local.h5", "--pr", "0.9", "--balance", "clusters",
-                                   "-o", "sel.h5"])
+        sel_args = ["select", "km-local.h5", "--pr", "0.9", "--balance", "clusters", "-o", "sel.h5"]
+        if "select" in commands:
+            record("select", "local", sel_args)
+        elif {"inspect", "stability"} & set(commands):  # they read the selection
+            run(sel_args, work)
         for engine in engines:
             eng = ENGINES[engine]
             if engine != "local" and fmt != formats[0]:
@@ -196,14 +200,17 @@ def bench_size(n: int, formats: list[str], engines: list[str], k: int, iters: in
                         ["score", emb, "-m", "random", "-o", "r.h5", "-q", *eng], None)
                 record("kmeans", engine, ["score", emb, *km_args, "-o", f"km-{engine}.h5", "-q", *eng],
                        [emb, *km_args])
+            cap = ["--max-keep", str(keep)] if keep else []  # 0: the full order
             for method in ("herding", "kcenter"):
                 record(method, engine,
-                       ["score", emb, "-m", method, "--within", "km-local.h5", "--max-keep", str(keep),
+                       ["score", emb, "-m", method, "--within", "km-local.h5", *cap,
                         "-o", f"{method}-{engine}.h5", "-q", *eng],
-                       [emb, "-m", method, "--within", "km-local.h5", "--max-keep", str(keep)])
+                       [emb, "-m", method, "--within", "km-local.h5", *cap])
         _same_across_engines(work, engines, rows)
         record("inspect", "local", ["inspect", "sel.h5", "--scores", "km-local.h5",
                                     "--embeddings", emb, "--json", "-q"])
+        record("stability", "local", ["stability", emb, "--selection", "sel.h5",
+                                      "-o", "stability.json", "-q"])
         shutil.rmtree(work)
         for p in (scratch / "emb.h5", scratch / "npy", scratch / "parquet"):
             if p.is_dir():
@@ -302,12 +309,17 @@ def main() -> None:
     ap.add_argument("--iters", type=int, default=None,
                     help="k-means Lloyd iterations (default 25, or 5 with --quick)")
     ap.add_argument("--memory", help="memory budget of every command, e.g. 1G (PRUNEKIT_MEMORY)")
-    ap.add_argument("--max-keep", type=int, default=100, help="greedy picks per cluster")
+    ap.add_argument("--max-keep", type=int, default=100,
+                    help="greedy picks per cluster (0: the full order)")
     ap.add_argument("--commands", default=",".join(COMMANDS),
-                    help="which commands (select/herding/kcenter/inspect need kmeans)")
+                    help="which commands, of " + ",".join(COMMANDS + OPTIONAL)
+                    + " (select/herding/kcenter/inspect/stability need kmeans)")
     ap.add_argument("--scratch", default=tempfile.gettempdir())
     ap.add_argument("--json-out", help="also write the rows as JSON here")
     a = ap.parse_args()
+    unknown = set(a.commands.split(",")) - set(COMMANDS + OPTIONAL)
+    if unknown:
+        ap.error(f"--commands: unknown {','.join(sorted(unknown))}")
     sizes = [100_000] if a.quick else [int(float(s)) for s in a.sizes.split(",")]
     formats = a.formats.split(",")
     engines = a.engines.split(",")

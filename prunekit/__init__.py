@@ -20,6 +20,7 @@ from .methods import available as available_methods  # noqa: E402
 from .methods import score  # noqa: E402
 from .scores import Scores, load_scores  # noqa: E402
 from .selection import Selection, load_selection, resolve_rows, select  # noqa: E402
+from .summary import describe  # noqa: E402
 
 __all__ = [
     "Embeddings",
@@ -28,6 +29,7 @@ __all__ = [
     "Selection",
     "__version__",
     "available_methods",
+    "describe",
     "inspect",
     "load_embeddings",
     "load_scores",

@@ -16,7 +16,8 @@ model's own image processor (resize, crop, mean/std), fed RGB floats in [0, 1].
 Inputs are those of ``prunekit lfm encode`` (:func:`prunekit_lfm.latents.open_images`:
 ``digits``, image folders, .npy/HDF5 arrays) plus WebDataset tar shards
 (:mod:`prunekit_lfm.data`). Embedding is batched, shows a progress bar and keeps finished
-batches in ``OUTPUT.parts/`` so an interrupted run continues with ``resume=True``.
+batches in ``OUTPUT.parts/`` so an interrupted run continues with ``resume=True``. Large
+inputs may be written as a directory of shards (``shard_rows``, :mod:`prunekit_lfm.shard_dir`).
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ from prunekit.provenance import stamp
 from .data import decode_image, index_webdataset, is_webdataset
 from .distributed import Dist, barrier, load_part, part_path, save_part, together
 from .latents import open_images
+from .shard_dir import atomic_dir, check_shard_dir, shard_name, shard_ranges
 
 ENCODERS = ("clip", "dinov2", "siglip")
 TORCHSCRIPT = "torchscript:"
@@ -355,7 +357,8 @@ def embed_images(inputs: ImageInput, encoder: Encoder, *, batch_size: int = 64,
 def embed_to_file(inputs: ImageInput, encoder: Encoder, output: str | os.PathLike, *,
                   batch_size: int = 64, normalize: bool | None = None, dtype: str = "float32",
                   resume: bool = False, progress: bool = True,
-                  command: list[str] | None = None, dist: Dist | None = None) -> Path:
+                  command: list[str] | None = None, dist: Dist | None = None,
+                  shard_rows: int | None = None) -> Path:
     """Embed every image into an embeddings file (core format), resumably.
 
     Finished batches go to ``OUTPUT.parts/`` (one ``.npy`` each, written atomically) with
@@ -365,17 +368,25 @@ def embed_to_file(inputs: ImageInput, encoder: Encoder, output: str | os.PathLik
     ``labels`` when asked; attributes ``encoder``, ``weights``, ``normalize``,
     ``image_size``, ``source`` and the provenance stamp.
 
+    With ``shard_rows`` N the output is a directory of shards ``part_00000.h5``, ... (see
+    :mod:`prunekit_lfm.shard_dir`): shard i holds rows [i N, (i + 1) N) of the single
+    file, with the same datasets and attributes (``params`` adds ``shard_rows``).
+
     Under torchrun (``dist``) rank r embeds batches b = r (mod W) (on resume: its share
     of the batches without a part) and rank 0 writes the file from all the parts; a run
     may be resumed with another number of processes.
     """
     if dtype not in DTYPES:
         raise PrunekitError(f"--dtype must be one of {', '.join(DTYPES)} (got {dtype}).")
+    output = Path(output)
+    if shard_rows is not None:
+        shard_ranges(inputs.n, shard_rows)  # checks the number
+        check_shard_dir(output)
     dist = dist or Dist()
     norm = encoder.normalize_default if normalize is None else bool(normalize)
     settings = {**encoder.describe(), "normalize": norm, "source": inputs.name, "n": inputs.n,
                 "batch_size": int(batch_size), "ids": _ids_digest(inputs.ids)}
-    parts = Path(str(output) + ".parts")
+    parts = Path(f"{output}.parts")  # the parts do not depend on the sharding of the output
     created = together(dist, lambda: _prepare_parts(parts, settings, resume), main_only=True)
     try:
         todo = _share(parts, inputs.n, batch_size, dist)
@@ -384,14 +395,16 @@ def embed_to_file(inputs: ImageInput, encoder: Encoder, output: str | os.PathLik
         if dist.main:
             params = {k: v for k, v in settings.items() if k not in ("ids", "n")}
             params["dtype"] = dtype
-            _write(output, parts, inputs, batch_size, dtype, params, command)
+            if shard_rows is not None:
+                params["shard_rows"] = int(shard_rows)
+            _write(output, parts, inputs, batch_size, dtype, params, command, shard_rows)
     except PrunekitError:
         if created:  # nothing of a failed fresh run stays behind
             shutil.rmtree(parts, ignore_errors=True)
         raise
     if dist.main:
         shutil.rmtree(parts, ignore_errors=True)
-    return Path(output)
+    return output
 
 
 def _share(parts: Path, n: int, batch_size: int, dist: Dist) -> list[int]:
@@ -440,28 +453,43 @@ def _prepare_parts(parts: Path, settings: dict, resume: bool) -> bool:
                 "Use the same inputs and options, or delete the folder to start again."
             )
         return False
-    parts.mkdir()
+    parts.mkdir(parents=True)  # OUTPUT may name a folder that does not exist yet
     write_text(config, json.dumps(settings, sort_keys=True))
     return True
 
 
-def _write(output: str | os.PathLike, parts: Path, inputs: ImageInput, batch_size: int,
-           dtype: str, params: dict, command: list[str] | None) -> None:
-    first = load_part(parts, 0, min(batch_size, inputs.n))
-    with atomic_h5(output) as f:
-        ds = f.create_dataset("embeddings", shape=(inputs.n, first.shape[1]), dtype=dtype,
-                              chunks=(min(inputs.n, max(1, 65536 // first.shape[1])), first.shape[1]))
-        for a in range(0, inputs.n, batch_size):
-            block = load_part(parts, a, min(batch_size, inputs.n - a))
-            if block.shape != (min(batch_size, inputs.n - a), first.shape[1]):
-                raise PrunekitError(f"{part_path(parts, a)} has shape {block.shape}; delete {parts} "
-                                    "and embed again.")
-            ds[a : a + block.shape[0]] = block.astype(dtype)
-        write_ids(f, "ids", inputs.ids)
+def _write(output: Path, parts: Path, inputs: ImageInput, batch_size: int, dtype: str,
+           params: dict, command: list[str] | None, shard_rows: int | None) -> None:
+    """The embeddings file from the parts, or its rows in shards of ``shard_rows``."""
+    dim = load_part(parts, 0, min(batch_size, inputs.n)).shape[1]
+    if shard_rows is None:
+        _write_rows(output, parts, inputs, 0, inputs.n, batch_size, dim, dtype, params, command)
+        return
+    check_shard_dir(output)  # again: the directory may have changed while embedding
+    with atomic_dir(output) as tmp:
+        for i, (a, b) in enumerate(shard_ranges(inputs.n, shard_rows)):
+            _write_rows(tmp / shard_name(i), parts, inputs, a, b, batch_size, dim, dtype, params,
+                        command)
+
+
+def _write_rows(path: Path, parts: Path, inputs: ImageInput, a: int, b: int, batch_size: int,
+                dim: int, dtype: str, params: dict, command: list[str] | None) -> None:
+    """Rows [a, b) as an embeddings file, read from the parts batch by batch."""
+    with atomic_h5(path) as f:
+        ds = f.create_dataset("embeddings", shape=(b - a, dim), dtype=dtype,
+                              chunks=(min(b - a, max(1, 65536 // dim)), dim))
+        for start in range(a - a % batch_size, b, batch_size):
+            rows = min(batch_size, inputs.n - start)
+            block = load_part(parts, start, rows)
+            if block.shape != (rows, dim):
+                raise PrunekitError(f"{part_path(parts, start)} has shape {block.shape}; delete "
+                                    f"{parts} and embed again.")
+            lo, hi = max(a, start), min(b, start + rows)
+            ds[lo - a : hi - a] = block[lo - start : hi - start].astype(dtype)
+        write_ids(f, "ids", inputs.ids[a:b])
         if inputs.labels is not None:
-            f.create_dataset("labels", data=inputs.labels.astype(np.int64))
+            f.create_dataset("labels", data=inputs.labels[a:b].astype(np.int64))
         for k in ("encoder", "weights", "normalize", "source"):
             f.attrs[k] = params[k]
         f.attrs["image_size"] = -1 if params.get("image_size") is None else int(params["image_size"])
         stamp(f.attrs, params, command)
-

@@ -248,3 +248,169 @@ def test_errors_name_the_fix(models, photos, tmp_path):
     res = CliRunner().invoke(main, ["lfm", "embed", str(photos), "-o", str(photos / "cats" / "x.h5"),
                                     "--weights", str(models["clip"][0])])
     assert res.exit_code == 2 and "inside" in res.output
+
+
+# ----------------------------------------------------------------------------- --shard-rows
+
+
+def _arrays(path):
+    with h5py.File(path) as f:
+        return {k: f[k][()] for k in f}, dict(f.attrs)
+
+
+def test_shard_rows_split_the_single_file_into_a_directory_the_core_reads(models, photos, tmp_path):
+    import prunekit as pk
+
+    folder, _ = models["clip"]
+    base = ["lfm", "embed", str(photos), "--weights", str(folder), "--labels", "--batch-size", "2",
+            "--dtype", "float16", "--quiet"]
+    res = CliRunner().invoke(main, [*base, "-o", str(tmp_path / "one.h5")])
+    assert res.exit_code == 0, res.output
+    out = tmp_path / "out" / "emb"  # the parent is created too
+    res = CliRunner().invoke(main, [*base, "-o", str(out), "--shard-rows", "3"])
+    assert res.exit_code == 0, res.output
+    assert res.output == (f"{out}: 7 embeddings in 3 shards of up to 3 rows from clip ({folder}), "
+                          "L2-normalised, float16, labels: yes\n")
+    assert sorted(p.name for p in out.iterdir()) == ["part_00000.h5", "part_00001.h5", "part_00002.h5"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["one.h5", "out"]  # no temp dir or parts
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["emb"]
+    one, one_attrs = _arrays(tmp_path / "one.h5")
+    shards = [_arrays(out / f"part_0000{i}.h5") for i in range(3)]
+    assert [s["embeddings"].shape for s, _ in shards] == [(3, 16), (3, 16), (1, 16)]  # batches of 2
+    for k in ("embeddings", "labels"):
+        joined = np.concatenate([s[k] for s, _ in shards])
+        assert joined.dtype == one[k].dtype and joined.tobytes() == one[k].tobytes()
+    assert np.concatenate([s["ids"] for s, _ in shards]).tolist() == one["ids"].tolist()
+    assert shards[1][0]["ids"].tolist() == [b"dogs/im3.png", b"dogs/im4.png", b"dogs/im5.png"]
+    for _, attrs in shards:
+        assert set(attrs) == set(one_attrs)
+        for k in ("encoder", "weights", "normalize", "source", "image_size", "prunekit_version"):
+            assert attrs[k] == one_attrs[k]
+        assert json.loads(attrs["params"]) == {**json.loads(one_attrs["params"]), "shard_rows": 3}
+    emb = pk.load_embeddings(out)
+    assert emb.n_total == 7 and emb.ids.tolist() == pk.load_embeddings(tmp_path / "one.h5").ids.tolist()
+    assert emb.labels.tolist() == [0, 0, 0, 1, 1, 1, 1]
+    res = CliRunner().invoke(main, ["info", str(out)])
+    assert res.exit_code == 0, res.output
+    assert f"{out} ['embeddings']: 7 x 16 float16" in res.output and "  shards: 3\n" in res.output
+    assert "[2] part_00002.h5: 1 rows from 6," in res.output
+
+
+def test_shard_rows_replace_only_an_earlier_sharded_output(models, photos, tmp_path):
+    folder, _ = models["dinov2"]
+    out = tmp_path / "emb"
+
+    def run(*extra, output=out):
+        return CliRunner().invoke(main, ["lfm", "embed", str(photos), "--encoder", "dinov2",
+                                         "--weights", str(folder), "-o", str(output), "--quiet",
+                                         *extra])
+
+    out.mkdir()  # an empty directory is taken
+    assert run("--shard-rows", "3").exit_code == 0
+    first = _arrays(out / "part_00000.h5")[0]["embeddings"]
+    res = run("--shard-rows", "5")  # an earlier output is replaced whole: no stale part_00002
+    assert res.exit_code == 0, res.output
+    assert sorted(p.name for p in out.iterdir()) == ["part_00000.h5", "part_00001.h5"]
+    np.testing.assert_array_equal(_arrays(out / "part_00000.h5")[0]["embeddings"][:3], first)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["emb"]
+    (out / "notes.txt").write_text("mine")  # no longer an output of this command
+    res = run("--shard-rows", "5")
+    assert res.exit_code == 2 and "Error: --output" in res.output
+    assert "is a non-empty directory (it holds 'notes.txt' and 2 more)" in res.output
+    assert (out / "notes.txt").read_text() == "mine" and len(list(out.iterdir())) == 3
+    (tmp_path / "file.h5").write_bytes(b"x")
+    res = run("--shard-rows", "5", output=tmp_path / "file.h5")
+    assert res.exit_code == 2 and "is not a directory; with --shard-rows" in res.output
+    res = run("--shard-rows", "5", output=photos / "emb")
+    assert res.exit_code == 2 and "inside" in res.output and not (photos / "emb").exists()
+    res = run("--shard-rows", "5", output=photos.parent)  # would hold the input images
+    assert res.exit_code == 2 and f"holds {photos}" in res.output
+    res = run("--shard-rows", "0")
+    assert res.exit_code == 2 and "--shard-rows" in res.output
+    res = run(output=out)  # without --shard-rows a directory is refused, as before
+    assert res.exit_code == 2 and "is a directory" in res.output
+
+
+def test_shard_rows_leave_nothing_on_failure_and_resume(models, photos, tmp_path):
+    folder, _ = models["dinov2"]
+    enc = E.load_encoder("dinov2", folder)
+    ref = tmp_path / "ref"
+    E.embed_to_file(E.open_inputs(photos), enc, ref, batch_size=2, shard_rows=4, progress=False)
+    inputs = E.open_inputs(photos)
+    real_read = inputs.read
+
+    def failing(a, b):
+        if a == 4:
+            raise KeyboardInterrupt
+        return real_read(a, b)
+
+    inputs.read = failing
+    out = tmp_path / "out"
+    with pytest.raises(KeyboardInterrupt):
+        E.embed_to_file(inputs, enc, out, batch_size=2, shard_rows=4, progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.parts", "ref"]
+    # Resumed with another shard size: the parts do not depend on it.
+    inputs.read = real_read
+    E.embed_to_file(inputs, enc, out, batch_size=2, shard_rows=3, resume=True, progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "ref"]
+    got = np.concatenate([_arrays(out / f"part_0000{i}.h5")[0]["embeddings"] for i in range(3)])
+    want = np.concatenate([_arrays(ref / f"part_0000{i}.h5")[0]["embeddings"] for i in range(2)])
+    assert got.tobytes() == want.tobytes()
+    # A failure while the shards are written (here: the second shard) leaves no directory.
+    real_write = E._write_rows
+
+    def write_then_fail(path, *args):
+        if path.name == "part_00001.h5":
+            raise PrunekitError("disk full")
+        real_write(path, *args)
+
+    E._write_rows = write_then_fail
+    try:
+        with pytest.raises(PrunekitError, match="disk full"):
+            E.embed_to_file(E.open_inputs(photos), enc, tmp_path / "new", batch_size=2,
+                            shard_rows=4, progress=False)
+        with pytest.raises(PrunekitError, match="disk full"):  # an earlier output stays as it was
+            E.embed_to_file(E.open_inputs(photos), enc, ref, batch_size=3, shard_rows=2,
+                            progress=False)
+    finally:
+        E._write_rows = real_write
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "ref"]
+    assert sorted(p.name for p in ref.iterdir()) == ["part_00000.h5", "part_00001.h5"]
+    assert _arrays(ref / "part_00000.h5")[0]["embeddings"].tobytes() == want[:4].tobytes()
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
+def test_shard_rows_under_torchrun_write_the_shards_of_one_process(tmp_path):
+    """Two processes share the batches (3 rows each); rank 0 writes shards of 4 rows."""
+    import shutil
+
+    from torchrun_helper import run_two_processes
+
+    class Net(torch.nn.Module):
+        def forward(self, x):
+            return torch.cat([x.mean(dim=(2, 3)), x.amax(dim=(2, 3))], dim=1)
+
+    net = tmp_path / "net.pt"
+    torch.jit.script(Net()).save(str(net))
+    images = tmp_path / "images.npy"
+    np.save(images, np.random.default_rng(2).integers(0, 256, (10, 12, 20, 3), dtype=np.uint8))
+    args = ["lfm", "embed", str(images), "--encoder", f"torchscript:{net}", "--size", "8",
+            "--batch-size", "3", "--shard-rows", "4", "--device", "cpu", "-q"]
+    one, two = tmp_path / "one", tmp_path / "two"
+    res = CliRunner().invoke(main, [*args, "-o", str(one)])
+    assert res.exit_code == 0, res.output
+    code, stdout, stderr = run_two_processes(
+        [*args, "-o", str(two)], timeout=120,
+        before_try=lambda: (shutil.rmtree(two, ignore_errors=True),
+                            shutil.rmtree(f"{two}.parts", ignore_errors=True)))
+    assert code == 0, stderr[-3000:]
+    assert stdout == res.output.replace(str(one), str(two))
+    names = ["part_00000.h5", "part_00001.h5", "part_00002.h5"]
+    assert sorted(p.name for p in two.iterdir()) == names
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["images.npy", "net.pt", "one", "two"]
+    for name in names:
+        a, b = _arrays(one / name)[0], _arrays(two / name)[0]
+        assert a["ids"].tolist() == b["ids"].tolist()
+        assert a["embeddings"].tobytes() == b["embeddings"].tobytes()
+    assert _arrays(two / "part_00002.h5")[0]["ids"].tolist() == [8, 9]  # global positions
