@@ -27,6 +27,7 @@ import contextlib
 import copy
 import dataclasses
 import datetime as _dt
+import gc
 import time
 from pathlib import Path
 from typing import Any
@@ -234,7 +235,7 @@ def train(
         extra={"shift_factor": store.shift_factor},
     )
     dev = _setup_dist(dist, device)
-    lock = created = None
+    lock = created = trainer = None
     try:
         if dist.main:  # rank 0 writes, so rank 0 holds the directory's lock
             created = [p for p in (out, *out.parents) if not p.exists()]
@@ -261,7 +262,11 @@ def train(
         trainer.wrap_ddp()
         _barrier(dist)
         trainer.run(progress and dist.main)
+        trainer.unwrap_ddp()
+        _barrier(dist)  # every rank has dropped its reducer before any rank tears down
     finally:
+        if trainer is not None:
+            trainer.unwrap_ddp()
         if lock is not None:
             lock.release()
         _teardown_dist(dist)
@@ -299,6 +304,17 @@ class _Trainer:
 
             ids = [self.dev.index] if self.dev.type == "cuda" else None
             self.ddp = DistributedDataParallel(self.model, device_ids=ids)
+
+    def unwrap_ddp(self) -> None:
+        """Drop the DDP wrapper while the process group still exists.
+
+        A DDP reducer that outlives ``destroy_process_group`` holds the last reference to the
+        gloo group, whose destructor then waits forever for threads talking to a peer that
+        has already exited (seen as a rank hanging after a finished training).
+        """
+        if self.ddp is not self.model:
+            self.ddp = self.model
+            gc.collect()
 
     def restore(self) -> None:
         """Load the last checkpoint (if any) and the log up to it."""
