@@ -43,14 +43,15 @@ from threadpoolctl import threadpool_limits
 from .budget import memory_budget
 from .engine import chunk_rows_for, current
 from .errors import PrunekitError
+from .memory import human
 from .progress import track
 from .resume import WorkDir
 from .seeds import role_rng
 
 BACKENDS = ("auto", "faiss", "sklearn")
 AUTO_RESTARTS_MAX = 10  # scikit-learn's n_init for k-means++ seeding
-# restarts="auto": as many restarts (up to the max) as fit in this many multiply-adds of
-# seeding and Lloyd together; problems larger than that keep one restart, today's cost.
+# restarts=None: as many restarts (up to the max) as fit in this many multiply-adds of
+# seeding and Lloyd together; problems larger than that keep one restart.
 AUTO_RESTARTS_WORK = 3e10  # about 10 s of faiss Lloyd on 2 busy cores
 SEED_SAMPLE_MIN = 4096
 SEED_SAMPLE_PER_CLUSTER = 8
@@ -335,9 +336,8 @@ def sample_plan(n: int, k: int, d: int, itemsize: int, budget: int) -> SamplePla
     m = int(min(n, fits, max(SAMPLE_MIN, SAMPLE_PER_CLUSTER * k)))
     if m < k:
         raise PrunekitError(
-            f"k-means with k={k} needs a sample of at least {k} rows "
-            f"({k * per_row / 2**20:.0f} MiB "
-            f"at {d} dimensions), but the memory budget of {budget / 2**20:.0f} MiB holds {m}. "
+            f"k-means with k={k} needs a sample of at least {k} rows ({human(k * per_row)} "
+            f"at {d} dimensions), but the memory budget of {human(budget)} holds {m}. "
             "Raise --memory or lower --k."
         )
     return SamplePlan(m, n, "uniform without replacement, seeded by (seed, 'kmeans-sample')")

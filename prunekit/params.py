@@ -42,9 +42,10 @@ class Param:
     """One parameter of a method.
 
     ``kind`` is one of :data:`KINDS`. Numbers may be bounded by ``low``/``high``
-    (inclusive; ``open_low`` makes the lower bound exclusive). ``nullable``: ``None`` is accepted and means "the method decides".
-    ``special``: strings accepted besides numbers (``sigma="auto"``). ``objects``: Python
-    types the library accepts besides the CLI's value (a ``Scores`` for ``within``).
+    (inclusive; ``open_low`` makes the lower bound exclusive). ``nullable``: ``None`` is
+    accepted and means "the method decides". ``special``: strings accepted besides numbers
+    (``sigma="auto"``). ``objects``: Python types the library accepts besides the CLI's
+    value (a ``Scores`` for ``within``).
     ``flag``/``negation`` shape the CLI option (``--from``; ``--spherical/--euclidean``).
     """
 

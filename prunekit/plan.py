@@ -13,10 +13,12 @@ The cost model, per step (``B`` = bytes of the matrix, ``n`` rows of ``d`` value
 * the load pass (hash, NaN check, norms) is ``B / read + B / (scan x tasks)`` (shards
   are scanned in parallel), or free when cached;
 * k-means Lloyd on its sample runs on the driver with all its threads:
-  ``restarts x (iters x 2 m k d + seeding)`` flops at the all-threads GEMM rate;
-* a greedy pick costs one matrix-vector product over its candidates: herding
-  ``2 s D`` (D random features), k-center ``3 s d``, at the one-thread GEMV rate; per-cluster
-  work runs as parallel tasks, so the step takes ``max(total / tasks, largest cluster)``.
+  ``restarts x (iters x 2 m k d + seeding + assignment)`` flops at the k-means rates the
+  probe measured at this k (else the GEMM rates);
+* a greedy pick costs a fixed time plus a time per candidate value, as the probe timed
+  the real loop (else one matrix-vector product at the one-thread GEMV rate: herding
+  ``2 s D`` for D random features, k-center ``3 s d``); per-cluster work runs as parallel
+  tasks, so the step takes ``max(total / tasks, largest cluster)``.
 
 Peak memory counts what a step holds beyond the per-row arrays (scores, clusters, ids,
 positions), which are reported on their own line; a plan fits when every step's peak is

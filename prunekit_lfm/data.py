@@ -33,6 +33,7 @@ import numpy as np
 
 from prunekit.errors import PrunekitError
 from prunekit.selection import Selection, load_selection, resolve_rows
+from prunekit.source import natural_key
 
 SelectionLike = Selection | str | os.PathLike
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "bmp", "ppm", "tif", "tiff")
@@ -201,11 +202,7 @@ def shard_paths(spec: str | os.PathLike) -> list[Path]:
         raise PrunekitError(f"WebDataset shard(s) not found: {', '.join(missing[:5])}. Check {spec}.")
     if not paths:
         raise PrunekitError(f"no .tar shards match {spec}.")
-    return sorted(paths, key=_natural)
-
-
-def _natural(p: Path) -> list:
-    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", str(p))]
+    return sorted(paths, key=natural_key)
 
 
 def is_webdataset(spec: str | os.PathLike) -> bool:

@@ -1,8 +1,9 @@
 """One sampling path for every command: load runs -> sample -> decode.
 
-``sample``, ``compare``, ``c2f-sweep`` and the demo all go through :func:`load_models` and
-:func:`draw`, with one :class:`~prunekit_lfm.sampling.SamplingConfig` (device included, so
-any of them can run on a GPU). Time convention: t = 0 noise, t = 1 data.
+``sample``, ``compare`` and the demo draw through :func:`draw`; ``c2f-sweep`` (and the
+demo's sweep) load their runs with :func:`load_models`. All take one
+:class:`~prunekit_lfm.sampling.SamplingConfig` (device included, so any of them can run
+on a GPU). Time convention: t = 0 noise, t = 1 data.
 """
 
 from __future__ import annotations

@@ -76,10 +76,6 @@ PRESETS: dict[str, dict[str, Any]] = {
     "unet": _unet([128, 256, 256], 2, [False, True, True], 32),
 }
 
-# Keys the data fixes; a spec may repeat them only with the same value.
-_DATA_KEYS = ("sample_size", "in_channels", "out_channels", "num_embeds_ada_norm", "num_class_embeds")
-
-
 def resolve_spec(spec: str | os.PathLike | dict[str, Any]) -> tuple[dict[str, Any], str | None]:
     """A spec (preset name, dict or JSON path) -> (canonical dict, preset name or None)."""
     preset: str | None = None

@@ -109,6 +109,7 @@ def build_corpus(d: Path) -> None:
             (f"part_{i}.npy", a) for i, a in enumerate(shards))
         for fname, arr in items:
             np.save(d / name / fname, arr)
+    (d / "model.pt").write_bytes(b"a TorchScript model stands here")
     (d / "pq").mkdir()
     (d / "pq" / "part_0.parquet").write_bytes(b"PAR1 not really parquet PAR1")
 
@@ -321,6 +322,10 @@ LFM_CASES = [
     ("lfm-metrics-k", ["lfm", "metrics", "s.h5", "--k", "0"], "--k"),
     ("lfm-embed-batch", ["lfm", "embed", "imgs", "-o", "e.h5", "--batch-size", "0"], "--batch-size"),
     ("lfm-embed-over-input", ["lfm", "embed", "emb.h5", "-o", "emb.h5"], "would destroy the input"),
+    ("lfm-embed-over-model", ["lfm", "embed", "emb.h5", "-o", "model.pt", "--encoder", "torchscript:model.pt"],
+     "would destroy the input"),
+    ("lfm-metrics-over-features", ["lfm", "metrics", "emb.h5", "--real", "digits", "--features", "torchscript:model.pt",
+                                   "-o", "model.pt"], "would destroy the input"),
     ("lfm-score-over-input", ["lfm", "score", "adir", "emb.h5", "-o", "emb.h5"], "would destroy the input"),
     ("lfm-sample-over-run", ["lfm", "sample", "adir", "-o", "adir/x.h5"], "lies inside"),
     ("demo-budget-inf", ["demo", "--budget", "inf"], "--budget"),

@@ -354,3 +354,12 @@ def test_numpy_fallback_without_faiss_gives_the_same_orders(monkeypatch):
     without = [pk.score(emb, m, max_keep=25, progress=False).order for m in ("herding", "kcenter")]
     for a, b in zip(with_faiss, without, strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+def test_loss_csv_errors_name_the_file_line_counting_blank_lines(tmp_path):
+    from prunekit.methods.loss import read_score_file
+
+    p = tmp_path / "s.csv"
+    p.write_text("id,score\n\n1,0.5\n\n2,x\n")
+    with pytest.raises(pk.PrunekitError, match=r"s\.csv line 5: score 'x' is not a number"):
+        read_score_file(p)

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from ..atomic import is_stdout
 from ..export import FORMATS, TEXT_FORMATS, export_payload, export_selection
 from ..selection import load_selection
 from .common import check_output
@@ -31,5 +32,5 @@ def export(selection: str, fmt: str, output: str | None, use_ids: bool) -> None:
     check_output(out, inputs=[selection], what="--output", allow_stdout=fmt in TEXT_FORMATS)
     sel = load_selection(selection)
     path = export_selection(sel, out, fmt, use_ids=use_ids)
-    if output not in ("-", "/dev/stdout"):
+    if output is None or not is_stdout(output):
         click.echo(f"{path}: {sel.n_kept} rows ({fmt})")

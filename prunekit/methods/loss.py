@@ -137,7 +137,8 @@ def _read_json(p: Path) -> tuple[np.ndarray, np.ndarray | None]:
 def _read_csv(p: Path) -> tuple[np.ndarray, np.ndarray | None]:
     try:
         with open(p, newline="", encoding="utf-8") as fh:
-            rows = [r for r in csv.reader(fh) if r and any(c.strip() for c in r)]
+            reader = csv.reader(fh)  # line_num: the file's line, blank lines counted
+            rows = [(reader.line_num, r) for r in reader if r and any(c.strip() for c in r)]
     except UnicodeDecodeError as exc:
         raise PrunekitError(f"{p} is not UTF-8 text ({exc.reason} at byte {exc.start}); "
                             "save the CSV as UTF-8.") from None
@@ -145,15 +146,15 @@ def _read_csv(p: Path) -> tuple[np.ndarray, np.ndarray | None]:
         raise PrunekitError(f"{p} is not a valid CSV file: {exc}.") from None
     ids: list[str] = []
     values: list[float] = []
-    for i, row in enumerate(rows):
+    for i, (line, row) in enumerate(rows):
         if len(row) != 2:
-            raise PrunekitError(f"{p} line {i + 1} has {len(row)} fields; each line must be 'id,score'.")
+            raise PrunekitError(f"{p} line {line} has {len(row)} fields; each line must be 'id,score'.")
         try:
             values.append(float(row[1]))
         except ValueError:
             if i == 0:
                 continue  # header
-            raise PrunekitError(f"{p} line {i + 1}: score '{row[1]}' is not a number.") from None
+            raise PrunekitError(f"{p} line {line}: score '{row[1]}' is not a number.") from None
         ids.append(row[0].strip())
     return np.array(values, dtype=np.float64), np.array(ids, dtype=object)
 

@@ -104,7 +104,8 @@ def cluster_scores(emb: Embeddings, clusters: np.ndarray, distance: np.ndarray |
     :func:`prunekit.dedup.semdedup` on the same rows.
     """
     engine, work = current_engine(), current_work()
-    ids, offsets, _ = layout(clusters)
+    lay = layout(clusters)
+    offsets = lay[1]
     sizes = np.diff(offsets)
     src = emb.source_obj
     block, limit = _plan(int(sizes.max()), src.dim)
@@ -113,10 +114,10 @@ def cluster_scores(emb: Embeddings, clusters: np.ndarray, distance: np.ndarray |
     try:
         if work.load_json("semdedup-grouped") is None or not path.exists():
             grouped = group_rows(src, emb.rows, clusters, path, chunk_rows=chunk_rows_for(src.dim),
-                                 progress=progress)
+                                 progress=progress, lay=lay)
             work.save_json("semdedup-grouped", {"rows": int(emb.rows.size)})
         else:
-            grouped = GroupedRows(str(path), src.dim, np.dtype(src.dtype), *layout(clusters))
+            grouped = GroupedRows(str(path), src.dim, np.dtype(src.dtype), *lay)
         plan = list(enumerate(batches(sizes)))
         done = {i: work.load(f"semdedup/{i:08d}") for i, _ in plan}
         todo = [item for item in plan if done[item[0]] is None]

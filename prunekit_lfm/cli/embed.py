@@ -63,12 +63,13 @@ def embed(images: str, output: str, encoder: str, weights: str | None, normalize
     are shared out over the processes; the file is the same as one process writes).
     """
     from ..distributed import process_group
-    from ..embed import embed_to_file, load_encoder, open_inputs
+    from ..embed import TORCHSCRIPT, embed_to_file, load_encoder, open_inputs
     from ..shard_dir import check_shard_dir, shard_ranges
 
     weights_dir = weights if weights and Path(weights).is_dir() else None
+    script = encoder[len(TORCHSCRIPT):] if encoder.startswith(TORCHSCRIPT) else None
     check = check_output if shard_rows is None else check_shard_dir
-    check(output, what="--output", inputs=[images], input_dirs=[images, weights_dir])
+    check(output, what="--output", inputs=[images, script], input_dirs=[images, weights_dir])
     with process_group(device) as (dist, dev):
         model = load_encoder(encoder, weights, device=dev, size=size)
         inputs = open_inputs(images, labels=labels, key=key)

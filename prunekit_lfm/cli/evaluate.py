@@ -79,7 +79,7 @@ def compare(run_a, run_b, n, seed, steps, solver, cfg, coarse_a, t_switch_a, coa
             raise PrunekitError(f"--coarse-{letter} and --t-switch-{letter} go together; give both or neither.")
         if ts is not None:
             check_t_switch(ts)
-    check_output(output, what="--output", inputs=[vae],
+    check_output(output, what="--output", inputs=[vae, _features_file(features)],
                  input_dirs=[run_a, run_b, coarse_a, coarse_b, vae])  # before minutes of sampling
     config = SamplingConfig(steps=steps, solver=solver, cfg=cfg, seed=seed, device=device,
                             batch_size=batch_size, ema=ema)
@@ -133,7 +133,7 @@ def metrics(samples, real, features, k, output, quiet):
     from prunekit_lfm.features import digits_split, get_extractor
     from prunekit_lfm.latents import load_images
 
-    check_output(output, what="--output", inputs=[samples, real])
+    check_output(output, what="--output", inputs=[samples, real, _features_file(features)])
     gen = to_unit(load_images(_checked(samples, "samples"), None, key="images")[0])
     size = gen.shape[-1]
     if real == "digits-test":
@@ -151,6 +151,12 @@ def metrics(samples, real, features, k, output, quiet):
     )
     click.echo(f"features: {result['features']}")
     click.echo(f"wrote {output}")
+
+
+def _features_file(spec: str) -> str | None:
+    """The model file a --features spec reads (torchscript:PATH, digits-classifier:PATH)."""
+    kind, _, path = spec.partition(":")
+    return path if path and kind in ("torchscript", "digits-classifier") else None
 
 
 def _checked(path: str, what: str) -> str:
