@@ -131,7 +131,8 @@ def test_numbers_in_sane_ranges(results):
     # every stage is timed, and the timings (the only numbers that vary) are kept apart
     stages = {"data", "vae", "scores", "train", "evaluate", "c2f", "stability"}
     assert set(results["timings"]) == stages | {"total", "c2f_wall"}
-    assert sum(results["timings"][s] for s in stages) <= results["timings"]["total"]
+    rounding = 0.0005 * (len(stages) + 1) + 1e-9  # each timing is rounded to 1 ms
+    assert sum(results["timings"][s] for s in stages) <= results["timings"]["total"] + rounding
     assert set(results["timings"]["c2f_wall"]) == {f"{r['t_switch']:g}" for r in rows}
 
 
