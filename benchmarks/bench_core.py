@@ -19,8 +19,8 @@ import time
 import numpy as np
 
 import prunekit as pk
-from prunekit.cluster import assign, kmeans
-from prunekit.kernels import RandomFourierFeatures, median_sigma
+from prunekit.compute.cluster import assign, kmeans
+from prunekit.compute.kernels import RandomFourierFeatures, median_sigma
 from prunekit.methods.herding import herd_rff
 from prunekit.methods.kcenter import farthest_first
 

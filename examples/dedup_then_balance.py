@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 import prunekit as pk
-from prunekit import dedup
+from prunekit.methods import dedup
 
 
 def make_shards(out: Path, n: int, dim: int, n_dup: int, seed: int = 0) -> np.ndarray:

@@ -1,5 +1,5 @@
 """``python -m prunekit`` runs the CLI (useful under ``torchrun``)."""
 
-from .cli import main
+from prunekit.cli import main
 
 main()

@@ -21,7 +21,7 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import PrunekitError
+from prunekit.errors import PrunekitError
 
 KINDS = ("int", "float", "bool", "choice", "path", "str")
 

@@ -14,7 +14,7 @@ import zlib
 
 import numpy as np
 
-from .errors import PrunekitError
+from prunekit.errors import PrunekitError
 
 SEED_MAX = 2**63 - 1
 

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from prunekit.errors import PrunekitError
-from prunekit.progress import track
+from prunekit.runtime.progress import track
 
 from .cost import flops_per_row
 from .metrics import cosine_pairs, mse_pairs

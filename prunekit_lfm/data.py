@@ -32,15 +32,15 @@ from typing import Any
 import numpy as np
 
 from prunekit.errors import PrunekitError
-from prunekit.selection import Selection, load_selection, resolve_rows
-from prunekit.source import natural_key
+from prunekit.io.source import natural_key
+from prunekit.selection.subset import Selection, load_selection, resolve_rows
 
 SelectionLike = Selection | str | os.PathLike
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "bmp", "ppm", "tif", "tiff")
 
 
 def as_selection(selection: SelectionLike) -> Selection:
-    """A :class:`~prunekit.selection.Selection`, loading it when given a path."""
+    """A :class:`~prunekit.selection.subset.Selection`, loading it when given a path."""
     return selection if isinstance(selection, Selection) else load_selection(selection)
 
 

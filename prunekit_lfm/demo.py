@@ -226,6 +226,7 @@ def _run_stages(out: Path, plan: Plan, *, seed: int, threads: int, budget: float
 
     if not quiet:
         click.echo("[demo] writing the report", err=True)
+    ctx.results["inspect_page"] = ctx.inspect_page()
     ctx.results["timings"] = {**stages.timings, "total": round(time.perf_counter() - t_total, 3),
                               "c2f_wall": ctx.c2f_wall}
     results = DemoResults(**ctx.results)
@@ -499,6 +500,26 @@ class _Context:
             n_sources=p.n_sources, steps=p.flow_steps, rows=rows,
         )
         self.stages.stop()
+
+    def inspect_page(self) -> str:
+        """``prunekit inspect --html`` for one selection, on the digits themselves.
+
+        Written to ``report/inspect/index.html`` (the report links it); the other criteria at
+        the same pr are compared by their MMD. Returns the page's path relative to the report.
+        """
+        from prunekit.report import build
+
+        pr = self.plan.prs[0]
+        crit = "kmeans-furthest" if "kmeans-furthest" in self.plan.criteria else self.plan.criteria[0]
+        name = model_name(crit, pr)
+        images = dict(zip(self.train_ids.tolist(), (np.asarray(self.train_images) + 1) / 2, strict=True))
+        others = [(n, s) for n, s in self.selections.items()
+                  if n != name and self.model_info[n]["pr"] == pr]
+        report = build(self.selections[name], scores=self.scores[CRITERIA[crit]["method"]],
+                       embeddings=self.embeddings, images=images, compare=others, name=name,
+                       seed=self.seed, clusters_shown=4)
+        report.render_html(self.out / "report" / "inspect")
+        return "inspect/index.html"
 
     def images_for_grid(self) -> dict[str, np.ndarray]:
         """Rows of the sample grid: model name -> images of the first seeds (same columns)."""

@@ -151,6 +151,7 @@ class DemoResults:
     c2f: C2FStage
     stability: StabilityStage
     timings: dict[str, Any] = field(default_factory=dict)
+    inspect_page: str | None = None  # the `prunekit inspect --html` page, relative to the report
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -29,8 +29,8 @@ from typing import TypeVar
 import numpy as np
 import torch
 
-from prunekit.atomic import atomic_path
 from prunekit.errors import PrunekitError
+from prunekit.io.atomic import atomic_path
 
 from .devices import pick_device
 

@@ -37,11 +37,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from prunekit.atomic import write_text
 from prunekit.errors import PrunekitError
-from prunekit.h5io import atomic_h5, write_ids
-from prunekit.progress import counter
-from prunekit.provenance import stamp
+from prunekit.io.atomic import write_text
+from prunekit.io.h5io import atomic_h5, write_ids
+from prunekit.io.provenance import stamp
+from prunekit.runtime.progress import counter
 
 from .data import decode_image, index_webdataset, is_webdataset
 from .distributed import Dist, barrier, load_part, part_path, save_part, together

@@ -26,9 +26,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from prunekit.atomic import atomic_path
 from prunekit.errors import PrunekitError
-from prunekit.progress import track
+from prunekit.io.atomic import atomic_path
+from prunekit.runtime.progress import track
 
 CLASSIFIER_SIZE = 8  # the digits classifier sees 8 x 8 grayscale images (the native size)
 CLASSIFIER_DESCRIPTION = (

@@ -16,9 +16,9 @@ from typing import Any
 
 import numpy as np
 
-from prunekit.atomic import atomic_path
 from prunekit.errors import PrunekitError
-from prunekit.memory import check_fits
+from prunekit.io.atomic import atomic_path
+from prunekit.runtime.memory import check_fits
 
 from .devices import pick_device
 from .runs import TrainConfig, check_same_latents, load_run, read_config

@@ -25,9 +25,9 @@ import numpy as np
 import torch
 
 from prunekit.errors import PrunekitError
-from prunekit.h5io import atomic_h5, attr_str, decode_ids, open_h5, require, write_ids
-from prunekit.progress import counter
-from prunekit.provenance import stamp
+from prunekit.io.h5io import atomic_h5, attr_str, decode_ids, open_h5, require, write_ids
+from prunekit.io.provenance import stamp
+from prunekit.runtime.progress import counter
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff")
 MAX_NAMED = 5

@@ -16,13 +16,14 @@ from typing import Any
 
 import numpy as np
 
-from prunekit.atomic import write_bytes, write_text
 from prunekit.flow.plot import stability_figure as core_stability_figure
-from prunekit.provenance import jsonable
+from prunekit.io.atomic import write_bytes, write_text
+from prunekit.io.provenance import jsonable
 
 from .demo_results import DemoResults
 
 Table = tuple[list[str], list[list[str]]]
+INSPECT_LINK = "the prunekit inspect page"
 
 
 # --------------------------------------------------------------------------- tables
@@ -291,6 +292,8 @@ def _intro(results: DemoResults) -> list[str]:
 
 def _markdown(results: DemoResults, sections) -> str:
     lines = ["# prunekit demo report", ""] + [f"* {t}" for t in _intro(results)] + [""]
+    if results.inspect_page:
+        lines += [f"What one selection keeps, image by image: [{INSPECT_LINK}]({results.inspect_page})", ""]
     for title, text, table, fig in sections:
         lines += [f"## {title}", "", text, ""]
         if table is not None:
@@ -309,6 +312,9 @@ def _html(results: DemoResults, sections) -> str:
              "<h1>prunekit demo report</h1><ul>"]
     parts += [f"<li>{html.escape(t)}</li>" for t in _intro(results)]
     parts.append("</ul>")
+    if results.inspect_page:
+        parts.append(f"<p>What one selection keeps, image by image: <a href='"
+                     f"{html.escape(results.inspect_page)}'>{INSPECT_LINK}</a></p>")
     for title, text, table, fig in sections:
         parts.append(f"<h2>{html.escape(title)}</h2><p>{html.escape(text)}</p>")
         if table is not None:

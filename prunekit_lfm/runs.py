@@ -38,8 +38,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from prunekit.atomic import atomic_path, write_text
 from prunekit.errors import PrunekitError
+from prunekit.io.atomic import atomic_path, write_text
 from prunekit.seeds import check_seed
 
 from .models import VelocityModel, model_from_config

@@ -41,9 +41,9 @@ import torch
 from torch import nn
 
 from prunekit.errors import PrunekitError
-from prunekit.h5io import atomic_h5
-from prunekit.progress import counter
-from prunekit.provenance import stamp
+from prunekit.io.h5io import atomic_h5
+from prunekit.io.provenance import stamp
+from prunekit.runtime.progress import counter
 from prunekit.seeds import check_seed
 
 from .cost import Cost, Counted, ModelCost, device_of, flops_per_row

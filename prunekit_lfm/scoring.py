@@ -30,8 +30,8 @@ import torch
 from torch import nn
 
 from prunekit.errors import PrunekitError
-from prunekit.progress import counter
-from prunekit.scores import Scores
+from prunekit.runtime.progress import counter
+from prunekit.selection.scores import Scores
 
 from .cost import device_of
 from .distributed import Dist, Shards

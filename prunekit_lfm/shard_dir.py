@@ -1,10 +1,10 @@
 """A directory of embedding shards that appears complete under its name, or not at all.
 
 ``prunekit lfm embed --shard-rows N`` writes ``part_00000.h5``, ``part_00001.h5``, ... into
-a directory the core reads as one input (:func:`prunekit.source.open_source`: shards in
+a directory the core reads as one input (:func:`prunekit.io.source.open_source`: shards in
 natural order, no gap in the numbering). Each shard is written atomically into a temporary
 sibling directory (``.prunekit-tmp.<pid>.<random>``, the pattern of
-:mod:`prunekit.atomic`), which is renamed onto the output at the end; a failed or
+:mod:`prunekit.io.atomic`), which is renamed onto the output at the end; a failed or
 interrupted run removes it, and a later run in the same parent removes those of killed
 processes.
 
@@ -29,8 +29,8 @@ from pathlib import Path
 
 import h5py
 
-from prunekit.atomic import TMP_PREFIX, check_output, interrupts_deferred
 from prunekit.errors import PrunekitError
+from prunekit.io.atomic import TMP_PREFIX, check_output, interrupts_deferred
 
 SHARD_FILE = re.compile(r"part_(\d{5,})\.h5")
 
@@ -52,7 +52,7 @@ def check_shard_dir(path: str | os.PathLike, *, inputs: Iterable[str | os.PathLi
                     what: str = "--output") -> Path:
     """Refuse a shard directory that is a file, holds an input or other data; return it.
 
-    The checks of :func:`prunekit.atomic.check_output` apply to the shard files it will hold.
+    The checks of :func:`prunekit.io.atomic.check_output` apply to the shard files it will hold.
     """
     p = Path(path)
     real = Path(os.path.realpath(p))

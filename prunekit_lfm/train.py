@@ -37,10 +37,10 @@ import torch
 from torch import nn
 
 from prunekit import __version__
-from prunekit.atomic import check_output
 from prunekit.errors import PrunekitError
-from prunekit.progress import counter
-from prunekit.selection import load_selection, resolve_rows
+from prunekit.io.atomic import check_output
+from prunekit.runtime.progress import counter
+from prunekit.selection.subset import load_selection, resolve_rows
 
 from . import runs
 from .distributed import Dist

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from prunekit.errors import PrunekitError
-from prunekit.progress import counter
+from prunekit.runtime.progress import counter
 
 VAE_SIZES: dict[str, dict[str, Any]] = {
     "small": {"block_out_channels": (16, 32), "layers_per_block": 1, "norm_num_groups": 8},

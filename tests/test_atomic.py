@@ -1,5 +1,5 @@
-"""Output paths and atomic writes: what check_output refuses, write-through symlinks, stale
-temporary files, interrupts; the memory check and the seed rule."""
+"""Output paths and atomic writes: what check_output refuses, symlinks never written through,
+stale temporary files, interrupts; the memory check and the seed rule."""
 
 from __future__ import annotations
 
@@ -15,9 +15,15 @@ import numpy as np
 import pytest
 
 from prunekit import PrunekitError
-from prunekit.atomic import TMP_PREFIX, atomic_path, check_output, interrupts_deferred, write_text
-from prunekit.h5io import atomic_h5
-from prunekit.memory import check_fits, human
+from prunekit.io.atomic import (
+    TMP_PREFIX,
+    atomic_path,
+    check_output,
+    interrupts_deferred,
+    write_text,
+)
+from prunekit.io.h5io import atomic_h5
+from prunekit.runtime.memory import check_fits, human
 from prunekit.seeds import SEED_MAX, check_seed, role_rng, role_seed
 
 
@@ -36,10 +42,10 @@ def test_check_output_refuses_inputs_and_files_inside_input_dirs(tmp_path):
         check_output(src, inputs=[src])
     link = tmp_path / "link.h5"
     link.symlink_to(src)
+    with pytest.raises(PrunekitError, match="link.h5 is a symbolic link to .*emb.h5"):
+        check_output(link, inputs=[src])  # an output is never a link
     with pytest.raises(PrunekitError, match="is the command's input"):
-        check_output(link, inputs=[src])  # resolved after symlinks
-    with pytest.raises(PrunekitError, match="is the command's input"):
-        check_output(src, inputs=[link])
+        check_output(src, inputs=[link])  # inputs are resolved after symlinks
     run = tmp_path / "run"
     run.mkdir()
     with pytest.raises(PrunekitError, match="lies inside"):
@@ -75,13 +81,18 @@ def test_standard_output_only_where_allowed():
         assert str(check_output(name, allow_stdout=True)) == name
 
 
-def test_write_through_a_symlink_keeps_the_link(tmp_path):
+def test_a_symlink_is_never_written_through(tmp_path):
     target = tmp_path / "real.txt"
     target.write_text("old")
     link = tmp_path / "link.txt"
     link.symlink_to(target)
-    write_text(link, "new")
-    assert link.is_symlink() and target.read_text() == "new"
+    for write in (lambda: write_text(link, "new"), lambda: check_output(link)):
+        with pytest.raises(PrunekitError, match=r"link.txt is a symbolic link to .*real.txt; .*"
+                                                r"Pass the target path itself"):
+            write()
+    assert link.is_symlink() and target.read_text() == "old"
+    write_text(target, "new")  # the target itself, named, is an ordinary output
+    assert target.read_text() == "new"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["link.txt", "real.txt"]
 
 
@@ -100,7 +111,7 @@ def test_stale_temp_files_of_dead_processes_are_removed_live_ones_kept(tmp_path)
 def test_a_sigkilled_write_leaves_a_temp_file_that_the_next_run_removes(tmp_path):
     code = textwrap.dedent(f"""
         import sys, time
-        from prunekit.atomic import atomic_path
+        from prunekit.io.atomic import atomic_path
         with atomic_path({str(tmp_path / "out.h5")!r}) as tmp:
             tmp.write_bytes(b"half")
             print("writing", flush=True)

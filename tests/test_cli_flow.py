@@ -14,7 +14,7 @@ import prunekit as pk
 from prunekit.cli import main
 from prunekit.cli.common import expand_values as expand_greedy
 from prunekit.flow import ClosedFormField, compare_subsets, gaussian_mixture
-from prunekit.provenance import read_params
+from prunekit.io.provenance import read_params
 from prunekit.seeds import role_rng, role_seed
 
 N, DIM = 40, 6

@@ -12,8 +12,8 @@ from quota_refs import ref_balanced
 from sklearn.datasets import load_digits
 
 from prunekit.cli import main
-from prunekit.scores import load_scores
-from prunekit.selection import load_selection
+from prunekit.selection.scores import load_scores
+from prunekit.selection.subset import load_selection
 
 
 def run(*args):

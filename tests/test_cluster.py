@@ -8,7 +8,7 @@ import pytest
 from sklearn.metrics import adjusted_rand_score
 
 import prunekit as pk
-from prunekit.cluster import (
+from prunekit.compute.cluster import (
     AUTO_RESTARTS_WORK,
     assign,
     auto_restarts,

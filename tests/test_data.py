@@ -8,7 +8,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from prunekit.errors import PrunekitError  # noqa: E402
-from prunekit.selection import Selection  # noqa: E402
+from prunekit.selection.subset import Selection  # noqa: E402
 from prunekit_lfm import data as D  # noqa: E402
 
 NAMES = [f"img/{i:02d}.png" for i in range(10)]

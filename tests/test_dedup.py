@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from prunekit import dedup
 from prunekit.errors import PrunekitError
+from prunekit.methods import dedup
 from prunekit.seeds import role_rng
 
 
@@ -192,7 +192,7 @@ def test_errors():
 
 
 def test_engines_give_identical_bytes():
-    from prunekit.engine import LocalEngine
+    from prunekit.runtime.engine import LocalEngine
 
     x, clusters, distance = planted(seed=6)
     one = dedup.semdedup(x, clusters, distance, engine=LocalEngine(1))
@@ -276,7 +276,7 @@ def test_cli_score_and_select_eps(tmp_path, monkeypatch):
 
 def test_inspect_reports_duplicate_counts(tmp_path):
     import prunekit as pk
-    from prunekit.inspection import inspect, render
+    from prunekit.selection.inspection import inspect, render
 
     x, _, _ = planted(seed=11)
     sc = pk.score(x, "semdedup", k=4, seed=0, progress=False)
@@ -309,7 +309,7 @@ def test_a_cluster_beyond_the_memory_budget_is_refused(monkeypatch):
 
 def test_grouped_path_equals_in_memory_and_mean_order_without_distances(monkeypatch):
     import prunekit as pk
-    from prunekit import grouping
+    from prunekit.compute import grouping
 
     monkeypatch.setattr(grouping, "BATCH_ROWS", 50)  # several clusters per task, several tasks
     x, _, _ = planted(n_clusters=6, per=25, seed=13)
@@ -332,9 +332,10 @@ def test_interrupted_cli_run_resumes_to_the_same_bytes(tmp_path, monkeypatch):
     import h5py
     from click.testing import CliRunner
 
-    from prunekit import grouping, resume
     from prunekit.cli import main
+    from prunekit.compute import grouping
     from prunekit.methods import semdedup as method
+    from prunekit.runtime import resume
 
     monkeypatch.setattr(grouping, "BATCH_ROWS", 30)  # one cluster of 30 per task
     x, _, _ = planted(seed=14)
@@ -364,7 +365,7 @@ def test_interrupted_cli_run_resumes_to_the_same_bytes(tmp_path, monkeypatch):
 def test_ray_engine_gives_the_local_bytes():
     ray = pytest.importorskip("ray")
     import prunekit as pk
-    from prunekit.engine import LocalEngine, RayEngine, use
+    from prunekit.runtime.engine import LocalEngine, RayEngine, use
 
     x, _, _ = planted(seed=15)
     km = pk.score(x, "kmeans", k=4, seed=0, progress=False)

@@ -11,7 +11,7 @@ from click.testing import CliRunner
 
 import prunekit as pk
 from prunekit.cli import main
-from prunekit.selection import load_selection
+from prunekit.selection.subset import load_selection
 
 
 def run(*args):
@@ -219,7 +219,7 @@ def test_info_reports_shape_keys_norms_and_nonfinite(work):
 
 
 def test_embeddings_check_their_invariants_when_constructed():
-    from prunekit.source import MemorySource
+    from prunekit.io.source import MemorySource
 
     x = np.zeros((4, 3), np.float32)
     src = MemorySource(x, "<array>")

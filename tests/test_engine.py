@@ -13,15 +13,15 @@ import numpy as np
 import pytest
 
 import prunekit as pk
-from prunekit import engine as engine_mod
-from prunekit import grouping
-from prunekit.budget import budget
-from prunekit.cluster import SamplePlan, kmeans, kmeans_streamed, normalize_rows
-from prunekit.engine import LocalEngine, chunk_rows_for, make_engine, use
-from prunekit.kernels import RandomFourierFeatures, median_sigma
+from prunekit.compute import grouping
+from prunekit.compute.cluster import SamplePlan, kmeans, kmeans_streamed, normalize_rows
+from prunekit.compute.kernels import RandomFourierFeatures, median_sigma
 from prunekit.methods.greedy import interleave, order_scores
 from prunekit.methods.herding import herd_rff
 from prunekit.methods.kcenter import farthest_first
+from prunekit.runtime import engine as engine_mod
+from prunekit.runtime.budget import budget
+from prunekit.runtime.engine import LocalEngine, chunk_rows_for, make_engine, use
 from prunekit.seeds import role_rng
 
 
@@ -153,7 +153,7 @@ def test_streamed_kmeans_same_bytes_for_any_worker_count(small_chunks):
 
 
 def test_sample_size_follows_k_and_budget():
-    from prunekit.cluster import sample_plan
+    from prunekit.compute.cluster import sample_plan
 
     # Everything fits in half the budget: all rows, exactly as before.
     assert sample_plan(10_000, 10, 64, 4, 100 << 20).rows == 10_000

@@ -14,17 +14,18 @@ import pytest
 from click.testing import CliRunner
 
 import prunekit as pk
-from prunekit import engine as engine_mod
-from prunekit import quality
 from prunekit.cli import main
-from prunekit.distances import sq_distances
-from prunekit.engine import LocalEngine, use
+from prunekit.compute import kernels
+from prunekit.compute.distances import sq_distances
+from prunekit.compute.kernels import median_pair_sq_distance, median_sigma
 from prunekit.flow import ClosedFormField, integrate_together, nearest
 from prunekit.flow.assign import SOURCE_BLOCK, compare_subsets
 from prunekit.flow.study import stability
-from prunekit.kernels import median_pair_sq_distance, median_sigma
-from prunekit.quality import mmd_report
+from prunekit.runtime import engine as engine_mod
+from prunekit.runtime.engine import LocalEngine, use
 from prunekit.seeds import role_rng
+from prunekit.selection import quality
+from prunekit.selection.quality import mmd_report
 
 
 def old_median_sigma(x, seed=0, sample=4096):
@@ -107,7 +108,7 @@ def test_mmd_exact_mode_is_the_direct_formula(small_chunks, shards):
     _, emb, kept = shards
     (rep,) = reports(emb, kept, [LocalEngine(3)], sample=None)
     x = emb.source_obj.read_rows(emb.rows).astype(np.float32)
-    rff = pk.kernels.RandomFourierFeatures(8, rep["sigma"], 64,
+    rff = kernels.RandomFourierFeatures(8, rep["sigma"], 64,
                                            pk.seeds.role_seed(5, "fourier features"))
     zk = rff.transform(emb.source_obj.read_rows(np.sort(kept)).astype(np.float32))
     direct = np.linalg.norm(zk.mean(0, dtype=np.float64) - rff.transform(x).mean(0, dtype=np.float64))
@@ -245,7 +246,7 @@ def ray_cluster():
 
 
 def test_ray_mmd_and_stability_same_bytes_as_local(ray_cluster, small_chunks, shards):
-    from prunekit.engine import RayEngine
+    from prunekit.runtime.engine import RayEngine
 
     _, emb, kept = shards
     engines = [LocalEngine(1), RayEngine(1), RayEngine(2)]
@@ -301,7 +302,7 @@ def test_inspect_and_stability_stream_a_file_larger_than_their_memory(tmp_path):
         return subprocess.run([sys.executable, "-c", pre + textwrap.dedent(code)], env=env,
                               capture_output=True, text=True, timeout=300)
 
-    imports = "import faiss, h5py, numpy, prunekit.cli, prunekit.quality, prunekit.flow.study\n"
+    imports = "import faiss, h5py, numpy, prunekit.cli, prunekit.selection.quality, prunekit.flow.study\n"
     base = run(imports + "print([int(l.split()[1]) * 1024 for l in open('/proc/self/status') "
                          "if l.startswith('VmPeak:')][0])")
     assert base.returncode == 0, base.stderr

@@ -411,16 +411,16 @@ def test_ctrl_c_exits_130_with_one_line_and_leaves_no_file(tmp_path):
     """SIGINT while the output is written: status 130, "Interrupted.", no output, no temp."""
     code = textwrap.dedent("""
         import os, signal, sys
-        import prunekit.scores
+        import prunekit.selection.scores
         from prunekit.cli import main
 
-        real_stamp = prunekit.scores.stamp
+        real_stamp = prunekit.selection.scores.stamp
 
         def stamp_then_interrupt(*args, **kwargs):
             real_stamp(*args, **kwargs)
             os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C in the middle of the final write
 
-        prunekit.scores.stamp = stamp_then_interrupt
+        prunekit.selection.scores.stamp = stamp_then_interrupt
         sys.argv = ["prunekit", *sys.argv[1:]]
         main()
     """)

@@ -10,9 +10,9 @@ import pytest
 from click.testing import CliRunner
 
 import prunekit as pk
-from prunekit.atomic import atomic_path
 from prunekit.cli import main
-from prunekit.selection import Selection
+from prunekit.io.atomic import atomic_path
+from prunekit.selection.subset import Selection
 
 PROVENANCE = ("prunekit_version", "created", "command", "params")
 
@@ -114,7 +114,7 @@ def test_atomic_write_leaves_nothing_on_failure(tmp_path, monkeypatch):
     def crash(*args, **kwargs):
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr("prunekit.selection.stamp", crash)
+    monkeypatch.setattr("prunekit.selection.subset.stamp", crash)
     with pytest.raises(RuntimeError, match="disk full"):
         Selection(indices=[0, 3], n_total=4, pr=0.5).save(target)
     assert target.read_bytes() == before
@@ -163,7 +163,7 @@ def test_same_seed_same_bytes(tmp_path, monkeypatch):
 def test_atomic_files_get_the_umask_mode_not_0600(tmp_path):
     import os
 
-    from prunekit.atomic import write_text
+    from prunekit.io.atomic import write_text
 
     old = os.umask(0o022)
     try:

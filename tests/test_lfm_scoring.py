@@ -11,8 +11,8 @@ from lfm_stand_ins import LinearVelocity, make_run
 
 from prunekit.cli import main
 from prunekit.errors import PrunekitError
-from prunekit.scores import load_scores
-from prunekit.selection import load_selection
+from prunekit.selection.scores import load_scores
+from prunekit.selection.subset import load_selection
 from prunekit_lfm.latents import LatentStore, load_latents, save_latents
 from prunekit_lfm.scoring import GradNorms, noise_bank, normalise, raw_matrix, score_items, t_grid
 

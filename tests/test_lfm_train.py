@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 
 from prunekit.cli import main
 from prunekit.errors import PrunekitError
-from prunekit.selection import Selection
+from prunekit.selection.subset import Selection
 from prunekit_lfm import runs
 from prunekit_lfm.latents import LatentStore, save_latents
 from prunekit_lfm.models import build_model

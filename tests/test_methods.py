@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import prunekit as pk
-from prunekit.kernels import RandomFourierFeatures, median_sigma, rbf
+from prunekit.compute.kernels import RandomFourierFeatures, median_sigma, rbf
 from prunekit.methods import herding as herding_mod
 from prunekit.methods.greedy import interleave, order_scores
 

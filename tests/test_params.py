@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import importlib
+import re
+import sys
+import textwrap
+
 import numpy as np
 import pytest
 from click.testing import CliRunner
@@ -9,7 +14,7 @@ from click.testing import CliRunner
 import prunekit as pk
 from prunekit.cli import main
 from prunekit.cli.score import score as score_command
-from prunekit.methods import REGISTRY
+from prunekit.methods import REGISTRY, register
 from prunekit.params import Param, ParamError, validate
 
 
@@ -113,3 +118,53 @@ def test_cli_maps_parameter_errors_to_flags(tmp_path):
     res = runner.invoke(main, ["score", emb, "-m", "kmeans", "--euclidean", "--k", "2", "-o", str(out)])
     assert res.exit_code == 0, res.output
     assert pk.load_scores(out).params["spherical"] is False
+
+
+def test_a_registration_whose_default_disagrees_fails_at_import(tmp_path, monkeypatch):
+    (tmp_path / "pk_bad_method.py").write_text(textwrap.dedent("""
+        from prunekit.methods import register
+        from prunekit.params import Param
+
+        @register("bad-default", params=(Param("k", "int", 24, "Clusters.", low=1),))
+        def bad(emb, *, seed=0, progress=True, k=25):
+            pass
+    """))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(TypeError) as info:
+        importlib.import_module("pk_bad_method")
+    sys.modules.pop("pk_bad_method", None)
+    assert str(info.value) == (
+        "method 'bad-default' (pk_bad_method.bad): parameter k defaults to 24 in its Param "
+        "but to 25 in the function; make them equal.")
+    assert "bad-default" not in REGISTRY
+
+
+@pytest.mark.parametrize(
+    ("fn_source", "problem"),
+    [
+        ("def f(emb, *, seed=0, progress=True, k=24.0): pass",  # same value, other type
+         "parameter k defaults to 24 in its Param but to 24.0 in the function"),
+        ("def f(emb, *, seed=0, progress=True, k): pass",
+         "parameter k defaults to 24 in its Param but to none in the function"),
+        ("def f(emb, k=24, *, seed=0, progress=True): pass",  # positional: pk.score passes by name
+         "declares parameter k but takes no keyword-only argument k"),
+        ("def f(emb, *, seed=0, progress=True, k=24, alpha=1.0): pass",
+         "takes keyword argument(s) alpha that its params do not declare"),
+    ],
+)
+def test_registration_checks_the_function_against_its_spec(fn_source, problem):
+    scope: dict = {}
+    exec(fn_source, scope)
+    with pytest.raises(TypeError, match=re.escape(problem)):
+        register("bad-spec", params=(Param("k", "int", 24, "", low=1),))(scope["f"])
+    assert "bad-spec" not in REGISTRY
+
+
+def test_registered_methods_declare_what_plan_and_score_ask_for():
+    assert {name for name, m in REGISTRY.items() if m.cost is not None} == set(REGISTRY)
+    assert REGISTRY["kmeans"].detail({"k": 3, "inertia": 1.25, "backend_used": "faiss"}) == (
+        " (k=3, inertia 1.25, backend faiss)")
+    assert REGISTRY["random"].detail({}) == ""
+    counts = [{"eps": 0.01, "removed": 3}, {"eps": 0.1, "removed": 7}]
+    assert REGISTRY["semdedup"].detail({"duplicates": counts}) == (
+        " (near-duplicates removed at eps 0.01: 3, 0.1: 7; select --eps E applies one)")

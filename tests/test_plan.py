@@ -12,11 +12,13 @@ from click.testing import CliRunner
 
 import prunekit as pk
 from prunekit.cli import main
-from prunekit.cluster import sample_plan
+from prunekit.compute.cluster import sample_plan
 from prunekit.errors import PrunekitError
-from prunekit.plan import plan
-from prunekit.probe import Probe, probe
-from prunekit.source import open_source
+from prunekit.io.source import open_source
+from prunekit.methods import REGISTRY
+from prunekit.params import validate
+from prunekit.runtime.plan import plan
+from prunekit.runtime.probe import Probe, probe
 
 RATES = Probe(read_bytes_per_s=1e6, scan_bytes_per_s=2e6, gemm_flops_1=1e9, gemm_flops_all=2e9,
               gemv_flops_1=1e8, threads=2, bytes_read=0, seconds=0.0)
@@ -54,8 +56,8 @@ def test_kmeans_steps_follow_the_cost_model(shards):
 
 
 def test_kmeans_uses_the_probed_kmeans_rates_at_its_k(shards):
-    rates = dataclasses.replace(RATES, kmeans_k=4, lloyd_flops=1e7, seeding_flops=2e7,
-                                assign_flops_1=4e7)
+    rates = dataclasses.replace(RATES, kernels={"kmeans_k": 4, "lloyd_flops": 1e7,
+                                                "seeding_flops": 2e7, "assign_flops_1": 4e7})
     p = plan(shards, "kmeans", k=4, iters=10, restarts=2, rates=rates, local_workers=2,
              ray_workers=4, budget=1 << 30)
     one = 2.0 * 1000 * 4 * 8
@@ -108,7 +110,8 @@ def test_greedy_within_clusters_uses_their_sizes(shards, tmp_path):
     work = np.array([600 * 100 * 24.0, 400 * 100 * 24.0])  # s x picks x 3d flops
     assert picks.seconds_local == pytest.approx(max(work.sum() / 2, work.max()) / 1e8 + B / 1e6)
     assert picks.seconds_ray == pytest.approx(max(work.sum() / 4, work.max()) / 1e8 + B / 4e6)
-    probed = dataclasses.replace(RATES, kcenter_pick_s=1e-3, kcenter_pick_per_value=1e-8)
+    probed = dataclasses.replace(RATES, kernels={"kcenter_pick_s": 1e-3,
+                                                 "kcenter_pick_per_value": 1e-8})
     p2 = plan(shards, "kcenter", within=str(within), max_keep=100, rates=probed,
               local_workers=2, ray_workers=4, budget=1 << 30)
     per_cluster = 100 * (1e-3 + 1e-8 * np.array([600, 400]) * 8)
@@ -118,12 +121,19 @@ def test_greedy_within_clusters_uses_their_sizes(shards, tmp_path):
     assert p.step("group by cluster").passes == 2
 
 
-def test_probe_measures_this_source(shards):
-    r = probe(open_source(shards), k=4, greedy="kcenter")
-    assert 0 < r.bytes_read <= B and r.kmeans_k == 4
-    assert r.kcenter_pick_s >= 0 and r.kcenter_pick_per_value >= 0 and r.herding_pick_s is None
+def test_probe_times_the_kernels_the_method_declares(shards):
+    src = open_source(shards)
+    spec = REGISTRY["semdedup"]
+    r = probe(src, spec.probe, validate("semdedup", spec.params, {"k": 4}))
+    assert 0 < r.bytes_read <= B and r.kernels["kmeans_k"] == 4
+    assert sorted(r.kernels) == ["assign_flops_1", "kmeans_k", "lloyd_flops", "seeding_flops",
+                                 "semdedup_flops_1"]
     assert min(r.read_bytes_per_s, r.scan_bytes_per_s, r.gemm_flops_1, r.gemm_flops_all,
-               r.gemv_flops_1, r.lloyd_flops, r.seeding_flops, r.assign_flops_1) > 0
+               r.gemv_flops_1, *r.kernels.values()) > 0
+    kc = probe(src, REGISTRY["kcenter"].probe, {})  # its own kernels only
+    assert sorted(kc.kernels) == ["kcenter_pick_per_value", "kcenter_pick_s"]
+    assert min(kc.kernels.values()) >= 0
+    assert probe(src).kernels == {}  # no method: the shared rates only
 
 
 def test_plan_command_prints_and_writes_nothing(shards, tmp_path, monkeypatch):
@@ -139,3 +149,71 @@ def test_plan_command_prints_and_writes_nothing(shards, tmp_path, monkeypatch):
     assert "ray (8 workers)" in text and "fits the memory budget" in text
     bad = CliRunner().invoke(main, ["plan", str(shards), "-m", "kmeans", "--max-keep", "3"])
     assert bad.exit_code == 2 and "--max-keep does not apply to method 'kmeans'" in bad.output
+
+
+@pytest.fixture
+def two_clusters(shards, tmp_path):
+    """k-means scores of the shards with clusters of 600 and 400 rows."""
+    emb = pk.load_embeddings(shards)  # caches the load pass
+    cluster = np.r_[np.zeros(600, np.int64), np.ones(400, np.int64)]
+    within = tmp_path / "km.h5"
+    pk.Scores(score=np.zeros(1000), method="kmeans", n_total=1000, cluster=cluster,
+              source_fingerprint=emb.fingerprint).save(within)
+    return within
+
+
+def test_semdedup_within_follows_its_cost_model(shards, two_clusters):
+    rates = dataclasses.replace(RATES, kernels={"semdedup_flops_1": 1e7})
+    p = plan(shards, "semdedup", within=str(two_clusters), rates=rates, local_workers=2,
+             ray_workers=4, budget=1 << 30)
+    assert [s.name for s in p.steps] == ["load + check", "group by cluster", "per-cluster dedup"]
+    group = p.step("group by cluster")  # read and write every row once, one chunk held
+    assert (group.passes, group.peak_bytes) == (2, 1000 * 8 * (2 + 4))
+    assert group.seconds_local == group.seconds_ray == pytest.approx(2 * B / 1e6)
+    dedup = p.step("per-cluster dedup")  # s^2 d flops a cluster at the probed rate
+    work = np.array([600 * 600 * 8, 400 * 400 * 8]) / 1e7  # 0.288 s and 0.128 s
+    assert dedup.passes == 1
+    assert dedup.seconds_local == pytest.approx(0.288 + B / 1e6)  # the largest cluster bounds
+    assert dedup.seconds_ray == pytest.approx(max(work.sum() / 4, 0.288) + B / 4e6)
+    # a task: 600 rows as read (2 bytes) and twice as float32, plus 1.25 x its 600 x 600
+    # float32 similarities (the block and its mask); two tasks at once
+    task = 600 * 8 * (2 + 8) + 1.25 * 4 * 600 * 600
+    assert task == 1_848_000 and dedup.peak_bytes == 2 * task
+    assert p.passes == 3 and p.per_row_bytes == 1000 * 8 * 6 + 1000 * 8
+    # a budget that holds one task: one at a time, so the clusters' times add up
+    one = plan(shards, "semdedup", within=str(two_clusters), rates=rates, local_workers=2,
+               ray_workers=4, budget=3_000_000)
+    assert one.step("per-cluster dedup").peak_bytes == task and one.fits
+    assert one.step("per-cluster dedup").seconds_local == pytest.approx(work.sum() + B / 1e6)
+
+
+def test_semdedup_clusters_with_kmeans_first(shards):
+    pk.load_embeddings(shards)
+    p = plan(shards, "semdedup", k=4, iters=10, rates=RATES, local_workers=2, ray_workers=4,
+             budget=1 << 30)
+    km = plan(shards, "kmeans", k=4, iters=10, rates=RATES, local_workers=2, ray_workers=4,
+              budget=1 << 30)
+    assert [s.name for s in p.steps] == ["load + check", "sample", "lloyd on sample", "assign",
+                                         "group by cluster", "per-cluster dedup"]
+    assert [vars(s) for s in p.steps[:4]] == [vars(s) for s in km.steps]
+    # sizes unknown before k-means: 4 clusters of 250; no probed rate: the one-thread GEMM
+    dedup = p.step("per-cluster dedup")
+    each = 250 * 250 * 8 / 1e9
+    assert dedup.seconds_local == pytest.approx(max(4 * each / 2, each) + B / 1e6)
+    assert dedup.peak_bytes == 2 * (250 * 8 * 10 + 1.25 * 4 * 250 * 250)
+    assert any("taken as equal (250 rows)" in n for n in p.notes)
+    assert p.passes == 0 + 1 + 0 + 1 + 2 + 1
+
+
+def test_plan_and_dry_run_cover_semdedup(shards, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    res = CliRunner().invoke(main, ["plan", str(shards), "-m", "semdedup", "--k", "4", "--json"])
+    assert res.exit_code == 0, res.output
+    names = [s["name"] for s in json.loads(res.output)["steps"]]
+    assert names == ["load + check", "sample", "lloyd on sample", "assign", "group by cluster",
+                     "per-cluster dedup"]
+    res = CliRunner().invoke(main, ["score", str(shards), "-m", "semdedup", "--k", "4",
+                                    "--dry-run"])
+    assert res.exit_code == 0, res.output
+    assert "per-cluster dedup" in res.output and "no cost model" not in res.output
+    assert not (tmp_path / "scores.h5").exists()

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from prunekit import Embeddings, PrunekitError
-from prunekit.kernels import rbf, rff_mmd
-from prunekit.quality import group_counts, mmd_report
+from prunekit.compute.kernels import rbf, rff_mmd
 from prunekit.seeds import role_seed
+from prunekit.selection.quality import group_counts, mmd_report
 
 
 def test_group_counts_by_hand():

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from quota_refs import ref_balanced, ref_proportional
 
 from prunekit.errors import PrunekitError
-from prunekit.quotas import (
+from prunekit.selection.quotas import (
     balanced_quotas,
     kept_count,
     oversample_counts,

@@ -14,10 +14,10 @@ import pytest
 from click.testing import CliRunner
 
 import prunekit as pk
-from prunekit import engine as engine_mod
-from prunekit import grouping
 from prunekit.cli import main
-from prunekit.engine import LocalEngine, RayEngine, use
+from prunekit.compute import grouping
+from prunekit.runtime import engine as engine_mod
+from prunekit.runtime.engine import LocalEngine, RayEngine, use
 
 ray = pytest.importorskip("ray")
 

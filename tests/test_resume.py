@@ -7,10 +7,11 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from prunekit import cluster, grouping, resume
-from prunekit import engine as engine_mod
 from prunekit.cli import main
+from prunekit.compute import cluster, grouping
 from prunekit.methods import herding
+from prunekit.runtime import engine as engine_mod
+from prunekit.runtime import resume
 
 
 @pytest.fixture

@@ -295,7 +295,7 @@ def test_many_groups_path_agrees_with_the_per_group_loop(monkeypatch):
             pr = 0.0 if kwargs.get("oversample") else float(rng.uniform(0, 0.9))
             cases.append((s, pr, kwargs))
     loop = [select(s, pr, **kw) for s, pr, kw in cases]
-    monkeypatch.setattr("prunekit.selection.LOOP_GROUPS", 0)
+    monkeypatch.setattr("prunekit.selection.subset.LOOP_GROUPS", 0)
     for (s, pr, kw), expected in zip(cases, loop, strict=True):
         got = select(s, pr, **kw)
         assert got.indices.tolist() == expected.indices.tolist()
@@ -304,7 +304,7 @@ def test_many_groups_path_agrees_with_the_per_group_loop(monkeypatch):
 
 
 def test_resolve_rows_refuses_integer_ids_from_a_data_set_of_another_size():
-    from prunekit.selection import Selection, resolve_rows
+    from prunekit.selection.subset import Selection, resolve_rows
 
     sel = Selection(indices=[0, 3], n_total=7, pr=0.5, ids=np.array([0, 3]))
     with pytest.raises(PrunekitError, match="made for 7 rows but target has 10"):
@@ -318,7 +318,7 @@ def test_resolve_rows_refuses_integer_ids_from_a_data_set_of_another_size():
 
 
 def test_id_positions_matches_a_brute_force_lookup():
-    from prunekit.ids import id_positions
+    from prunekit.io.ids import id_positions
 
     rng = np.random.default_rng(4)
     for kind in ("int", "str"):

@@ -14,11 +14,11 @@ import pytest
 from click.testing import CliRunner
 
 import prunekit as pk
-from prunekit import scan
-from prunekit.budget import budget, parse_size
 from prunekit.cli import main
 from prunekit.errors import PrunekitError
-from prunekit.source import ChunkRef, natural_key, open_source
+from prunekit.io import scan
+from prunekit.io.source import ChunkRef, natural_key, open_source
+from prunekit.runtime.budget import budget, parse_size
 
 pa = pytest.importorskip("pyarrow")  # the [parquet] extra
 pq = pytest.importorskip("pyarrow.parquet")
@@ -326,7 +326,7 @@ def test_huge_rows_are_refused_also_from_the_cache(tmp_path):
 
 
 def test_parquet_row_groups_are_streamed_in_small_batches(tmp_path, monkeypatch):
-    from prunekit import source
+    from prunekit.io import source
 
     data = x(3000)
     path = parquet_file(tmp_path / "one-group.parquet", data, rows_per_group=3000)
@@ -352,7 +352,7 @@ def test_parquet_row_groups_are_streamed_in_small_batches(tmp_path, monkeypatch)
 def test_many_shards_read_from_many_threads(tmp_path):
     from concurrent.futures import ThreadPoolExecutor
 
-    from prunekit import source
+    from prunekit.io import source
 
     data = x(2000)
     d = npy_shards(tmp_path / "d", data, splits=[(a, a + 100) for a in range(0, 2000, 100)])

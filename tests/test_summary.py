@@ -12,7 +12,7 @@ from click.testing import CliRunner
 import prunekit as pk
 from prunekit.cli import main
 from prunekit.errors import PrunekitError
-from prunekit.summary import render
+from prunekit.io.summary import render
 
 # Row norms 5, 1, NaN, 2 and 13: finite norms [5, 1, 2, 13].
 X = np.array([[3, 4], [1, 0], [np.nan, 1], [0, 2], [5, 12]], dtype=np.float32)

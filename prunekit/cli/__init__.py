@@ -17,8 +17,8 @@ from importlib.metadata import entry_points
 
 import click
 
-from .._version import __version__
-from ..errors import PrunekitError
+from prunekit._version import __version__
+from prunekit.errors import PrunekitError
 
 BUILTIN = {
     "info": "prunekit.cli.info:info",

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 
 import click
 
-from ..atomic import check_output
-from ..budget import set_budget
-from ..embeddings import DEFAULT_KEY, Embeddings, load_embeddings
-from ..errors import PrunekitError
-from ..seeds import SEED_MAX
+from prunekit.errors import PrunekitError
+from prunekit.io.atomic import check_output
+from prunekit.io.embeddings import DEFAULT_KEY, Embeddings, load_embeddings
+from prunekit.runtime.budget import parse_size
+from prunekit.runtime.context import RunContext, use_context
+from prunekit.seeds import SEED_MAX
 
 quiet_option = click.option(
     "--quiet", "-q", is_flag=True, help="No progress bars (they are also off when stderr is not a terminal)."
@@ -19,32 +21,74 @@ _key = click.option(
     "--key", default=DEFAULT_KEY, show_default=True,
     help="Dataset (HDF5), array (npz) or column (Parquet) holding the embeddings.",
 )
-ID_KEY_META = "prunekit.id_key"
-
-
-def _remember_id_key(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
-    ctx.meta[ID_KEY_META] = value
-
-
-def _set_memory(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
-    set_budget(value)  # None clears a budget left by an earlier call in the same process
-
-
-id_key_option = click.option(
-    "--id-key", default=None, expose_value=False, callback=_remember_id_key,
+_id_key = click.option(
+    "--id-key", default=None,
     help="Dataset/column with the ids (default: 'ids' in HDF5/npz; 'id', 'key' or "
          "'image_path' in Parquet and clip-retrieval metadata).",
 )
-memory_option = click.option(
-    "--memory", default=None, metavar="SIZE", expose_value=False, callback=_set_memory,
+_allow_external = click.option(
+    "--allow-external", is_flag=True, default=None,
+    help="Let HDF5 embeddings follow external links, external storage and virtual datasets "
+         "into other files (refused by default: a file could make us read any file).",
+)
+_memory = click.option(
+    "--memory", default=None, metavar="SIZE",
     help="Memory budget beyond a few bytes per row, e.g. 4G (default: PRUNEKIT_MEMORY, "
          "else min(25% of available memory, 8G)).",
 )
+# Options that only shape the run context: the command function never sees them.
+CONTEXT_ONLY = ("id_key", "allow_external", "memory")
+_IN_CONTEXT = "__prunekit_run_context__"
+
+
+def run_context_from(options: dict) -> RunContext:
+    """The run context of one command, built from its options (``--key``, ``--id-key``,
+    ``--allow-external``, ``--memory``, ``--quiet``); the context-only ones are removed
+    from ``options``. Engine and work directory join later (``running_on``, ``--resume``)."""
+    memory = options.pop("memory", None)
+    return RunContext(
+        memory=None if memory is None else parse_size(memory),
+        progress=not options.get("quiet", False),
+        key=options.get("key") or DEFAULT_KEY,
+        id_key=options.pop("id_key", None),
+        allow_external=bool(options.pop("allow_external", None)),
+    )
+
+
+def in_run_context(fn):
+    """Run the command inside the run context its options describe, built once per call
+    however many option groups ask for it (:func:`run_context_from`)."""
+    if getattr(fn, _IN_CONTEXT, False):
+        return fn
+
+    @functools.wraps(fn)
+    def command(*args, **options):
+        with use_context(run_context_from(options)):
+            return fn(*args, **options)
+
+    setattr(command, _IN_CONTEXT, True)
+    return command
+
+
+def id_key_option(fn):
+    """``--id-key``: where EMB's ids are (a run-context option)."""
+    return in_run_context(_id_key(fn))
+
+
+def allow_external_option(fn):
+    """``--allow-external``: HDF5 embeddings may read other files (a run-context option)."""
+    return in_run_context(_allow_external(fn))
+
+
+def memory_option(fn):
+    """``--memory``: the memory budget (a run-context option)."""
+    return in_run_context(_memory(fn))
 
 
 def key_option(fn):
-    """``--key``, ``--id-key`` and ``--memory``: how to read EMB, and how much memory to use."""
-    return _key(id_key_option(memory_option(fn)))
+    """``--key``, ``--id-key``, ``--allow-external`` and ``--memory``: how to read EMB, and
+    how much memory to use."""
+    return _key(id_key_option(allow_external_option(memory_option(fn))))
 
 
 drop_option = click.option(
@@ -129,24 +173,26 @@ def split_values(values: Sequence[str], cast: Callable[[str], object], option: s
 
 
 def open_embeddings(path: str, key: str, drop_nonfinite: bool) -> Embeddings:
-    """EMB (a file, a directory or a glob of shards) with the command's --id-key."""
-    ctx = click.get_current_context(silent=True)
-    id_key = ctx.meta.get(ID_KEY_META) if ctx is not None else None
-    return load_embeddings(path, key=key, id_key=id_key, drop_nonfinite=drop_nonfinite)
+    """EMB (a file, a directory or a glob of shards) as the run context says to read it
+    (``--id-key``, ``--allow-external``)."""
+    return load_embeddings(path, key=key, drop_nonfinite=drop_nonfinite)
 
 
 __all__ = [
     "MultiValueCommand",
+    "allow_external_option",
     "check_output",
     "drop_option",
     "expand_values",
     "id_key_option",
+    "in_run_context",
     "is_number",
     "is_value",
     "key_option",
     "memory_option",
     "open_embeddings",
     "quiet_option",
+    "run_context_from",
     "seed_option",
     "split_values",
 ]

@@ -1,7 +1,8 @@
 """``--engine``, ``--workers``, ``--ray-address``: where a command's chunk and cluster tasks run.
 
 Any command that maps work over chunks or clusters takes these options with
-:func:`engine_options` and runs its library call inside :func:`running_on`::
+:func:`engine_options` and runs its library call inside :func:`running_on`, which starts
+the engine and makes it the run context's (:mod:`prunekit.runtime.context`)::
 
     @engine_options
     def cmd(..., engine, workers, ray_address): ...
@@ -16,7 +17,8 @@ from collections.abc import Iterator
 
 import click
 
-from ..engine import ENGINES, Engine, make_engine, use
+from prunekit.runtime.context import get_runtime, runtime
+from prunekit.runtime.engine import ENGINES, Engine, make_engine
 
 
 def engine_options(fn):
@@ -40,6 +42,11 @@ def engine_options(fn):
 
 @contextlib.contextmanager
 def running_on(engine: str, workers: int | None, ray_address: str | None) -> Iterator[Engine]:
-    """Start the engine, make it current, and stop what it started at the end."""
-    with make_engine(engine, workers=workers, ray_address=ray_address) as eng, use(eng):
+    """Start the engine, make it the run context's, and stop what it started at the end.
+
+    Under ``--quiet`` (the run context's ``progress`` off) Ray's own log lines are silenced too.
+    """
+    quiet = not get_runtime().progress
+    with make_engine(engine, workers=workers, ray_address=ray_address, quiet=quiet) as eng, \
+            runtime(engine=eng):
         yield eng

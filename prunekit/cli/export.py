@@ -6,10 +6,10 @@ from pathlib import Path
 
 import click
 
-from ..atomic import is_stdout
-from ..export import FORMATS, TEXT_FORMATS, export_payload, export_selection
-from ..selection import load_selection
-from .common import check_output
+from prunekit.cli.common import check_output
+from prunekit.io.atomic import is_stdout
+from prunekit.selection.export import FORMATS, TEXT_FORMATS, export_payload, export_selection
+from prunekit.selection.subset import load_selection
 
 __all__ = ["export", "export_payload"]
 

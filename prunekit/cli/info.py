@@ -1,4 +1,4 @@
-"""``prunekit info``: what is in an embeddings file or a set of shards (see prunekit.summary)."""
+"""``prunekit info``: what is in an embeddings file or a set of shards (see prunekit.io.summary)."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import json
 
 import click
 
-from ..summary import describe, render
-from .common import key_option, open_embeddings
+from prunekit.cli.common import key_option, open_embeddings
+from prunekit.io.summary import describe, render
 
 
 @click.command()

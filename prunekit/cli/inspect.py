@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import contextlib
 import json
+from typing import Any
 
 import click
 
-from ..inspection import inspect as run_inspect
-from ..inspection import inspect_selection, render
-from ..provenance import jsonable
-from ..quality import MMD_SAMPLE
-from .common import drop_option, key_option, quiet_option, seed_option
-from .engine_options import engine_options, running_on
+from prunekit.cli.common import drop_option, key_option, quiet_option, seed_option
+from prunekit.cli.engine_options import engine_options, running_on
+from prunekit.io.provenance import jsonable
+from prunekit.report.command import html_options, html_page, page_wanted
+from prunekit.selection.inspection import inspect as run_inspect
+from prunekit.selection.inspection import inspect_selection, render
+from prunekit.selection.quality import MMD_SAMPLE
 
 __all__ = ["inspect", "inspect_selection", "render"]
 
@@ -37,21 +39,23 @@ __all__ = ["inspect", "inspect_selection", "render"]
 @engine_options
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
 @quiet_option
+@html_options
 def inspect(selection: str, scores_path: str | None, emb_path: str | None, key: str,
             drop_nonfinite: bool, random_draws: int, rff_dim: int, mmd_sample: int, seed: int,
             engine: str, workers: int | None, ray_address: str | None, as_json: bool,
-            quiet: bool) -> None:
+            quiet: bool, **page: Any) -> None:
     """What SELECTION keeps: per cluster / label before and after, and its RFF-MMD.
 
     Compare criteria before training: a lower MMD than random subsets of the same size
     means the kept set represents the full set better than chance. The MMD is one streamed
     pass of chunk tasks (--engine); every engine gives the same report.
     """
+    run = html_page if page_wanted(page) else run_inspect
+    extra = dict(page, quiet=quiet) if run is html_page else {"progress": not quiet}
     # Only the MMD runs on the engine: without --embeddings no cluster is started.
     where = running_on(engine, workers, ray_address) if emb_path else contextlib.nullcontext()
     with where:
-        report = run_inspect(selection, scores=scores_path, embeddings=emb_path, key=key,
-                             drop_nonfinite=drop_nonfinite, random_draws=random_draws,
-                             seed=seed, rff_dim=rff_dim, mmd_sample=mmd_sample or None,
-                             progress=not quiet)
+        report = run(selection, scores=scores_path, embeddings=emb_path, key=key,
+                     drop_nonfinite=drop_nonfinite, random_draws=random_draws, seed=seed,
+                     rff_dim=rff_dim, mmd_sample=mmd_sample or None, **extra)
     click.echo(json.dumps(jsonable(report), indent=1) if as_json else render(report))

@@ -6,10 +6,10 @@ import json
 
 import click
 
-from ..methods import available, get_method
-from ..plan import DEFAULT_RAY_WORKERS, plan
-from .common import ID_KEY_META, key_option
-from .score import _method_params, _option, _spec_by_name
+from prunekit.cli.common import key_option
+from prunekit.cli.score import _method_params, _option, _spec_by_name
+from prunekit.methods import available, get_method
+from prunekit.runtime.plan import DEFAULT_RAY_WORKERS, plan
 
 
 @click.command("plan")
@@ -34,8 +34,7 @@ def plan_command(ctx: click.Context, emb: str, method: str, ray_workers: int, as
     """
     get_method(method)
     params = _method_params(ctx, method, options)
-    p = plan(emb, method, ray_workers=ray_workers, key=key, id_key=ctx.meta.get(ID_KEY_META),
-             **params)
+    p = plan(emb, method, ray_workers=ray_workers, key=key, **params)  # --id-key: run context
     click.echo(json.dumps(p.to_dict(), indent=2) if as_json else p.table())
 
 

@@ -12,16 +12,22 @@ import os
 import click
 from click.core import ParameterSource
 
-from ..atomic import check_output
-from ..errors import PrunekitError
-from ..methods import REGISTRY, available, get_method
-from ..methods import score as run_score
-from ..params import Param, ParamError, validate
-from ..resume import open_work_dir, work_dir_for
-from ..resume import use as recording_in
-from ..source import shard_dirs
-from .common import ID_KEY_META, drop_option, key_option, open_embeddings, quiet_option, seed_option
-from .engine_options import engine_options, running_on
+from prunekit.cli.common import (
+    drop_option,
+    key_option,
+    open_embeddings,
+    quiet_option,
+    seed_option,
+)
+from prunekit.cli.engine_options import engine_options, running_on
+from prunekit.errors import PrunekitError
+from prunekit.io.atomic import check_output
+from prunekit.io.source import shard_dirs
+from prunekit.methods import REGISTRY, available, get_method
+from prunekit.methods import score as run_score
+from prunekit.params import Param, ParamError, validate
+from prunekit.runtime.context import runtime
+from prunekit.runtime.resume import open_work_dir, work_dir_for
 
 
 def _methods_taking(name: str) -> list[str]:
@@ -140,25 +146,27 @@ def score(ctx: click.Context, emb: str, method: str, output: str, key: str, drop
     params = _method_params(ctx, method, options)
     check_output(output, inputs=_input_files(emb, params), input_dirs=shard_dirs(emb))
     if dry_run:
-        from ..plan import DEFAULT_RAY_WORKERS, plan
+        from prunekit.runtime.plan import DEFAULT_RAY_WORKERS, plan
 
         click.echo(plan(emb, method, ray_workers=workers or DEFAULT_RAY_WORKERS, key=key,
-                        id_key=ctx.meta.get(ID_KEY_META), **params).table())
+                        **params).table())
         return
     try:
         with running_on(engine, workers, ray_address):  # the load pass runs on the engine too
             embeddings = open_embeddings(emb, key, drop_nonfinite)
-            work = open_work_dir(work_dir_for(
+            path = work_dir_for(
                 output, fingerprint=embeddings.fingerprint, method=method,
-                params={"seed": seed, "drop_nonfinite": drop_nonfinite, **_identity(params)}),
-                resume=resume)
-            with recording_in(work):
+                params={"seed": seed, "drop_nonfinite": drop_nonfinite, **_identity(params)})
+            # The work directory stays locked until the output is written: one run at a time.
+            with open_work_dir(path, resume=resume, output=output) as work, \
+                    runtime(work_dir=work):
                 result = run_score(embeddings, method, seed=seed, progress=not quiet, **params)
+                result.save(output)
+                work.remove()
     except ParamError as exc:
         raise PrunekitError(exc.cli_message()) from exc
-    result.save(output)
-    work.remove()
-    click.echo(f"{output}: {method} scored {embeddings.n} of {embeddings.n_total} rows{_detail(result.params)}")
+    click.echo(f"{output}: {method} scored {embeddings.n} of {embeddings.n_total} rows"
+               f"{get_method(method).detail(result.params)}")
 
 
 score.params.extend(_option(p) for p in _spec_by_name().values())
@@ -175,16 +183,3 @@ def _identity(params: dict) -> dict:
         out[name] = value
     return out
 
-
-def _detail(p: dict) -> str:
-    if "inertia" in p:
-        return f" (k={p['k']}, inertia {p['inertia']:.6g}, backend {p['backend_used']})"
-    if "n_picked" in p:
-        extra = f", sigma {p['sigma']:.4g}" if "sigma" in p else ""
-        return f" ({p['n_picked']} picked in order{extra})"
-    if "matched_by" in p:
-        return f" (imported from {p['from_file']}, matched by {p['matched_by']})"
-    if "duplicates" in p:
-        counts = ", ".join(f"{r['eps']:g}: {r['removed']}" for r in p["duplicates"])
-        return f" (near-duplicates removed at eps {counts}; select --eps E applies one)"
-    return ""

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import click
 
-from ..dedup import check_eps, select_eps
-from ..errors import PrunekitError
-from ..quotas import kept_count
-from ..scores import load_scores
-from ..selection import BALANCES, FILLS, labels_for
-from ..selection import select as run_select
-from .common import check_output, drop_option, key_option, open_embeddings, seed_option
+from prunekit.cli.common import check_output, drop_option, key_option, open_embeddings, seed_option
+from prunekit.errors import PrunekitError
+from prunekit.methods.dedup import check_eps, select_eps
+from prunekit.selection.quotas import kept_count
+from prunekit.selection.scores import load_scores
+from prunekit.selection.subset import BALANCES, FILLS, labels_for
+from prunekit.selection.subset import select as run_select
 
 
 def parse_drop(text: str | None) -> list[int] | float | None:

@@ -8,17 +8,8 @@ from pathlib import Path
 
 import click
 
-from .._version import __version__
-from ..atomic import is_stdout, write_bytes, write_text
-from ..errors import PrunekitError
-from ..flow.ode import SOLVERS
-from ..flow.plot import require_matplotlib, stability_figure
-from ..flow.study import DEFAULT_SOURCES, STABILITY_SAMPLE, check_prs, dimension_study
-from ..flow.study import stability as run_stability
-from ..provenance import jsonable
-from ..selection import BALANCES
-from ..source import shard_dirs
-from .common import (
+from prunekit._version import __version__
+from prunekit.cli.common import (
     MultiValueCommand,
     check_output,
     drop_option,
@@ -29,7 +20,16 @@ from .common import (
     seed_option,
     split_values,
 )
-from .engine_options import engine_options, running_on
+from prunekit.cli.engine_options import engine_options, running_on
+from prunekit.errors import PrunekitError
+from prunekit.flow.ode import SOLVERS
+from prunekit.flow.plot import require_matplotlib, stability_figure
+from prunekit.flow.study import DEFAULT_SOURCES, STABILITY_SAMPLE, check_prs, dimension_study
+from prunekit.flow.study import stability as run_stability
+from prunekit.io.atomic import is_stdout, write_bytes, write_text
+from prunekit.io.provenance import jsonable
+from prunekit.io.source import shard_dirs
+from prunekit.selection.subset import BALANCES
 
 GMM_DEFAULTS = {"n": 1000, "components": 10, "spread": 0.5}
 POSITIVE = click.IntRange(min=1)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import click
 
-from ..flow.synthetic import gaussian_mixture
-from .common import check_output, seed_option
+from prunekit.cli.common import check_output, seed_option
+from prunekit.flow.synthetic import gaussian_mixture
 
 POSITIVE = click.IntRange(min=1)
 

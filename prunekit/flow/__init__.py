@@ -7,8 +7,8 @@ stays the same when the set is pruned, and how far the paths move. :mod:`.synthe
 draws Gaussian-mixture data and :mod:`.study` runs whole sweeps.
 """
 
-from .assign import Comparison, compare_assignments, compare_subsets, nearest
-from .ode import (
+from prunekit.flow.assign import Comparison, compare_assignments, compare_subsets, nearest
+from prunekit.flow.ode import (
     SOLVERS,
     FlowResult,
     PathDeviation,
@@ -17,8 +17,8 @@ from .ode import (
     time_grid,
     trajectory,
 )
-from .synthetic import GaussianMixture, gaussian_mixture
-from .velocity import ClosedFormField, posterior_mean, velocity
+from prunekit.flow.synthetic import GaussianMixture, gaussian_mixture
+from prunekit.flow.velocity import ClosedFormField, posterior_mean, velocity
 
 __all__ = [
     "SOLVERS",

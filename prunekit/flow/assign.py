@@ -17,11 +17,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..budget import memory_budget
-from ..engine import current as current_engine
-from ..errors import PrunekitError
-from .ode import check_run, integrate_together
-from .velocity import DEFAULT_BUFFER, ClosedFormField
+from prunekit.errors import PrunekitError
+from prunekit.flow.ode import check_run, integrate_together
+from prunekit.flow.velocity import DEFAULT_BUFFER, ClosedFormField
+from prunekit.runtime.context import current_engine
 
 
 def nearest(field: ClosedFormField, points: np.ndarray) -> np.ndarray:
@@ -126,7 +125,7 @@ def compare_subsets(
     The noise points are cut into blocks of SOURCE_BLOCK; one task integrates a block under
     the full field and under a group of subsets in lockstep (no path is stored) and returns
     the end assignments and path deviations of its particles, which are joined in block
-    order. Tasks run on ``engine`` (default: the current one, :mod:`prunekit.engine`).
+    order. Tasks run on ``engine`` (default: the current one, :mod:`prunekit.runtime.engine`).
 
     Every run of a particle is its own computation, which depends on its block (fixed by
     SOURCE_BLOCK) but not on which other runs share the task. So the subsets may be split
@@ -154,7 +153,7 @@ def compare_subsets(
     task = field.dtype.itemsize * (4 * (1 + max(map(len, groups))) * SOURCE_BLOCK * field.dim
                                    + 2 * DEFAULT_BUFFER)
     results = engine.map(_block_task, items, shared, desc=f"{solver}, {len(subsets) + 1} runs",
-                         progress=progress, limit=max(1, memory_budget() // task))
+                         progress=progress, task_bytes=task)
     for (a, group), (ref_assign, assigned, deviation) in zip(items, results, strict=True):
         full.setdefault(a, ref_assign)
         for i, e, d in zip(group, assigned, deviation, strict=True):

@@ -19,9 +19,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import PrunekitError
-from ..progress import track
-from .velocity import ClosedFormField
+from prunekit.errors import PrunekitError
+from prunekit.flow.velocity import ClosedFormField
+from prunekit.runtime.progress import track
 
 SOLVERS = ("euler", "heun")
 

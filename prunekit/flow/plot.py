@@ -9,7 +9,7 @@ from __future__ import annotations
 import io
 from collections.abc import Sequence
 
-from ..errors import PrunekitError
+from prunekit.errors import PrunekitError
 
 INSTALL = 'pip install "prunekit[plot]"'
 

@@ -20,19 +20,19 @@ from typing import Any
 
 import numpy as np
 
-from .._version import __version__
-from ..embeddings import Embeddings, load_embeddings
-from ..errors import PrunekitError
-from ..memory import check_fits
-from ..methods import score
-from ..progress import track
-from ..scores import Scores, load_scores
-from ..seeds import check_seed, role_rng, role_seed
-from ..selection import Selection, labels_for, load_selection, resolve_rows, select
-from .assign import compare_subsets
-from .ode import SOLVERS
-from .synthetic import gaussian_mixture
-from .velocity import DEFAULT_BUFFER, ClosedFormField, resolve_dtype
+from prunekit._version import __version__
+from prunekit.errors import PrunekitError
+from prunekit.flow.assign import compare_subsets
+from prunekit.flow.ode import SOLVERS
+from prunekit.flow.synthetic import gaussian_mixture
+from prunekit.flow.velocity import DEFAULT_BUFFER, ClosedFormField, resolve_dtype
+from prunekit.io.embeddings import Embeddings, load_embeddings
+from prunekit.methods import score
+from prunekit.runtime.memory import check_fits
+from prunekit.runtime.progress import track
+from prunekit.seeds import check_seed, role_rng, role_seed
+from prunekit.selection.scores import Scores, load_scores
+from prunekit.selection.subset import Selection, labels_for, load_selection, resolve_rows, select
 
 DEFAULT_SOURCES = 256
 # Training rows the closed-form flow uses at most: every velocity evaluation touches each of
@@ -246,9 +246,10 @@ def stability(
     solver: str = "euler",
     dtype: str = "float32",
     block: int | None = None,
-    key: str = "embeddings",
+    key: str | None = None,
     drop_nonfinite: bool = False,
     sample: int | None = STABILITY_SAMPLE,
+    id_key: str | None = None,
     progress: bool = False,
 ) -> dict[str, Any]:
     """Integrate the closed-form flow of ``data`` and of subsets of it from the same noise.
@@ -263,7 +264,9 @@ def stability(
     uniform sample of ``sample`` rows (the ``stability sample`` stream of ``seed``): the
     full field is the sample's, each subset keeps its rows that fall in the sample (a row's
     ``n_kept`` counts those, ``n_kept_data`` all it keeps). The runs go as tasks to the
-    current engine (:func:`prunekit.engine.use`); every engine gives the same rows.
+    run context's engine (:func:`prunekit.runtime`); every engine gives the same rows. A
+    path ``data`` is read with ``key``/``id_key`` (None: the run context's); selections
+    match its rows by those ids.
     """
     if bool(selections) == bool(prs):
         raise PrunekitError("give the subsets either as selections or as pr values (one of the two).")
@@ -276,7 +279,7 @@ def stability(
     prs = check_prs(prs) if prs else []
     seed = check_seed(seed)
     _check_run(steps, solver, dtype, block)
-    emb = _as_embeddings(data, key, drop_nonfinite)
+    emb = _as_embeddings(data, key, drop_nonfinite, id_key)
     if selections:
         subsets = [_selection_subset(s, emb) for s in selections]
         how = "selection"
@@ -346,11 +349,12 @@ def _check_run(steps: int, solver: str, dtype: str, block: int | None) -> None:
     resolve_dtype(dtype)
 
 
-def _as_embeddings(data: Any, key: str, drop_nonfinite: bool) -> Embeddings:
+def _as_embeddings(data: Any, key: str | None, drop_nonfinite: bool,
+                   id_key: str | None = None) -> Embeddings:
     if isinstance(data, Embeddings):
         return data
     if isinstance(data, (str, os.PathLike)):
-        return load_embeddings(data, key=key, drop_nonfinite=drop_nonfinite)
+        return load_embeddings(data, key=key, id_key=id_key, drop_nonfinite=drop_nonfinite)
     return Embeddings.from_array(np.asarray(data), drop_nonfinite=drop_nonfinite)
 
 

@@ -16,11 +16,11 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import PrunekitError
-from ..h5io import atomic_h5
-from ..memory import check_fits
-from ..provenance import stamp
-from ..seeds import check_seed, role_rng
+from prunekit.errors import PrunekitError
+from prunekit.io.h5io import atomic_h5
+from prunekit.io.provenance import stamp
+from prunekit.runtime.memory import check_fits
+from prunekit.seeds import check_seed, role_rng
 
 
 @dataclass

@@ -20,7 +20,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from ..errors import PrunekitError
+from prunekit.errors import PrunekitError
 
 # Elements of the (particles x block) logit buffer per evaluation: 2**24 float32 = 64 MiB.
 # Large blocks keep the GEMMs efficient; the buffer bounds memory for any N.

@@ -1,45 +1,89 @@
-"""Scoring methods behind one interface, a name registry and one parameter spec per method.
+"""Scoring methods behind one interface, a name registry and one declaration per method.
 
 A method is a function ``fn(emb, *, seed, progress, **params) -> MethodResult`` that scores
-the usable rows of ``emb`` (compact order, positions 0..n-1), registered with the
-:class:`~prunekit.params.Param` spec of its parameters::
+the usable rows of ``emb`` (compact order, positions 0..n-1), registered in its own module
+with everything the rest of prunekit asks of it::
 
-    @register("kmeans", params=(Param("k", "int", 24, "Number of clusters.", low=1), ...))
-    def kmeans_scores(emb, *, seed, progress, k, ...): ...
+    @register("kmeans", params=(Param("k", "int", 24, "Number of clusters.", low=1), ...),
+              cost=kmeans_cost, probe=kmeans_probe, summary=Summary(detail=kmeans_detail))
+    def kmeans_scores(emb, *, seed=0, progress=True, k=24, ...): ...
 
-:func:`score` validates the parameters against the spec, maps the result back to source
-positions and wraps it in a :class:`~prunekit.scores.Scores`. The CLI builds its options
-from the same specs, so adding a method is adding one module (and importing it below).
+* ``params``: the :class:`~prunekit.params.Param` spec; :func:`score` validates against
+  it and the CLI builds its options from it. Each Param's default must equal the
+  function's keyword default (checked here, at import).
+* ``cost``: the cost model ``cost(m, params) -> Cost`` (:mod:`prunekit.runtime.costs`),
+  which ``prunekit plan`` and ``score --dry-run`` print;
+* ``probe``: ``probe(dim, n, params) -> {name: rate}``, the kernels the cost model wants
+  timed on this machine (:mod:`prunekit.runtime.probe`);
+* ``summary``: what ``prunekit score`` and ``pk.inspect`` say about a result
+  (:class:`Summary`).
+
+:func:`score` maps the result back to source positions and wraps it in a
+:class:`~prunekit.selection.scores.Scores`. Adding a method is adding one module (and
+importing it below).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from inspect import Parameter, signature
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..embeddings import Embeddings, as_embeddings
-from ..errors import PrunekitError
-from ..params import Param, validate
-from ..scores import Scores
-from ..seeds import check_seed
+from prunekit.errors import PrunekitError
+from prunekit.io.embeddings import Embeddings, as_embeddings
+from prunekit.params import Param, validate
+from prunekit.seeds import check_seed
+from prunekit.selection.scores import Scores
+
+if TYPE_CHECKING:
+    from prunekit.runtime.costs import Cost, CostModel
+    from prunekit.runtime.probe import ProbeFn
 
 MethodFn = Callable[..., "MethodResult"]
+CostFn = Callable[["CostModel", dict[str, Any]], "Cost"]
+# Arguments every method function takes besides its declared parameters.
+COMMON_ARGS = ("seed", "progress")
+
+
+@dataclass(frozen=True)
+class Summary:
+    """What is said about a method's result.
+
+    ``detail(params)``: the parenthesis ``prunekit score`` prints after "scored n of N
+    rows", from the result's params (``" (k=24, inertia ...)"``; "" for nothing).
+    ``inspect(scores, kept)``: the entries ``pk.inspect`` adds to its report for scores of
+    this method (``kept``: the selection's positions in the scores); ``render(report)``:
+    the text lines of those entries (called on every report of a selection of this method,
+    so it looks for its entries).
+    """
+
+    detail: Callable[[dict[str, Any]], str] | None = None
+    inspect: Callable[[Scores, np.ndarray], dict[str, Any]] | None = None
+    render: Callable[[dict[str, Any]], list[str]] | None = None
 
 
 @dataclass(frozen=True)
 class Method:
-    """A registered scoring method: its function, parameter spec and one-line summary."""
+    """A registered scoring method: its function, parameter spec, cost model, probe, summary."""
 
     name: str
     fn: MethodFn
     params: tuple[Param, ...]
+    cost: CostFn | None = None
+    probe: ProbeFn | None = None
+    summary: Summary = Summary()
 
     @property
-    def summary(self) -> str:
+    def headline(self) -> str:
+        """The first line of the function's docstring."""
         return (self.fn.__doc__ or "").strip().split("\n")[0]
+
+    def detail(self, params: dict[str, Any]) -> str:
+        """What ``prunekit score`` adds after its count ("" when the method says nothing)."""
+        return self.summary.detail(params) if self.summary.detail else ""
 
 
 REGISTRY: dict[str, Method] = {}
@@ -57,14 +101,42 @@ class MethodResult:
     params: dict[str, Any] = field(default_factory=dict)  # resolved settings (e.g. sigma)
 
 
-def register(name: str, params: tuple[Param, ...] = ()) -> Callable[[MethodFn], MethodFn]:
-    """Class-free registration: ``@register("kmeans", params=(...))`` on the method function."""
+def register(name: str, params: tuple[Param, ...] = (), *, cost: CostFn | None = None,
+             probe: ProbeFn | None = None,
+             summary: Summary | None = None) -> Callable[[MethodFn], MethodFn]:
+    """Class-free registration: ``@register("kmeans", params=(...), cost=..., ...)`` on the
+    method function. A spec that disagrees with the function is a ``TypeError`` at import."""
 
     def deco(fn: MethodFn) -> MethodFn:
-        REGISTRY[name] = Method(name, fn, tuple(params))
+        check_declaration(name, fn, tuple(params))
+        REGISTRY[name] = Method(name, fn, tuple(params), cost, probe, summary or Summary())
         return fn
 
     return deco
+
+
+def check_declaration(name: str, fn: MethodFn, params: tuple[Param, ...]) -> None:
+    """The function's keyword arguments are ``seed``, ``progress`` and exactly the declared
+    parameters, each with the Param's default (same value and type): ``pk.score`` fills in
+    the Param's default, a direct call the function's, and they must not drift apart."""
+    args = signature(fn).parameters
+    where = f"method '{name}' ({fn.__module__}.{fn.__qualname__})"
+    declared = {p.name for p in params}
+    for p in params:
+        arg = args.get(p.name)
+        if arg is None or arg.kind is not Parameter.KEYWORD_ONLY:
+            raise TypeError(f"{where} declares parameter {p.name} but takes no keyword-only "
+                            f"argument {p.name}.")
+        if arg.default is Parameter.empty or type(arg.default) is not type(p.default) \
+                or arg.default != p.default:
+            shown = "none" if arg.default is Parameter.empty else repr(arg.default)
+            raise TypeError(f"{where}: parameter {p.name} defaults to {p.default!r} in its Param "
+                            f"but to {shown} in the function; make them equal.")
+    extra = [a for a in args.values() if a.kind is Parameter.KEYWORD_ONLY
+             and a.name not in declared and a.name not in COMMON_ARGS]
+    if extra:
+        raise TypeError(f"{where} takes keyword argument(s) {', '.join(a.name for a in extra)} "
+                        "that its params do not declare.")
 
 
 def available() -> list[str]:
@@ -84,7 +156,7 @@ def score(
 ) -> Scores:
     """Score every usable row of ``emb`` with ``method`` (see :func:`available`).
 
-    ``emb`` is an :class:`~prunekit.embeddings.Embeddings` or anything array-like of shape
+    ``emb`` is an :class:`~prunekit.io.embeddings.Embeddings` or anything array-like of shape
     (N, D). ``params`` are the method's parameters (``prunekit.methods.REGISTRY[name].params``
     lists them); they are checked before any work starts.
     """
@@ -124,4 +196,4 @@ def _to_scores(emb: Embeddings, method: str, res: MethodResult, params: dict) ->
 
 
 # Importing the modules registers the methods.
-from . import herding, kcenter, kmeans, loss, random, semdedup  # noqa: E402,F401
+from prunekit.methods import herding, kcenter, kmeans, loss, random, semdedup  # noqa: E402,F401

@@ -10,16 +10,15 @@ from pathlib import Path
 
 import numpy as np
 
-from ..budget import memory_budget
-from ..embeddings import Embeddings
-from ..engine import chunk_rows_for
-from ..engine import current as current_engine
-from ..errors import PrunekitError
-from ..grouping import GroupedRows, batches, group_rows, layout
-from ..memory import human
-from ..params import Param
-from ..resume import current as current_work
-from ..scores import Scores, load_scores
+from prunekit.compute.grouping import GroupedRows, batches, group_rows, layout
+from prunekit.errors import PrunekitError
+from prunekit.io.embeddings import Embeddings
+from prunekit.params import Param
+from prunekit.runtime.budget import memory_budget
+from prunekit.runtime.context import current_engine, current_work_dir
+from prunekit.runtime.engine import chunk_rows_for
+from prunekit.runtime.memory import human
+from prunekit.selection.scores import Scores, load_scores
 
 # Parameters both greedy methods take (one declaration, shared by their specs).
 MAX_KEEP = Param(
@@ -93,14 +92,14 @@ def per_cluster_orders(
 ) -> list[np.ndarray]:
     """Each cluster's pick order (compact positions), clusters in increasing id.
 
-    The rows are grouped by cluster on disk once (:mod:`prunekit.grouping`: in the run's
+    The rows are grouped by cluster on disk once (:mod:`prunekit.compute.grouping`: in the run's
     work directory when it has one, else in a temporary directory removed afterwards);
     then ``task((grouped, params, picks), (i, batch))`` returns the concatenated local
     orders of the clusters of one batch, run on the current engine with as many batches
     at a time as the memory budget holds (a batch costs ``row_bytes`` per row of its
     largest cluster). Each finished batch is recorded for ``--resume``.
     """
-    engine, work = current_engine(), current_work()
+    engine, work = current_engine(), current_work_dir()
     lay = layout(clusters)
     ids, offsets, _ = lay
     sizes = np.diff(offsets)
@@ -127,7 +126,7 @@ def per_cluster_orders(
         flat = {i: work.load(f"orders/{i:08d}") for i, _ in plan}
         todo = [item for item in plan if flat[item[0]] is None]
         results = engine.map(task, todo, (grouped.for_tasks(), params, picks), desc=desc,
-                             progress=progress, limit=max(1, budget // need))
+                             progress=progress, task_bytes=need)
         with contextlib.closing(results):
             for (i, _), local in zip(todo, results, strict=True):
                 work.save(f"orders/{i:08d}", local)

@@ -22,17 +22,15 @@ N = number of scored rows.
 from __future__ import annotations
 
 import os
+import time
 
 import numpy as np
 
-from ..embeddings import Embeddings
-from ..errors import PrunekitError
-from ..kernels import MEDIAN_SAMPLE, RandomFourierFeatures, median_sigma, rbf
-from ..params import Param
-from ..progress import counter
-from ..scores import Scores
-from . import MethodResult, register
-from .greedy import (
+from prunekit.compute.kernels import MEDIAN_SAMPLE, RandomFourierFeatures, median_sigma, rbf
+from prunekit.errors import PrunekitError
+from prunekit.io.embeddings import Embeddings
+from prunekit.methods import MethodResult, Summary, register
+from prunekit.methods.greedy import (
     MAX_KEEP,
     WITHIN,
     check_in_memory,
@@ -44,10 +42,64 @@ from .greedy import (
     within_clusters,
     within_param,
 )
+from prunekit.params import Param
+from prunekit.runtime.costs import Cost, CostModel, Step, greedy_cost, pick_cost
+from prunekit.runtime.probe import time_greedy
+from prunekit.runtime.progress import counter
+from prunekit.selection.scores import Scores
 
 KERNELS = ("rff", "exact")
 EXACT_MAX_ROWS = 20000
 EXACT_CHUNK = 1024
+
+
+def _auto_sigma(sigma: float | str) -> bool:
+    return isinstance(sigma, str) and sigma.strip().lower() == "auto"
+
+
+def herding_probe(dim: int, n: int, p: dict) -> dict[str, float]:
+    """The herding pick loop over ``rff_dim`` features (``herding_pick_s``,
+    ``herding_pick_per_value``) and, for ``sigma="auto"``, the median heuristic on its
+    sample (``sigma_s``, seconds)."""
+    a, b = time_greedy(herd_rff, int(p["rff_dim"]))
+    out = {"herding_pick_s": a, "herding_pick_per_value": b}
+    if _auto_sigma(p["sigma"]):
+        x = np.random.default_rng(0).standard_normal((max(min(n, MEDIAN_SAMPLE), 2), dim),
+                                                     dtype=np.float32)
+        t0 = time.perf_counter()
+        median_sigma(x)
+        out["sigma_s"] = time.perf_counter() - t0
+    return out
+
+
+def herding_cost(m: CostModel, p: dict) -> Cost:
+    """``--sigma auto``'s sample, then the picks over all rows or per cluster.
+
+    A pick over s candidates of D features costs ``pick_s + per_value x s x D`` (probed,
+    else ``2 s D`` flops at the GEMV rate), and a task first computes its rows' features,
+    ``2 s d D`` flops on its thread. Memory: the rows as float32 and their features (per
+    cluster: as read too).
+    """
+    width = int(p["rff_dim"])
+    pick_s, per_value = pick_cost(m, "herding", 2.0)
+
+    def seconds(s: np.ndarray, picks: np.ndarray) -> np.ndarray:
+        return picks * (pick_s + per_value * s * width) + 2.0 * s * m.d * width / m.rates.gemm_flops_1
+
+    cost = greedy_cost(m, "herding", p, seconds, m.d * 4 + width * 4,
+                       m.d * (4 + m.item) + width * 4)
+    if _auto_sigma(p["sigma"]):
+        rows = min(m.n, MEDIAN_SAMPLE)
+        frac = 1.0 - np.exp(-rows / max(m.n, 1) * m.chunk)  # share of each chunk the gather spans
+        t = float(frac * m.read() + (m.kernel("sigma_s") or 0.0))
+        cost.steps.insert(0, Step("sigma (median heuristic)", float(frac), t, t,
+                                  int(rows * rows * 8 + m.chunk_bytes()),
+                                  f"pairwise distances of {rows:,} rows"))
+    return cost
+
+
+def herding_detail(p: dict) -> str:
+    return f" ({p['n_picked']} picked in order, sigma {p['sigma']:.4g})"
 
 
 @register("herding", params=(
@@ -57,7 +109,7 @@ EXACT_CHUNK = 1024
     Param("sigma", "float", "auto", "RBF bandwidth: a positive number, or 'auto' (median heuristic).",
           low=0, open_low=True, special=("auto",)),
     MAX_KEEP, WITHIN,
-))
+), cost=herding_cost, probe=herding_probe, summary=Summary(detail=herding_detail))
 def herding_scores(
     emb: Embeddings,
     *,

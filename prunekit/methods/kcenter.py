@@ -21,14 +21,11 @@ import os
 
 import numpy as np
 
-from ..cluster import normalize_rows
-from ..embeddings import Embeddings
-from ..errors import PrunekitError
-from ..params import Param
-from ..progress import counter
-from ..scores import Scores
-from . import MethodResult, register
-from .greedy import (
+from prunekit.compute.cluster import normalize_rows
+from prunekit.errors import PrunekitError
+from prunekit.io.embeddings import Embeddings
+from prunekit.methods import MethodResult, Summary, register
+from prunekit.methods.greedy import (
     MAX_KEEP,
     WITHIN,
     check_in_memory,
@@ -40,15 +37,42 @@ from .greedy import (
     within_clusters,
     within_param,
 )
+from prunekit.params import Param
+from prunekit.runtime.costs import Cost, CostModel, greedy_cost, pick_cost
+from prunekit.runtime.probe import time_greedy
+from prunekit.runtime.progress import counter
+from prunekit.selection.scores import Scores
 
 METRICS = ("euclidean", "cosine")
+
+
+def kcenter_probe(dim: int, n: int, p: dict) -> dict[str, float]:
+    """The farthest-first pick loop (``kcenter_pick_s``, ``kcenter_pick_per_value``)."""
+    a, b = time_greedy(farthest_first, dim)
+    return {"kcenter_pick_s": a, "kcenter_pick_per_value": b}
+
+
+def kcenter_cost(m: CostModel, p: dict) -> Cost:
+    """The picks over all rows or per cluster: a pick over s candidates of d values costs
+    ``pick_s + per_value x s x d`` (probed, else ``3 s d`` flops at the GEMV rate); memory
+    the rows as float32 and their running distances (per cluster: as read too)."""
+    pick_s, per_value = pick_cost(m, "kcenter", 3.0)
+
+    def seconds(s: np.ndarray, picks: np.ndarray) -> np.ndarray:
+        return picks * (pick_s + per_value * s * m.d)
+
+    return greedy_cost(m, "kcenter", p, seconds, m.d * 4 + 8, m.d * (4 + m.item) + 8)
+
+
+def kcenter_detail(p: dict) -> str:
+    return f" ({p['n_picked']} picked in order)"
 
 
 @register("kcenter", params=(
     MAX_KEEP,
     Param("metric", "choice", "euclidean", "Distance between items.", choices=METRICS),
     WITHIN,
-))
+), cost=kcenter_cost, probe=kcenter_probe, summary=Summary(detail=kcenter_detail))
 def kcenter_scores(
     emb: Embeddings,
     *,

@@ -7,7 +7,7 @@ first, easy = nearest first, random = seeded), and score
     score_j = 1 - max over items i earlier in j's cluster of cos(x_i, x_j)   (2 for the first).
 
 SemDeDup at threshold eps removes exactly the items with score < eps (``select --eps``);
-``select --pr P`` removes the most redundant items first. See :mod:`prunekit.dedup`.
+``select --pr P`` removes the most redundant items first. See :mod:`prunekit.methods.dedup`.
 """
 
 from __future__ import annotations
@@ -20,23 +20,25 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import dedup
-from ..budget import memory_budget
-from ..embeddings import Embeddings
-from ..engine import chunk_rows_for
-from ..engine import current as current_engine
-from ..errors import PrunekitError
-from ..grouping import GroupedRows, batches, group_rows, layout
-from ..memory import human
-from ..params import Param
-from ..resume import current as current_work
-from ..scores import Scores, load_scores
-from . import REGISTRY, MethodResult, register
-from .greedy import within_clusters, within_param
-from .kmeans import DEFAULT_ITERS, DEFAULT_K
+from prunekit.compute.grouping import GroupedRows, batches, group_rows, layout
+from prunekit.errors import PrunekitError
+from prunekit.io.embeddings import Embeddings
+from prunekit.methods import REGISTRY, MethodResult, Summary, dedup, register
+from prunekit.methods.greedy import within_clusters, within_param
+from prunekit.methods.kmeans import DEFAULT_ITERS, DEFAULT_K
+from prunekit.params import Param, validate
+from prunekit.runtime.budget import memory_budget
+from prunekit.runtime.context import current_engine, current_work_dir
+from prunekit.runtime.costs import Cost, CostModel, cluster_sizes
+from prunekit.runtime.engine import chunk_rows_for
+from prunekit.runtime.memory import human
+from prunekit.selection.scores import Scores, load_scores
 
-# Similarity blocks beyond this size do not make the products faster.
-MAX_BLOCK_BYTES = 256 << 20
+# The similarity block of every cluster task: a constant, so that a cluster is cut into
+# the same blocks (and its float32 products round the same way) whatever the memory budget,
+# and the scores equal dedup.semdedup's. A cluster of m rows is scored in blocks of
+# dedup.block_rows(m) rows, min(this, 4 m^2) bytes.
+MAX_BLOCK_BYTES = dedup.BLOCK_BYTES
 
 PARAMS = (
     Param("k", "int", DEFAULT_K, "Number of clusters.", low=1),
@@ -49,8 +51,83 @@ PARAMS = (
           nullable=True, objects=(Scores,)),
 )
 
+PROBE_ROWS = 2048  # the cluster the probe deduplicates
 
-@register("semdedup", params=PARAMS)
+
+def semdedup_probe(dim: int, n: int, p: dict) -> dict[str, float]:
+    """``semdedup_flops_1``: the per-cluster pass on one thread, counted as ``s^2 d`` flops
+    for a cluster of s rows (the similarities' upper triangle), measured on ``PROBE_ROWS``
+    random rows; without ``within`` also the k-means kernels at ``k``."""
+    from threadpoolctl import threadpool_limits
+
+    from prunekit.runtime.probe import repeat
+
+    out = {} if p["within"] is not None else REGISTRY["kmeans"].probe(dim, n, _kmeans_params(p))
+    x = dedup.normalized(np.random.default_rng(0).standard_normal((PROBE_ROWS, dim)))
+    order = np.arange(PROBE_ROWS)
+    with threadpool_limits(limits=1):
+        t = repeat(lambda: dedup.semdedup_cluster(x, order, block_bytes=_block_bytes(PROBE_ROWS)),
+                   0.1)
+    out["semdedup_flops_1"] = float(PROBE_ROWS) ** 2 * dim / t
+    return out
+
+
+def semdedup_cost(m: CostModel, p: dict) -> Cost:
+    """k-means (unless ``within``), grouping by cluster, then one task a batch of clusters.
+
+    A cluster of s rows costs ``s^2 d`` flops at the probed rate (else the one-thread GEMM
+    rate) and holds its rows as read and twice as float32 (normalised, in keep order) plus
+    one similarity block and its mask: ``s d (item + 8) + 1.25 min(MAX_BLOCK_BYTES, 4 s^2)``.
+    Without ``within`` the sizes are unknown before k-means and taken as equal (n / k).
+    """
+    notes: list[str] = []
+    steps = []
+    if p["within"] is None:
+        km = REGISTRY["kmeans"].cost(m, _kmeans_params(p))
+        steps, notes = km.steps, km.notes
+        k = max(1, min(int(p["k"]), m.n))
+        sizes = np.full(k, m.n // k, dtype=np.int64) + (np.arange(k) < m.n % k)
+        notes = notes + [f"semdedup: cluster sizes taken as equal ({m.n // k:,} rows); a "
+                         "cluster c times larger takes c^2 times longer (plan with --within "
+                         "KMEANS_SCORES for the real sizes)."]
+    else:
+        sizes = cluster_sizes(p["within"])
+    s = sizes.astype(np.float64)
+    rate = m.kernel("semdedup_flops_1") or m.rates.gemm_flops_1
+    largest = float(s.max())
+    task = largest * m.d * (m.item + 8) + 1.25 * _block_bytes(largest)
+    steps = steps + m.per_cluster("per-cluster dedup", sizes, s * s * m.d / rate, int(task),
+                                  ", one similarity block")
+    return Cost(steps, 8 * m.n * 6, notes)  # score, cluster, distance, positions, members, kept
+
+
+def _kmeans_params(p: dict) -> dict:
+    """The k-means parameters semdedup clusters with (the rest at their defaults)."""
+    return validate("kmeans", REGISTRY["kmeans"].params, {"k": p["k"], "iters": p["iters"]})
+
+
+def _block_bytes(rows: float) -> float:
+    """A similarity block of a cluster of ``rows``: the whole triangle, up to the cap."""
+    return min(float(MAX_BLOCK_BYTES), 4.0 * rows * rows)
+
+
+def semdedup_detail(p: dict) -> str:
+    counts = ", ".join(f"{r['eps']:g}: {r['removed']}" for r in p["duplicates"])
+    return f" (near-duplicates removed at eps {counts}; select --eps E applies one)"
+
+
+def semdedup_inspect(scores: Scores, kept: np.ndarray) -> dict:
+    """inspect's ``duplicates``: SemDeDup's removals per eps, and how many the selection keeps."""
+    return {"duplicates": dedup.duplicate_counts(scores.score, clusters=scores.cluster, kept=kept)}
+
+
+def semdedup_render(report: dict) -> list[str]:
+    return dedup.render_counts(report["duplicates"]) if "duplicates" in report else []
+
+
+@register("semdedup", params=PARAMS, cost=semdedup_cost, probe=semdedup_probe,
+          summary=Summary(detail=semdedup_detail, inspect=semdedup_inspect,
+                          render=semdedup_render))
 def semdedup_scores(
     emb: Embeddings,
     *,
@@ -97,13 +174,13 @@ def cluster_scores(emb: Embeddings, clusters: np.ndarray, distance: np.ndarray |
                    keep: str, seed: int, progress: bool) -> np.ndarray:
     """SemDeDup scores of the usable rows, one batch of clusters per engine task.
 
-    The rows are grouped by cluster on disk once (:mod:`prunekit.grouping`), so a task
+    The rows are grouped by cluster on disk once (:mod:`prunekit.compute.grouping`), so a task
     reads its clusters' rows with one read each and memory is bounded by the largest
     cluster; each finished batch is recorded for ``--resume``. ``distance`` None: the
     cosine distance to the cluster's normalised mean orders the items. The scores equal
-    :func:`prunekit.dedup.semdedup` on the same rows.
+    :func:`prunekit.methods.dedup.semdedup` on the same rows.
     """
-    engine, work = current_engine(), current_work()
+    engine, work = current_engine(), current_work_dir()
     lay = layout(clusters)
     offsets = lay[1]
     sizes = np.diff(offsets)
@@ -121,9 +198,9 @@ def cluster_scores(emb: Embeddings, clusters: np.ndarray, distance: np.ndarray |
         plan = list(enumerate(batches(sizes)))
         done = {i: work.load(f"semdedup/{i:08d}") for i, _ in plan}
         todo = [item for item in plan if done[item[0]] is None]
-        shared = (grouped, distance, keep, int(seed), block)
+        shared = (grouped, distance, keep, int(seed), MAX_BLOCK_BYTES)
         results = engine.map(_batch_task, todo, shared, desc="semdedup", progress=progress,
-                             limit=limit)
+                             task_bytes=8 * int(sizes.max()) * src.dim + block)  # see _plan
         with contextlib.closing(results):
             for (i, _), local in zip(todo, results, strict=True):
                 work.save(f"semdedup/{i:08d}", local)
@@ -155,18 +232,20 @@ def _batch_task(shared: tuple, item: tuple[int, list[int]]) -> np.ndarray:
 
 
 def _plan(largest: int, dim: int) -> tuple[int, int]:
-    """Similarity block size and clusters in flight from the memory budget.
+    """Bytes of the largest task's similarity block (with its mask), clusters in flight.
 
     One cluster task holds its gathered rows twice (as read and in keep order) plus one
-    similarity block; a cluster whose rows alone exceed half the budget is refused.
+    similarity block. The block follows the data (:data:`MAX_BLOCK_BYTES`), never the
+    budget; a task the budget cannot hold is refused with the number.
     """
     budget = memory_budget()
     rows = largest * dim * 4 * 2
-    if rows > budget // 2:
+    block = int(1.25 * _block_bytes(largest))  # float32 products and a one-byte mask
+    if rows + block > budget:
         raise PrunekitError(
-            f"the largest cluster has {largest} rows ({human(rows)} as float32, twice) and does "
-            f"not fit half the memory budget ({human(budget)}); use more clusters (a larger --k) "
-            "or raise --memory."
+            f"the largest cluster has {largest:,} rows: its task holds them twice as float32 "
+            f"({human(rows)}) and a similarity block ({human(block)}), {human(rows + block)} "
+            f"in all, more than the memory budget of {human(budget)}. Raise --memory to at "
+            "least that, or use more, smaller clusters (a larger --k)."
         )
-    block = int(min(MAX_BLOCK_BYTES, max(4 * largest, budget // 2 - rows)))  # >= one row
     return block, max(1, budget // (rows + block))

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import click
 
-from prunekit.atomic import check_output
 from prunekit.cli.common import quiet_option
+from prunekit.io.atomic import check_output
 
 from .options import POSITIVE, device_option
 

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import click
 
-from prunekit.atomic import check_output, write_text
 from prunekit.cli.common import quiet_option
 from prunekit.errors import PrunekitError
+from prunekit.io.atomic import check_output, write_text
 
 from .options import POSITIVE, device_option, seed_option
 

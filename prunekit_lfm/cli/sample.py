@@ -8,9 +8,9 @@ from typing import Any
 
 import click
 
-from prunekit.atomic import check_output, write_text
 from prunekit.cli.common import quiet_option
 from prunekit.errors import PrunekitError
+from prunekit.io.atomic import check_output, write_text
 
 from .options import check_suffix, parse_ints, sampling_options, with_options
 

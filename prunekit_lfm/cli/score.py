@@ -5,8 +5,8 @@ from __future__ import annotations
 import click
 import numpy as np
 
-from prunekit.atomic import check_output
 from prunekit.cli.common import quiet_option
+from prunekit.io.atomic import check_output
 
 from .options import POSITIVE, device_option, seed_option
 

@@ -1,0 +1,2 @@
+"""Numerical kernels shared by methods and reports: k-means, distances, RBF kernels and
+MMD, and the on-disk grouping of rows by cluster."""

@@ -1,0 +1,920 @@
+"""Embedding sources: one row space over a file, a directory or a glob of shards.
+
+An :class:`EmbeddingSource` holds paths and metadata only (it pickles small and opens its
+shards lazily in whichever process reads them), so the same object serves this process,
+a thread pool or a Ray worker. The interface the engines and methods build on:
+
+* ``src.n_total``, ``src.dim``, ``src.dtype`` (the files' dtype: float16 stays float16),
+  ``src.shards`` (a list of :class:`Shard`: ``path``, ``n_rows``, global ``start``);
+* ``src.chunks(chunk_rows=CHUNK_ROWS) -> list[ChunkRef]``: fixed-size row chunks, per shard,
+  in shard order; the boundaries depend on the data and ``chunk_rows`` only, never on the
+  number of workers (the determinism contract);
+* ``src.read(ref) -> np.ndarray``: one chunk's rows in the file's dtype;
+* ``src.read_range(a, b)``: global rows ``a:b`` (may span shards);
+* ``src.read_rows(sorted_global_positions)``: a gather, grouped by shard and chunk so that
+  at most one chunk-sized span is held at a time besides the result;
+* ``src.ids()`` / ``src.labels()``: the global side arrays (or None).
+
+Accepted shards: ``.npy`` (read by file offset: like a memory map, but pages are not kept
+resident), ``.h5`` (dataset ``key``, optional ``ids``/``labels``), ``.npz`` (read whole:
+small data only) and ``.parquet`` (an embedding column ``key`` of fixed-size lists or
+lists, an id column ``id_key``). clip-retrieval's layout (``img_emb/img_emb_N.npy`` with
+``metadata/metadata_N.parquet`` or ``metadata_N.parquet`` beside it) takes ids from the
+metadata. Shards are read in natural order (``x_2`` before ``x_10``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import fnmatch
+import glob
+import os
+import re
+import threading
+from collections import OrderedDict, deque
+from dataclasses import dataclass
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from prunekit.errors import PrunekitError
+from prunekit.io.atomic import check_input, open_regular
+from prunekit.io.h5io import decode_ids, open_h5, read_dataset, read_optional
+from prunekit.io.npzio import load_npz_array, npz_header, npz_names
+
+DEFAULT_KEY = "embeddings"
+CHUNK_ROWS = 65536
+SHARD_SUFFIXES = {".npy": "npy", ".h5": "h5", ".hdf5": "h5", ".npz": "npz", ".parquet": "parquet"}
+# Default id columns of Parquet shards and metadata files, tried in this order.
+PARQUET_ID_KEYS = ("id", "ids", "key", "image_path")
+OPEN_HANDLES = 8  # shards kept open per process (file descriptors, h5py handles)
+PARQUET_HINT = 'reading Parquet shards needs pyarrow: pip install "prunekit[parquet]"'
+
+
+@dataclass(frozen=True)
+class Shard:
+    """One file of a source: rows ``start .. start + n_rows`` of the global row space."""
+
+    path: str
+    kind: str  # "npy" | "h5" | "npz" | "parquet" | "array"
+    key: str
+    n_rows: int
+    start: int
+    ids_from: str | None = None  # a metadata Parquet file holding this shard's ids
+    id_key: str | None = None  # the id dataset/column; None: none
+    allow_external: bool = False  # HDF5: may follow external links/storage, virtual datasets
+
+    @property
+    def stop(self) -> int:
+        return self.start + self.n_rows
+
+    @property
+    def name(self) -> str:
+        return Path(self.path).name
+
+
+@dataclass(frozen=True)
+class ChunkRef:
+    """Rows ``start:stop`` of shard number ``shard``; global rows from ``global_start``."""
+
+    index: int
+    shard: int
+    start: int
+    stop: int
+    global_start: int
+
+    @property
+    def n_rows(self) -> int:
+        return self.stop - self.start
+
+    @property
+    def global_stop(self) -> int:
+        return self.global_start + self.n_rows
+
+
+class EmbeddingSource:
+    """Many shards of one width and dtype, seen as one ``(n_total, dim)`` matrix."""
+
+    def __init__(self, shards: list[Shard], dim: int, dtype: np.dtype, name: str,
+                 sharded: bool = False) -> None:
+        self.shards = list(shards)
+        self.dim = int(dim)
+        self.dtype = np.dtype(dtype)
+        self.name = name  # the path the user gave (directory, glob or file)
+        self.sharded = sharded  # given as a directory or glob
+        self.n_total = self.shards[-1].stop if self.shards else 0
+        self._starts = np.array([s.start for s in self.shards], dtype=np.int64)
+        self._handles: OrderedDict[int, object] = OrderedDict()
+        self._lock = threading.Lock()
+
+    # Pickling sends paths and metadata; open handles stay in the process that opened them.
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state["_handles"] = OrderedDict()
+        del state["_lock"]
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return (f"EmbeddingSource({self.name!r}, {len(self.shards)} shards, "
+                f"{self.n_total} x {self.dim} {self.dtype})")
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the matrix in the files' dtype."""
+        return self.n_total * self.dim * self.dtype.itemsize
+
+    def files(self) -> list[Path]:
+        """Every file this source reads, resolved (shards after links, metadata files);
+        an output may be none of them (:func:`prunekit.io.atomic.check_output`)."""
+        out = {Path(os.path.realpath(p)): None for s in self.shards if s.kind != "array"
+               for p in (s.path, s.ids_from) if p is not None}
+        return list(out)
+
+    def chunks(self, chunk_rows: int = CHUNK_ROWS) -> list[ChunkRef]:
+        """Fixed-size chunks per shard (the last chunk of a shard may be shorter)."""
+        if chunk_rows < 1:
+            raise ValueError("chunk_rows must be >= 1")
+        out: list[ChunkRef] = []
+        for i, s in enumerate(self.shards):
+            for a in range(0, s.n_rows, chunk_rows):
+                b = min(a + chunk_rows, s.n_rows)
+                out.append(ChunkRef(len(out), i, a, b, s.start + a))
+        return out
+
+    def read(self, ref: ChunkRef) -> np.ndarray:
+        """The rows of one chunk, ``(ref.n_rows, dim)`` in the files' dtype."""
+        return self._read_shard(ref.shard, ref.start, ref.stop)
+
+    def shard_of(self, positions: np.ndarray) -> np.ndarray:
+        """The shard number of each global row position."""
+        return np.searchsorted(self._starts, positions, side="right") - 1
+
+    def read_range(self, a: int, b: int) -> np.ndarray:
+        """Global rows ``a:b`` (``0 <= a <= b <= n_total``), across shards if needed."""
+        if not 0 <= a <= b <= self.n_total:
+            raise IndexError(f"rows {a}:{b} out of range for {self.n_total} rows")
+        parts = []
+        i = int(self.shard_of(np.array([a]))[0]) if a < self.n_total else len(self.shards)
+        while a < b:
+            s = self.shards[i]
+            stop = min(b, s.stop)
+            parts.append(self._read_shard(i, a - s.start, stop - s.start))
+            a, i = stop, i + 1
+        if not parts:
+            return np.empty((0, self.dim), dtype=self.dtype)
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+    def read_rows(self, positions: np.ndarray, chunk_rows: int = CHUNK_ROWS) -> np.ndarray:
+        """Rows at ascending global ``positions``, read one chunk-sized span at a time."""
+        pos = np.asarray(positions, dtype=np.int64)
+        out = np.empty((pos.size, self.dim), dtype=self.dtype)
+        if pos.size == 0:
+            return out
+        if np.any(pos[1:] < pos[:-1]) or pos[0] < 0 or pos[-1] >= self.n_total:
+            raise IndexError("read_rows needs ascending positions within the source")
+        shard = self.shard_of(pos)
+        local = pos - self._starts[shard]
+        # One group per (shard, chunk): its span is at most chunk_rows rows.
+        group = shard * (self.n_total // chunk_rows + 1) + local // chunk_rows
+        cuts = np.flatnonzero(np.diff(group)) + 1
+        for lo, hi in zip(np.r_[0, cuts], np.r_[cuts, pos.size], strict=True):
+            a, b = int(local[lo]), int(local[hi - 1]) + 1
+            block = self._read_shard(int(shard[lo]), a, b)
+            out[lo:hi] = block[local[lo:hi] - a]
+        return out
+
+    def ids(self) -> np.ndarray | None:
+        """Global ids (int64 or str objects) concatenated over shards, or None."""
+        with_ids = [s for s in self.shards if s.id_key is not None]
+        if not with_ids:
+            return None
+        if len(with_ids) != len(self.shards):
+            missing = next(s for s in self.shards if s.id_key is None)
+            raise PrunekitError(
+                f"shard {missing.path} has no ids but other shards of {self.name} do; "
+                "give every shard ids (or none)."
+            )
+        parts = [_read_ids(s) for s in self.shards]
+        kinds = {p.dtype.kind == "O" for p in parts}
+        if len(kinds) > 1:
+            raise PrunekitError(
+                f"the shards of {self.name} mix integer and string ids; use one kind of id."
+            )
+        return np.concatenate(parts)
+
+    def labels(self) -> np.ndarray | None:
+        """Global integer labels (from HDF5/npz ``labels`` or a Parquet ``labels`` column)."""
+        parts = [_read_labels(s) for s in self.shards]
+        have = [p is not None for p in parts]
+        if not any(have):
+            return None
+        if not all(have):
+            missing = self.shards[have.index(False)]
+            raise PrunekitError(
+                f"shard {missing.path} has no labels but other shards of {self.name} do; "
+                "give every shard labels (or none)."
+            )
+        return np.concatenate(parts)  # type: ignore[arg-type]
+
+    # -- reading one shard ------------------------------------------------------------
+    def _reader(self, i: int) -> _ShardReader:
+        """The open reader of shard ``i`` (at most OPEN_HANDLES stay open per process).
+
+        An evicted reader is not closed here: another thread may still be reading with it;
+        it closes its file when the last reference goes.
+        """
+        with self._lock:
+            r = self._handles.get(i)
+            if r is None:
+                r = _open_reader(self.shards[i], self.dim, self.dtype)
+                self._handles[i] = r
+                while len(self._handles) > OPEN_HANDLES:
+                    self._handles.popitem(last=False)
+            else:
+                self._handles.move_to_end(i)
+            return r  # type: ignore[return-value]
+
+    def _read_shard(self, i: int, a: int, b: int) -> np.ndarray:
+        s = self.shards[i]
+        try:
+            block = self._reader(i).read(a, b)
+        except PrunekitError:
+            raise
+        except (OSError, ValueError, KeyError) as exc:
+            raise PrunekitError(f"cannot read rows {a}:{b} of shard {s.path}: {exc}") from exc
+        if block.shape != (b - a, self.dim):
+            raise PrunekitError(
+                f"shard {s.path} gave {block.shape} for rows {a}:{b} (expected {(b - a, self.dim)}); "
+                "it changed since it was opened, or is truncated."
+            )
+        return block
+
+
+class MemorySource(EmbeddingSource):
+    """An in-memory array as a one-shard source (pickles with its data)."""
+
+    def __init__(self, x: np.ndarray, name: str = "<array>") -> None:
+        shard = Shard(name, "array", DEFAULT_KEY, int(x.shape[0]), 0)
+        super().__init__([shard], x.shape[1], x.dtype, name)
+        self.x = x
+
+    def _read_shard(self, i: int, a: int, b: int) -> np.ndarray:
+        return self.x[a:b]
+
+
+# -- opening a path --------------------------------------------------------------------------
+
+
+def open_source(path: str | os.PathLike, key: str | None = None,
+                id_key: str | None = None, allow_external: bool | None = None) -> EmbeddingSource:
+    """The source for a file, a directory of shards or a glob (see the module docstring).
+
+    HDF5 shards with external links, external storage or virtual datasets are refused
+    unless ``allow_external`` (None: the run context's, which ``--allow-external`` sets).
+    A shard reached twice (two links, a glob through a link loop) is read once; a shard
+    that is not a regular file (a FIFO) is refused.
+    ``key``/``id_key`` None: the run context's (:func:`prunekit.runtime`).
+    """
+    from prunekit.runtime.context import get_runtime, load_options
+
+    key, id_key = load_options(key, id_key)
+    name = str(path)
+    p = Path(name)
+    external = get_runtime().allow_external if allow_external is None else bool(allow_external)
+    if p.is_dir():
+        files, sharded = _dir_shards(p), True
+    elif not p.exists() and glob.has_magic(name):
+        files = [f for f in _unique(_glob_files(name)) if not _is_metadata(f)]
+        if not files:
+            raise PrunekitError(f"no files match the pattern {name}. Check the pattern.")
+        sharded = True
+    elif not p.exists():
+        raise PrunekitError(f"embeddings file not found: {p}. Check the path.")
+    else:
+        files, sharded = [p], False
+    shards: list[Shard] = []
+    dim, dtype, first = None, None, None
+    for f in files:
+        s, d, t = _describe(f, key, id_key, start=shards[-1].stop if shards else 0,
+                            allow_external=external)
+        if s.n_rows == 0:
+            raise PrunekitError(f"shard {f} has no rows; remove it or regenerate it.")
+        if dim is None:
+            dim, dtype, first = d, t, f
+        elif d != dim or t != dtype:
+            raise PrunekitError(
+                f"shard {f} holds {d}-dimensional {t} rows but {first} holds {dim}-dimensional "
+                f"{dtype}; every shard of {name} needs the same width and dtype."
+            )
+        shards.append(s)
+    if sharded:
+        _check_id_sources(shards, name)
+    return EmbeddingSource(shards, dim, dtype, name, sharded=sharded)  # type: ignore[arg-type]
+
+
+def shard_dirs(path: str | os.PathLike) -> list[str]:
+    """The folders a sharded input reads as a whole (a directory, or a glob's fixed prefix).
+
+    An output written into one of them would be read as a shard by the next command, so
+    commands pass these to :func:`prunekit.io.atomic.check_output` as ``input_dirs``.
+    """
+    name = str(path)
+    if Path(name).is_dir():
+        return [name]
+    if not Path(name).exists() and glob.has_magic(name):
+        fixed = []
+        for part in Path(name).parts:
+            if glob.has_magic(part):
+                break
+            fixed.append(part)
+        return [str(Path(*fixed)) if fixed else "."]
+    return []
+
+
+def read_paths(path: str | os.PathLike) -> tuple[list[Path], list[Path]]:
+    """What reading ``path`` as a source touches, resolved, without opening anything:
+    ``(files, folders)``.
+
+    Files: the shards after links and the clip-retrieval metadata files beside them (for a
+    plain file: itself, after links); folders: a directory's or a glob's folder (a file
+    written there would be read as a shard next time). :func:`prunekit.io.atomic.check_output`
+    refuses an output that is any of them. What cannot be listed is left out (the command
+    reports it when it opens the source).
+    """
+    name = str(path)
+    p = Path(name)
+    files: list[Path] = [p]
+    folders: list[str] = []
+    with contextlib.suppress(OSError, PrunekitError):
+        if p.is_dir():
+            files, folders = _dir_files(p)[1], [name]
+        elif not p.exists() and glob.has_magic(name):
+            files, folders = _glob_files(name), shard_dirs(name)
+    out = []
+    for f in files:
+        out.append(Path(os.path.realpath(f)))
+        meta = _metadata_for(f)
+        if meta is not None:
+            out.append(Path(os.path.realpath(meta)))
+    return out, [Path(os.path.realpath(d)) for d in folders]
+
+
+def natural_key(p: Path | str) -> list:
+    """Sort key putting ``x_2`` before ``x_10``."""
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", str(p))]
+
+
+def _is_metadata(p: Path) -> bool:
+    return p.suffix == ".parquet" and p.name.startswith("metadata")
+
+
+def _dir_files(d: Path) -> tuple[Path, list[Path]]:
+    """The folder holding a directory's shards (clip-retrieval: ``img_emb/``) and the
+    entries with a shard suffix in it, anything but folders (a FIFO or a dangling link is
+    listed, to be refused by name), hidden files and metadata left out."""
+    if (d / "img_emb").is_dir() and not any(_kind_of_name(f) for f in d.iterdir() if f.is_file()):
+        d = d / "img_emb"
+    return d, sorted((f for f in d.iterdir() if not f.name.startswith(".") and _kind_of_name(f)
+                      and not _is_metadata(f) and not f.is_dir()), key=natural_key)
+
+
+def _unique(files: list[Path]) -> list[Path]:
+    """Each file once by its resolved path (two links to one shard, or a glob through a
+    symlink loop, would read it twice); the shortest of its names is kept, natural order."""
+    best: dict[str, Path] = {}
+    for f in files:
+        real = os.path.realpath(f)
+        if real not in best or len(f.parts) < len(best[real].parts):
+            best[real] = f
+    return sorted(best.values(), key=natural_key)
+
+
+def _glob_files(pattern: str) -> list[Path]:
+    """Non-folder paths matching ``pattern`` as :func:`glob.glob` with ``recursive=True``
+    matches them (``**`` spans folders, ``*`` skips hidden names), except that each real
+    folder is entered once per pattern position: a symbolic-link loop ends instead of
+    yielding the same shards under ever longer names."""
+    parts = Path(pattern).parts
+    k = next((i for i, part in enumerate(parts) if glob.has_magic(part)), len(parts))
+    rest = list(parts[k:])
+    if rest and rest[-1] == "**":
+        rest.append("*")  # a trailing ** matches the files below too
+    out: list[Path] = []
+    _glob_walk(Path(*parts[:k]) if k else Path("."), tuple(rest), set(), out)
+    return out
+
+
+def _glob_walk(d: Path, rest: tuple[str, ...], seen: set, out: list[Path]) -> None:
+    head, tail = rest[0], rest[1:]
+    if head == "**":
+        with contextlib.suppress(OSError):
+            st = os.stat(d)
+            if (st.st_dev, st.st_ino, len(rest)) in seen:
+                return
+            seen.add((st.st_dev, st.st_ino, len(rest)))
+        _glob_walk(d, tail, seen, out)
+        for sub in _entries(d, "*"):
+            if sub.is_dir():
+                _glob_walk(sub, rest, seen, out)
+        return
+    for entry in _entries(d, head):
+        if tail and entry.is_dir():
+            _glob_walk(entry, tail, seen, out)
+        elif not tail and not entry.is_dir():
+            out.append(entry)
+
+
+def _entries(d: Path, part: str) -> list[Path]:
+    """Names in ``d`` matching one pattern component (hidden ones only when it starts with
+    a dot, as glob does)."""
+    if not glob.has_magic(part):
+        return [d / part] if os.path.lexists(d / part) else []
+    try:
+        names = os.listdir(d)
+    except OSError:
+        return []
+    return [d / n for n in sorted(names) if fnmatch.fnmatchcase(n, part)
+            and (part.startswith(".") or not n.startswith("."))]
+
+
+def _dir_shards(d: Path) -> list[Path]:
+    """Embedding shards of a directory (clip-retrieval: its ``img_emb/`` folder)."""
+    d, files = _dir_files(d)
+    files = _unique(files)
+    if not files:
+        raise PrunekitError(
+            f"directory {d} holds no embedding shards (.npy, .h5, .npz, .parquet). "
+            "Point at the folder with the shards, or give a glob such as 'emb/*.npy'."
+        )
+    _check_numbering(files, d)
+    return files
+
+
+def _kind_of_name(f: Path) -> str | None:
+    return SHARD_SUFFIXES.get(f.suffix.lower())
+
+
+def _check_numbering(files: list[Path], d: Path) -> None:
+    """Shards numbered ``prefix_N.ext`` must not skip a number (a missing shard)."""
+    parsed = [re.fullmatch(r"(.*?)(\d+)(\.[^.]+)", f.name) for f in files]
+    if len(files) < 2 or not all(parsed):
+        return
+    stems = {(m.group(1), m.group(3)) for m in parsed}  # type: ignore[union-attr]
+    if len(stems) != 1:
+        return
+    nums = sorted(int(m.group(2)) for m in parsed)  # type: ignore[union-attr]
+    gaps = sorted(set(range(nums[0], nums[-1] + 1)) - set(nums))
+    if gaps:
+        prefix, ext = stems.pop()
+        width = len(parsed[0].group(2))  # type: ignore[union-attr]
+        miss = ", ".join(f"{prefix}{g:0{width}d}{ext}" for g in gaps[:5])
+        raise PrunekitError(
+            f"directory {d} is missing shard(s) {miss}{', ...' if len(gaps) > 5 else ''} "
+            f"(found {len(files)} shards numbered {nums[0]}..{nums[-1]}). Restore them, or "
+            "give a glob naming exactly the shards to use."
+        )
+
+
+def _sniff(p: Path) -> str:
+    with os.fdopen(open_regular(p, "shard"), "rb") as fh:
+        magic = fh.read(8)
+    if magic[:4] == b"PAR1":
+        return "parquet"
+    if h5py.is_hdf5(p):
+        return "h5"
+    if magic[:6] == b"\x93NUMPY":
+        return "npy"
+    if magic[:4] == b"PK\x03\x04":
+        return "npz"
+    raise PrunekitError(
+        f"embeddings file {p} is neither HDF5 nor .npy/.npz/Parquet. "
+        "Save the matrix with h5py (dataset 'embeddings') or numpy.save."
+    )
+
+
+def check_matrix(shape: tuple, dtype: np.dtype, name: str, key: str) -> None:
+    """A 2-D, non-empty, real-valued matrix, or an error naming the file and key."""
+    where = f"{name} ['{key}']"
+    if not np.issubdtype(dtype, np.number) or np.issubdtype(dtype, np.complexfloating):
+        raise PrunekitError(f"{where} has non-numeric dtype {dtype}; embeddings must be float16/32/64.")
+    if len(shape) != 2:
+        raise PrunekitError(
+            f"{where} has shape {shape}; embeddings must be 2-D (N items x D dimensions). "
+            "Reshape to (N, -1) before saving."
+        )
+    if shape[0] == 0 or shape[1] == 0:
+        raise PrunekitError(f"{where} is empty (shape {shape}); it needs at least one row and column.")
+
+
+def _describe(f: Path, key: str, id_key: str | None, start: int,
+              allow_external: bool = False) -> tuple[Shard, int, np.dtype]:
+    """A shard's metadata (rows, width, dtype, where its ids are) without reading its rows."""
+    shard, dim, dtype = _describe_shard(f, key, id_key, start, allow_external)
+    return dataclasses.replace(shard, allow_external=allow_external), dim, dtype
+
+
+def _describe_shard(f: Path, key: str, id_key: str | None, start: int,
+                    allow_external: bool) -> tuple[Shard, int, np.dtype]:
+    if not os.path.lexists(f):
+        raise PrunekitError(f"shard {f} is missing. Check the path.")
+    check_input(f, "shard")
+    kind = _sniff(f)
+    if kind == "npy":
+        shape, dtype = _npy_header(f)[:2]
+        check_matrix(shape, dtype, str(f), "array")
+        meta = _metadata_for(f)
+        ids_key = _parquet_id_key(meta, id_key) if meta else None
+        return Shard(str(f), kind, "array", shape[0], start, str(meta) if meta else None,
+                     ids_key), shape[1], dtype
+    if kind == "h5":
+        with open_h5(f, "embeddings", allow_external=allow_external) as h:
+            if key not in h or not isinstance(h[key], h5py.Dataset):
+                have = ", ".join(sorted(k for k in h if isinstance(h[k], h5py.Dataset))) or "none"
+                raise PrunekitError(
+                    f"embeddings file {f} has no dataset '{key}' (datasets: {have}). "
+                    "Pass --key NAME to read another dataset."
+                )
+            d = h[key]
+            check_matrix(d.shape, d.dtype, str(f), key)
+            ids_name = id_key or "ids"
+            has_ids = ids_name in h
+            if id_key and not has_ids:
+                raise PrunekitError(f"{f} has no dataset '{id_key}' for ids; check --id-key.")
+            return Shard(str(f), kind, key, d.shape[0], start, None,
+                         ids_name if has_ids else None), d.shape[1], d.dtype
+    if kind == "npz":
+        names = npz_names(f)
+        data_names = [n for n in names if n not in ("ids", "labels")]
+        if key not in names:
+            if key == DEFAULT_KEY and len(data_names) == 1:
+                key = data_names[0]  # np.savez(path, x) stores 'arr_0'
+            else:
+                raise PrunekitError(
+                    f"embeddings file {f} has no array '{key}' (arrays: "
+                    f"{', '.join(names) or 'none'}). Pass --key NAME to read another array."
+                )
+        shape, dtype = npz_header(f, key)  # from the header: nothing decompressed yet
+        check_matrix(shape, dtype, str(f), key)
+        ids_name = id_key or "ids"
+        return Shard(str(f), kind, key, shape[0], start, None,
+                     ids_name if ids_name in names else None), shape[1], dtype
+    return _describe_parquet(f, key, id_key, start)
+
+
+# -- .npy --------------------------------------------------------------------------------------
+
+
+def _npy_header(p: Path) -> tuple[tuple, np.dtype, bool, int]:
+    """``(shape, dtype, fortran_order, data offset)`` of a .npy file, without loading it."""
+    fmt = np.lib.format
+    try:
+        with os.fdopen(open_regular(p, "shard"), "rb") as fh:
+            version = fmt.read_magic(fh)
+            if version == (1, 0):
+                shape, fortran, dtype = fmt.read_array_header_1_0(fh)
+            elif version == (2, 0):
+                shape, fortran, dtype = fmt.read_array_header_2_0(fh)
+            else:
+                shape, fortran, dtype = fmt._read_array_header(fh, version)
+            offset = fh.tell()
+    except ValueError as exc:
+        raise PrunekitError(f"cannot read {p} as .npy: {exc}") from exc
+    if dtype.hasobject:
+        raise PrunekitError(f"{p} holds Python objects; embeddings must be float16/32/64.")
+    return shape, dtype, fortran, offset
+
+
+class _NpyReader:
+    """Rows of a C-order .npy by ``pread`` (Fortran order: a memory map)."""
+
+    def __init__(self, s: Shard) -> None:
+        self.fd = -1
+        shape, self.dtype, fortran, self.offset = _npy_header(Path(s.path))
+        self.dim = shape[1]
+        self.rowbytes = self.dim * self.dtype.itemsize
+        self.mm = np.load(s.path, mmap_mode="r", allow_pickle=False) if fortran else None
+        self.fd = open_regular(s.path, "shard")
+        self.path = s.path
+
+    def read(self, a: int, b: int) -> np.ndarray:
+        if self.mm is not None:
+            return np.array(self.mm[a:b])
+        out = np.empty((b - a, self.dim), dtype=self.dtype)
+        buf = memoryview(out.reshape(-1).view(np.uint8))
+        off, done = self.offset + a * self.rowbytes, 0
+        while done < len(buf):
+            got = os.preadv(self.fd, [buf[done:]], off + done)
+            if got == 0:
+                raise PrunekitError(f"shard {self.path} is truncated (rows {a}:{b} past its end).")
+            done += got
+        return out
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    __del__ = close
+
+
+# -- HDF5 and npz -----------------------------------------------------------------------------
+
+
+class _H5Reader:
+    def __init__(self, s: Shard) -> None:
+        self.f = open_h5(s.path, "embeddings", allow_external=s.allow_external)
+        self.d = self.f[s.key]
+
+    def read(self, a: int, b: int) -> np.ndarray:
+        return self.d[a:b]
+
+    def close(self) -> None:
+        self.f.close()
+
+
+class _NpzReader:
+    def __init__(self, s: Shard) -> None:
+        self.x = load_npz_array(s.path, s.key)
+
+    def read(self, a: int, b: int) -> np.ndarray:
+        return self.x[a:b]
+
+    def close(self) -> None:
+        self.x = None
+
+
+# -- Parquet ----------------------------------------------------------------------------------
+
+
+def _pq():
+    try:
+        import pyarrow.parquet as pq
+    except ImportError as exc:
+        raise PrunekitError(f"{PARQUET_HINT} ({exc}).") from exc
+    return pq
+
+
+def _parquet_file(path: str | Path, **options):
+    """``pyarrow.parquet.ParquetFile``, with a damaged file reported as the user's error."""
+    pq = _pq()
+    try:
+        return pq.ParquetFile(path, **options)
+    except (OSError, ValueError) as exc:  # pyarrow's ArrowInvalid/ArrowIOError derive from these
+        raise PrunekitError(f"{path} is not a readable Parquet file ({exc}); rewrite the shard.") from exc
+
+
+@contextlib.contextmanager
+def _parquet_errors(path: str | Path):
+    """Damage found while decoding (a corrupt page) named by file, not as a traceback."""
+    try:
+        yield
+    except PrunekitError:
+        raise
+    except (OSError, ValueError, ArithmeticError) as exc:
+        raise PrunekitError(f"{path}: cannot decode its Parquet data ({exc}); rewrite the shard.") from exc
+
+
+def _list_column(schema, key: str, f: Path) -> str:
+    import pyarrow as pa
+
+    names = list(schema.names)
+    is_list = [n for n in names if pa.types.is_list(schema.field(n).type)
+               or pa.types.is_fixed_size_list(schema.field(n).type)
+               or pa.types.is_large_list(schema.field(n).type)]
+    if key in names:
+        if key not in is_list:
+            raise PrunekitError(
+                f"Parquet shard {f}: column '{key}' is {schema.field(key).type}, not a list of "
+                "floats; the embedding column must be a (fixed-size) list."
+            )
+        return key
+    if key == DEFAULT_KEY and len(is_list) == 1:
+        return is_list[0]
+    raise PrunekitError(
+        f"Parquet shard {f} has no embedding column '{key}' (columns: {', '.join(names)}). "
+        "Pass --key NAME to read another column."
+    )
+
+
+def _describe_parquet(f: Path, key: str, id_key: str | None, start: int):
+    import pyarrow as pa
+
+    pf = _parquet_file(f)
+    schema = pf.schema_arrow
+    col = _list_column(schema, key, f)
+    t = schema.field(col).type
+    try:
+        dtype = np.dtype(t.value_type.to_pandas_dtype())
+    except (NotImplementedError, TypeError) as exc:
+        raise PrunekitError(f"Parquet shard {f}: column '{col}' holds {t.value_type}; "
+                            "embeddings must be float16/32/64.") from exc
+    n = pf.metadata.num_rows
+    if pa.types.is_fixed_size_list(t):
+        dim = t.list_size
+    elif n:
+        first = next(pf.iter_batches(batch_size=1, columns=[col])).column(0)
+        dim = len(first[0].values)
+    else:
+        dim = 0
+    check_matrix((n, dim), dtype, str(f), col)
+    return Shard(str(f), "parquet", col, n, start, None, _parquet_id_key(f, id_key)), dim, dtype
+
+
+def _parquet_id_key(f: Path, id_key: str | None) -> str | None:
+    names = list(_parquet_file(f).schema_arrow.names)
+    if id_key is not None:
+        if id_key not in names:
+            raise PrunekitError(
+                f"Parquet file {f} has no id column '{id_key}' (columns: {', '.join(names)}). "
+                "Pass --id-key NAME."
+            )
+        return id_key
+    return next((k for k in PARQUET_ID_KEYS if k in names), None)
+
+
+def _metadata_for(f: Path) -> Path | None:
+    """clip-retrieval: ``metadata_N.parquet`` beside ``img_emb_N.npy`` or in ``../metadata``."""
+    m = re.fullmatch(r".*?_?(\d+)\.npy", f.name)
+    if not m:
+        return None
+    for d in (f.parent, f.parent.parent / "metadata"):
+        cand = d / f"metadata_{m.group(1)}.parquet"
+        if cand.is_file():
+            return cand
+    return None
+
+
+def _check_id_sources(shards: list[Shard], name: str) -> None:
+    metas = [s.ids_from is not None for s in shards if s.kind == "npy"]
+    if any(metas) and not all(metas):
+        missing = next(s for s in shards if s.kind == "npy" and s.ids_from is None)
+        raise PrunekitError(
+            f"shard {missing.path} has no metadata_N.parquet beside it but other shards of "
+            f"{name} do; restore the missing metadata file."
+        )
+
+
+def _fixed_rows(arr, dim: int, path: str) -> np.ndarray:
+    """A (fixed-size) list array as an ``(n, dim)`` numpy matrix."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if isinstance(arr, pa.ChunkedArray):
+        arr = arr.combine_chunks()
+    if arr.null_count:
+        raise PrunekitError(f"Parquet shard {path} has {arr.null_count} null embeddings; "
+                            "fill or drop those rows.")
+    if not pa.types.is_fixed_size_list(arr.type):
+        lengths = pc.list_value_length(arr).to_numpy(zero_copy_only=False)
+        if lengths.size and (lengths != dim).any():
+            bad = int(np.flatnonzero(lengths != dim)[0])
+            raise PrunekitError(
+                f"Parquet shard {path}: an embedding has {int(lengths[bad])} values where "
+                f"{dim} were expected; every row needs the same width."
+            )
+    values = arr.flatten()
+    if values.null_count:
+        raise PrunekitError(f"Parquet shard {path} has null values inside embeddings.")
+    dtype = np.dtype(values.type.to_pandas_dtype())
+    # The values buffer as it is (to_numpy converts float16 value by value).
+    flat = np.frombuffer(values.buffers()[1], dtype=dtype, count=len(values),
+                         offset=values.offset * dtype.itemsize)
+    return flat.reshape(-1, dim)
+
+
+class _ParquetReader:
+    """Rows through a stream of small record batches, so a row group of any size is never
+    decoded whole (pyarrow's default row group is 1 Mi rows: GBs for wide embeddings).
+
+    Reads go forward through the stream; the last ``KEEP_BYTES`` of decoded rows are kept,
+    so a read that comes slightly out of order (parallel tasks) is served without decoding
+    again. A read before that restarts its row group's stream. A lock serialises the
+    threads sharing this reader.
+    """
+
+    BATCH_ROWS = 8192
+    KEEP_BYTES = 64 << 20
+
+    def __init__(self, s: Shard, dim: int, dtype: np.dtype) -> None:
+        # buffer_size: pages are read as they are decoded, not the whole column chunk
+        self.pf = _parquet_file(s.path, buffer_size=1 << 20, pre_buffer=False)
+        self.key, self.path, self.dim, self.dtype = s.key, s.path, dim, dtype
+        sizes = [self.pf.metadata.row_group(g).num_rows for g in range(self.pf.num_row_groups)]
+        self.bounds = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+        self.keep_rows = max(self.BATCH_ROWS, self.KEEP_BYTES // (dim * np.dtype(dtype).itemsize))
+        self.lock = threading.Lock()
+        self.group = -1  # the row group being streamed
+        self.stream = None
+        self.pos = 0  # shard row of the stream's next batch
+        self.recent: deque[tuple[int, np.ndarray]] = deque()  # (first row, rows), in order
+
+    def _restart(self, g: int) -> None:
+        self.group, self.pos, self.recent = g, int(self.bounds[g]), deque()
+        self.stream = iter(self.pf.iter_batches(batch_size=self.BATCH_ROWS, row_groups=[g],
+                                                columns=[self.key], use_threads=False))
+
+    def _block_at(self, row: int) -> tuple[int, np.ndarray]:
+        """The decoded block holding ``row``: kept, next in the stream, or after a restart."""
+        g = int(np.searchsorted(self.bounds, row, side="right")) - 1
+        if g == self.group:
+            for start, block in self.recent:
+                if start <= row < start + block.shape[0]:
+                    return start, block
+        if g != self.group or row < self.pos:
+            self._restart(g)
+        while True:
+            batch = next(self.stream)  # type: ignore[call-overload]
+            start, block = self.pos, _fixed_rows(batch.column(0), self.dim, self.path)
+            self.pos += block.shape[0]
+            self.recent.append((start, block))
+            kept = sum(b.shape[0] for _, b in self.recent)
+            while kept - self.recent[0][1].shape[0] >= self.keep_rows:
+                kept -= self.recent.popleft()[1].shape[0]
+            if row < self.pos:
+                return start, block
+
+    def read(self, a: int, b: int) -> np.ndarray:
+        out = np.empty((b - a, self.dim), dtype=self.dtype)
+        with self.lock:
+            done = a
+            while done < b:
+                with _parquet_errors(self.path):
+                    start, block = self._block_at(done)
+                stop = min(b, start + block.shape[0])
+                out[done - a : stop - a] = block[done - start : stop - start]
+                done = stop
+        return out
+
+    def close(self) -> None:
+        self.stream, self.recent = None, deque()
+
+
+_ShardReader = _NpyReader | _H5Reader | _NpzReader | _ParquetReader
+
+
+def _open_reader(s: Shard, dim: int, dtype: np.dtype) -> _ShardReader:
+    if not Path(s.path).exists():
+        raise PrunekitError(f"shard {s.path} is missing (it was there when the input was opened).")
+    if s.kind == "parquet":
+        return _ParquetReader(s, dim, dtype)
+    return {"npy": _NpyReader, "h5": _H5Reader, "npz": _NpzReader}[s.kind](s)
+
+
+# -- side arrays ------------------------------------------------------------------------------
+
+
+def _parquet_column(path: str, column: str) -> np.ndarray:
+    with _parquet_errors(path):
+        col = _parquet_file(path).read(columns=[column]).column(0)
+    if col.null_count:
+        raise PrunekitError(f"{path}: column '{column}' has {col.null_count} missing values.")
+    return col.to_numpy(zero_copy_only=False)
+
+
+def _read_ids(s: Shard) -> np.ndarray:
+    if s.kind == "h5":
+        with open_h5(Path(s.path), "embeddings", allow_external=s.allow_external) as h:
+            raw = read_dataset(h, s.id_key, "embeddings")  # type: ignore[arg-type]
+    elif s.kind == "npz":
+        raw = load_npz_array(s.path, s.id_key)  # type: ignore[arg-type]
+    else:
+        raw = _parquet_column(s.ids_from or s.path, s.id_key)  # type: ignore[arg-type]
+        if raw.dtype.kind in "iu":
+            raw = raw.astype(np.int64)
+        else:
+            raw = np.array([str(v) for v in raw], dtype=object)
+    ids = decode_ids(raw)
+    if ids.ndim != 1 or ids.shape[0] != s.n_rows:
+        where = s.ids_from or s.path
+        raise PrunekitError(
+            f"{where} ['{s.id_key}'] has shape {ids.shape} but shard {s.path} has {s.n_rows} "
+            f"rows; '{s.id_key}' must be 1-D with one entry per row."
+        )
+    return ids
+
+
+def _read_labels(s: Shard) -> np.ndarray | None:
+    labels = _raw_labels(s)
+    if labels is not None and (labels.ndim != 1 or labels.shape[0] != s.n_rows):
+        raise PrunekitError(
+            f"{s.path} ['labels'] has shape {labels.shape} but the embeddings have {s.n_rows} "
+            "rows; 'labels' must be 1-D with one entry per row."
+        )
+    return labels
+
+
+def _raw_labels(s: Shard) -> np.ndarray | None:
+    if s.kind == "h5":
+        with open_h5(Path(s.path), "embeddings", allow_external=s.allow_external) as h:
+            return read_optional(h, "labels", "embeddings")
+    if s.kind == "npz":
+        return load_npz_array(s.path, "labels") if "labels" in npz_names(s.path) else None
+    if s.kind == "parquet" and "labels" in _parquet_file(s.path).schema_arrow.names:
+        return _parquet_column(s.path, "labels")
+    return None

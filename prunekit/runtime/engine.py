@@ -1,0 +1,352 @@
+"""Execution engines: map a function over row chunks (or clusters), results in a fixed order.
+
+Methods are written against one small interface, :meth:`Engine.map`: call
+``fn(shared, item)`` for every item (a chunk of rows, a cluster, ...) and yield the
+results **in item order**, whatever order the workers finish in. Callers combine the
+results in that order, so a sum over chunks is always added up the same way. Two
+implementations:
+
+* :class:`LocalEngine` -- threads on this machine (BLAS, faiss and ``pread`` release the
+  GIL; h5py serialises its reads, the computation still overlaps); ``workers=1`` runs
+  inline.
+* :class:`RayEngine` -- tasks on a Ray cluster. ``shared`` is put into the object store
+  once; each task opens the shards it reads itself (a source object is a few paths and
+  offsets), so the matrix never travels through the driver.
+
+Determinism contract: chunk boundaries come from the data (never from ``workers``), every
+task runs its BLAS single-threaded (so a chunk's floating-point result does not depend on
+how many threads the machine has), and every random draw is keyed by
+:func:`prunekit.seeds.role_rng` (seed, role, chunk or cluster id). Local,
+``ray --workers 1`` and ``ray --workers 8`` therefore write the same bytes.
+
+The engine a method uses is the run context's (:mod:`prunekit.runtime.context`: the CLI's
+``--engine``, or ``prunekit.runtime(engine=...)``), else a local engine with one worker per
+core; no other code knows which engine runs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import logging
+import os
+import socket
+import warnings
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from threadpoolctl import threadpool_limits
+
+from prunekit.errors import PrunekitError
+from prunekit.runtime.context import current_engine, runtime_yielding
+from prunekit.runtime.progress import track
+
+ENGINES = ("local", "ray")
+RAY_MAX_RETRIES = 3  # a task whose worker dies is re-run this many times before failing
+CONNECT_TIMEOUT_S = 5.0
+IN_FLIGHT_PER_WORKER = 2  # bounded look-ahead: results wait in order, memory stays O(workers)
+
+Fn = Callable[[Any, Any], Any]
+
+
+class Engine:
+    """Maps ``fn(shared, item)`` over items and yields the results in item order."""
+
+    name = "engine"
+    workers = 1
+
+    def map(self, fn: Fn, items: Iterable[Any], shared: Any = None, *, desc: str = "",
+            progress: bool = True, limit: int | None = None,
+            task_bytes: int | None = None) -> Iterator[Any]:
+        """``fn(shared, item)`` for every item, yielded in item order.
+
+        ``fn`` must be a module-level function (it is pickled for Ray). ``task_bytes`` is
+        the peak memory of one call: then only as many calls run at a time as fit in the
+        memory budget (:func:`tasks_fitting`), at least one. ``limit`` caps the calls at a
+        time further. Neither changes the results, only how many are computed at once.
+        Close the iterator (``contextlib.closing``) when stopping early: outstanding calls
+        are then cancelled at once rather than when the iterator is garbage-collected.
+        """
+        raise NotImplementedError
+
+    in_flight_per_worker = IN_FLIGHT_PER_WORKER
+
+    def _window(self, limit: int | None, task_bytes: int | None = None) -> int:
+        window = self.workers * self.in_flight_per_worker
+        if task_bytes is not None:
+            window = min(window, tasks_fitting(task_bytes))
+        return window if limit is None else max(1, min(window, int(limit)))
+
+    def close(self) -> None:
+        """Release what the engine started (a local Ray cluster); idempotent."""
+
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _single_threaded(fn: Fn, shared: Any, item: Any) -> Any:
+    with threadpool_limits(limits=1):
+        return fn(shared, item)
+
+
+class LocalEngine(Engine):
+    """Threads on this machine; ``workers=1`` runs every call inline."""
+
+    name = "local"
+
+    def __init__(self, workers: int | None = None):
+        self.workers = resolve_workers(workers)
+
+    def map(self, fn, items, shared=None, *, desc="", progress=True, limit=None,
+            task_bytes=None):
+        items = list(items)
+        total = len(items)
+        window = self._window(limit, task_bytes)
+        if self.workers == 1 or window == 1:
+            with threadpool_limits(limits=1):
+                for item in track(items, total=total, desc=desc, progress=progress):
+                    yield fn(shared, item)
+            return
+
+        def submit(item):  # each task sees the caller's run context (threads start empty)
+            return pool.submit(contextvars.copy_context().run, fn, shared, item)
+
+        with ThreadPoolExecutor(min(self.workers, window)) as pool, threadpool_limits(limits=1):
+            pending: deque = deque()
+            it = iter(items)
+            for item in it:
+                pending.append(submit(item))
+                if len(pending) >= window:
+                    break
+            try:
+                for _ in track(range(total), total=total, desc=desc, progress=progress):
+                    result = pending.popleft().result()
+                    nxt = next(it, _END)
+                    if nxt is not _END:
+                        pending.append(submit(nxt))
+                    yield result
+            finally:  # a failure or an early stop: drop queued calls, wait for running ones
+                for fut in pending:
+                    fut.cancel()
+
+
+_END = object()
+
+
+class RayEngine(Engine):
+    """Tasks on a Ray cluster: ``address`` joins one (``auto`` = the one ``ray start`` made).
+
+    Without an address a local cluster of ``workers`` CPUs starts here and stops in
+    :meth:`close`; it listens on 127.0.0.1 only (:func:`_loopback_node`) and, on a Ray
+    with token authentication, requires Ray's token. ``quiet``: Ray's own log lines below
+    ERROR (and its workers' output) are not shown, as for the CLI's ``--quiet``.
+    At most ``workers`` tasks run at a time (default: the cluster's CPUs).
+    A task whose worker dies is retried ``RAY_MAX_RETRIES`` times; after that, or when a
+    task raises, the error surfaces as a :class:`PrunekitError` and nothing is written.
+    """
+
+    name = "ray"
+    in_flight_per_worker = 1  # a queued Ray task would run on a free CPU: --workers caps both
+
+    def __init__(self, workers: int | None = None, address: str | None = None, *,
+                 quiet: bool = False):
+        ray = import_ray()
+        self._owns = False
+        logs = {"include_dashboard": False, "log_to_driver": not quiet,
+                "logging_level": logging.ERROR if quiet else logging.WARNING}
+        if not ray.is_initialized():
+            if address:
+                _check_reachable(address)
+                try:
+                    ray.init(address=address, **logs)
+                except (ConnectionError, RuntimeError, ValueError,
+                        ray.exceptions.AuthenticationError) as exc:
+                    why = str(exc).rstrip(".")
+                    raise PrunekitError(
+                        f"cannot join the Ray cluster at --ray-address {address}: {why}. "
+                        "Start one with 'ray start --head' or leave --ray-address out."
+                    ) from exc
+            else:
+                with _loopback_node():
+                    ray.init(num_cpus=resolve_workers(workers), _node_ip_address=LOOPBACK,
+                             **logs)
+            self._owns = True
+        cpus = int(ray.cluster_resources().get("CPU", 1))
+        self.workers = max(1, int(workers)) if workers else max(1, cpus)
+        self._ray = ray
+        self._task = ray.remote(num_cpus=1, max_retries=RAY_MAX_RETRIES)(_single_threaded)
+
+    def map(self, fn, items, shared=None, *, desc="", progress=True, limit=None,
+            task_bytes=None):
+        ray = self._ray
+        items = list(items)
+        total = len(items)
+        shared_ref = ray.put(shared)
+        window = self._window(limit, task_bytes)
+        pending: deque = deque()
+        it = iter(items)
+        for item in it:
+            pending.append(self._task.remote(fn, shared_ref, item))
+            if len(pending) >= window:
+                break
+        try:
+            for _ in track(range(total), total=total, desc=desc, progress=progress):
+                result = self._get(pending.popleft())
+                nxt = next(it, _END)
+                if nxt is not _END:
+                    pending.append(self._task.remote(fn, shared_ref, nxt))
+                yield result
+        finally:
+            for ref in pending:  # a failure or an early stop: do not leave work running
+                with contextlib.suppress(Exception):
+                    ray.cancel(ref, force=True)
+
+    def _get(self, ref: Any) -> Any:
+        ray = self._ray
+        try:
+            return ray.get(ref)
+        except ray.exceptions.RayTaskError as exc:
+            cause = getattr(exc, "cause", None)
+            if isinstance(cause, BaseException) and not isinstance(cause, ray.exceptions.RayError):
+                raise cause from None  # the task's own error, e.g. a PrunekitError naming a shard
+            raise PrunekitError(f"a Ray task failed: {exc}") from exc
+        except ray.exceptions.RayError as exc:
+            raise PrunekitError(
+                f"a Ray task could not finish after {RAY_MAX_RETRIES} retries "
+                f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
+                "check the workers' memory and logs, then run the command again "
+                "(with --resume to keep the work done so far)."
+            ) from exc
+
+    def close(self) -> None:
+        if self._owns and self._ray.is_initialized():
+            self._ray.shutdown()
+        self._owns = False
+
+
+LOOPBACK = "127.0.0.1"
+
+
+@contextlib.contextmanager
+def _loopback_node() -> Iterator[None]:
+    """Let a cluster started here keep 127.0.0.1 as its node address, so it listens there only.
+
+    Ray binds its servers (GCS, raylet, object manager, workers) to every interface unless
+    the node address is exactly 127.0.0.1, and ``ray.init(_node_ip_address="127.0.0.1")``
+    alone does not get there: Ray swaps a loopback address for the machine's network one
+    unless it runs in its one-machine mode (``ray_constants.ENABLE_RAY_CLUSTER`` off, what
+    ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` sets). That mode is held on while the cluster
+    starts. tests/test_ray.py checks with ``ss`` that no listener of ours is elsewhere.
+    """
+    try:
+        from ray._private import ray_constants
+    except ImportError:  # another Ray layout: the node address is passed all the same
+        yield
+        return
+    before = getattr(ray_constants, "ENABLE_RAY_CLUSTER", True)
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = before
+
+
+def _check_reachable(address: str) -> None:
+    """Fail fast on a head node that does not answer (Ray itself waits minutes)."""
+    if address == "auto":
+        return  # Ray finds the local cluster or says there is none
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        raise PrunekitError(f"--ray-address {address} is not HOST:PORT (or 'auto').")
+    try:
+        socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT_S).close()
+    except OSError as exc:
+        raise PrunekitError(
+            f"no Ray head answers at --ray-address {address} ({exc.strerror or exc}); start one "
+            "with 'ray start --head' there, or leave --ray-address out for a local cluster."
+        ) from None
+
+
+def import_ray():
+    """The ``ray`` module, or an error that says how to install it."""
+    try:
+        import ray
+    except ImportError:
+        raise PrunekitError(
+            "--engine ray needs Ray: pip install \"prunekit[ray]\" (or pip install 'ray>=2.9')."
+        ) from None
+    return ray
+
+
+def resolve_workers(workers: int | None) -> int:
+    """``None`` -> one worker per core this process may use; else checked >= 1."""
+    if workers is None:
+        try:
+            return max(1, len(os.sched_getaffinity(0)))
+        except AttributeError:  # macOS
+            return max(1, os.cpu_count() or 1)
+    if int(workers) < 1:
+        raise PrunekitError(f"--workers must be >= 1 (got {workers}).")
+    return int(workers)
+
+
+def make_engine(name: str = "local", *, workers: int | None = None,
+                ray_address: str | None = None, quiet: bool = False) -> Engine:
+    """The engine called ``name`` (``local`` or ``ray``); ``quiet`` silences Ray's log lines."""
+    if name == "local":
+        if ray_address:
+            raise PrunekitError("--ray-address needs --engine ray.")
+        return LocalEngine(workers)
+    if name == "ray":
+        return RayEngine(workers, ray_address, quiet=quiet)
+    raise PrunekitError(f"unknown engine '{name}'; choose one of: {', '.join(ENGINES)}.")
+
+
+def tasks_fitting(task_bytes: int, budget: int | None = None) -> int:
+    """How many tasks of ``task_bytes`` each fit in ``budget`` (default: the memory budget).
+
+    At least one: a task that alone exceeds the budget is refused by its caller, with the
+    numbers, before any work (e.g. the largest cluster of ``--within``).
+    """
+    from prunekit.runtime.budget import memory_budget
+
+    budget = memory_budget() if budget is None else int(budget)
+    return max(1, budget // max(1, int(task_bytes)))
+
+
+def _deprecated(old: str, new: str) -> None:
+    warnings.warn(f"prunekit.runtime.engine.{old} is deprecated; use {new}.",
+                  DeprecationWarning, stacklevel=3)
+
+
+def current() -> Engine:
+    """Deprecated: ``prunekit.runtime.context.current_engine()``."""
+    _deprecated("current()", "prunekit.runtime.context.current_engine()")
+    return current_engine()
+
+
+def use(engine: Engine) -> contextlib.AbstractContextManager[Engine]:
+    """Deprecated: ``with prunekit.runtime(engine=engine)``."""
+    _deprecated("use()", "prunekit.runtime(engine=...)")
+    return runtime_yielding(engine, engine=engine)
+
+
+# --------------------------------------------------------------------------- row chunks
+
+CHUNK_BYTES = 32 << 20  # float32 bytes of one chunk: its size follows the data's width only
+MIN_CHUNK_ROWS = 1024
+
+
+def chunk_rows_for(dim: int) -> int:
+    """Rows per chunk for rows of ``dim`` values: a power of two near CHUNK_BYTES of float32.
+
+    It depends on the data alone (never on the workers or the memory budget), so every
+    engine cuts the same chunks and combines the same partial results.
+    """
+    rows = max(1, CHUNK_BYTES // (4 * max(1, int(dim))))
+    return max(MIN_CHUNK_ROWS, 1 << (rows.bit_length() - 1))

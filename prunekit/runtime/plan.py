@@ -1,0 +1,187 @@
+"""Say the cost first: passes over the data, time and peak memory of each step of a method.
+
+:func:`plan` combines the shape of the input (rows, width, dtype, shards, whether the
+load pass is cached), the method's parameters and the memory budget with the rates of a
+:class:`~prunekit.runtime.probe.Probe` of this machine, and predicts each step twice: on this
+machine (the local engine, one task per core) and on a Ray cluster of ``W`` workers.
+
+Nothing here knows a method: each method declares its cost model and the kernels its
+probe times (``register(..., cost=, probe=)``, :mod:`prunekit.methods`), in the words of
+:mod:`prunekit.runtime.costs`. This module adds the load pass (hash, NaN check, norms:
+``B / read + B / (scan x tasks)`` with shards scanned in parallel, or free when cached)
+and prints the table.
+
+Peak memory counts what a step holds beyond the per-row arrays (scores, clusters, ids,
+positions), which are reported on their own line; a plan fits when every step's peak is
+within the budget.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from prunekit.errors import PrunekitError
+from prunekit.io import scan
+from prunekit.io.embeddings import Embeddings
+from prunekit.io.source import DEFAULT_KEY, EmbeddingSource, open_source
+from prunekit.methods import get_method
+from prunekit.params import validate
+from prunekit.runtime.budget import memory_budget
+from prunekit.runtime.costs import CostModel, Step
+from prunekit.runtime.engine import resolve_workers
+from prunekit.runtime.memory import human
+from prunekit.runtime.probe import Probe, probe
+
+__all__ = ["DEFAULT_RAY_WORKERS", "Plan", "Step", "duration", "plan"]
+
+DEFAULT_RAY_WORKERS = 8
+
+
+@dataclass
+class Plan:
+    """The predicted cost of one method on one input; :meth:`table` prints it."""
+
+    method: str
+    source: str
+    n: int
+    dim: int
+    dtype: str
+    nbytes: int
+    shards: int
+    budget: int
+    local_workers: int
+    ray_workers: int
+    steps: list[Step]
+    per_row_bytes: int
+    probe: Probe
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def seconds_local(self) -> float:
+        return sum(s.seconds_local for s in self.steps)
+
+    @property
+    def seconds_ray(self) -> float:
+        return sum(s.seconds_ray for s in self.steps)
+
+    @property
+    def passes(self) -> float:
+        return sum(s.passes for s in self.steps)
+
+    @property
+    def peak_bytes(self) -> int:
+        return max((s.peak_bytes for s in self.steps), default=0)
+
+    @property
+    def fits(self) -> bool:
+        return self.peak_bytes <= self.budget
+
+    def step(self, name: str) -> Step:
+        return next(s for s in self.steps if s.name == name)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "method": self.method, "source": self.source, "shape": [self.n, self.dim],
+            "dtype": self.dtype, "bytes": self.nbytes, "shards": self.shards,
+            "budget": self.budget, "local_workers": self.local_workers,
+            "ray_workers": self.ray_workers, "per_row_bytes": self.per_row_bytes,
+            "steps": [vars(s) for s in self.steps], "passes": self.passes,
+            "seconds_local": self.seconds_local, "seconds_ray": self.seconds_ray,
+            "peak_bytes": self.peak_bytes, "fits": self.fits, "notes": self.notes,
+            "probe": self.probe.to_dict(),
+        }
+
+    def table(self) -> str:
+        """The plan as text: header, probe, one line per step, totals, verdict."""
+        p = self.probe
+        lines = [
+            f"plan: {self.method} on {self.source} ({self.n:,} x {self.dim} {self.dtype}, "
+            f"{human(self.nbytes)} in {self.shards} shard{'s' if self.shards != 1 else ''}); "
+            f"memory budget {human(self.budget)}",
+            f"probe ({p.seconds:.1f} s): read {human(p.read_bytes_per_s)}/s, load-pass work "
+            f"{human(p.scan_bytes_per_s)}/s, GEMM {p.gemm_flops_1 / 1e9:.0f} GFLOP/s per thread "
+            f"({p.gemm_flops_all / 1e9:.0f} on {p.threads}), GEMV {p.gemv_flops_1 / 1e9:.1f} GFLOP/s",
+        ]
+        head = ("step", "passes", f"here ({self.local_workers} tasks)",
+                f"ray ({self.ray_workers} workers)", "peak memory")
+        rows = [head] + [
+            (s.name, f"{s.passes:.2g}", duration(s.seconds_local), duration(s.seconds_ray),
+             human(s.peak_bytes)) for s in self.steps
+        ] + [("total", f"{self.passes:.2g}", duration(self.seconds_local),
+              duration(self.seconds_ray), human(self.peak_bytes))]
+        widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
+        for i, r in enumerate(rows):
+            lines.append("  " + "  ".join(c.ljust(w) if j == 0 else c.rjust(w)
+                                          for j, (c, w) in enumerate(zip(r, widths, strict=True))))
+            if i == 0 or i == len(rows) - 2:
+                lines.append("  " + "  ".join("-" * w for w in widths))
+        lines += [f"  {s.name}: {s.note}" for s in self.steps if s.note]
+        lines.append(f"per-row arrays (scores, clusters, ids, positions): {human(self.per_row_bytes)}")
+        verdict = "fits" if self.fits else "does NOT fit"
+        lines.append(f"{verdict} the memory budget of {human(self.budget)} "
+                     f"(largest step: {human(self.peak_bytes)})")
+        lines += self.notes
+        return "\n".join(lines)
+
+
+def duration(seconds: float) -> str:
+    """12.3 s, 4.5 min, 2.1 h."""
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    if seconds < 3600:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def plan(
+    emb: Embeddings | EmbeddingSource | str | os.PathLike,
+    method: str,
+    *,
+    ray_workers: int = DEFAULT_RAY_WORKERS,
+    local_workers: int | None = None,
+    budget: int | None = None,
+    rates: Probe | None = None,
+    key: str = DEFAULT_KEY,
+    id_key: str | None = None,
+    **params: Any,
+) -> Plan:
+    """Predict the steps of ``score --method method`` on ``emb`` (an Embeddings, a source or a
+    path; a path is opened without the load pass). ``rates`` defaults to a fresh probe."""
+    spec = get_method(method)
+    values = validate(method, spec.params, params)
+    if isinstance(emb, Embeddings):
+        src, cached, n_usable = emb.source_obj, True, emb.n
+    else:
+        src = emb if isinstance(emb, EmbeddingSource) else open_source(emb, key=key, id_key=id_key)
+        cached, n_usable = scan.is_cached(src), src.n_total
+    if ray_workers < 1:
+        raise PrunekitError(f"--workers must be >= 1 (got {ray_workers}).")
+    if rates is None:
+        rates = probe(src, spec.probe, values)
+    m = CostModel(src, n_usable, rates, budget or memory_budget(),
+                  resolve_workers(local_workers), int(ray_workers))
+    steps = [_load(m, cached)]
+    if spec.cost is None:
+        notes = [f"no cost model for method '{method}': only the load pass is shown."]
+        per_row = 16 * m.n
+    else:
+        cost = spec.cost(m, values)
+        steps += cost.steps
+        per_row, notes = cost.per_row_bytes, list(cost.notes)
+    return Plan(method, src.name, src.n_total, src.dim, str(src.dtype), src.nbytes,
+                len(src.shards), m.budget, m.local, m.ray, steps, per_row + m.ids_bytes(),
+                m.rates, notes)
+
+
+def _load(m: CostModel, cached: bool) -> Step:
+    """The load pass: read, hash, NaN check and norms of every row; shards in parallel."""
+    if cached:
+        return Step("load + check", 0, 0.0, 0.0, 0, "cached scan (no pass)")
+    r = m.rates
+    tasks = min(m.local, len(m.src.shards))
+    t = m.read() + m.B / (r.scan_bytes_per_s * tasks)
+    return Step("load + check", 1, t, t, int(m.chunk_bytes() * tasks),
+                "hash, NaN check and norms of every row, shards in parallel "
+                "(cached for the next command)")

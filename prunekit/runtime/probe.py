@@ -1,0 +1,152 @@
+"""A seconds-long probe of this machine, on the data at hand: the rates a plan is made of.
+
+Every probe measures what every method uses:
+
+* reading: chunks spread evenly through the source, read as a command reads them (the
+  first read of a file that is still in the page cache measures memory, not the disk:
+  the probe reports what it saw, and a plan is only as right as that);
+* the load pass's work per byte (hash, NaN check, norms) on those chunks;
+* float32 GEMM on one thread and on all threads, float32 matrix-vector on one thread.
+
+A method adds the kernels its cost model needs: it declares a probe
+(``register(..., probe=fn)``, see :mod:`prunekit.methods`), ``fn(dim, n, params)`` returning
+named rates (the k-means kernels at its ``k``, a greedy pick loop, ...), which land in
+:attr:`Probe.kernels`. :func:`repeat` and :func:`time_greedy` are the timers they use.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+from threadpoolctl import threadpool_limits
+
+from prunekit.io.scan import norms_into
+from prunekit.io.source import CHUNK_ROWS, EmbeddingSource
+
+# A method's probe: (dim, usable rows, validated params) -> named rates of its kernels.
+ProbeFn = Callable[[int, int, dict[str, Any]], dict[str, float]]
+
+READ_SECONDS = 1.5  # stop reading after this long ...
+READ_BYTES = 512 << 20  # ... or this many bytes
+READ_CHUNKS = 8  # at most this many chunks, evenly spaced
+KERNEL_SECONDS = 0.3  # each compute kernel repeats until this long
+
+
+@dataclass
+class Probe:
+    """Measured rates; the per-thread ones are what one engine task gets."""
+
+    read_bytes_per_s: float
+    scan_bytes_per_s: float  # hash + NaN check + norms, after the read
+    gemm_flops_1: float  # float32 GEMM, one thread
+    gemm_flops_all: float  # float32 GEMM, all threads
+    gemv_flops_1: float  # float32 matrix-vector, one thread
+    threads: int
+    bytes_read: int
+    seconds: float
+    # The method's own kernels, named by its probe (e.g. kmeans_k, lloyd_flops).
+    kernels: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def repeat(fn: Callable[[], object], seconds: float = KERNEL_SECONDS) -> float:
+    """Seconds per call of ``fn``, repeated for about ``seconds`` (after one warm-up call)."""
+    fn()
+    calls, t0 = 0, time.perf_counter()
+    while True:
+        fn()
+        calls += 1
+        elapsed = time.perf_counter() - t0
+        if elapsed >= seconds:
+            return elapsed / calls
+
+
+def measure_read(src: EmbeddingSource, chunk_rows: int = CHUNK_ROWS) -> tuple[float, float, int]:
+    """``(read bytes/s, scan bytes/s, bytes read)`` over chunks spread through ``src``."""
+    refs = src.chunks(chunk_rows)
+    pick = np.unique(np.linspace(0, len(refs) - 1, min(READ_CHUNKS, len(refs))).round().astype(int))
+    read_s = scan_s = 0.0
+    nbytes = 0
+    for i in pick:
+        t0 = time.perf_counter()
+        block = src.read(refs[int(i)])
+        t1 = time.perf_counter()
+        hashlib.blake2b(memoryview(np.ascontiguousarray(block)), digest_size=16)
+        t2 = time.perf_counter()
+        norms_into(block, np.empty(block.shape[0], np.float32))
+        t3 = time.perf_counter()
+        scan_s += max(t2 - t1, t3 - t2)  # the load pass hashes on a second thread
+        read_s += t1 - t0
+        nbytes += block.nbytes
+        if read_s + scan_s > READ_SECONDS or nbytes > READ_BYTES:
+            break
+    return nbytes / max(read_s, 1e-9), nbytes / max(scan_s, 1e-9), nbytes
+
+
+def measure_gemm(dim: int, threads: int | None) -> float:
+    """float32 GEMM flop/s of a (4096 x dim) by (dim x 1024) product."""
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((4096, dim), dtype=np.float32)
+    b = rng.standard_normal((dim, 1024), dtype=np.float32)
+    with threadpool_limits(limits=threads):
+        per_call = repeat(lambda: a @ b)
+    return 2.0 * 4096 * dim * 1024 / per_call
+
+
+def measure_gemv(dim: int) -> float:
+    """float32 matrix-vector flop/s on a (32768 x dim) matrix, one thread."""
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((32768, dim), dtype=np.float32)
+    v = rng.standard_normal(dim, dtype=np.float32)
+    with threadpool_limits(limits=1):
+        per_call = repeat(lambda: a @ v)
+    return 2.0 * 32768 * dim / per_call
+
+
+GREEDY_ROWS = (512, 8192)  # candidates of the two timed greedy runs
+GREEDY_PICKS = 64
+
+
+def time_greedy(fn: Callable[[np.ndarray, int], np.ndarray], width: int) -> tuple[float, float]:
+    """``(seconds a pick, seconds per candidate value)`` of a greedy loop, one thread.
+
+    ``fn(x, m)`` makes ``m`` picks over the rows of ``x`` (herding, k-center). It is timed
+    at two candidate counts of ``width`` values; the per-pick cost is a line in the number
+    of candidate values.
+    """
+    per_pick = []
+    with threadpool_limits(limits=1):
+        for rows in GREEDY_ROWS:
+            x = np.random.default_rng(rows).standard_normal((rows, width), dtype=np.float32)
+            per_pick.append(repeat(lambda x=x: fn(x, GREEDY_PICKS), 0.1) / GREEDY_PICKS)
+    slope = max((per_pick[1] - per_pick[0]) / ((GREEDY_ROWS[1] - GREEDY_ROWS[0]) * width), 0.0)
+    return max(per_pick[0] - slope * GREEDY_ROWS[0] * width, 0.0), slope
+
+
+def probe(src: EmbeddingSource, measure: ProbeFn | None = None,
+          params: dict[str, Any] | None = None) -> Probe:
+    """Measure this machine on ``src`` (a few seconds), and the kernels ``measure`` (a
+    method's probe) times for ``params``."""
+    t0 = time.perf_counter()
+    read, scan, nbytes = measure_read(src)
+    dim = max(16, src.dim)
+    kernels = {} if measure is None else dict(measure(dim, src.n_total, dict(params or {})))
+    return Probe(
+        read_bytes_per_s=read,
+        scan_bytes_per_s=scan,
+        gemm_flops_1=measure_gemm(dim, 1),
+        gemm_flops_all=measure_gemm(dim, None),
+        gemv_flops_1=measure_gemv(dim),
+        threads=os.cpu_count() or 1,
+        bytes_read=nbytes,
+        seconds=time.perf_counter() - t0,
+        kernels=kernels,
+    )
