@@ -297,14 +297,18 @@ def test_a_cluster_beyond_the_memory_budget_is_refused(monkeypatch):
     import prunekit as pk
 
     x, _, _ = planted(seed=12)  # 120 x 16: one cluster of 120 rows holds 2 x 7680 bytes
-    monkeypatch.setenv("PRUNEKIT_MEMORY", "16K")
-    with pytest.raises(PrunekitError, match=r"largest cluster has 120 rows .* larger --k"):
+    # ... and its similarity block, 120 x 120 float32 and a one-byte mask: 72 000 bytes.
+    # (k-means before it holds 120 x (16 x 8 + 24) + 16 x 8 = 18 368 bytes: 32K is enough.)
+    monkeypatch.setenv("PRUNEKIT_MEMORY", "32K")
+    with pytest.raises(PrunekitError, match=r"largest cluster has 120 rows: .* \(15.0 KiB\) and "
+                       r"a similarity block \(70.3 KiB\), 85.3 KiB in all, more than the memory "
+                       r"budget of 32.0 KiB. .* larger --k"):
         pk.score(x, "semdedup", k=1, progress=False)
-    monkeypatch.setenv("PRUNEKIT_MEMORY", "64K")
-    sc = pk.score(x, "semdedup", k=1, progress=False)  # fits: small blocks, one cluster at a time
+    monkeypatch.setenv("PRUNEKIT_MEMORY", str(2 * 7680 + 72_000))  # exactly enough
+    sc = pk.score(x, "semdedup", k=1, progress=False)
     monkeypatch.delenv("PRUNEKIT_MEMORY")
-    np.testing.assert_allclose(sc.score, pk.score(x, "semdedup", k=1, progress=False).score,
-                               rtol=0, atol=1e-6)
+    # The blocks follow the data, not the budget: the same bytes as with a generous budget.
+    assert sc.score.tobytes() == pk.score(x, "semdedup", k=1, progress=False).score.tobytes()
 
 
 def test_grouped_path_equals_in_memory_and_mean_order_without_distances(monkeypatch):

@@ -152,35 +152,53 @@ def test_streamed_kmeans_same_bytes_for_any_worker_count(small_chunks):
     assert "uniform without replacement" in runs[0].params["sample_drawn"]
 
 
-def test_sample_size_follows_k_and_budget():
+def test_sample_size_follows_k_and_the_data_shape_only():
     from prunekit.compute.cluster import sample_plan
 
-    # Everything fits in half the budget: all rows, exactly as before.
-    assert sample_plan(10_000, 10, 64, 4, 100 << 20).rows == 10_000
-    # Too large: max(65536, 256 k) rows ...
-    assert sample_plan(10**7, 1000, 256, 2, 4 << 30).rows == 256_000
-    assert sample_plan(10**7, 10, 256, 2, 4 << 30).rows == 65_536
-    # ... capped by the budget (half of it, 256 * 6 + 16 bytes a row) ...
-    assert sample_plan(10**7, 1000, 256, 2, 200 << 20).rows == (100 << 20) // (256 * 6 + 16)
-    # ... and refused when not even k rows fit.
-    with pytest.raises(pk.PrunekitError, match="Raise --memory or lower --k"):
-        sample_plan(10**7, 1000, 256, 2, 1 << 20)
+    # Default: max(256 k, 256 MiB of float32 rows), at most all rows; no budget in sight.
+    assert sample_plan(10_000, 10, 64).rows == 10_000
+    assert sample_plan(10**7, 1000, 256).rows == (256 << 20) // (4 * 256) == 262_144
+    assert sample_plan(10**7, 2000, 256).rows == 256 * 2000
+    assert sample_plan(10**8, 10, 32).rows == (256 << 20) // (4 * 32)
+    big = sample_plan(10**7, 10, 256)
+    assert big.params() == {
+        "sample_rows": 262_144, "sample_of": 10**7,
+        "sample_drawn": "uniform without replacement, seeded by (seed, 'kmeans-sample')",
+        "sample_rule": "default: max(256 k, 256 MiB of float32 rows), at most all rows"}
+    # --sample: as given, at most all rows, at least k.
+    assert sample_plan(10**7, 10, 256, 700).rows == 700
+    assert sample_plan(10**7, 10, 256, 700).rule == "given (--sample)"
+    everything = sample_plan(500, 10, 8, 10**6)
+    assert (everything.rows, everything.drawn) == (500, "all rows")
+    with pytest.raises(pk.PrunekitError, match="--sample 9 holds fewer rows than --k 10"):
+        sample_plan(10**7, 10, 256, 9)
 
 
-def test_kmeans_method_uses_the_budget_sample():
+def test_kmeans_sample_never_shrinks_to_the_budget():
+    from prunekit.compute.cluster import sample_bytes
+    from prunekit.runtime.memory import human
+
     x, _ = blobs(n=3000, d=8)
     emb = pk.Embeddings.from_array(x)
-    with budget(3000 * (8 * 8 + 16)):  # half of it holds 1500 rows: too few for all
-        s = pk.score(emb, "kmeans", k=3, progress=False)
-    assert s.params["sample_rows"] == 1500 and s.params["sample_of"] == 3000
-    full = pk.score(emb, "kmeans", k=3, progress=False)
-    assert full.params["sample_rows"] == 3000 and full.params["sample_drawn"] == "all rows"
-    with budget("100K"), pytest.raises(pk.PrunekitError, match=r"a k-means sample of 3000 rows "
-                                                               r"needs .* smaller --sample"):
-        pk.score(emb, "kmeans", k=3, sample=5000, progress=False)
-
-
-# ------------------------------------------------------------------ grouping by cluster
+    need = sample_bytes(3000, 3, 8, 4)  # all rows: 3000 x (8 x (4 + 4) + 24) + 3 x 8 x 8
+    assert need == 3000 * 88 + 192
+    with pk.runtime(memory=need):  # exactly enough: the same bytes as with a generous budget
+        tight = pk.score(emb, "kmeans", k=3, progress=False)
+    with pk.runtime(memory="4G"):
+        roomy = pk.score(emb, "kmeans", k=3, progress=False)
+    for name in ("score", "cluster", "centroids"):
+        assert getattr(tight, name).tobytes() == getattr(roomy, name).tobytes(), name
+    assert tight.params["sample_rows"] == 3000 and tight.params["sample_drawn"] == "all rows"
+    assert tight.params["sample"] is None
+    with pk.runtime(memory=need - 1), pytest.raises(pk.PrunekitError) as err:  # one byte short: refused
+        pk.score(emb, "kmeans", k=3, progress=False)
+    msg = str(err.value)
+    assert f"k-means holds all 3,000 rows in memory (8 dimensions, 32-bit as stored): {human(need)}" \
+        in msg and "Raise --memory to at least" in msg and "smaller --sample" in msg
+    with pk.runtime(memory=need - 1):  # a smaller --sample fits: 1500 rows drawn
+        half = pk.score(emb, "kmeans", k=3, sample=1500, progress=False)
+    assert half.params["sample_rows"] == 1500 and half.params["sample"] == 1500
+    assert half.params["sample_drawn"].startswith("uniform without replacement")
 
 
 def test_group_rows_writes_each_cluster_contiguously(tmp_path, small_chunks):
@@ -286,7 +304,7 @@ def test_streamed_paths_hold_less_than_the_matrix(tmp_path, monkeypatch):
     matrix = emb.n * emb.dim * 4
     with budget("32M"), use(LocalEngine(2)):
         tracemalloc.start()
-        km = pk.score(emb, "kmeans", k=10, progress=False)
+        km = pk.score(emb, "kmeans", k=10, sample=20_000, progress=False)  # 16 MB to fit
         kmeans_peak = tracemalloc.get_traced_memory()[1]
         tracemalloc.reset_peak()
         kc = pk.score(emb, "kcenter", within=km, max_keep=20, progress=False)

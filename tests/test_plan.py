@@ -12,7 +12,7 @@ from click.testing import CliRunner
 
 import prunekit as pk
 from prunekit.cli import main
-from prunekit.compute.cluster import sample_plan
+from prunekit.compute.cluster import sample_bytes, sample_plan
 from prunekit.errors import PrunekitError
 from prunekit.io.source import open_source
 from prunekit.methods import REGISTRY
@@ -44,9 +44,9 @@ def test_kmeans_steps_follow_the_cost_model(shards):
     sample = p.step("sample")  # all rows fit the budget: one read
     assert sample.passes == 1 and sample.seconds_local == pytest.approx(B / 1e6)
     seeding = 2.0 * 1000 * 4 * 8 * (2 + math.log(4))
-    # no k-means rates in the probe: Lloyd and seeding at the all-threads GEMM rate, the
-    # sample's final assignment at the one-thread rate times the threads
-    lloyd = (10 * 2.0 * 1000 * 4 * 8 + seeding) / 2e9 + 2.0 * 1000 * 4 * 8 / (1e9 * 2)
+    # no k-means rates in the probe: the fit runs on one thread, so seeding, Lloyd and the
+    # sample's final assignment all go at the one-thread GEMM rate
+    lloyd = (10 * 2.0 * 1000 * 4 * 8 + seeding + 2.0 * 1000 * 4 * 8) / 1e9
     assert p.step("lloyd on sample").seconds_local == pytest.approx(lloyd)
     assign = p.step("assign")  # reading dominates: B / read here, B / (4 reads) on Ray
     assert assign.seconds_local == pytest.approx(B / 1e6)
@@ -62,12 +62,14 @@ def test_kmeans_uses_the_probed_kmeans_rates_at_its_k(shards):
              ray_workers=4, budget=1 << 30)
     one = 2.0 * 1000 * 4 * 8
     seeding = 2.0 * 1000 * 4 * 8 * (2 + math.log(4))
-    lloyd = 2 * (10 * one / 1e7 + seeding / 2e7 + one / (4e7 * 2))
+    lloyd = 2 * (10 * one / 1e7 + seeding / 2e7 + one / 4e7)
     assert p.step("lloyd on sample").seconds_local == pytest.approx(lloyd)
     assign = p.step("assign")  # now compute dominates: 2nkd over 2 tasks at 4e7 each
     assert assign.seconds_local == pytest.approx(max(B / 1e6, one / (2 * 4e7)))
     other_k = plan(shards, "kmeans", k=5, iters=10, restarts=2, rates=rates, budget=1 << 30)
-    assert other_k.step("lloyd on sample").seconds_local < lloyd / 100  # GEMM rates again
+    one5 = 2.0 * 1000 * 5 * 8  # the probe ran at k=4: the one-thread GEMM rate again
+    gemm = 2 * (10 * one5 + one5 * (2 + math.log(5)) + one5) / 1e9
+    assert other_k.step("lloyd on sample").seconds_local == pytest.approx(gemm)
 
 
 def test_cached_load_pass_is_free(shards):
@@ -77,16 +79,26 @@ def test_cached_load_pass_is_free(shards):
     assert (load.passes, load.seconds_local, load.peak_bytes) == (0, 0.0, 0)
 
 
-def test_kmeans_sample_beyond_the_budget(shards):
-    # The sample is the one k-means will draw (cluster.sample_plan): here the budget's half
-    # holds 512 of the 1000 rows (8 x (4 + 2) + 16 = 64 bytes a row).
-    p = plan(shards, "kmeans", k=4, iters=10, restarts=1, rates=RATES, budget=1 << 16)
-    assert sample_plan(1000, 4, 8, 2, 1 << 16).rows == 512
+def test_kmeans_sample_follows_the_data_not_the_budget(shards):
+    # The sample is the one k-means will draw (cluster.sample_plan): all 1000 rows whatever
+    # the budget. Its fit holds 1000 x (8 x (4 + 2) + 24) bytes and 4 x 8 float64 centroids.
+    small = plan(shards, "kmeans", k=4, iters=10, restarts=1, rates=RATES, budget=1 << 16)
+    large = plan(shards, "kmeans", k=4, iters=10, restarts=1, rates=RATES, budget=1 << 30)
+    assert [vars(s) for s in small.steps] == [vars(s) for s in large.steps]
+    fit = 1000 * 72 + 4 * 8 * 8
+    assert sample_bytes(1000, 4, 8, 2) == fit == small.step("lloyd on sample").peak_bytes
+    assert large.fits and not small.fits  # 72 256 bytes > 64 KiB: k-means would refuse
+    assert any("would refuse" in n and "--sample" in n for n in small.notes)
+    # --sample 500 of 1000 rows: drawn, and its fit is within the 64 KiB
+    p = plan(shards, "kmeans", k=4, iters=10, restarts=1, sample=500, rates=RATES,
+             budget=1 << 16)
+    assert sample_plan(1000, 4, 8, 500).rows == 500
     sample = p.step("sample")
-    assert "512 of 1,000 rows" in sample.note
-    assert sample.peak_bytes == 512 * 8 * 6 + 1000 * 8 * 6  # the sample, and one chunk read
-    with pytest.raises(PrunekitError, match="Raise --memory or lower --k"):
-        plan(shards, "kmeans", k=100, rates=RATES, budget=4096)
+    assert "500 of 1,000 rows" in sample.note
+    assert sample.peak_bytes == 500 * 8 * 6 + 1000 * 8 * 6  # the sample, and one chunk read
+    assert p.step("lloyd on sample").peak_bytes == 500 * 72 + 256 <= 1 << 16
+    with pytest.raises(PrunekitError, match="--sample 3 holds fewer rows than --k 4"):
+        plan(shards, "kmeans", k=4, sample=3, rates=RATES, budget=1 << 30)
 
 
 def test_greedy_over_all_rows_beyond_the_budget_does_not_fit(shards):

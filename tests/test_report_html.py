@@ -272,6 +272,19 @@ def test_thumbnails_show_the_images_of_their_rows(world, tmp_path):
             assert got == near + [r for r in far if r not in near]
 
 
+def test_scores_without_clusters_show_the_highest_and_lowest_scores(world):
+    emb = pk.load_embeddings(world / "emb.h5")
+    sc = pk.score(emb, "random", seed=1, progress=False)
+    sel = pk.select(sc, 0.5)
+    report = build(sel, scores=sc, images=world / "images", per_strip=2)
+    (strip,) = report.strips
+    order = np.lexsort((np.arange(sc.n_total), -sc.score))  # highest first, ties to the lower row
+    keep = np.isin(order, sel.indices)
+    for side, rows in (("kept", order[keep]), ("removed", order[~keep])):
+        assert [t.row for t in strip[side]] == rows[:2].tolist() + rows[::-1][:2][::-1].tolist()
+        assert strip[side][0].note == f"score {sc.score[rows[0]]:.4g}"
+
+
 def test_thumbnails_from_webdataset_shards_read_only_the_wanted_members(world, tmp_path):
     sc = pk.load_scores(world / "scores.h5")
     keys = [i[:-4] for i in sc.ids]  # WebDataset keys: the file name without its extension

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import stat
+import subprocess
+import sys
+
 import h5py
 import numpy as np
 import pytest
@@ -111,3 +116,140 @@ def test_work_dir_key_covers_inputs_method_and_params(tmp_path):
     assert a != resume.work_dir_for(tmp_path / "o.h5", **{**base, "fingerprint": "g"})
     assert a != resume.work_dir_for(tmp_path / "o.h5", **{**base, "params": {"k": 4}})
     assert a != resume.work_dir_for(tmp_path / "p.h5", **base)
+
+
+# ---------------------------------------------------------------- records are verified
+
+
+def interrupted_kmeans(emb_file, tmp_path, monkeypatch, out):
+    """A k-means run killed after the sample (2 records) and 5 of 16 Lloyd chunks."""
+    args = [emb_file, "-m", "kmeans", "--k", "6", "--sample", "300", "--full-passes", "2"]
+    assert score([*args, "-o", tmp_path / "ref.h5"]).exit_code == 0
+    monkeypatch.setattr(resume, "FAIL_AFTER", 2 + 3 * 5)
+    assert isinstance(score([*args, "-o", out]).exception, resume.InjectedFailure)
+    monkeypatch.setattr(resume, "FAIL_AFTER", None)
+    (work,) = (tmp_path / ".prunekit-work").glob("out.h5.*")
+    return args, work
+
+
+def test_a_tampered_record_is_recomputed_to_the_same_bytes(emb_file, tmp_path, monkeypatch,
+                                                           caplog):
+    out = tmp_path / "out.h5"
+    args, work = interrupted_kmeans(emb_file, tmp_path, monkeypatch, out)
+    rec = work / "pass-0-sums.npy"
+    data = bytearray(rec.read_bytes())
+    data[-8:] = np.float64(1e6).tobytes()  # the last running sum, checksum left as it was
+    rec.write_bytes(bytes(data))
+    lloyd = counting(monkeypatch, cluster, "_lloyd_chunk")
+    r = score([*args, "-o", out, "--resume"])
+    assert r.exit_code == 0, r.output
+    assert len(lloyd) == 16 + 16  # the pass's sums did not verify: pass 1 restarts
+    names = ("score", "cluster", "centroids", "centroid_distance")
+    assert arrays(out, names) == arrays(tmp_path / "ref.h5", names)
+    assert "1 resume record(s)" in caplog.text and "did not verify" in caplog.text
+
+
+def test_a_record_in_the_old_format_or_from_another_run_is_discarded(tmp_path):
+    a, b = resume.WorkDir(tmp_path / "a"), resume.WorkDir(tmp_path / "b")
+    a.save("x", np.arange(4))
+    np.testing.assert_array_equal(a.load("x"), np.arange(4))
+    (tmp_path / "b").mkdir(mode=0o700)
+    (tmp_path / "b" / "x.npy").write_bytes((tmp_path / "a" / "x.npy").read_bytes())
+    assert b.load("x") is None and b.discarded == 1  # the checksum covers the run's key
+    np.save(tmp_path / "a" / "y.npy", np.arange(3))  # a plain .npy (no checksum)
+    assert a.load("y") is None and a.discarded == 1
+    assert not (tmp_path / "a" / "y.npy").exists()
+
+
+def test_a_symlink_planted_as_a_record_is_never_followed(emb_file, tmp_path, monkeypatch):
+    out = tmp_path / "out.h5"
+    args, work = interrupted_kmeans(emb_file, tmp_path, monkeypatch, out)
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me")
+    rec = work / "pass-0-counts.npy"
+    rec.unlink()
+    rec.symlink_to(victim)
+    r = score([*args, "-o", out, "--resume"])
+    assert r.exit_code == 0, r.output
+    assert victim.read_text() == "keep me"
+    names = ("score", "cluster", "centroids", "centroid_distance")
+    assert arrays(out, names) == arrays(tmp_path / "ref.h5", names)
+
+
+def test_the_work_directory_is_private(emb_file, tmp_path, monkeypatch):
+    _, work = interrupted_kmeans(emb_file, tmp_path, monkeypatch, tmp_path / "out.h5")
+    assert stat.S_IMODE(os.lstat(work.parent).st_mode) == 0o700
+    assert stat.S_IMODE(os.lstat(work).st_mode) == 0o700
+    assert {stat.S_IMODE(p.stat().st_mode) for p in work.iterdir()} == {0o600}  # records
+    assert not list(work.parent.glob("*.lock"))  # the lock goes with the run
+
+
+@pytest.mark.parametrize("plant, why", [
+    ("symlink", "is a symbolic link"),
+    ("open", "is writable by other users (mode 777)"),
+    ("file", "is not a directory"),
+])
+def test_an_untrusted_work_directory_is_refused(emb_file, tmp_path, plant, why):
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    wd = tmp_path / ".prunekit-work"
+    if plant == "symlink":
+        wd.symlink_to(elsewhere)
+    elif plant == "open":
+        wd.mkdir()
+        wd.chmod(0o777)
+    else:
+        wd.write_text("")
+    r = score([emb_file, "-m", "kmeans", "--k", "6", "-o", tmp_path / "out.h5", "--resume"])
+    assert r.exit_code == 2, r.output
+    assert f"the work directory {wd} {why}" in r.output
+    assert f"Remove it (rm -r '{wd}')" in r.output and "Traceback" not in r.output
+    assert not (tmp_path / "out.h5").exists() and list(elsewhere.iterdir()) == []
+
+
+def test_temporary_records_never_open_an_existing_name(tmp_path, monkeypatch):
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me")
+    tokens = iter(["aaaa", "bbbb"])
+    monkeypatch.setattr(resume.secrets, "token_hex", lambda n: next(tokens))
+    planted = tmp_path / f"{resume.TMP_PREFIX}{os.getpid()}.aaaa.x.npy"
+    planted.symlink_to(victim)
+    fd, path = resume.exclusive_temp(tmp_path, "x.npy")
+    os.close(fd)
+    assert path.name.endswith(".bbbb.x.npy") and victim.read_text() == "keep me"
+    assert stat.S_IMODE(os.lstat(path).st_mode) == 0o600
+
+
+# ---------------------------------------------------------------- one run per output
+
+
+def test_a_second_run_on_the_same_output_exits_2(emb_file, tmp_path):
+    km = tmp_path / "km.h5"
+    assert score([emb_file, "-m", "kmeans", "--k", "6", "-o", km]).exit_code == 0
+    out = tmp_path / "out.h5"
+    args = [emb_file, "-m", "herding", "--within", km, "--max-keep", "30", "-o", out]
+    other = resume.work_dir_for(out, fingerprint="f", method="kmeans", params={})
+    with resume.open_work_dir(other, resume=False, output=out):  # another run holds it
+        r = score(args)
+        assert r.exit_code == 2, r.output
+        assert f"another prunekit run is writing {out} (pid {os.getpid()})" in r.output
+        assert "Traceback" not in r.output and not out.exists()
+    r = score(args)
+    assert r.exit_code == 0, r.output
+    assert not (tmp_path / ".prunekit-work").exists()
+
+
+def test_the_lock_is_exclusive_across_processes(tmp_path):
+    out = tmp_path / "out.h5"
+    path = resume.work_dir_for(out, fingerprint="f", method="m", params={})
+    code = ("import sys; from prunekit.runtime import resume; from prunekit.errors import "
+            "PrunekitError\ntry:\n    resume.open_work_dir(resume.work_dir_for(sys.argv[1], "
+            "fingerprint='g', method='m', params={}), resume=False)\nexcept PrunekitError as e:"
+            "\n    print(e)\nelse:\n    print('acquired')")
+    with resume.open_work_dir(path, resume=False, output=out):
+        held = subprocess.run([sys.executable, "-c", code, str(out)], capture_output=True,
+                              text=True, check=True).stdout
+    free = subprocess.run([sys.executable, "-c", code, str(out)], capture_output=True,
+                          text=True, check=True).stdout
+    assert f"another prunekit run is writing {out} (pid {os.getpid()})" in held
+    assert free.strip() == "acquired"

@@ -1,27 +1,37 @@
 """Rows grouped by cluster on disk, so that one cluster's rows are one contiguous read.
 
-Per-cluster methods (herding and k-center ``--within``) need all rows of one cluster at a
-time, while the clusters are spread over the whole file. :func:`group_rows` reads the
-source once, chunk by chunk, and writes every usable row into a flat file (the files'
-dtype, row-major) at its cluster's place: the groups follow each other in increasing
+Per-cluster methods (herding and k-center ``--within``, semdedup) need all rows of one
+cluster at a time, while the clusters are spread over the whole file. :func:`group_rows`
+reads the source once, chunk by chunk, and writes every usable row into a flat file (the
+files' dtype, row-major) at its cluster's place: the groups follow each other in increasing
 cluster id, and inside a group the rows keep their order in the source. After that, a
 group is one ``pread`` of ``rows x dim`` values, whichever process or Ray worker asks.
 Peak memory: one chunk while grouping, one group while reading.
 
 Small clusters are batched (:func:`batches`), so a task has some work to do; the batches
 depend on the cluster sizes only, never on the number of workers.
+
+:func:`map_clusters` is the whole per-cluster protocol every such method uses (herding and
+k-center ``--within``, semdedup): group, batch, map the batches on the current engine
+within the memory budget, record each batch for ``--resume``, clean up.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from prunekit.errors import PrunekitError
+from prunekit.runtime.context import current_engine, current_work_dir
+from prunekit.runtime.engine import chunk_rows_for
 from prunekit.runtime.memory import human
 from prunekit.runtime.progress import track
 
@@ -133,3 +143,51 @@ def batches(sizes: np.ndarray, batch_rows: int | None = None) -> list[list[int]]
     if cur:
         out.append(cur)
     return out
+
+
+def map_clusters(emb, clusters: np.ndarray, task: Callable[[tuple, tuple[int, list[int]]], Any],
+                 shared: Any, *, task_bytes: int, desc: str, progress: bool,
+                 members: bool = False, name: str = "groups",
+                 ) -> tuple[GroupedRows, list[tuple[list[int], Any]]]:
+    """Run ``task`` over the clusters of ``emb``'s usable rows, a batch of clusters a call.
+
+    ``clusters``: one cluster id per usable row (compact order). The rows are grouped by
+    cluster on disk once (:func:`group_rows`: in the run's work directory when it has one,
+    else in a temporary directory removed afterwards) and the clusters cut into
+    :func:`batches`. Then ``task((grouped, shared), (i, batch))`` runs for every batch on
+    the current engine, as many at a time as the memory budget holds ``task_bytes`` (one
+    call's peak); ``grouped`` reads a cluster's rows (``grouped.read(g)``) and, with
+    ``members``, knows their compact positions (``rows_of``; O(n) more to ship to the
+    workers). A result is recorded in the work directory (as ``name/<batch>``, an array)
+    when its batch finishes, and ``--resume`` maps only the batches not recorded.
+
+    Returns the grouped rows (with ``members``) and ``(batch, result)`` for every batch,
+    in batch order, so the caller combines them the same way on every engine.
+    """
+    engine, work = current_engine(), current_work_dir()
+    lay = layout(clusters)
+    sizes = np.diff(lay[1])
+    src = emb.source_obj
+    tmp = None if work.enabled else tempfile.mkdtemp(prefix=f"prunekit-{name}-")
+    path = work.scratch(f"{name}.rows") if tmp is None else Path(tmp) / f"{name}.rows"
+    try:
+        if work.load_json(f"{name}.grouped") is None or not path.exists():
+            grouped = group_rows(src, emb.rows, clusters, path, chunk_rows=chunk_rows_for(src.dim),
+                                 progress=progress, lay=lay)
+            work.save_json(f"{name}.grouped", {"rows": int(emb.rows.size)})
+        else:
+            grouped = GroupedRows(str(path), src.dim, np.dtype(src.dtype), *lay)
+        plan = list(enumerate(batches(sizes)))
+        done = {i: work.load(f"{name}/{i:08d}") for i, _ in plan}
+        todo = [item for item in plan if done[item[0]] is None]
+        view = grouped if members else grouped.for_tasks()
+        results = engine.map(task, todo, (view, shared), desc=desc, progress=progress,
+                             task_bytes=int(task_bytes))
+        with contextlib.closing(results):
+            for (i, _), result in zip(todo, results, strict=True):
+                work.save(f"{name}/{i:08d}", result)
+                done[i] = result
+    finally:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return grouped, [(batch, done[i]) for i, batch in plan]

@@ -2,21 +2,15 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
-import shutil
-import tempfile
-from pathlib import Path
 
 import numpy as np
 
-from prunekit.compute.grouping import GroupedRows, batches, group_rows, layout
+from prunekit.compute.grouping import map_clusters
 from prunekit.errors import PrunekitError
 from prunekit.io.embeddings import Embeddings
 from prunekit.params import Param
 from prunekit.runtime.budget import memory_budget
-from prunekit.runtime.context import current_engine, current_work_dir
-from prunekit.runtime.engine import chunk_rows_for
 from prunekit.runtime.memory import human
 from prunekit.selection.scores import Scores, load_scores
 
@@ -92,17 +86,14 @@ def per_cluster_orders(
 ) -> list[np.ndarray]:
     """Each cluster's pick order (compact positions), clusters in increasing id.
 
-    The rows are grouped by cluster on disk once (:mod:`prunekit.compute.grouping`: in the run's
-    work directory when it has one, else in a temporary directory removed afterwards);
-    then ``task((grouped, params, picks), (i, batch))`` returns the concatenated local
-    orders of the clusters of one batch, run on the current engine with as many batches
-    at a time as the memory budget holds (a batch costs ``row_bytes`` per row of its
-    largest cluster). Each finished batch is recorded for ``--resume``.
+    :func:`prunekit.compute.grouping.map_clusters` runs
+    ``task((grouped, (params, picks)), (i, batch))``, which returns the concatenated local
+    orders of the clusters of one batch (``picks[g]`` picks in cluster g), with as many
+    batches at a time as the memory budget holds (a batch costs ``row_bytes`` per row of
+    its largest cluster); each finished batch is recorded for ``--resume``.
     """
-    engine, work = current_engine(), current_work_dir()
-    lay = layout(clusters)
-    ids, offsets, _ = lay
-    sizes = np.diff(offsets)
+    ids, counts = np.unique(clusters, return_counts=True)
+    sizes = counts.astype(np.int64)
     largest = int(sizes.max())
     need, budget = largest * row_bytes, memory_budget()
     if need > budget:
@@ -112,35 +103,15 @@ def per_cluster_orders(
             "--memory, or cluster into more, smaller clusters (a larger --k)."
         )
     picks = [resolve_max_keep(max_keep, int(s)) for s in sizes]
-    tmp = None if work.enabled else tempfile.mkdtemp(prefix="prunekit-groups-")
-    path = work.scratch("grouped.rows") if tmp is None else Path(tmp) / "grouped.rows"
-    src = emb.source_obj
-    try:
-        if work.load_json("grouped") is None or not path.exists():
-            grouped = group_rows(src, emb.rows, clusters, path, chunk_rows=chunk_rows_for(src.dim),
-                                 progress=progress, lay=lay)
-            work.save_json("grouped", {"rows": int(emb.rows.size)})
-        else:
-            grouped = GroupedRows(str(path), src.dim, np.dtype(src.dtype), *lay)
-        plan = list(enumerate(batches(sizes)))
-        flat = {i: work.load(f"orders/{i:08d}") for i, _ in plan}
-        todo = [item for item in plan if flat[item[0]] is None]
-        results = engine.map(task, todo, (grouped.for_tasks(), params, picks), desc=desc,
-                             progress=progress, task_bytes=need)
-        with contextlib.closing(results):
-            for (i, _), local in zip(todo, results, strict=True):
-                work.save(f"orders/{i:08d}", local)
-                flat[i] = local
-        orders = []
-        for i, batch in plan:
-            at = 0
-            for g in batch:
-                orders.append(grouped.rows_of(g)[flat[i][at : at + picks[g]]])
-                at += picks[g]
-        return orders
-    finally:
-        if tmp is not None:
-            shutil.rmtree(tmp, ignore_errors=True)
+    grouped, results = map_clusters(emb, clusters, task, (params, picks), task_bytes=need,
+                                    desc=desc, progress=progress)
+    orders = []
+    for batch, flat in results:
+        at = 0
+        for g in batch:
+            orders.append(grouped.rows_of(g)[flat[at : at + picks[g]]])
+            at += picks[g]
+    return orders
 
 
 def within_param(within: str | os.PathLike | Scores) -> str:

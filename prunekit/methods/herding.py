@@ -168,7 +168,7 @@ def _herd(x: np.ndarray, kernel: str, sigma: float, rff, m: int, tick=None) -> n
 
 def _herd_batch(shared, item) -> np.ndarray:
     """Engine task: the concatenated herding orders of one batch of clusters."""
-    grouped, (kernel, sigma, rff), picks = shared
+    grouped, ((kernel, sigma, rff), picks) = shared
     _, batch = item
     return np.concatenate([
         _herd(np.asarray(grouped.read(g), dtype=np.float32), kernel, sigma, rff, picks[g])

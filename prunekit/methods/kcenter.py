@@ -112,7 +112,7 @@ def kcenter_scores(
 
 def _kcenter_batch(shared, item) -> np.ndarray:
     """Engine task: the concatenated traversals of one batch of clusters."""
-    grouped, metric, picks = shared
+    grouped, (metric, picks) = shared
     _, batch = item
     orders = []
     for g in batch:

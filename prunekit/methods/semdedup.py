@@ -12,15 +12,11 @@ SemDeDup at threshold eps removes exactly the items with score < eps (``select -
 
 from __future__ import annotations
 
-import contextlib
 import os
-import shutil
-import tempfile
-from pathlib import Path
 
 import numpy as np
 
-from prunekit.compute.grouping import GroupedRows, batches, group_rows, layout
+from prunekit.compute.grouping import map_clusters
 from prunekit.errors import PrunekitError
 from prunekit.io.embeddings import Embeddings
 from prunekit.methods import REGISTRY, MethodResult, Summary, dedup, register
@@ -28,9 +24,7 @@ from prunekit.methods.greedy import within_clusters, within_param
 from prunekit.methods.kmeans import DEFAULT_ITERS, DEFAULT_K
 from prunekit.params import Param, validate
 from prunekit.runtime.budget import memory_budget
-from prunekit.runtime.context import current_engine, current_work_dir
 from prunekit.runtime.costs import Cost, CostModel, cluster_sizes
-from prunekit.runtime.engine import chunk_rows_for
 from prunekit.runtime.memory import human
 from prunekit.selection.scores import Scores, load_scores
 
@@ -174,49 +168,31 @@ def cluster_scores(emb: Embeddings, clusters: np.ndarray, distance: np.ndarray |
                    keep: str, seed: int, progress: bool) -> np.ndarray:
     """SemDeDup scores of the usable rows, one batch of clusters per engine task.
 
-    The rows are grouped by cluster on disk once (:mod:`prunekit.compute.grouping`), so a task
-    reads its clusters' rows with one read each and memory is bounded by the largest
-    cluster; each finished batch is recorded for ``--resume``. ``distance`` None: the
+    The rows are grouped by cluster on disk once and the batches mapped on the engine
+    (:func:`prunekit.compute.grouping.map_clusters`), so a task reads its clusters' rows
+    with one read each and memory is bounded by the largest cluster; each finished batch
+    is recorded for ``--resume``. ``distance`` None: the
     cosine distance to the cluster's normalised mean orders the items. The scores equal
     :func:`prunekit.methods.dedup.semdedup` on the same rows.
     """
-    engine, work = current_engine(), current_work_dir()
-    lay = layout(clusters)
-    offsets = lay[1]
-    sizes = np.diff(offsets)
+    sizes = np.unique(clusters, return_counts=True)[1]
+    largest = int(sizes.max())
     src = emb.source_obj
-    block, limit = _plan(int(sizes.max()), src.dim)
-    tmp = None if work.enabled else tempfile.mkdtemp(prefix="prunekit-semdedup-")
-    path = work.scratch("semdedup.rows") if tmp is None else Path(tmp) / "semdedup.rows"
-    try:
-        if work.load_json("semdedup-grouped") is None or not path.exists():
-            grouped = group_rows(src, emb.rows, clusters, path, chunk_rows=chunk_rows_for(src.dim),
-                                 progress=progress, lay=lay)
-            work.save_json("semdedup-grouped", {"rows": int(emb.rows.size)})
-        else:
-            grouped = GroupedRows(str(path), src.dim, np.dtype(src.dtype), *lay)
-        plan = list(enumerate(batches(sizes)))
-        done = {i: work.load(f"semdedup/{i:08d}") for i, _ in plan}
-        todo = [item for item in plan if done[item[0]] is None]
-        shared = (grouped, distance, keep, int(seed), MAX_BLOCK_BYTES)
-        results = engine.map(_batch_task, todo, shared, desc="semdedup", progress=progress,
-                             task_bytes=8 * int(sizes.max()) * src.dim + block)  # see _plan
-        with contextlib.closing(results):
-            for (i, _), local in zip(todo, results, strict=True):
-                work.save(f"semdedup/{i:08d}", local)
-                done[i] = local
-    finally:
-        if tmp is not None:
-            shutil.rmtree(tmp, ignore_errors=True)
+    block, _ = _plan(largest, src.dim)
+    grouped, results = map_clusters(
+        emb, clusters, _batch_task, (distance, keep, int(seed), MAX_BLOCK_BYTES),
+        task_bytes=8 * largest * src.dim + block,  # see _plan
+        desc="semdedup", progress=progress, members=True)
     score = np.empty(emb.n, dtype=np.float64)
-    for i, batch in plan:
-        score[grouped.members[offsets[batch[0]] : offsets[batch[-1] + 1]]] = done[i]
+    offsets = grouped.offsets
+    for batch, done in results:
+        score[grouped.members[offsets[batch[0]] : offsets[batch[-1] + 1]]] = done
     return score
 
 
 def _batch_task(shared: tuple, item: tuple[int, list[int]]) -> np.ndarray:
     """Scores of one batch of clusters, concatenated in group order (a pure function)."""
-    grouped, distance, keep, seed, block = shared
+    grouped, (distance, keep, seed, block) = shared
     out = []
     for g in item[1]:
         x = dedup.normalized(grouped.read(g), names=grouped.rows_of(g))

@@ -230,7 +230,8 @@ def _from_scores(report: InspectReport, sel: Selection, scores: Any, emb: Embedd
     with data.RowArrays(scores) as rows:
         kept = data.kept_positions(sel, rows)
         groups = report.summary.get("clusters")
-        shown = _largest(groups, clusters_shown) if provider is not None else []
+        shown = [] if provider is None else \
+            _largest(groups, clusters_shown) if rows.has("cluster") else [data.ALL_ROWS]
         aligned = emb is not None and emb.n_total == rows.n_total and (
             not rows.fingerprint or not emb.fingerprint or rows.fingerprint == emb.fingerprint)
         n_dup = 6 * dup_groups if aligned and rows.has("cluster") else 0
@@ -273,18 +274,20 @@ def _ids(rows: data.RowArrays, emb: Embeddings | None):
 
 def _strips(report: InspectReport, groups: dict[str, Any] | None, cand: data.Candidates,
             ids: Any) -> None:
-    if not groups:
-        return
-    where = {int(c): i for i, c in enumerate(groups["ids"])}
+    where = {int(c): i for i, c in enumerate(groups["ids"])} if groups else {}
+    notes = {"centroid distance": "d {:.4g}", "score": "score {:.4g}", "random": ""}
     for c, sides in cand.strips.items():
-        strip = {"cluster": c, "before": groups["before"][where[c]],
-                 "kept_count": groups["kept"][where[c]], "by": cand.by}
+        if c in where:
+            size, kept = groups["before"][where[c]], groups["kept"][where[c]]
+        else:
+            size, kept = report.stats.n_eligible, report.stats.n_kept
+        strip = {"cluster": c, "before": size, "kept_count": kept, "by": cand.by}
         for side in ("kept", "removed"):
             picked = sides[side]
             names = ids([p for p, _ in picked])
-            note = "d {:.4g}" if cand.by == "centroid distance" else ""
-            strip[side] = [Thumb(p, i, side == "kept", note.format(d)) for (p, d), i in
-                           zip(picked, names, strict=True)]
+            sign = -1.0 if cand.by == "score" else 1.0  # score strips sort on -score
+            strip[side] = [Thumb(p, i, side == "kept", notes[cand.by].format(sign * d))
+                           for (p, d), i in zip(picked, names, strict=True)]
         report.strips.append(strip)
 
 

@@ -143,7 +143,7 @@ class ScoreStats:
 class Candidates:
     """Rows picked for images: per shown cluster and side, nearest and furthest."""
 
-    by: str  # "centroid distance" or "random"
+    by: str  # "centroid distance", "score" or "random"
     strips: dict[int, dict[str, list[tuple[int, float]]]] = field(default_factory=dict)
     duplicates: list[tuple[int, float]] = field(default_factory=list)  # (row, score), lowest first
 
@@ -152,9 +152,16 @@ def _range(lo: float, hi: float) -> tuple[float, float] | None:
     return None if lo > hi else (float(lo), float(hi))
 
 
+ALL_ROWS = -1  # the one strip of scores without clusters
+
+
 def scan(rows: RowArrays, kept: np.ndarray, *, shown: list[int], per_strip: int,
          n_duplicates: int, seed: int) -> tuple[ScoreStats, Candidates]:
-    """Both passes over the per-row arrays (see the module docstring)."""
+    """Both passes over the per-row arrays (see the module docstring).
+
+    ``shown``: the clusters whose rows get strips of images (``[ALL_ROWS]`` for scores
+    without clusters: then the highest and lowest scores are shown).
+    """
     first = _first_pass(rows, kept)
     lo, hi = first["finite"]
     if not np.isfinite(lo):
@@ -163,9 +170,9 @@ def scan(rows: RowArrays, kept: np.ndarray, *, shown: list[int], per_strip: int,
         lo, hi = lo - 0.5, hi + 0.5
     edges = np.linspace(lo, hi, HIST_BINS + 1)
     hist = {True: np.zeros(HIST_BINS, dtype=np.int64), False: np.zeros(HIST_BINS, dtype=np.int64)}
-    dist_name = "centroid_distance" if rows.has("centroid_distance") else None
+    by = _strip_order(rows)
     near = {(c, k): TopK(per_strip) for c in shown for k in (True, False)}
-    far = {(c, k): TopK(per_strip) for c in shown for k in (True, False)}
+    far = {(c, k): TopK(per_strip if by != "random" else 0) for c in shown for k in (True, False)}
     dups = TopK(n_duplicates if rows.method == "semdedup" else 0)
     for i, (a, b) in enumerate(rows.chunks()):
         s = rows.get("score", a, b)
@@ -177,17 +184,15 @@ def scan(rows: RowArrays, kept: np.ndarray, *, shown: list[int], per_strip: int,
         pos = np.arange(a, b, dtype=np.int64)
         gone = ok & ~keep
         dups.push(s[gone], pos[gone])
-        if shown and rows.has("cluster"):
-            cl = rows.get("cluster", a, b)
-            d = rows.get(dist_name, a, b).astype(np.float64) if dist_name else \
-                role_rng(seed, "report thumbnails", i).random(b - a)
-            for c in shown:
-                in_c = ok & (cl == c)
-                for side in (True, False):
-                    m = in_c & (keep if side else ~keep)
-                    near[c, side].push(d[m], pos[m])
-                    if dist_name:
-                        far[c, side].push(-d[m], pos[m])
+        if not shown:
+            continue
+        cl, d = _strip_keys(rows, by, s, a, b, seed, i)
+        for c in shown:
+            in_c = ok & (cl == c)
+            for side in (True, False):
+                m = in_c & (keep if side else ~keep)
+                near[c, side].push(d[m], pos[m])
+                far[c, side].push(-d[m], pos[m])
     stats = ScoreStats(
         method=rows.method, n_eligible=first["n"], n_kept=first["kept"],
         n_removed=first["n"] - first["kept"], edges=edges.tolist(),
@@ -196,20 +201,38 @@ def scan(rows: RowArrays, kept: np.ndarray, *, shown: list[int], per_strip: int,
     )
     if rows.method == "semdedup":
         stats.eps_grid, stats.eps_removed = first["eps_grid"], first["eps_removed"]
-    cand = Candidates(by="centroid distance" if dist_name else "random")
+    cand = Candidates(by=by)
     for c in shown:
-        cand.strips[c] = {}
-        for side, name in ((True, "kept"), (False, "removed")):
-            n_, f_ = near[c, side], far[c, side]
-            picked = [(int(p), float(k)) for k, p in zip(n_.key, n_.pos, strict=True)]
-            if dist_name:
-                seen = {p for p, _ in picked}
-                tail = [(int(p), float(-k)) for k, p in zip(f_.key, f_.pos, strict=True)
-                        if int(p) not in seen]
-                picked += tail[::-1]  # nearest first, furthest last
-            cand.strips[c][name] = picked
+        cand.strips[c] = {name: _ends(near[c, side], far[c, side])
+                          for side, name in ((True, "kept"), (False, "removed"))}
     cand.duplicates = [(int(p), float(k)) for k, p in zip(dups.key, dups.pos, strict=True)]
     return stats, cand
+
+
+def _strip_order(rows: RowArrays) -> str:
+    """How strips order their rows: by centroid distance, by score (no clusters), at random."""
+    if not rows.has("cluster"):
+        return "score"
+    return "centroid distance" if rows.has("centroid_distance") else "random"
+
+
+def _strip_keys(rows: RowArrays, by: str, score: np.ndarray, a: int, b: int, seed: int,
+                chunk: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's strip (cluster) and sort key (smallest first) in rows ``a:b``."""
+    if by == "score":
+        return np.full(b - a, ALL_ROWS), -score  # highest scores first
+    cl = rows.get("cluster", a, b)
+    if by == "random":
+        return cl, role_rng(seed, "report thumbnails", chunk).random(b - a)
+    return cl, rows.get("centroid_distance", a, b).astype(np.float64)
+
+
+def _ends(near: TopK, far: TopK) -> list[tuple[int, float]]:
+    """(row, key) of the first rows, then the last ones not already shown, in key order."""
+    picked = [(int(p), float(k)) for k, p in zip(near.key, near.pos, strict=True)]
+    seen = {p for p, _ in picked}
+    tail = [(int(p), float(-k)) for k, p in zip(far.key, far.pos, strict=True) if int(p) not in seen]
+    return picked + tail[::-1]
 
 
 def _first_pass(rows: RowArrays, kept: np.ndarray) -> dict[str, Any]:

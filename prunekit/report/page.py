@@ -19,6 +19,7 @@ from prunekit.errors import PrunekitError
 from prunekit.io.atomic import TMP_PREFIX, check_output
 from prunekit.io.provenance import jsonable
 from prunekit.report import figures
+from prunekit.report.data import ALL_ROWS
 from prunekit.report.thumbs import data_uri
 
 MARKER = ".prunekit-report"  # a folder holding this file may be replaced by a new report
@@ -196,15 +197,18 @@ def _thumb(t: Any, cluster: Any = None) -> str:
 def _strips_section(report: Any) -> str:
     parts = []
     for s in report.strips:
-        by = ("nearest to the centroid first, furthest last" if s["by"] == "centroid distance"
-              else "drawn at random (the scores have no centroid distances)")
+        by = {"centroid distance": "nearest to the centroid first, furthest last",
+              "score": "highest scores first, lowest last",
+              "random": "drawn at random (the scores have no centroid distances)"}[s["by"]]
         rows = "".join(
             f"<div class='strip' data-cluster='{s['cluster']}' data-side='{side}'><span class='side'>"
             f"{side}</span>{''.join(_thumb(t, s['cluster']) for t in s[side]) or '<i>none</i>'}</div>"
             for side in ("kept", "removed"))
-        parts.append(f"<h3>Cluster {s['cluster']}: kept {s['kept_count']} of {s['before']}</h3>"
+        title = "All rows (the scores have no clusters)" if s["cluster"] == ALL_ROWS else \
+            f"Cluster {s['cluster']}"
+        parts.append(f"<h3>{title}: kept {s['kept_count']} of {s['before']}</h3>"
                      f"<p class='note'>{by}</p>{rows}")
-    return (f"<section id='images'><h2>Images of the largest clusters</h2><p>From "
+    return (f"<section id='images'><h2>Images kept and removed</h2><p>The largest clusters, from "
             f"{escape(str(report.images))}. Blue frame: kept, red: removed.</p>"
             f"{''.join(parts)}</section>")
 

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from prunekit.errors import PrunekitError
-from prunekit.runtime.engine import IN_FLIGHT_PER_WORKER, chunk_rows_for
+from prunekit.runtime.engine import IN_FLIGHT_PER_WORKER, chunk_rows_for, tasks_fitting
 from prunekit.runtime.memory import human
 
 if TYPE_CHECKING:
@@ -106,7 +106,7 @@ class CostModel:
         ``task_bytes``: what a task holds for the largest cluster.
         """
         total, largest = float(seconds.sum()), float(seconds.max())
-        tasks = min(self.local, max(1, self.budget // max(int(task_bytes), 1)))
+        tasks = min(self.local, tasks_fitting(task_bytes, self.budget))  # as the engine runs them
         group = 2 * self.read()
         return [
             Step("group by cluster", 2, group, group, int(self.chunk_bytes()),

@@ -77,6 +77,7 @@ class WorkDir:
         self.discarded = 0
         self._ready = False
         self._lock: tuple[int, Path] | None = None
+        self._made: list[Path] = []  # folders above the work directory we created
 
     @property
     def enabled(self) -> bool:
@@ -144,9 +145,9 @@ class WorkDir:
 
     def _read(self, rel: str) -> bytes | None:
         """A record's payload when it exists and verifies; a bad one is deleted and counted."""
-        if not self.enabled:
+        if not self.enabled or not os.path.lexists(self.path):
             return None
-        self._ensure(self.path)
+        self._ensure(self.path)  # an existing directory is checked before it is read
         path = self._file(rel)
         try:
             fd = os.open(path, os.O_RDONLY | _NOFOLLOW | _CLOEXEC)
@@ -195,17 +196,42 @@ class WorkDir:
         """Create (0700) or check the work directory and ``directory`` inside it."""
         assert self.path is not None and directory is not None
         if not self._ready:
-            if self.path.parent.name == WORK_DIR:
-                self.path.parent.parent.mkdir(parents=True, exist_ok=True)
-                secure_dir(self.path.parent)
-            else:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._ensure_parent()
             secure_dir(self.path)
             self._ready = True
         d = self.path
         for part in directory.relative_to(self.path).parts:  # record names may hold a '/'
             d = d / part
             secure_dir(d)
+
+    def _ensure_parent(self) -> None:
+        """The folder holding the work directory: ``.prunekit-work`` is made 0700 or checked."""
+        assert self.path is not None
+        inside = self.path.parent.name == WORK_DIR
+        top = self.path.parent.parent if inside else self.path.parent
+        missing = []
+        while not os.path.lexists(top):
+            missing.append(top)
+            top = top.parent
+        for d in reversed(missing):
+            with contextlib.suppress(FileExistsError):
+                d.mkdir()
+                self._made.append(d)
+        if inside:
+            secure_dir(self.path.parent)
+
+    def _prune(self) -> None:
+        """Remove empty folders: the work directory when nothing is recorded, then its
+        parents this run created, so a run that failed before recording leaves nothing."""
+        assert self.path is not None
+        if self.path.is_dir() and not self.path.is_symlink():
+            for root, _, _ in os.walk(self.path, topdown=False):
+                with contextlib.suppress(OSError):
+                    os.rmdir(root)
+        for d in (self.path.parent, *reversed(self._made)):
+            with contextlib.suppress(OSError):
+                d.rmdir()
+        self._made = []
 
     def clear(self) -> None:
         """Forget everything recorded (it belongs to another plan of the same computation)."""
@@ -227,7 +253,7 @@ class WorkDir:
     def lock(self, output: str | os.PathLike) -> None:
         """Hold the lock of ``output``'s work directory; refuse when another run holds it."""
         assert self.path is not None
-        self._ensure(self.path)
+        self._ensure_parent()
         path = self.path.parent / (Path(output).name + ".lock")
         while True:
             try:
@@ -241,6 +267,7 @@ class WorkDir:
             except BlockingIOError:
                 pid = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
                 os.close(fd)
+                self._made = []  # the holder uses them
                 raise PrunekitError(
                     f"another prunekit run is writing {output} (pid {pid}); wait for it to "
                     "finish, or write to another --output."
@@ -265,8 +292,7 @@ class WorkDir:
         with contextlib.suppress(OSError):
             os.unlink(path)  # still ours: a run that opened it checks the inode after locking
         os.close(fd)
-        with contextlib.suppress(OSError):
-            path.parent.rmdir()
+        self._prune()
 
     def __enter__(self) -> WorkDir:
         return self
@@ -370,11 +396,11 @@ def open_work_dir(path: Path, *, resume: bool, output: str | os.PathLike | None 
     shown = output if output is not None else path.parent.parent / path.name.rsplit(".", 1)[0]
     work.lock(shown)
     try:
-        if resume:
-            _remove_temps(path)
-        else:
+        if not resume:
             work.clear()
-        work._ensure(path)
+        elif os.path.lexists(path):
+            work._ensure(path)  # checked before anything in it is trusted
+            _remove_temps(path)
     except BaseException:
         work.close()
         raise

@@ -23,29 +23,55 @@ from prunekit.selection.scores import Scores
 from prunekit.selection.subset import Selection
 
 # Scores field -> column name in the parts.
-SCORE_COLUMNS = {"ids": "id", "score": "score", "cluster": "cluster",
-                 "centroid_distance": "centroid_distance", "labels": "label"}
+SCORE_COLUMNS = {
+    "ids": "id",
+    "score": "score",
+    "cluster": "cluster",
+    "centroid_distance": "centroid_distance",
+    "labels": "label",
+}
 
 
-def save_scores_parts(sc: Scores, path: str | os.PathLike, command: list[str] | None = None) -> Path:
+def save_scores_parts(
+    sc: Scores, path: str | os.PathLike, command: list[str] | None = None
+) -> Path:
     """Write ``sc`` as a partitioned folder at ``path`` (atomically); returns the path."""
-    identity = {"kind": "scores", "n_total": sc.n_total, "method": sc.method,
-                "source_fingerprint": sc.source_fingerprint, "params": params_json(sc.params),
-                "score": hashlib.blake2b(sc.score.tobytes(), digest_size=16).hexdigest()}
+    identity = {
+        "kind": "scores",
+        "n_total": sc.n_total,
+        "method": sc.method,
+        "source_fingerprint": sc.source_fingerprint,
+        "params": params_json(sc.params),
+        "score": hashlib.blake2b(sc.score.tobytes(), digest_size=16).hexdigest(),
+    }
     src = sc.source if os.path.exists(sc.source) else None
-    with PartWriter(path, kind="scores", run_id=run_id_for(identity), inputs=[src],
-                    input_dirs=[src if src and os.path.isdir(src) else None]) as w:
+    with PartWriter(
+        path,
+        kind="scores",
+        run_id=run_id_for(identity),
+        inputs=[src],
+        input_dirs=[src if src and os.path.isdir(src) else None],
+    ) as w:
         infos = []
         for i, (a, b) in enumerate(part_bounds(sc.n_total)):
             cols = {"position": np.arange(a, b, dtype=np.int64)}
-            cols.update({c: getattr(sc, f)[a:b] for f, c in SCORE_COLUMNS.items()
-                         if getattr(sc, f) is not None})
+            cols.update(
+                {
+                    c: getattr(sc, f)[a:b]
+                    for f, c in SCORE_COLUMNS.items()
+                    if getattr(sc, f) is not None
+                }
+            )
             infos.append(w.write_part(i, cols, a, b))
         if sc.centroids is not None:
             w.add_array("centroids", sc.centroids)
         if sc.order is not None:
             w.add_table("order", {"position": sc.order})
-        attrs = {"method": sc.method, "source": sc.source, "source_fingerprint": sc.source_fingerprint}
+        attrs = {
+            "method": sc.method,
+            "source": sc.source,
+            "source_fingerprint": sc.source_fingerprint,
+        }
         return w.finalize(infos, n_total=sc.n_total, attrs=attrs, params=sc.params, command=command)
 
 
@@ -57,24 +83,43 @@ def load_scores_parts(path: str | os.PathLike) -> Scores:
     order = r.table("order")
     kwargs = {f: cols[c] for f, c in SCORE_COLUMNS.items() if c in cols}
     try:
-        return Scores(**kwargs, method=_str(m, "method", "unknown"), n_total=r.n_total,
-                      centroids=r.array("centroids"), order=None if order is None else order["position"],
-                      source=_str(m, "source", ""), source_fingerprint=_str(m, "source_fingerprint", ""),
-                      params=m.get("params", {}))
+        return Scores(
+            **kwargs,
+            method=_str(m, "method", "unknown"),
+            n_total=r.n_total,
+            centroids=r.array("centroids"),
+            order=None if order is None else order["position"],
+            source=_str(m, "source", ""),
+            source_fingerprint=_str(m, "source_fingerprint", ""),
+            params=m.get("params", {}),
+        )
     except PrunekitError as exc:
         raise PrunekitError(f"scores folder {path}: {exc}") from exc
 
 
-def save_selection_parts(sel: Selection, path: str | os.PathLike,
-                         command: list[str] | None = None) -> Path:
+def save_selection_parts(
+    sel: Selection, path: str | os.PathLike, command: list[str] | None = None
+) -> Path:
     """Write ``sel`` as a partitioned folder at ``path`` (atomically); returns the path."""
-    identity = {"kind": "selection", "n_total": sel.n_total, "pr": sel.pr, "seed": sel.seed,
-                "method": sel.method, "source_fingerprint": sel.source_fingerprint,
-                "indices": _digest(sel), "params": params_json(sel.params)}
+    identity = {
+        "kind": "selection",
+        "n_total": sel.n_total,
+        "pr": sel.pr,
+        "seed": sel.seed,
+        "method": sel.method,
+        "source_fingerprint": sel.source_fingerprint,
+        "indices": _digest(sel),
+        "params": params_json(sel.params),
+    }
     scores = sel.params.get("scores")
     scores = scores if isinstance(scores, str) and os.path.exists(scores) else None
-    with PartWriter(path, kind="selection", run_id=run_id_for(identity), inputs=[scores],
-                    input_dirs=[scores if scores and os.path.isdir(scores) else None]) as w:
+    with PartWriter(
+        path,
+        kind="selection",
+        run_id=run_id_for(identity),
+        inputs=[scores],
+        input_dirs=[scores if scores and os.path.isdir(scores) else None],
+    ) as w:
         infos = []
         for i, (a, b) in enumerate(part_bounds(sel.n_total)):
             lo, hi = np.searchsorted(sel.indices, [a, b])
@@ -84,9 +129,16 @@ def save_selection_parts(sel: Selection, path: str | os.PathLike,
             if sel.counts is not None:
                 cols["count"] = sel.counts[lo:hi]
             infos.append(w.write_part(i, cols, a, b))
-        attrs = {"method": sel.method, "pr": float(sel.pr), "n_kept": sel.n_kept, "seed": sel.seed,
-                 "source_fingerprint": sel.source_fingerprint}
-        return w.finalize(infos, n_total=sel.n_total, attrs=attrs, params=sel.params, command=command)
+        attrs = {
+            "method": sel.method,
+            "pr": float(sel.pr),
+            "n_kept": sel.n_kept,
+            "seed": sel.seed,
+            "source_fingerprint": sel.source_fingerprint,
+        }
+        return w.finalize(
+            infos, n_total=sel.n_total, attrs=attrs, params=sel.params, command=command
+        )
 
 
 def load_selection_parts(path: str | os.PathLike) -> Selection:
@@ -96,18 +148,29 @@ def load_selection_parts(path: str | os.PathLike) -> Selection:
     where = f"selection folder {path}"
     n_kept, pr, seed = m.get("n_kept"), m.get("pr", 0.0), m.get("seed")
     if n_kept != r.n_rows:
-        raise PrunekitError(f"{where}: 'n_kept' is {n_kept!r} but the parts hold {r.n_rows} rows; "
-                            "rewrite it with prunekit.")
+        raise PrunekitError(
+            f"{where}: 'n_kept' is {n_kept!r} but the parts hold {r.n_rows} rows; "
+            "rewrite it with prunekit."
+        )
     if isinstance(pr, bool) or not isinstance(pr, (int, float)):
-        raise PrunekitError(f"{where}: 'pr' must be a number, got {pr!r}; rewrite it with prunekit.")
+        raise PrunekitError(
+            f"{where}: 'pr' must be a number, got {pr!r}; rewrite it with prunekit."
+        )
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
         raise PrunekitError(f"{where}: 'seed' must be an integer or null, got {seed!r}.")
     cols = r.read_columns()
     try:
-        return Selection(indices=cols["position"], n_total=r.n_total, pr=pr,
-                         method=_str(m, "method", "unknown"), seed=seed, ids=cols.get("id"),
-                         counts=cols.get("count"), source_fingerprint=_str(m, "source_fingerprint", ""),
-                         params=m.get("params", {}))
+        return Selection(
+            indices=cols["position"],
+            n_total=r.n_total,
+            pr=pr,
+            method=_str(m, "method", "unknown"),
+            seed=seed,
+            ids=cols.get("id"),
+            counts=cols.get("count"),
+            source_fingerprint=_str(m, "source_fingerprint", ""),
+            params=m.get("params", {}),
+        )
     except PrunekitError as exc:
         raise PrunekitError(f"{where}: {exc}") from exc
 

@@ -25,9 +25,21 @@ from prunekit.io.dataset.writer import (
 )
 
 __all__ = [
-    "BATCH_ROWS", "FORMAT", "PART_ROWS", "VERSION", "PartFile", "PartInfo", "PartSpec",
-    "PartWriter", "PartsReader", "check_output_dir", "is_dataset", "part_bounds",
-    "run_id_for", "wants_dataset", "write_part",
+    "BATCH_ROWS",
+    "FORMAT",
+    "PART_ROWS",
+    "VERSION",
+    "PartFile",
+    "PartInfo",
+    "PartSpec",
+    "PartWriter",
+    "PartsReader",
+    "check_output_dir",
+    "is_dataset",
+    "part_bounds",
+    "run_id_for",
+    "wants_dataset",
+    "write_part",
 ]
 
 

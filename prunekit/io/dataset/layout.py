@@ -96,21 +96,27 @@ def column_type(name: str, values: np.ndarray, allowed: tuple[str, ...]) -> str:
         return "float64"
     if kind in "OUS" and "string" in allowed:
         return "string"
-    raise PrunekitError(f"column '{name}' cannot hold dtype {values.dtype}; allowed: {', '.join(allowed)}.")
+    raise PrunekitError(
+        f"column '{name}' cannot hold dtype {values.dtype}; allowed: {', '.join(allowed)}."
+    )
 
 
 def arrow_array(pa, values: np.ndarray, type_name: str):
-    """A numpy column as the Arrow array of its manifest type (strings as large_string)."""
+    """A numpy column as the Arrow array of its manifest type (strings as UTF-8 ``string``)."""
     if type_name == "string":
         values = [v.decode() if isinstance(v, bytes) else str(v) for v in values]
-        return pa.array(values, type=pa.large_string())
+        return pa.array(values, type=pa.string())  # may come back chunked past 2 GB
     return pa.array(np.ascontiguousarray(values, dtype=np.dtype(type_name)))
 
 
 def arrow_type_name(pa, t) -> str | None:
     """The manifest type of an Arrow type, or None for one a part may not hold."""
-    for name, at in (("int64", pa.int64()), ("float64", pa.float64()), ("float32", pa.float32()),
-                     ("string", pa.large_string())):
+    for name, at in (
+        ("int64", pa.int64()),
+        ("float64", pa.float64()),
+        ("float32", pa.float32()),
+        ("string", pa.string()),
+    ):
         if t == at:
             return name
     return None
@@ -133,16 +139,22 @@ def check_manifest(m: Any, folder: Path) -> dict:
     if not isinstance(m, dict):
         raise Damaged(f"{where} must hold a JSON object; {fix_line(folder)}.")
     if m.get("format") != FORMAT:
-        raise PrunekitError(f"{where} is not a {FORMAT} manifest (format {m.get('format')!r}); "
-                            "give a folder written by prunekit.")
+        raise PrunekitError(
+            f"{where} is not a {FORMAT} manifest (format {m.get('format')!r}); "
+            "give a folder written by prunekit."
+        )
     version = _int(m, "version", where, folder)
     if version > VERSION:
-        raise PrunekitError(f"{where} has format version {version}; this prunekit reads up to "
-                            f"{VERSION}: upgrade prunekit (pip install -U prunekit).")
+        raise PrunekitError(
+            f"{where} has format version {version}; this prunekit reads up to "
+            f"{VERSION}: upgrade prunekit (pip install -U prunekit)."
+        )
     kind = m.get("kind")
     if kind not in COLUMNS:
-        raise Damaged(f"{where}: 'kind' must be one of {', '.join(COLUMNS)}, got {kind!r}; "
-                      f"{fix_line(folder)}.")
+        raise Damaged(
+            f"{where}: 'kind' must be one of {', '.join(COLUMNS)}, got {kind!r}; "
+            f"{fix_line(folder)}."
+        )
     if not isinstance(m.get("run_id"), str) or not HEX_RE.match(m["run_id"]):
         raise Damaged(f"{where}: 'run_id' must be 32 hex digits; {fix_line(folder)}.")
     n_total = _int(m, "n_total", where, folder)
@@ -156,25 +168,32 @@ def check_manifest(m: Any, folder: Path) -> dict:
         _check_file_entry(p, f"parts[{i}]", part_name("part", i), where, folder)
         a, b = _int(p, "start", where, folder), _int(p, "stop", where, folder)
         if a != stop or b < a or (kind == "scores" and p["rows"] != b - a) or p["rows"] > b - a:
-            raise Damaged(f"{where}: parts[{i}] covers positions {a}..{b} with {p['rows']} rows, "
-                          f"which does not continue the parts before it at {stop}; {fix_line(folder)}.")
+            raise Damaged(
+                f"{where}: parts[{i}] covers positions {a}..{b} with {p['rows']} rows, "
+                f"which does not continue the parts before it at {stop}; {fix_line(folder)}."
+            )
         stop = b
     if stop != n_total or sum(p["rows"] for p in parts) != n_rows:
-        raise Damaged(f"{where}: the parts cover {stop} positions and hold "
-                      f"{sum(p['rows'] for p in parts)} rows, but n_total={n_total} and "
-                      f"n_rows={n_rows}; {fix_line(folder)}.")
+        raise Damaged(
+            f"{where}: the parts cover {stop} positions and hold "
+            f"{sum(p['rows'] for p in parts)} rows, but n_total={n_total} and "
+            f"n_rows={n_rows}; {fix_line(folder)}."
+        )
     _check_arrays(m.get("arrays", {}), where, folder)
     _check_tables(m.get("tables", {}), where, folder)
     if not isinstance(m.get("params", {}), dict) or not isinstance(m.get("command", []), list):
-        raise Damaged(f"{where}: 'params' must be a JSON object and 'command' a list; "
-                      f"{fix_line(folder)}.")
+        raise Damaged(
+            f"{where}: 'params' must be a JSON object and 'command' a list; {fix_line(folder)}."
+        )
     return m
 
 
 def _int(d: dict, key: str, where: Path, folder: Path) -> int:
     v = d.get(key)
     if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-        raise Damaged(f"{where}: '{key}' must be a non-negative integer, got {v!r}; {fix_line(folder)}.")
+        raise Damaged(
+            f"{where}: '{key}' must be a non-negative integer, got {v!r}; {fix_line(folder)}."
+        )
     return v
 
 
@@ -186,16 +205,22 @@ def _list(d: dict, key: str, where: Path, folder: Path) -> list:
 
 
 def _check_columns(cols: Any, allowed: dict, required: tuple, where: Path, folder: Path) -> None:
-    ok = isinstance(cols, dict) and all(
-        k in allowed and v in allowed[k] for k, v in cols.items()) and all(r in cols for r in required)
+    ok = (
+        isinstance(cols, dict)
+        and all(k in allowed and v in allowed[k] for k, v in cols.items())
+        and all(r in cols for r in required)
+    )
     if not ok:
         types = ", ".join(k + ": " + "|".join(v) for k, v in allowed.items())
-        raise Damaged(f"{where}: 'columns' must map column names to types ({types}) and "
-                      f"include {', '.join(required)}; got {cols!r}; {fix_line(folder)}.")
+        raise Damaged(
+            f"{where}: 'columns' must map column names to types ({types}) and "
+            f"include {', '.join(required)}; got {cols!r}; {fix_line(folder)}."
+        )
 
 
-def _check_file_entry(p: Any, label: str, name: str, where: Path, folder: Path,
-                      rows: bool = True) -> None:
+def _check_file_entry(
+    p: Any, label: str, name: str, where: Path, folder: Path, rows: bool = True
+) -> None:
     """A file entry: the expected name (never a path), ``rows``, ``bytes`` and a hash."""
     if not isinstance(p, dict) or p.get("file") != name:
         got = p.get("file") if isinstance(p, dict) else p
@@ -215,9 +240,12 @@ def _check_arrays(arrays: Any, where: Path, folder: Path) -> None:
         _check_file_entry(a, f"arrays.{name}", f"{name}.npy", where, folder, rows=False)
         shape = a.get("shape")
         if a.get("dtype") not in ARRAY_DTYPES or not (
-                isinstance(shape, list) and all(isinstance(s, int) and s >= 0 for s in shape)):
-            raise Damaged(f"{where}: arrays.{name} needs 'dtype' (one of {', '.join(ARRAY_DTYPES)}) "
-                          f"and 'shape' (a list of sizes); {fix_line(folder)}.")
+            isinstance(shape, list) and all(isinstance(s, int) and s >= 0 for s in shape)
+        ):
+            raise Damaged(
+                f"{where}: arrays.{name} needs 'dtype' (one of {', '.join(ARRAY_DTYPES)}) "
+                f"and 'shape' (a list of sizes); {fix_line(folder)}."
+            )
 
 
 def _check_tables(tables: Any, where: Path, folder: Path) -> None:
@@ -227,13 +255,19 @@ def _check_tables(tables: Any, where: Path, folder: Path) -> None:
         if not NAME_RE.match(str(name)) or name == "part" or not isinstance(t, dict):
             raise Damaged(f"{where}: table {name!r} is not allowed; {fix_line(folder)}.")
         cols = t.get("columns")
-        if not isinstance(cols, dict) or not cols or not all(
-                NAME_RE.match(str(k)) and v in TABLE_TYPES for k, v in cols.items()):
-            raise Damaged(f"{where}: tables.{name} 'columns' must map names to "
-                          f"{'|'.join(TABLE_TYPES)}; {fix_line(folder)}.")
+        if (
+            not isinstance(cols, dict)
+            or not cols
+            or not all(NAME_RE.match(str(k)) and v in TABLE_TYPES for k, v in cols.items())
+        ):
+            raise Damaged(
+                f"{where}: tables.{name} 'columns' must map names to "
+                f"{'|'.join(TABLE_TYPES)}; {fix_line(folder)}."
+            )
         parts = _list(t, "parts", where, folder)
         for i, p in enumerate(parts):
             _check_file_entry(p, f"tables.{name}.parts[{i}]", part_name(name, i), where, folder)
         if _int(t, "rows", where, folder) != sum(p["rows"] for p in parts):
-            raise Damaged(f"{where}: tables.{name} 'rows' differs from its parts' rows; "
-                          f"{fix_line(folder)}.")
+            raise Damaged(
+                f"{where}: tables.{name} 'rows' differs from its parts' rows; {fix_line(folder)}."
+            )

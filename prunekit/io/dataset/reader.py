@@ -54,8 +54,10 @@ class PartsReader:
         self.pa, self.pq = pyarrow_modules()
         self.manifest = check_manifest(self._load_manifest(), self.path)
         if kind is not None and self.manifest["kind"] != kind:
-            raise PrunekitError(f"{self.path} holds a partitioned {self.manifest['kind']}, not "
-                                f"{kind}; give a {kind} file or folder.")
+            raise PrunekitError(
+                f"{self.path} holds a partitioned {self.manifest['kind']}, not "
+                f"{kind}; give a {kind} file or folder."
+            )
         self._check_listing()
 
     @property
@@ -78,31 +80,43 @@ class PartsReader:
         """The part files in order (for tools that read Parquet themselves)."""
         return [self.path / p["file"] for p in self.manifest["parts"]]
 
-    def iter_batches(self, columns: Sequence[str] | None = None, batch_rows: int = BATCH_ROWS,
-                     verify: bool | None = None) -> Iterator[dict[str, np.ndarray]]:
+    def iter_batches(
+        self,
+        columns: Sequence[str] | None = None,
+        batch_rows: int = BATCH_ROWS,
+        verify: bool | None = None,
+    ) -> Iterator[dict[str, np.ndarray]]:
         """Rows in position order as dicts of numpy arrays (``position`` always included).
 
-        At most ``batch_rows`` rows per batch; one part is open at a time and Parquet reads
-        one row group (at most ``ROW_GROUP_ROWS`` rows) at a time, so memory is bounded by
-        the batch and row-group sizes, never by the dataset. String ids come as object
-        arrays of ``str``.
+        At most ``batch_rows`` rows per batch (a batch never spans two row groups); one part
+        is open at a time and one row group (at most ``ROW_GROUP_ROWS`` rows) is read at a
+        time, so memory is bounded by the row-group size, never by the part or the dataset.
+        String ids come as object arrays of ``str``.
         """
         cols = self._wanted(columns)
         for i, entry in enumerate(self.manifest["parts"]):
             pf = self._open_part(i, entry, verify)
-            yield from self._part_batches(pf, entry, cols, batch_rows)
+            try:
+                yield from self._part_batches(pf, entry, cols, batch_rows)
+            finally:
+                pf.close()  # one part's file open at a time
 
-    def read_columns(self, columns: Sequence[str] | None = None,
-                     verify: bool | None = None) -> dict[str, np.ndarray]:
+    def read_columns(
+        self, columns: Sequence[str] | None = None, verify: bool | None = None
+    ) -> dict[str, np.ndarray]:
         """Whole columns (``position`` included), filled batch by batch into one array each."""
         cols = self._wanted(columns)
-        out = {c: np.empty(self.n_rows, dtype=object if self.columns[c] == "string" else self.columns[c])
-               for c in cols}
+        out = {
+            c: np.empty(
+                self.n_rows, dtype=object if self.columns[c] == "string" else self.columns[c]
+            )
+            for c in cols
+        }
         at = 0
         for batch in self.iter_batches(cols, verify=verify):
             n = batch["position"].size
             for c in cols:
-                out[c][at:at + n] = batch[c]
+                out[c][at : at + n] = batch[c]
             at += n
         return out
 
@@ -118,8 +132,10 @@ class PartsReader:
         except (OSError, ValueError) as exc:
             raise Damaged(f"{f} is corrupt ({exc}); {fix_line(self.path)}.") from exc
         if arr.dtype.name != a["dtype"] or list(arr.shape) != a["shape"]:
-            raise Damaged(f"{f} holds {arr.dtype} {arr.shape}, the manifest says {a['dtype']} "
-                          f"{tuple(a['shape'])}; {fix_line(self.path)}.")
+            raise Damaged(
+                f"{f} holds {arr.dtype} {arr.shape}, the manifest says {a['dtype']} "
+                f"{tuple(a['shape'])}; {fix_line(self.path)}."
+            )
         return arr
 
     def table(self, name: str, verify: bool | None = None) -> dict[str, np.ndarray] | None:
@@ -129,11 +145,13 @@ class PartsReader:
             return None
         out: dict[str, list] = {c: [] for c in t["columns"]}
         for i, entry in enumerate(t["parts"]):
-            pf = self._open_file(entry, f"tables.{name}.parts[{i}]", verify, t["columns"],
-                                 {"table": name, "part": i})
-            tab = self._decode(pf, lambda pf=pf: pf.read(), entry)
+            pf = self._open_file(
+                entry, f"tables.{name}.parts[{i}]", verify, t["columns"], {"table": name, "part": i}
+            )
+            with pf:
+                tab = self._decode(pf, lambda pf=pf: pf.read(), entry)
             for c in out:
-                out[c].append(_numpy(tab.column(c), t["columns"][c]))
+                out[c].append(_numpy(tab.column(c), t["columns"][c], self.path / entry["file"], c))
         return {c: (np.concatenate(v) if v else np.empty(0)) for c, v in out.items()}
 
     # -- checks ----------------------------------------------------------------------------
@@ -143,13 +161,17 @@ class PartsReader:
         if not self.path.is_dir():
             raise PrunekitError(f"{self.path} is not a folder; give a partitioned dataset folder.")
         if not f.is_file():
-            raise PrunekitError(f"{self.path} is not a prunekit partitioned dataset: {MANIFEST} is "
-                                "missing (an interrupted write leaves no folder under the final "
-                                f"name); {fix_line(self.path)}.")
+            raise PrunekitError(
+                f"{self.path} is not a prunekit partitioned dataset: {MANIFEST} is "
+                "missing (an interrupted write leaves no folder under the final "
+                f"name); {fix_line(self.path)}."
+            )
         try:
             return json.loads(f.read_text(encoding="utf-8"))
         except (OSError, ValueError, RecursionError) as exc:
-            raise Damaged(f"{f} is not valid JSON ({str(exc)[:80]}); {fix_line(self.path)}.") from exc
+            raise Damaged(
+                f"{f} is not valid JSON ({str(exc)[:80]}); {fix_line(self.path)}."
+            ) from exc
 
     def _check_listing(self) -> None:
         """Refuse part files the manifest does not list: a glob (DuckDB, Spark) would read them."""
@@ -157,35 +179,53 @@ class PartsReader:
         listed |= {p["file"] for t in self.manifest["tables"].values() for p in t["parts"]}
         stray = sorted(n for n in os.listdir(self.path) if FILE_RE.match(n) and n not in listed)
         if stray:
-            raise Damaged(f"{self.path / stray[0]} is not listed in {MANIFEST} (a part of another "
-                          f"run?); remove it, or {fix_line(self.path)}.")
+            raise Damaged(
+                f"{self.path / stray[0]} is not listed in {MANIFEST} (a part of another "
+                f"run?); remove it, or {fix_line(self.path)}."
+            )
 
     def _wanted(self, columns: Sequence[str] | None) -> list[str]:
-        cols = list(self.columns) if columns is None else ["position", *[c for c in columns if c != "position"]]
+        cols = (
+            list(self.columns)
+            if columns is None
+            else ["position", *[c for c in columns if c != "position"]]
+        )
         missing = [c for c in cols if c not in self.columns]
         if missing:
-            raise PrunekitError(f"{self.path} has no column {missing[0]!r} "
-                                f"(columns: {', '.join(self.columns)}).")
+            raise PrunekitError(
+                f"{self.path} has no column {missing[0]!r} (columns: {', '.join(self.columns)})."
+            )
         return cols
 
     def _present(self, entry: dict, label: str) -> Path:
         f = self.path / entry["file"]
         if not f.is_file():
-            raise Damaged(f"{f} is missing ({MANIFEST} lists it as {label}); {fix_line(self.path)}.")
+            raise Damaged(
+                f"{f} is missing ({MANIFEST} lists it as {label}); {fix_line(self.path)}."
+            )
         size = f.stat().st_size
         if size != entry["bytes"]:
-            raise Damaged(f"{f} is corrupt: {size} bytes, {MANIFEST} says {entry['bytes']}; "
-                          f"{fix_line(self.path)}.")
+            raise Damaged(
+                f"{f} is corrupt: {size} bytes, {MANIFEST} says {entry['bytes']}; "
+                f"{fix_line(self.path)}."
+            )
         return f
 
     def _hash(self, f: Path, entry: dict) -> None:
         if blake2b_file(f) != entry["blake2b"]:
-            raise Damaged(f"{f} is corrupt: its BLAKE2b differs from the one in {MANIFEST}; "
-                          f"{fix_line(self.path)}.")
+            raise Damaged(
+                f"{f} is corrupt: its BLAKE2b differs from the one in {MANIFEST}; "
+                f"{fix_line(self.path)}."
+            )
 
     def _open_part(self, i: int, entry: dict, verify: bool | None):
-        return self._open_file(entry, f"parts[{i}]", verify, self.columns,
-                               {"part": i, "start": entry["start"], "stop": entry["stop"]})
+        return self._open_file(
+            entry,
+            f"parts[{i}]",
+            verify,
+            self.columns,
+            {"part": i, "start": entry["start"], "stop": entry["stop"]},
+        )
 
     def _open_file(self, entry: dict, label: str, verify: bool | None, types: dict, expect: dict):
         """Open one Parquet file after the run-id, size, hash, row and schema checks.
@@ -195,7 +235,9 @@ class PartsReader:
         """
         f = self.path / entry["file"]
         if not f.is_file():
-            raise Damaged(f"{f} is missing ({MANIFEST} lists it as {label}); {fix_line(self.path)}.")
+            raise Damaged(
+                f"{f} is missing ({MANIFEST} lists it as {label}); {fix_line(self.path)}."
+            )
         try:
             pf = self.pq.ParquetFile(f, page_checksum_verification=True)
             meta = json.loads((pf.schema_arrow.metadata or {}).get(META_KEY, b"{}"))
@@ -203,9 +245,11 @@ class PartsReader:
             raise Damaged(f"{f} is corrupt ({str(exc)[:120]}); {fix_line(self.path)}.") from exc
         if not isinstance(meta, dict) or meta.get("run_id") != self.manifest["run_id"]:
             got = meta.get("run_id") if isinstance(meta, dict) else None
-            raise Damaged(f"{f} belongs to another run (run id {got}, {MANIFEST} says "
-                          f"{self.manifest['run_id']}); parts of different runs cannot be mixed: "
-                          f"{fix_line(self.path)}.")
+            raise Damaged(
+                f"{f} belongs to another run (run id {got}, {MANIFEST} says "
+                f"{self.manifest['run_id']}); parts of different runs cannot be mixed: "
+                f"{fix_line(self.path)}."
+            )
         self._present(entry, label)
         if verify or (verify is None and entry["bytes"] <= HASH_ALWAYS_BYTES):
             self._hash(f, entry)
@@ -213,12 +257,16 @@ class PartsReader:
         return pf
 
     def _check_file(self, f: Path, pf, meta: dict, entry: dict, types: dict, expect: dict) -> None:
-        schema = {n: arrow_type_name(self.pa, pf.schema_arrow.field(n).type) for n in pf.schema_arrow.names}
+        schema = {
+            n: arrow_type_name(self.pa, pf.schema_arrow.field(n).type)
+            for n in pf.schema_arrow.names
+        }
         md = pf.metadata
         groups = [md.row_group(g).num_rows for g in range(md.num_row_groups)]
         problem = None
         if any(meta.get(k) != v for k, v in expect.items()):
-            problem = f"it says it is {json.dumps({k: meta.get(k) for k in expect})}, not {json.dumps(expect)}"
+            said = json.dumps({k: meta.get(k) for k in expect})
+            problem = f"it says it is {said}, not {json.dumps(expect)}"
         elif md.num_rows != entry["rows"]:
             problem = f"it holds {md.num_rows} rows, {MANIFEST} says {entry['rows']}"
         elif schema != types:
@@ -231,16 +279,27 @@ class PartsReader:
     def _part_batches(self, pf, entry: dict, cols: list[str], batch_rows: int):
         f = self.path / entry["file"]
         last = entry["start"] - 1
-        batches = pf.iter_batches(batch_size=batch_rows, columns=cols, use_threads=False)
+        # One row group per read: a whole-file iterator pre-buffers every row group at once.
+        batches = (
+            b
+            for g in range(pf.metadata.num_row_groups)
+            for b in pf.iter_batches(
+                batch_size=batch_rows, row_groups=[g], columns=cols, use_threads=False
+            )
+        )
         while True:
             rb = self._decode(pf, lambda: next(batches, None), entry)
             if rb is None:
                 return
             out = {c: _numpy(rb.column(i), self.columns[c], f, c) for i, c in enumerate(cols)}
             pos = out["position"]
-            if pos.size and (pos[0] <= last or pos[-1] >= entry["stop"] or np.any(np.diff(pos) <= 0)):
-                raise Damaged(f"{f} disagrees with {MANIFEST}: its positions are not ascending "
-                              f"inside {entry['start']}..{entry['stop']}; {fix_line(self.path)}.")
+            if pos.size and (
+                pos[0] <= last or pos[-1] >= entry["stop"] or np.any(np.diff(pos) <= 0)
+            ):
+                raise Damaged(
+                    f"{f} disagrees with {MANIFEST}: its positions are not ascending "
+                    f"inside {entry['start']}..{entry['stop']}; {fix_line(self.path)}."
+                )
             if pos.size:
                 last = int(pos[-1])
             yield out
@@ -252,15 +311,19 @@ class PartsReader:
             raise
         except (OSError, ValueError, ArithmeticError) as exc:
             f = self.path / entry["file"]
-            raise Damaged(f"{f} is corrupt: cannot decode its Parquet data ({str(exc)[:120]}); "
-                          f"{fix_line(self.path)}.") from exc
+            raise Damaged(
+                f"{f} is corrupt: cannot decode its Parquet data ({str(exc)[:120]}); "
+                f"{fix_line(self.path)}."
+            ) from exc
 
 
 def _numpy(col, type_name: str, f: Path | None = None, name: str = "") -> np.ndarray:
     """An Arrow column as numpy (strings as an object array of ``str``); nulls are refused."""
     if col.null_count:
-        raise Damaged(f"{f}: column '{name}' holds nulls; prunekit never writes them. "
-                      "Rewrite the dataset with prunekit.")
+        raise Damaged(
+            f"{f}: column '{name}' holds nulls; prunekit never writes them. "
+            "Rewrite the dataset with prunekit."
+        )
     if type_name == "string":
         return np.asarray(col.to_pylist(), dtype=object)
     return col.to_numpy(zero_copy_only=False)

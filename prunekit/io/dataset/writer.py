@@ -16,6 +16,7 @@ parent removes the staging folders of processes that died.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import secrets
@@ -64,8 +65,22 @@ from prunekit.io.provenance import jsonable, stamp
 DICT_COLUMNS = ("cluster", "label", "count")  # few distinct values; the others are near-unique
 STAGING_MARK = ".prunekit-staging"  # JSON {host, pid}: which process owns a staging folder
 # Manifest keys the layout owns; a kind's attributes may not reuse them.
-LAYOUT_KEYS = ("format", "version", "kind", "run_id", "prunekit_version", "created", "command",
-               "params", "n_total", "n_rows", "columns", "parts", "arrays", "tables")
+LAYOUT_KEYS = (
+    "format",
+    "version",
+    "kind",
+    "run_id",
+    "prunekit_version",
+    "created",
+    "command",
+    "params",
+    "n_total",
+    "n_rows",
+    "columns",
+    "parts",
+    "arrays",
+    "tables",
+)
 
 
 @dataclass(frozen=True)
@@ -106,7 +121,8 @@ class PartFile:
         self.spec, self.index, self.start, self.stop = spec, int(index), int(start), int(stop)
         self.name = part_name("part", self.index)
         self._pa, self._pq = pyarrow_modules()
-        fd, self.tmp = create_temp(spec.staging, 0o666)  # exclusive, unpredictable name
+        with disk_errors(Path(spec.staging) / self.name):
+            fd, self.tmp = create_temp(spec.staging, 0o666)  # exclusive, unpredictable name
         self._sink = open(fd, "wb")  # noqa: SIM115 (closed in close/abort)
         self.rows = 0
         self._last = -1
@@ -127,8 +143,10 @@ class PartFile:
         pos = cols["position"]
         lo = self.start if self.rows == 0 else self._last + 1
         if pos.size and (pos[0] < lo or pos[-1] >= self.stop or np.any(np.diff(pos) <= 0)):
-            raise PrunekitError(f"{self.name}: positions must be strictly ascending within "
-                                f"{self.start}..{self.stop} (after {lo - 1}).")
+            raise PrunekitError(
+                f"{self.name}: positions must be strictly ascending within "
+                f"{self.start}..{self.stop} (after {lo - 1})."
+            )
         table = self._pa.table({k: arrow_array(self._pa, v, types[k]) for k, v in cols.items()})
         if self._writer is None:
             self._writer = self._open(table.schema)
@@ -143,14 +161,24 @@ class PartFile:
             raise ValueError(f"{self.name}: nothing was written (write empty columns for no rows)")
         if self.spec.kind == "scores" and self.rows != self.stop - self.start:
             self.abort()
-            raise PrunekitError(f"{self.name}: a scores part holds every position of "
-                                f"{self.start}..{self.stop}, got {self.rows} rows.")
+            raise PrunekitError(
+                f"{self.name}: a scores part holds every position of "
+                f"{self.start}..{self.stop}, got {self.rows} rows."
+            )
         self._writer.close()
         self._sink.close()
         final = Path(self.spec.staging) / self.name
         os.replace(self.tmp, final)
-        return PartInfo(self.index, self.name, self.rows, self.start, self.stop,
-                        final.stat().st_size, blake2b_file(final), tuple(self.types.items()))
+        return PartInfo(
+            self.index,
+            self.name,
+            self.rows,
+            self.start,
+            self.stop,
+            final.stat().st_size,
+            blake2b_file(final),
+            tuple(self.types.items()),
+        )
 
     def abort(self) -> None:
         """Drop the unfinished file."""
@@ -165,8 +193,10 @@ class PartFile:
         allowed = COLUMNS[self.spec.kind]
         unknown = sorted(set(cols) - set(allowed))
         if unknown or "position" not in cols:
-            raise PrunekitError(f"{self.name}: a {self.spec.kind} part holds columns "
-                                f"{', '.join(allowed)} (position required); got {sorted(cols)}.")
+            raise PrunekitError(
+                f"{self.name}: a {self.spec.kind} part holds columns "
+                f"{', '.join(allowed)} (position required); got {sorted(cols)}."
+            )
         n = {v.shape for v in cols.values()}
         if len(n) != 1 or len(next(iter(n))) != 1:
             raise PrunekitError(f"{self.name}: columns must be 1-D of one length, got shapes {n}.")
@@ -178,20 +208,34 @@ class PartFile:
         return types
 
     def _open(self, schema):
-        meta = {"format": FORMAT, "version": VERSION, "kind": self.spec.kind,
-                "run_id": self.spec.run_id, "part": self.index, "start": self.start, "stop": self.stop}
+        meta = {
+            "format": FORMAT,
+            "version": VERSION,
+            "kind": self.spec.kind,
+            "run_id": self.spec.run_id,
+            "part": self.index,
+            "start": self.start,
+            "stop": self.stop,
+        }
         schema = schema.with_metadata({META_KEY: json.dumps(meta, sort_keys=True).encode()})
-        return self._pq.ParquetWriter(self._sink, schema, compression="snappy",
-                                      use_dictionary=[c for c in DICT_COLUMNS if c in schema.names],
-                                      write_statistics=True, write_page_checksum=True)
+        return self._pq.ParquetWriter(
+            self._sink,
+            schema,
+            compression="snappy",
+            use_dictionary=[c for c in DICT_COLUMNS if c in schema.names],
+            write_statistics=True,
+            write_page_checksum=True,
+        )
 
 
-def write_part(spec: PartSpec, index: int, columns: dict[str, np.ndarray], start: int,
-               stop: int) -> PartInfo:
+def write_part(
+    spec: PartSpec, index: int, columns: dict[str, np.ndarray], start: int, stop: int
+) -> PartInfo:
     """Write part ``index`` (positions ``start..stop``) in one go; what a worker calls."""
-    with PartFile(spec, index, start, stop) as pf:
-        pf.write(columns)
-        return pf.close()
+    with disk_errors(Path(spec.staging) / part_name("part", index)):
+        with PartFile(spec, index, start, stop) as pf:
+            pf.write(columns)
+            return pf.close()
 
 
 class PartWriter:
@@ -202,9 +246,15 @@ class PartWriter:
     the command's inputs: the output may not be one, lie inside one, or contain one.
     """
 
-    def __init__(self, out_dir: str | os.PathLike, *, kind: str, run_id: str,
-                 inputs: Iterable[str | os.PathLike | None] = (),
-                 input_dirs: Iterable[str | os.PathLike | None] = ()) -> None:
+    def __init__(
+        self,
+        out_dir: str | os.PathLike,
+        *,
+        kind: str,
+        run_id: str,
+        inputs: Iterable[str | os.PathLike | None] = (),
+        input_dirs: Iterable[str | os.PathLike | None] = (),
+    ) -> None:
         if kind not in COLUMNS:
             raise ValueError(f"kind must be one of {sorted(COLUMNS)}, got {kind!r}")
         self.final = check_output_dir(out_dir, inputs=inputs, input_dirs=input_dirs)
@@ -235,7 +285,9 @@ class PartWriter:
         """What each worker gets (pickles small)."""
         return PartSpec(str(self.staging), self.run_id, self.kind)
 
-    def write_part(self, index: int, columns: dict[str, np.ndarray], start: int, stop: int) -> PartInfo:
+    def write_part(
+        self, index: int, columns: dict[str, np.ndarray], start: int, stop: int
+    ) -> PartInfo:
         """:func:`write_part` from the driver (in-memory objects, tests)."""
         return write_part(self.spec, index, columns, start, stop)
 
@@ -245,16 +297,24 @@ class PartWriter:
         if not NAME_RE.match(name):
             raise ValueError(f"array name {name!r} is not allowed")
         if array.dtype.name not in ARRAY_DTYPES:
-            raise PrunekitError(f"array '{name}' has dtype {array.dtype}; a partitioned output "
-                                f"holds {', '.join(ARRAY_DTYPES)}.")
+            raise PrunekitError(
+                f"array '{name}' has dtype {array.dtype}; a partitioned output "
+                f"holds {', '.join(ARRAY_DTYPES)}."
+            )
         path = self.staging / f"{name}.npy"
         np.save(path, array, allow_pickle=False)
-        self._arrays[name] = {"file": path.name, "dtype": array.dtype.name, "shape": list(array.shape),
-                              "bytes": path.stat().st_size, "blake2b": blake2b_file(path)}
+        self._arrays[name] = {
+            "file": path.name,
+            "dtype": array.dtype.name,
+            "shape": list(array.shape),
+            "bytes": path.stat().st_size,
+            "blake2b": blake2b_file(path),
+        }
 
-    def add_table(self, name: str, columns: dict[str, np.ndarray],
-                  rows_per_part: int = TABLE_PART_ROWS) -> None:
-        """A side table in row order (e.g. a greedy method's pick order) as ``NAME-NNNNN.parquet``."""
+    def add_table(
+        self, name: str, columns: dict[str, np.ndarray], rows_per_part: int = TABLE_PART_ROWS
+    ) -> None:
+        """A side table in row order (a greedy pick order) as ``NAME-NNNNN.parquet`` files."""
         pa, pq = pyarrow_modules()
         if not NAME_RE.match(name) or name == "part":
             raise ValueError(f"table name {name!r} is not allowed")
@@ -267,18 +327,46 @@ class PartWriter:
         parts = []
         for i, a in enumerate(range(0, max(n, 1), rows_per_part)):
             path = self.staging / part_name(name, i)
-            table = pa.table({k: arrow_array(pa, v[a:a + rows_per_part], types[k]) for k, v in cols.items()})
-            meta = {"format": FORMAT, "version": VERSION, "kind": self.kind, "run_id": self.run_id,
-                    "table": name, "part": i}
-            table = table.replace_schema_metadata({META_KEY: json.dumps(meta, sort_keys=True).encode()})
-            pq.write_table(table, path, row_group_size=ROW_GROUP_ROWS, compression="snappy",
-                           write_page_checksum=True)
-            parts.append({"file": path.name, "rows": table.num_rows, "bytes": path.stat().st_size,
-                          "blake2b": blake2b_file(path)})
+            table = pa.table(
+                {k: arrow_array(pa, v[a : a + rows_per_part], types[k]) for k, v in cols.items()}
+            )
+            meta = {
+                "format": FORMAT,
+                "version": VERSION,
+                "kind": self.kind,
+                "run_id": self.run_id,
+                "table": name,
+                "part": i,
+            }
+            table = table.replace_schema_metadata(
+                {META_KEY: json.dumps(meta, sort_keys=True).encode()}
+            )
+            pq.write_table(
+                table,
+                path,
+                row_group_size=ROW_GROUP_ROWS,
+                compression="snappy",
+                write_page_checksum=True,
+            )
+            parts.append(
+                {
+                    "file": path.name,
+                    "rows": table.num_rows,
+                    "bytes": path.stat().st_size,
+                    "blake2b": blake2b_file(path),
+                }
+            )
         self._tables[name] = {"columns": types, "rows": n, "parts": parts}
 
-    def finalize(self, parts: Iterable[PartInfo], *, n_total: int, attrs: dict[str, Any],
-                 params: dict[str, Any], command: list[str] | None = None) -> Path:
+    def finalize(
+        self,
+        parts: Iterable[PartInfo],
+        *,
+        n_total: int,
+        attrs: dict[str, Any],
+        params: dict[str, Any],
+        command: list[str] | None = None,
+    ) -> Path:
         """Check the parts tile ``0..n_total``, write ``manifest.json`` last, rename into place."""
         infos = sorted(parts, key=lambda p: p.index)
         self._check_parts(infos, n_total)
@@ -287,10 +375,12 @@ class PartWriter:
             raise ValueError(f"attributes {clash} are layout keys of the manifest")
         manifest = self._manifest(infos, n_total, attrs, params, command)
         text = json.dumps(manifest, indent=1, allow_nan=False) + "\n"
-        fd, tmp = create_temp(self.staging, 0o666)
-        with open(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, self.staging / MANIFEST)
+        with disk_errors(self.final):
+            fd, tmp = create_temp(self.staging, 0o666)
+            with open(fd, "w", encoding="utf-8") as f:
+                f.write(text)
+            os.replace(tmp, self.staging / MANIFEST)
+            _remove_temps(self.staging)
         with interrupts_deferred():
             (self.staging / STAGING_MARK).unlink()
             _replace_dir(self.staging, self.final)
@@ -305,18 +395,24 @@ class PartWriter:
 
     def _check_parts(self, infos: list[PartInfo], n_total: int) -> None:
         if [p.index for p in infos] != list(range(len(infos))) or not infos:
-            raise PrunekitError(f"{self.final}: parts {[p.index for p in infos]} were written; "
-                                f"expected 0..{len(infos) - 1}, each once.")
+            raise PrunekitError(
+                f"{self.final}: parts {[p.index for p in infos]} were written; "
+                f"expected 0..{len(infos) - 1}, each once."
+            )
         stop = 0
         for p in infos:
             if p.start != stop or p.columns != infos[0].columns:
-                raise PrunekitError(f"{self.final}: {p.file} covers {p.start}..{p.stop} with columns "
-                                    f"{dict(p.columns)}; expected a start at {stop} and "
-                                    f"columns {dict(infos[0].columns)}.")
+                raise PrunekitError(
+                    f"{self.final}: {p.file} covers {p.start}..{p.stop} with columns "
+                    f"{dict(p.columns)}; expected a start at {stop} and "
+                    f"columns {dict(infos[0].columns)}."
+                )
             f = self.staging / p.file
             if not f.is_file() or f.stat().st_size != p.bytes:
-                raise PrunekitError(f"{self.final}: {p.file} is missing or changed in the staging "
-                                    f"folder {self.staging}; was it written by this run?")
+                raise PrunekitError(
+                    f"{self.final}: {p.file} is missing or changed in the staging "
+                    f"folder {self.staging}; was it written by this run?"
+                )
             stop = p.stop
         if stop != n_total:
             raise PrunekitError(f"{self.final}: the parts cover 0..{stop}, not 0..{n_total}.")
@@ -324,14 +420,31 @@ class PartWriter:
     def _manifest(self, infos, n_total, attrs, params, command) -> dict:
         prov: dict[str, Any] = {}
         stamp(prov, params, command)
-        m = {"format": FORMAT, "version": VERSION, "kind": self.kind, "run_id": self.run_id,
-             "prunekit_version": prov["prunekit_version"], "created": prov["created"],
-             "command": json.loads(prov["command"]), "params": json.loads(prov["params"]),
-             "n_total": int(n_total), "n_rows": sum(p.rows for p in infos)}
+        m = {
+            "format": FORMAT,
+            "version": VERSION,
+            "kind": self.kind,
+            "run_id": self.run_id,
+            "prunekit_version": prov["prunekit_version"],
+            "created": prov["created"],
+            "command": json.loads(prov["command"]),
+            "params": json.loads(prov["params"]),
+            "n_total": int(n_total),
+            "n_rows": sum(p.rows for p in infos),
+        }
         m.update(jsonable(attrs))
         m["columns"] = dict(infos[0].columns)
-        m["parts"] = [{"file": p.file, "rows": p.rows, "start": p.start, "stop": p.stop,
-                       "bytes": p.bytes, "blake2b": p.blake2b} for p in infos]
+        m["parts"] = [
+            {
+                "file": p.file,
+                "rows": p.rows,
+                "start": p.start,
+                "stop": p.stop,
+                "bytes": p.bytes,
+                "blake2b": p.blake2b,
+            }
+            for p in infos
+        ]
         m["arrays"], m["tables"] = self._arrays, self._tables
         return m
 
@@ -339,9 +452,13 @@ class PartWriter:
 # -- output checks, staging folders, the final rename ---------------------------------------
 
 
-def check_output_dir(path: str | os.PathLike, *, inputs: Iterable[str | os.PathLike | None] = (),
-                     input_dirs: Iterable[str | os.PathLike | None] = (),
-                     what: str = "output") -> Path:
+def check_output_dir(
+    path: str | os.PathLike,
+    *,
+    inputs: Iterable[str | os.PathLike | None] = (),
+    input_dirs: Iterable[str | os.PathLike | None] = (),
+    what: str = "output",
+) -> Path:
     """Refuse a dataset folder path that would destroy data; return it (before any work).
 
     The path may not exist yet, or be an empty folder or an earlier partitioned dataset
@@ -354,17 +471,23 @@ def check_output_dir(path: str | os.PathLike, *, inputs: Iterable[str | os.PathL
         return check_output(p, inputs=inputs, input_dirs=input_dirs, what=what)
     refuse_link(p, what)
     if not p.is_dir():
-        raise PrunekitError(f"{what} {p} is a file; a partitioned output is a folder. "
-                            "Choose another path or remove the file.")
+        raise PrunekitError(
+            f"{what} {p} is a file; a partitioned output is a folder. "
+            "Choose another path or remove the file."
+        )
     if not replaceable(p):
-        raise PrunekitError(f"{what} {p} is a folder that holds other files, not a prunekit "
-                            "partitioned dataset; choose a new folder name.")
+        raise PrunekitError(
+            f"{what} {p} is a folder that holds other files, not a prunekit "
+            "partitioned dataset; choose a new folder name."
+        )
     real = Path(os.path.realpath(p))
     files, dirs = read_set(inputs, input_dirs)
     for path_read, src in [*files.items(), *dirs.items()]:
         if path_read == real or real in path_read.parents or path_read in real.parents:
-            raise PrunekitError(f"{what} {p} overlaps the command's input {src}; replacing it "
-                                "would destroy the input. Choose another output path.")
+            raise PrunekitError(
+                f"{what} {p} overlaps the command's input {src}; replacing it "
+                "would destroy the input. Choose another output path."
+            )
     _check_parent(real.parent, p, what)
     return p
 
@@ -399,6 +522,25 @@ def remove_stale_staging(parent: Path) -> list[Path]:
     return removed
 
 
+@contextlib.contextmanager
+def disk_errors(target: Path):
+    """A full disk, a read-only file system or a missing permission as the user's error."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EDQUOT):
+            raise PrunekitError(f"cannot write {target}: {exc.strerror}.") from exc
+        raise
+
+
+def _remove_temps(staging: Path) -> None:
+    """Temporary files of workers that died (a retried Ray task) never reach the output."""
+    for entry in os.scandir(staging):
+        if entry.name.startswith(TMP_PREFIX):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(entry.path)
+
+
 def _own_dir(entry: os.DirEntry) -> bool:
     try:
         st = entry.stat(follow_symlinks=False)
@@ -409,7 +551,8 @@ def _own_dir(entry: os.DirEntry) -> bool:
 
 def _mark(folder: Path) -> None:
     (folder / STAGING_MARK).write_text(
-        json.dumps({"host": socket.gethostname(), "pid": os.getpid()}), encoding="utf-8")
+        json.dumps({"host": socket.gethostname(), "pid": os.getpid()}), encoding="utf-8"
+    )
 
 
 def _replace_dir(staging: Path, final: Path) -> None:
@@ -419,8 +562,10 @@ def _replace_dir(staging: Path, final: Path) -> None:
         os.rename(staging, final)
         return
     if final.is_symlink() or not final.is_dir() or not replaceable(final):
-        raise PrunekitError(f"{final} changed while the dataset was written; it is no longer "
-                            "an earlier dataset or an empty folder. Nothing was replaced.")
+        raise PrunekitError(
+            f"{final} changed while the dataset was written; it is no longer "
+            "an earlier dataset or an empty folder. Nothing was replaced."
+        )
     aside = final.parent / f"{TMP_PREFIX}{os.getpid()}.{secrets.token_hex(6)}"
     os.rename(final, aside)
     try:
