@@ -40,6 +40,8 @@ from .sampling import (
     sample_c2f,
 )
 
+MAX_REPEATS = 1000  # timing repeats: a median of more says nothing new
+
 
 @dataclass
 class SweepRow:
@@ -143,8 +145,8 @@ def sweep(
     t_switches = parse_t_switches(t_switches)
     if tol is not None:
         check_tol(tol)
-    if int(repeats) != repeats or repeats < 1:
-        raise PrunekitError(f"--repeats must be a positive integer, got {repeats}.")
+    if int(repeats) != repeats or not 1 <= repeats <= MAX_REPEATS:
+        raise PrunekitError(f"--repeats must be a positive integer up to {MAX_REPEATS}, got {repeats}.")
     check_compatible(coarse, fine)
     steps = config.steps
     for model in (fine, coarse):  # warm up (thread pools, allocator, kernels) before timing

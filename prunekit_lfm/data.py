@@ -35,6 +35,8 @@ from prunekit.errors import PrunekitError
 from prunekit.io.source import natural_key
 from prunekit.selection.subset import Selection, load_selection, resolve_rows
 
+from .guards import check_relative_name, contained_path
+
 SelectionLike = Selection | str | os.PathLike
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "bmp", "ppm", "tif", "tiff")
 
@@ -219,7 +221,8 @@ def index_webdataset(spec: str | os.PathLike, *, labels: bool = False) -> ShardI
     """Index tar shards (WebDataset layout: files ``KEY.EXT`` grouped by key).
 
     Each sample needs one image member (jpg, png, webp, ...); with ``labels`` also a
-    ``cls`` member holding an integer. Keys must be unique across shards.
+    ``cls`` member holding an integer. Keys must be unique across shards and relative
+    names (no absolute path, no ``..``): they become ids, which tools join to folders.
     """
     shards = shard_paths(spec)
     keys: list[str] = []
@@ -233,7 +236,7 @@ def index_webdataset(spec: str | os.PathLike, *, labels: bool = False) -> ShardI
                     f"sample '{key}' in {path} has no image member "
                     f"({', '.join(sorted(members))}); expected one of {', '.join(IMAGE_EXTENSIONS)}."
                 )
-            keys.append(key)
+            keys.append(check_relative_name(key, f"sample key in {path}"))
             where.append((i, image.offset_data, image.size))
             if labels:
                 classes.append(_read_cls(tar, members, key, path))
@@ -300,7 +303,9 @@ def decode_image(data: bytes, where: str) -> Any:
 def selected_files(selection: SelectionLike, folder: str | os.PathLike) -> list[Path]:
     """The kept files of an image folder (ids are paths relative to it), repeated by counts.
 
-    Every file must exist; the list follows the selection's (ascending) order.
+    Every file must exist and lie inside ``folder``: an absolute id, a ``..`` that climbs
+    out, or a symlink leading outside is refused (:func:`prunekit_lfm.guards.contained_path`).
+    The list follows the selection's (ascending) order.
     """
     sel = as_selection(selection)
     if sel.ids is None or sel.ids.dtype != object:
@@ -310,7 +315,7 @@ def selected_files(selection: SelectionLike, folder: str | os.PathLike) -> list[
         )
     root = Path(folder)
     names = sel.ids if sel.counts is None else np.repeat(sel.ids, sel.counts)
-    files = [root / str(name) for name in names.tolist()]
+    files = [contained_path(root, str(name), "selection id") for name in names.tolist()]
     missing = [str(f) for f in files if not f.is_file()]
     if missing:
         raise PrunekitError(f"{len(missing)} selected files are not in {root} (e.g. {missing[0]}).")

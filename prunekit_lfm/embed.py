@@ -45,7 +45,15 @@ from prunekit.runtime.progress import counter
 
 from .data import decode_image, index_webdataset, is_webdataset
 from .distributed import Dist, barrier, load_part, part_path, save_part, together
-from .latents import open_images
+from .guards import (
+    check_finite,
+    check_space,
+    contained_path,
+    convert_command,
+    run_user_model,
+    writing,
+)
+from .latents import ids_bytes, open_images
 from .shard_dir import atomic_dir, check_shard_dir, shard_name, shard_ranges
 
 ENCODERS = ("clip", "dinov2", "siglip")
@@ -103,7 +111,8 @@ def open_inputs(spec: str | os.PathLike, *, labels: bool = False, key: str = "im
         root = Path(text)
 
         def read_files(a: int, b: int) -> list[np.ndarray]:
-            return [_chw(_open_file(root / str(name))) for name in src.ids[a:b].tolist()]
+            return [_chw(_open_file(contained_path(root, str(name), "image id")))
+                    for name in src.ids[a:b].tolist()]
 
         read = read_files
     else:
@@ -168,7 +177,7 @@ class Encoder:
             out = self.model.get_image_features(pixel_values=pixels)
             out = out if torch.is_tensor(out) else out.pooler_output
         else:
-            out = self.model(pixels)
+            out = run_user_model(self.model, pixels, f"TorchScript model {self.weights}")
             if not torch.is_tensor(out) or out.ndim < 2 or out.shape[0] != pixels.shape[0]:
                 raise PrunekitError(
                     f"TorchScript model {self.weights} must return a [B, D] tensor for a batch of "
@@ -251,6 +260,7 @@ def _load_hf(kind: str, weights: str, device: Any) -> Encoder:
         ) from None
     where = f"--weights {weights}"
     if Path(weights).is_dir():
+        _check_hf_weights(Path(weights))
         hint = "Give a folder written by save_pretrained (config.json, weights, preprocessor_config.json)."
     else:
         hint = ("It is neither a folder nor in the local Hugging Face cache: download it once on a "
@@ -269,7 +279,8 @@ def _load_hf(kind: str, weights: str, device: Any) -> Encoder:
             )
         try:
             cls = getattr(transformers, MODEL_CLASSES[kind])
-            model, info = cls.from_pretrained(weights, local_files_only=True, output_loading_info=True)
+            model, info = cls.from_pretrained(weights, local_files_only=True, output_loading_info=True,
+                                              use_safetensors=True)  # never a pickled .bin
             processor = transformers.AutoImageProcessor.from_pretrained(weights, local_files_only=True)
         except (OSError, ValueError) as exc:
             raise PrunekitError(f"{where}: cannot load the {kind} model ({_first_line(exc)}). {hint}") from exc
@@ -279,8 +290,22 @@ def _load_hf(kind: str, weights: str, device: Any) -> Encoder:
             f"{where} lacks weights for {len(missing)} parameters (e.g. {sorted(missing)[0]}); "
             "the model would be partly random. Give complete weights."
         )
+    check_finite(model.state_dict().items(), where)
     model = model.float().to(device).eval()  # float32 whatever the checkpoint stores
     return Encoder(kind, weights, model, processor=processor)
+
+
+def _check_hf_weights(folder: Path) -> None:
+    """A save_pretrained folder must hold safetensors weights; a pickled .bin is never opened."""
+    if any(folder.glob("*.safetensors")):
+        return
+    pickled = sorted(folder.glob("pytorch_model*.bin"))
+    if pickled:
+        raise PrunekitError(
+            f"--weights {folder} holds only {pickled[0].name}, a pickle; prunekit loads safetensors "
+            "only, since opening a pickle can run code. If you trust the file, convert it once "
+            f"(torch >= 2.6): {convert_command(folder, pickled[0].name, 'model.safetensors')}"
+        )
 
 
 def _load_torchscript(path: str, device: Any, size: int) -> Encoder:
@@ -423,7 +448,8 @@ def _embed_parts(inputs: ImageInput, encoder: Encoder, parts: Path, todo: list[i
     """Embed the batches starting at ``todo``, each saved as its part."""
     with counter(sum(min(batch_size, inputs.n - a) for a in todo), desc="embed", progress=progress) as bar:
         for a, feats in embed_batches(inputs, encoder, batch_size=batch_size, normalize=norm, starts=todo):
-            save_part(parts, a, feats)
+            with writing(part_path(parts, a), "embedding part"):
+                save_part(parts, a, feats)
             bar.update(feats.shape[0])
 
 
@@ -462,11 +488,16 @@ def _write(output: Path, parts: Path, inputs: ImageInput, batch_size: int, dtype
            params: dict, command: list[str] | None, shard_rows: int | None) -> None:
     """The embeddings file from the parts, or its rows in shards of ``shard_rows``."""
     dim = load_part(parts, 0, min(batch_size, inputs.n)).shape[1]
+    labels = 0 if inputs.labels is None else 8 * inputs.n
+    size = inputs.n * dim * np.dtype(dtype).itemsize + ids_bytes(inputs.ids) + labels
+    target = output if shard_rows is None else output / shard_name(0)
+    check_space([(target, size)], "the embeddings")  # h5py may crash on a full disk
     if shard_rows is None:
-        _write_rows(output, parts, inputs, 0, inputs.n, batch_size, dim, dtype, params, command)
+        with writing(output, "embeddings file"):
+            _write_rows(output, parts, inputs, 0, inputs.n, batch_size, dim, dtype, params, command)
         return
     check_shard_dir(output)  # again: the directory may have changed while embedding
-    with atomic_dir(output) as tmp:
+    with writing(output, "shard directory"), atomic_dir(output) as tmp:
         for i, (a, b) in enumerate(shard_ranges(inputs.n, shard_rows)):
             _write_rows(tmp / shard_name(i), parts, inputs, a, b, batch_size, dim, dtype, params,
                         command)

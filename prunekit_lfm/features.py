@@ -30,6 +30,8 @@ from prunekit.errors import PrunekitError
 from prunekit.io.atomic import atomic_path
 from prunekit.runtime.progress import track
 
+from .guards import check_finite, error_line, require_safe_torch_load, run_user_model
+
 CLASSIFIER_SIZE = 8  # the digits classifier sees 8 x 8 grayscale images (the native size)
 CLASSIFIER_DESCRIPTION = (
     "digits classifier features (a small CNN trained on scikit-learn digits), not Inception"
@@ -109,7 +111,7 @@ def torchscript_extractor(path: str | os.PathLike) -> FeatureExtractor:
     def fn(x: torch.Tensor) -> torch.Tensor:
         if x.shape[1] == 1:
             x = x.expand(-1, 3, -1, -1)
-        out = module(x)
+        out = run_user_model(module, x, f"TorchScript feature model {p}")
         if not isinstance(out, torch.Tensor):
             raise PrunekitError(f"TorchScript module {p} must return one tensor of features.")
         return out
@@ -237,6 +239,7 @@ def load_digits_classifier(path: str | os.PathLike) -> DigitsClassifier:
     p = Path(path)
     if not p.is_file():
         raise PrunekitError(f"digits classifier file not found: {p}. `prunekit demo` writes one under DIR/data/.")
+    require_safe_torch_load(f"digits classifier file {p}")
     try:
         payload = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises several types for foreign files
@@ -244,7 +247,12 @@ def load_digits_classifier(path: str | os.PathLike) -> DigitsClassifier:
     if not isinstance(payload, dict) or payload.get("kind") != "prunekit-digits-classifier":
         raise PrunekitError(f"{p} is not a digits classifier written by prunekit.")
     model = DigitsCNN()
-    model.load_state_dict(payload["state_dict"])
+    try:
+        model.load_state_dict(payload["state_dict"])
+    except (KeyError, RuntimeError, TypeError, AttributeError) as exc:
+        raise PrunekitError(f"digits classifier file {p} does not hold the classifier's weights "
+                            f"({error_line(exc)}); write it again with prunekit.") from exc
+    check_finite(model.state_dict().items(), f"digits classifier file {p}")
     model.eval()
     return DigitsClassifier(model, int(payload["seed"]), float(payload["test_accuracy"]), int(payload["epochs"]))
 

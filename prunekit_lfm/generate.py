@@ -21,6 +21,7 @@ from prunekit.io.atomic import atomic_path
 from prunekit.runtime.memory import check_fits
 
 from .devices import pick_device
+from .guards import check_space
 from .runs import TrainConfig, check_same_latents, load_run, read_config
 from .sampling import LatentSamples, SamplingConfig, sample, sample_c2f
 
@@ -75,13 +76,41 @@ def vae_folder(vae: str | os.PathLike | None, run_config: TrainConfig) -> str | 
     return str(folder) if folder else None
 
 
-def check_sample_memory(run: str | os.PathLike, n: int, *, decode: bool) -> None:
-    """Refuse before loading anything when n samples (and their images) cannot fit in memory."""
+def check_sample_memory(run: str | os.PathLike, n: int, *, decode: bool, copies: int = 1) -> None:
+    """Refuse before loading anything when n samples (and their images) cannot fit in memory.
+
+    ``copies``: how many sets of latents the command holds at once (a sweep keeps the
+    fine-only samples beside the current ones).
+    """
     cfg = read_config(run)
     latent = cfg.in_channels * cfg.sample_size**2 * 4  # float32
     side = cfg.image_size or cfg.sample_size * 8
     image = 3 * side * side * (4 + 1) if decode else 0  # float32 decoded + uint8 stored
-    check_fits(int(n) * (latent + image), f"{n} samples of run {run}")
+    check_fits(int(n) * (copies * latent + image), f"{n} samples of run {run}")
+
+
+def samples_file_bytes(latents: np.ndarray, images: np.ndarray | None) -> int:
+    """Bytes of a samples file: latents, uint8 images, indices and labels (int64)."""
+    return int(latents.nbytes + (0 if images is None else images.size) + 16 * latents.shape[0])
+
+
+def grid_bytes(images: np.ndarray) -> int:
+    """An upper bound of the PNG grid's size: its raw pixels (zlib adds ~0.1 %; margin covers it)."""
+    n, h, w, c = images.shape
+    cols = math.ceil(math.sqrt(n))
+    rows = math.ceil(n / cols)
+    return (rows * (h + 2) + 2) * ((cols * (w + 2) + 2) * c + 1)
+
+
+def check_sample_space(output: str | os.PathLike, png: str | os.PathLike | None, run: str | os.PathLike,
+                       n: int) -> None:
+    """Before sampling: refuse when the latents (and images, when their size is known) cannot
+    fit on the output's file system. The exact sizes are checked again before writing."""
+    cfg = read_config(run)
+    latents = int(n) * (cfg.in_channels * cfg.sample_size**2 * 4 + 16)
+    image = int(n) * 3 * cfg.image_size**2 if cfg.image_size and cfg.vae else 0
+    writes = [(output, latents + image)] + ([(png, image)] if png and image else [])
+    check_space(writes, "lfm sample")
 
 
 def draw(run: str | os.PathLike, n: int, config: SamplingConfig, *,

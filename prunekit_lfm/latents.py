@@ -29,8 +29,11 @@ from prunekit.io.h5io import atomic_h5, attr_str, decode_ids, open_h5, require, 
 from prunekit.io.provenance import stamp
 from prunekit.runtime.progress import counter
 
+from .guards import check_space, contained_path, writing
+
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff")
 MAX_NAMED = 5
+MAX_LATENT = 1e6  # |z| above this is not a VAE latent (they are scaled to unit variance)
 
 
 @dataclass
@@ -84,8 +87,13 @@ class LatentStore:
 
 
 def save_latents(path: str | os.PathLike, store: LatentStore, command: list[str] | None = None) -> Path:
-    """Write ``store`` to an HDF5 file atomically, with provenance; returns the path."""
-    with atomic_h5(path) as f:
+    """Write ``store`` to an HDF5 file atomically, with provenance; returns the path.
+
+    The free space is checked first; a failed write leaves no file and raises one error.
+    """
+    labels = 0 if store.labels is None else store.labels.nbytes
+    check_space([(path, store.latents.nbytes + ids_bytes(store.ids) + labels)], "the latent store")
+    with writing(path, "latents file"), atomic_h5(path) as f:
         f.create_dataset("latents", data=store.latents)
         write_ids(f, "ids", store.ids)
         if store.labels is not None:
@@ -98,6 +106,13 @@ def save_latents(path: str | os.PathLike, store: LatentStore, command: list[str]
         f.attrs["fingerprint"] = store.fingerprint
         stamp(f.attrs, {"vae": store.vae, "image_size": store.image_size, "source": store.source}, command)
     return Path(path)
+
+
+def ids_bytes(ids: np.ndarray) -> int:
+    """Bytes ids take in an HDF5 file: 8 per integer, or the UTF-8 text plus 16 per string."""
+    if ids.dtype.kind in "iu":
+        return 8 * int(ids.size)
+    return sum(len(str(v).encode()) + 16 for v in ids.tolist())
 
 
 def load_latents(path: str | os.PathLike) -> LatentStore:
@@ -125,12 +140,28 @@ def load_latents(path: str | os.PathLike) -> LatentStore:
         raise PrunekitError(
             f"latents file {path} has NaN/inf in rows {', '.join(map(str, bad[:MAX_NAMED]))}; re-encode them."
         )
+    _check_magnitude(latents, path)
     if np.unique(ids.astype(str) if ids.dtype == object else ids).size != ids.size:
         raise PrunekitError(f"latents file {path} ['ids'] has duplicate ids; ids must be unique.")
     try:
         return LatentStore(latents=latents, ids=ids, labels=labels, **kwargs)
     except PrunekitError as exc:
         raise PrunekitError(f"latents file {path}: {exc}") from exc
+
+
+def _check_magnitude(latents: np.ndarray, path: str | os.PathLike) -> None:
+    """Refuse latents far from unit scale: squared in the loss they overflow to inf/NaN."""
+    if latents.size == 0:
+        return
+    peak = np.abs(latents).reshape(latents.shape[0], -1).max(axis=1)
+    big = np.flatnonzero(peak > MAX_LATENT)
+    if big.size:
+        raise PrunekitError(
+            f"latents file {path} has values up to {float(peak.max()):.3g} (rows "
+            f"{', '.join(map(str, big[:MAX_NAMED]))}); VAE latents are about unit scale and |z| > "
+            f"{MAX_LATENT:g} makes the training loss overflow. Re-encode with `prunekit lfm encode` "
+            "(it applies the VAE's scaling_factor) or rescale the latents to unit variance."
+        )
 
 
 # ----------------------------------------------------------------------------- images
@@ -259,6 +290,8 @@ def _folder(path: Path, size: int | None) -> ImageSource:
     if not files:
         raise PrunekitError(f"no image files ({', '.join(IMAGE_SUFFIXES)}) in folder {path}.")
     rel = [p.relative_to(path) for p in files]
+    for r in rel:  # a symlink leading outside the folder is refused, as for ids read from files
+        contained_path(path, r.as_posix(), "image file")
     labels = None
     if all(len(r.parts) == 2 for r in rel):
         classes = sorted({r.parts[0] for r in rel})

@@ -42,6 +42,7 @@ from prunekit.errors import PrunekitError
 from prunekit.io.atomic import atomic_path, write_text
 from prunekit.seeds import check_seed
 
+from .guards import check_finite, writing
 from .models import VelocityModel, model_from_config
 from .paths import T_SCHEDULES
 
@@ -195,8 +196,8 @@ def save_weights(path: str | os.PathLike, model: torch.nn.Module, step: int) -> 
     """Weights as safetensors (shared tensors stored once), tagged with ``step``, atomically."""
     kept, _ = _unique_state(model)
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in kept.items()}
-    with atomic_path(path) as tmp:  # one metadata key: safetensors writes them in hash order
-        save_file(tensors, str(tmp), metadata={"step": str(step)})
+    with writing(path, "weights file"), atomic_path(path) as tmp:  # one metadata key: safetensors
+        save_file(tensors, str(tmp), metadata={"step": str(step)})  # writes them in hash order
 
 
 def weights_step(path: str | os.PathLike) -> int:
@@ -224,6 +225,7 @@ def load_weights(path: str | os.PathLike, model: torch.nn.Module, device: str | 
             f"weights file {path} does not fit the run's model (missing: {missing[:3]}, "
             f"unexpected: {unexpected[:3]}, other shapes: {wrong[:3]}). Was config.json edited?"
         )
+    check_finite(state.items(), f"weights file {path}")
     model.load_state_dict(state, strict=False)
 
 
@@ -242,7 +244,7 @@ def save_optimizer(path: str | os.PathLike, optimizer: torch.optim.Optimizer, st
                 tensors[f"state.{index}.{name}"] = value.detach().to("cpu").contiguous()
             else:
                 scalars.setdefault(str(index), {})[name] = value
-    with atomic_path(path) as tmp:
+    with writing(path, "optimizer state"), atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata={"step": str(step)})
     return {"param_groups": sd["param_groups"], "scalars": scalars}
 

@@ -49,6 +49,8 @@ from prunekit.seeds import check_seed
 from .cost import Cost, Counted, ModelCost, device_of, flops_per_row
 from .solvers import check_solver, check_steps, integrate
 
+INDEX_MAX = 2**63 - 1  # sample indices are int64
+
 #: a velocity model: (x [B, C, H, W], t [B] in [0, 1], labels [B]) -> velocity like x
 VelocityFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -144,6 +146,11 @@ def resolve_labels(
         return np.zeros(n, dtype=np.int64)
     if labels is None or len(labels) == 0:
         return (np.asarray(indices, dtype=np.int64) % num_classes).astype(np.int64)
+    outside = [int(v) for v in labels if not 0 <= int(v) < num_classes]  # before int64 overflows
+    if outside:
+        raise PrunekitError(
+            f"--labels has label {outside[0]} outside [0, {num_classes}) (the model's classes)."
+        )
     arr = np.asarray(list(labels), dtype=np.int64)
     if arr.size == 1:
         arr = np.full(n, arr[0], dtype=np.int64)
@@ -155,6 +162,16 @@ def resolve_labels(
             f"--labels has label {int(bad[0])} outside [0, {num_classes}) (the model's classes)."
         )
     return arr
+
+
+def check_indices(start: int, n: int, batch_size: int) -> None:
+    """Sample indices (and the fill-up of the last batch) must stay below 2**63 (int64)."""
+    last = start + n - 1 + min(batch_size, n) - 1
+    if last > INDEX_MAX:
+        raise PrunekitError(
+            f"--start {start} with --n {n}: sample indices would reach {last}, beyond "
+            f"{INDEX_MAX} (2**63 - 1, the largest index noise is drawn for). Use a smaller --start."
+        )
 
 
 def coarse_steps(t_switch: float, steps: int) -> int:
@@ -247,6 +264,7 @@ def _sample(models: dict[str, nn.Module], t_switch: float | None, n: int, config
         raise PrunekitError(f"--n must be a positive number of samples, got {n}.")
     if int(start) != start or start < 0:
         raise PrunekitError(f"the first sample index must be >= 0, got {start}.")
+    check_indices(int(start), int(n), config.batch_size)
     n, steps = int(n), config.steps
     first = next(iter(models.values()))
     shape = latent_shape(first)

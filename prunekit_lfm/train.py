@@ -28,6 +28,7 @@ import copy
 import dataclasses
 import datetime as _dt
 import gc
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -39,14 +40,16 @@ from torch import nn
 from prunekit import __version__
 from prunekit.errors import PrunekitError
 from prunekit.io.atomic import check_output
+from prunekit.runtime.memory import check_fits
 from prunekit.runtime.progress import counter
 from prunekit.selection.subset import load_selection, resolve_rows
 
 from . import runs
-from .distributed import Dist
+from .distributed import Dist, together
 from .distributed import barrier as _barrier
 from .distributed import setup_dist as _setup_dist
 from .distributed import teardown_dist as _teardown_dist
+from .guards import check_space, writing
 from .latents import LatentStore, load_latents
 from .models import VelocityModel, build_model
 from .paths import fm_loss, sample_t
@@ -57,7 +60,10 @@ _RESUME_KEYS = (
     "model", "conditional", "latents_fingerprint", "selection_fingerprint", "batch_size", "lr",
     "weight_decay", "ema", "grad_clip", "cfg_dropout", "t_schedule", "seed",
 )
-LOSS_EVERY = 50  # steps between loss read-backs for the progress bar
+LOSS_EVERY = 50  # steps between loss read-backs (progress bar, divergence check)
+LOG_ROW_MEMORY = 320  # bytes one log row (a dict of four numbers) takes in memory
+LOG_ROW_DISK = 64  # bytes one row of log.csv takes
+MAX_CLASSES = 1_000_000  # labels are class indices; a larger one is a data error
 _MIX = 0x9E3779B97F4A7C15  # odd 64-bit constant: spreads (seed, step) over seeds
 
 
@@ -156,6 +162,46 @@ def _prepare_dir(run_dir: Path, config: TrainConfig, resume: bool) -> TrainConfi
     return config
 
 
+def _check_labels(store: LatentStore, latents: str) -> None:
+    """Conditional training needs class indices 0..K-1 (K = max + 1), checked before any write."""
+    labels = store.labels
+    bad = np.flatnonzero((labels < 0) | (labels >= MAX_CLASSES))
+    if bad.size:
+        r = int(bad[0])
+        raise PrunekitError(
+            f"--conditional: latents file {latents} has {bad.size} labels outside [0, {MAX_CLASSES}) "
+            f"(first: row {r}, id {store.ids[r]}, label {int(labels[r])}); labels must be class "
+            "indices 0..K-1. Relabel the data (e.g. drop unlabelled rows with a selection) or "
+            "train without --conditional."
+        )
+
+
+def _check_sizes(steps: int, batch_size: int, store: LatentStore) -> None:
+    """Refuse, with the number, a training whose log or batch cannot fit in memory."""
+    check_fits(steps * LOG_ROW_MEMORY, f"the loss log of {steps} steps (one row per step)")
+    latent = 4 * int(np.prod(store.shape))
+    check_fits(batch_size * latent * 8, f"a batch of {batch_size} latents (inputs, noise and targets)")
+
+
+def _weights_bytes(net: nn.Module) -> int:
+    """Bytes of one weights file of ``net`` (shared tensors counted once)."""
+    kept, _ = runs._unique_state(net)
+    return sum(t.numel() * t.element_size() for t in kept.values())
+
+
+def _checkpoint_bytes(weights: int, steps: int, first: bool) -> int:
+    """Free space a checkpoint needs: model, EMA and optimizer (2x) on the first write, then
+    the largest file (each is replaced atomically, one at a time); the log grows by a row a step."""
+    return (4 * weights if first else 2 * weights) + LOG_ROW_DISK * steps
+
+
+def _remove_run(out: Path) -> None:
+    """Delete the files a fresh run wrote (it failed before its first complete checkpoint)."""
+    for name in (runs.CONFIG, runs.MODEL, runs.EMA, runs.OPTIMIZER, runs.TRAINER_STATE, runs.LOG):
+        with contextlib.suppress(OSError):
+            (out / name).unlink()
+
+
 def _ema_decay(ema: float, step: int) -> float:
     """EMA decay with warm-up: min(ema, (1 + step) / (10 + step)), so short runs average too."""
     return min(ema, (1 + step) / (10 + step))
@@ -220,11 +266,17 @@ def train(
     rows, sel_fp = _training_rows(store, latents, selection)
     if conditional and store.labels is None:
         raise PrunekitError(f"--conditional needs labels, but latents file {latents} has none.")
+    if conditional:
+        _check_labels(store, latents)
+    _check_sizes(steps, batch_size, store)
     c, h, w = store.shape
     if h != w:
         raise PrunekitError(f"latents file {latents} holds non-square latents {h}x{w}; use square images.")
     num_classes = store.num_classes if conditional else 0
     net = build_model(model, sample_size=h, in_channels=c, num_classes=num_classes, seed=seed)
+    if dist.main:  # before the directory exists: a full disk is refused, not met at step 1000
+        need = _checkpoint_bytes(_weights_bytes(net), steps, first=not resume)
+        check_space([(out / runs.OPTIMIZER, need)], "lfm train (checkpoint files)")
     config = dataclasses.replace(
         settings, model=net.config_dict(), sample_size=h, in_channels=c, num_classes=num_classes,
         latents=str(Path(latents).resolve()), latents_fingerprint=store.fingerprint,
@@ -257,11 +309,20 @@ def train(
                     with contextlib.suppress(OSError):
                         d.rmdir()
             raise
-        if dist.main and not resume:
-            runs.write_config(out, config)
-        trainer.wrap_ddp()
-        _barrier(dist)
-        trainer.run(progress and dist.main)
+        try:
+            if dist.main and not resume:
+                runs.write_config(out, config)
+            trainer.wrap_ddp()
+            _barrier(dist)
+            trainer.run(progress and dist.main)
+        except PrunekitError:
+            if lock is not None and not resume and not trainer.complete:  # nothing usable: no trace
+                _remove_run(out)
+                lock.release(remove=True)
+                for d in created or []:
+                    with contextlib.suppress(OSError):
+                        d.rmdir()
+            raise
         trainer.unwrap_ddp()
         _barrier(dist)  # every rank has dropped its reducer before any rank tears down
     finally:
@@ -295,6 +356,8 @@ class _Trainer:
         self.pending: list[tuple[int, torch.Tensor, float]] = []
         self.t_offset = 0.0
         self.saved_step: int | None = None
+        self.complete = False  # a whole checkpoint has been written by this process
+        self.weights_bytes = _weights_bytes(self.model)
         self.ddp: nn.Module = self.model  # what the loss calls: the model or its DDP wrapper
 
     def wrap_ddp(self) -> None:
@@ -332,6 +395,7 @@ class _Trainer:
         runs.load_weights(self.out / runs.EMA, self.ema, self.dev)
         runs.load_optimizer(self.out / runs.OPTIMIZER, state["optimizer"], self.opt, self.dev)
         self.step = self.saved_step = step
+        self.complete = True
         self.log = [r for r in runs.read_log(self.out) if r["step"] <= self.step]
         self.t_offset = self.log[-1]["time"] if self.log else 0.0
 
@@ -400,8 +464,17 @@ class _Trainer:
             tdist.all_reduce(losses)
             losses /= self.dist.world_size
         for (step, _, elapsed), value in zip(self.pending, losses.cpu().tolist(), strict=True):
+            if not math.isfinite(value):
+                self.pending = []
+                raise PrunekitError(self._diverged(step, value))
             self.log.append({"step": step, "loss": value, "lr": self.config.lr, "time": elapsed})
         self.pending = []
+
+    def _diverged(self, step: int, value: float) -> str:
+        kept = (f"the last checkpoint (step {self.saved_step}) in {self.out} is intact"
+                if self.complete else "nothing was kept")
+        return (f"training diverged: the loss is {value} at step {step}; stopped without saving "
+                f"non-finite weights ({kept}). Lower --lr, keep --grad-clip on, or check the latents.")
 
     def checkpoint(self) -> None:
         """Write weights, EMA, optimizer, trainer state, log, then config (steps_done) -- rank 0 only.
@@ -409,9 +482,17 @@ class _Trainer:
         Nothing random needs saving: every draw of step s comes from (seed, s).
         """
         self.flush_log()
-        self.config.steps_done = self.saved_step = self.step
-        if self.dist.main:
-            d = self.out
+        self.config.steps_done = self.step
+        together(self.dist, self._write_checkpoint, main_only=True)  # all ranks hear of a failure
+        self.saved_step = self.step
+        self.complete = True
+
+    def _write_checkpoint(self) -> None:
+        """Rank 0's part of :meth:`checkpoint`: check the free space, then write every file."""
+        d = self.out
+        need = _checkpoint_bytes(self.weights_bytes, self.step, first=not (d / runs.MODEL).exists())
+        check_space([(d / runs.OPTIMIZER, need)], f"checkpoint of step {self.step}")
+        with writing(d, f"the checkpoint of step {self.step} into"):
             runs.save_weights(d / runs.MODEL, self.model, self.step)
             runs.save_weights(d / runs.EMA, self.ema, self.step)
             optimizer = runs.save_optimizer(d / runs.OPTIMIZER, self.opt, self.step)
@@ -422,4 +503,3 @@ class _Trainer:
             })
             runs.write_log(d, self.log)
             runs.write_config(d, self.config)
-        _barrier(self.dist)

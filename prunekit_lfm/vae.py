@@ -26,10 +26,14 @@ import torch
 from prunekit.errors import PrunekitError
 from prunekit.runtime.progress import counter
 
+from .guards import check_finite, check_space, convert_command, writing
+
 VAE_SIZES: dict[str, dict[str, Any]] = {
     "small": {"block_out_channels": (16, 32), "layers_per_block": 1, "norm_num_groups": 8},
     "base": {"block_out_channels": (64, 128, 256, 256), "layers_per_block": 2, "norm_num_groups": 32},
 }
+WEIGHTS = "diffusion_pytorch_model.safetensors"
+PICKLED = "diffusion_pytorch_model.bin"  # a pickle: never opened
 
 
 def vae_config(size: str, in_channels: int = 3, sample_size: int = 32) -> dict[str, Any]:
@@ -122,26 +126,45 @@ def save_vae(vae: Any, directory: str | os.PathLike) -> Path:
     final = Path(directory)
     if final.exists() and (not final.is_dir() or any(final.iterdir())):
         raise PrunekitError(f"VAE folder {final} exists and is not empty; choose a new folder.")
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
-    try:
-        vae.save_pretrained(str(tmp), safe_serialization=True)
-        if final.exists():
-            final.rmdir()
-        os.replace(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    check_space([(final / WEIGHTS, vae_bytes(vae))], "the VAE")
+    with writing(final, "VAE folder"):
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
+        try:
+            vae.save_pretrained(str(tmp), safe_serialization=True)
+            if final.exists():
+                final.rmdir()
+            os.replace(tmp, final)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
     return final
 
 
+def vae_bytes(vae: Any) -> int:
+    """Bytes of the VAE's weights file (its tensors; the header is small)."""
+    return sum(t.numel() * t.element_size() for t in vae.state_dict().values())
+
+
+def planned_vae_bytes(size: str, in_channels: int = 3, sample_size: int = 32) -> int:
+    """Bytes the weights of a VAE of a named size will take (built on the meta device: no memory)."""
+    from diffusers import AutoencoderKL
+
+    with torch.device("meta"):
+        return vae_bytes(AutoencoderKL(**vae_config(size, in_channels, sample_size)))
+
+
 def load_vae(directory: str | os.PathLike, device: str | torch.device = "cpu") -> Any:
-    """An AutoencoderKL from a local folder (``config.json`` + weights), in eval mode.
+    """An AutoencoderKL from a local folder (``config.json`` + safetensors weights), in eval mode.
 
     Accepts a folder holding the VAE directly or a pipeline folder with a ``vae/``
-    subfolder (e.g. a Stable Diffusion snapshot). Never downloads.
+    subfolder (e.g. a Stable Diffusion snapshot). Never downloads and never unpickles: a
+    folder with only ``diffusion_pytorch_model.bin`` is refused with the command that
+    converts it. The weights must cover every parameter (diffusers would initialise a
+    missing one at random) and be finite.
     """
     from diffusers import AutoencoderKL
+    from diffusers.utils import logging as diffusers_logging
 
     d = Path(directory)
     if (d / "vae" / "config.json").is_file() and not (d / "config.json").is_file():
@@ -151,8 +174,52 @@ def load_vae(directory: str | os.PathLike, device: str | torch.device = "cpu") -
             f"VAE folder {directory} must be a directory with config.json and weights "
             "(write one with `prunekit lfm train-vae` or point at a diffusers AutoencoderKL folder)."
         )
+    _check_weights_file(d)
+    level = diffusers_logging.get_verbosity()
+    diffusers_logging.set_verbosity_error()  # its warnings are ours to raise, as one line
     try:
-        vae = AutoencoderKL.from_pretrained(str(d), local_files_only=True, low_cpu_mem_usage=False)
-    except (OSError, ValueError) as exc:
-        raise PrunekitError(f"cannot load the VAE from {d}: {exc}") from exc
+        vae, info = AutoencoderKL.from_pretrained(
+            str(d), local_files_only=True, low_cpu_mem_usage=False, use_safetensors=True,
+            output_loading_info=True,
+        )
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise PrunekitError(f"cannot load the VAE from {d}: {_first_line(exc)}") from exc
+    finally:
+        diffusers_logging.set_verbosity(level)
+    where = f"VAE weights {_weights_name(d)}"
+    missing = sorted(info.get("missing_keys") or [])
+    mismatched = info.get("mismatched_keys") or []
+    if missing or mismatched:
+        first = missing[0] if missing else mismatched[0][0]
+        raise PrunekitError(
+            f"{where} lack {len(missing) + len(mismatched)} of the model's tensors (first: '{first}'); "
+            "diffusers would initialise them at random. Give the complete weights of this VAE."
+        )
+    check_finite(vae.state_dict().items(), where)
     return vae.to(device).eval()
+
+
+def _check_weights_file(d: Path) -> None:
+    """Refuse a folder whose weights are pickled only, or absent, before diffusers looks."""
+    if any(d.glob("diffusion_pytorch_model*.safetensors")):
+        return
+    if (d / PICKLED).is_file():
+        raise PrunekitError(
+            f"VAE folder {d} holds only {PICKLED}, a pickle; prunekit loads safetensors only, since "
+            "opening a pickle can run code. If you trust the file, convert it once (torch >= 2.6): "
+            + convert_command(d, PICKLED, WEIGHTS)
+        )
+    raise PrunekitError(
+        f"VAE folder {d} has no weights file ({WEIGHTS}); without it the VAE would be random. "
+        "Point at the complete folder (config.json and weights)."
+    )
+
+
+def _weights_name(d: Path) -> Path:
+    """The weights file to name in messages (the single file, or the folder when sharded)."""
+    return d / WEIGHTS if (d / WEIGHTS).is_file() else d
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:300] if text else type(exc).__name__

@@ -14,6 +14,7 @@ from click.testing import CliRunner
 
 from prunekit.cli import main
 from prunekit.compute import cluster, grouping
+from prunekit.io import atomic
 from prunekit.methods import herding
 from prunekit.runtime import engine as engine_mod
 from prunekit.runtime import resume
@@ -207,17 +208,18 @@ def test_an_untrusted_work_directory_is_refused(emb_file, tmp_path, plant, why):
     assert not (tmp_path / "out.h5").exists() and list(elsewhere.iterdir()) == []
 
 
-def test_temporary_records_never_open_an_existing_name(tmp_path, monkeypatch):
+def test_records_never_write_through_a_planted_temporary_name(tmp_path, monkeypatch):
     victim = tmp_path / "victim.txt"
     victim.write_text("keep me")
     tokens = iter(["aaaa", "bbbb"])
-    monkeypatch.setattr(resume.secrets, "token_hex", lambda n: next(tokens))
-    planted = tmp_path / f"{resume.TMP_PREFIX}{os.getpid()}.aaaa.x.npy"
-    planted.symlink_to(victim)
-    fd, path = resume.exclusive_temp(tmp_path, "x.npy")
-    os.close(fd)
-    assert path.name.endswith(".bbbb.x.npy") and victim.read_text() == "keep me"
-    assert stat.S_IMODE(os.lstat(path).st_mode) == 0o600
+    monkeypatch.setattr(atomic.secrets, "token_hex", lambda n: next(tokens))
+    work = resume.WorkDir(tmp_path / "w")
+    (tmp_path / "w").mkdir(mode=0o700)
+    (tmp_path / "w" / f"{atomic.TMP_PREFIX}{os.getpid()}.aaaa").symlink_to(victim)
+    work.save("x", np.arange(3))  # the first name is taken: the next random one is used
+    assert victim.read_text() == "keep me"
+    np.testing.assert_array_equal(work.load("x"), np.arange(3))
+    assert stat.S_IMODE(os.lstat(tmp_path / "w" / "x.npy").st_mode) == 0o600
 
 
 # ---------------------------------------------------------------- one run per output

@@ -202,7 +202,7 @@ def test_score_inspect_stability_as_library_calls(data):
 # ------------------------------------------------------------------ the context itself
 
 
-def test_runtime_nests_and_restores():
+def test_runtime_nests_and_restores(tmp_path):
     base = pk.get_runtime()
     assert base == RunContext()
     eng = LocalEngine(1)
@@ -217,6 +217,8 @@ def test_runtime_nests_and_restores():
             raise RuntimeError
         assert memory_budget() == 4096
     assert pk.get_runtime() is base
+    with pk.runtime(work_dir=tmp_path / "w", key=None):  # a path becomes a WorkDir
+        assert current_work_dir().path == tmp_path / "w" and pk.get_runtime().key == "embeddings"
     with pytest.raises(TypeError, match="unknown run-context field.*budget"):
         pk.runtime(budget=1)
     with pytest.raises(pk.PrunekitError, match="not a size"):

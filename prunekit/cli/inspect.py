@@ -12,11 +12,9 @@ from prunekit.cli.common import drop_option, key_option, quiet_option, seed_opti
 from prunekit.cli.engine_options import engine_options, running_on
 from prunekit.io.provenance import jsonable
 from prunekit.report.command import html_options, html_page, page_wanted
+from prunekit.selection.inspection import as_report
 from prunekit.selection.inspection import inspect as run_inspect
-from prunekit.selection.inspection import inspect_selection, render
 from prunekit.selection.quality import MMD_SAMPLE
-
-__all__ = ["inspect", "inspect_selection", "render"]
 
 
 @click.command()
@@ -58,4 +56,5 @@ def inspect(selection: str, scores_path: str | None, emb_path: str | None, key: 
         report = run(selection, scores=scores_path, embeddings=emb_path, key=key,
                      drop_nonfinite=drop_nonfinite, random_draws=random_draws, seed=seed,
                      rff_dim=rff_dim, mmd_sample=mmd_sample or None, **extra)
-    click.echo(json.dumps(jsonable(report), indent=1) if as_json else render(report))
+    report = as_report(report)  # the page's build returns the report's dict
+    click.echo(json.dumps(jsonable(report.to_dict()), indent=1) if as_json else report.render())

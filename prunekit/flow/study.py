@@ -26,6 +26,7 @@ from prunekit.flow.assign import compare_subsets
 from prunekit.flow.ode import SOLVERS
 from prunekit.flow.synthetic import gaussian_mixture
 from prunekit.flow.velocity import DEFAULT_BUFFER, ClosedFormField, resolve_dtype
+from prunekit.io.atomic import check_input
 from prunekit.io.embeddings import Embeddings, load_embeddings
 from prunekit.methods import score
 from prunekit.runtime.memory import check_fits
@@ -60,8 +61,9 @@ def draw_sources(n: int, dim: int, seed: int) -> np.ndarray:
 def load_sources(path: str | os.PathLike, dim: int) -> np.ndarray:
     """Noise points x0 from an (M, dim) float ``.npy`` file (never unpickled), checked."""
     p = Path(path)
-    if not p.is_file():
+    if not p.exists():
         raise PrunekitError(f"sources file not found: {p}. Give an .npy file of shape (M, {dim}).")
+    check_input(p, "sources file")  # a directory or FIFO, named
     with open(p, "rb") as fh:
         magic = fh.read(6)
     if magic != b"\x93NUMPY":

@@ -6,6 +6,7 @@ import datetime as _dt
 import json
 import math
 import sys
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -26,7 +27,7 @@ def jsonable(value: Any) -> Any:
         return None if math.isnan(value) else ("inf" if value > 0 else "-inf")
     if isinstance(value, np.ndarray):
         return value.tolist()
-    if isinstance(value, dict):
+    if isinstance(value, Mapping):  # dicts and report objects that read like one
         return {str(k): jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [jsonable(v) for v in value]

@@ -23,6 +23,7 @@ import h5py
 import numpy as np
 
 from prunekit.errors import PrunekitError
+from prunekit.io.atomic import check_input
 from prunekit.io.embeddings import Embeddings
 from prunekit.io.h5io import decode_ids, open_h5, require
 from prunekit.io.ids import id_positions
@@ -86,6 +87,7 @@ def read_score_file(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray | N
     p = Path(path)
     if not p.exists() or p.is_dir():
         raise PrunekitError(f"scores file to import not found: {p}. Check the --from path.")
+    check_input(p, "scores file to import")  # a FIFO would block the read forever
     if h5py.is_hdf5(p):
         with open_h5(p, "scores") as f:
             values = np.asarray(require(f, "score", "scores")[()])

@@ -149,6 +149,11 @@ def build(
     require_plot()
     if map not in views.MAPS:
         raise PrunekitError(f"unknown map '{map}'; choose one of: {', '.join(views.MAPS)}.")
+    for what, v, low in (("map_sample", map_sample, 1), ("clusters_shown", clusters_shown, 0),
+                         ("per_strip", per_strip, 0), ("dup_groups", dup_groups, 0),
+                         ("max_pixels", max_pixels, 1)):
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < low:
+            raise PrunekitError(f"{what} must be an integer >= {low}, got {v!r}.")
     if compare and embeddings is None:
         raise PrunekitError("--compare needs --embeddings: the criteria are compared by their "
                             "MMD to the full set.")

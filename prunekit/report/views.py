@@ -56,10 +56,13 @@ def project(emb: Embeddings, kept: np.ndarray, *, method: str, sample: int, seed
         xy = _pca(x)
     else:
         from sklearn.manifold import TSNE
+        from threadpoolctl import threadpool_limits
 
         rs = int(role_rng(seed, "report tsne").integers(2**31 - 1))
-        xy = TSNE(n_components=2, init="pca", random_state=rs,
-                  perplexity=float(min(30.0, (size - 1) / 3))).fit_transform(x)
+        # One thread: the same map on every machine (and no oversubscription stalls).
+        with threadpool_limits(1):
+            xy = TSNE(n_components=2, init="pca", random_state=rs,
+                      perplexity=float(min(30.0, (size - 1) / 3))).fit_transform(x)
     at = np.minimum(np.searchsorted(kept, pick), max(kept.size - 1, 0))
     is_kept = kept[at] == pick if kept.size else np.zeros(size, dtype=bool)
     return MapData(method, pick, np.asarray(xy, dtype=np.float64), is_kept, emb.n)

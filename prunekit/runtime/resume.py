@@ -38,7 +38,6 @@ import io
 import json
 import logging
 import os
-import secrets
 import shutil
 import stat
 import warnings
@@ -48,7 +47,7 @@ from typing import Any
 import numpy as np
 
 from prunekit.errors import PrunekitError
-from prunekit.io.atomic import TMP_PREFIX
+from prunekit.io.atomic import TMP_PREFIX, create_temp
 from prunekit.runtime.context import current_work_dir, runtime_yielding
 
 WORK_DIR = ".prunekit-work"
@@ -169,7 +168,7 @@ class WorkDir:
     def _write(self, rel: str, payload: bytes) -> None:
         final = self._file(rel)
         self._ensure(final.parent)
-        fd, tmp = exclusive_temp(final.parent, final.name)
+        fd, tmp = create_temp(final.parent)  # O_CREAT|O_EXCL|O_NOFOLLOW, a random name
         try:
             with os.fdopen(fd, "wb") as fh:
                 fh.write(MAGIC + self._digest(rel, payload))
@@ -228,7 +227,8 @@ class WorkDir:
             for root, _, _ in os.walk(self.path, topdown=False):
                 with contextlib.suppress(OSError):
                     os.rmdir(root)
-        for d in (self.path.parent, *reversed(self._made)):
+        parents = [self.path.parent] if self.path.parent.name == WORK_DIR else []
+        for d in (*parents, *reversed(self._made)):
             with contextlib.suppress(OSError):
                 d.rmdir()
         self._made = []
@@ -258,6 +258,9 @@ class WorkDir:
         while True:
             try:
                 fd = os.open(path, os.O_RDWR | os.O_CREAT | _NOFOLLOW | _CLOEXEC, 0o600)
+            except FileNotFoundError:  # the last run removed the empty folder just now
+                self._ensure_parent()
+                continue
             except OSError as exc:
                 raise PrunekitError(
                     f"cannot open the lock {path}: {exc.strerror}; remove it and run again."
@@ -313,22 +316,6 @@ def _same_file(fd: int, path: Path) -> bool:
     return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
 
 
-def exclusive_temp(directory: Path, name: str) -> tuple[int, Path]:
-    """A new file in ``directory`` under a random name: ``(fd, path)``, mode 0600.
-
-    ``O_CREAT | O_EXCL | O_NOFOLLOW``: never an existing file, never through a symlink.
-    The name starts with the atomic writer's prefix and our pid, so the temporary file of
-    a killed run is recognised as stale.
-    """
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW | _CLOEXEC
-    while True:
-        path = directory / f"{TMP_PREFIX}{os.getpid()}.{secrets.token_hex(8)}.{name}"
-        try:
-            return os.open(path, flags, 0o600), path
-        except FileExistsError:
-            continue
-
-
 def secure_dir(path: Path) -> None:
     """Create ``path`` with mode 0700, or check that the existing one is safe to trust.
 
@@ -345,7 +332,7 @@ def secure_dir(path: Path) -> None:
         why = "is a symbolic link"
     elif not stat.S_ISDIR(st.st_mode):
         why = "is not a directory"
-    elif st.st_uid != os.getuid():
+    elif st.st_uid != os.geteuid():
         why = f"belongs to another user (uid {st.st_uid})"
     elif st.st_mode & 0o022:
         why = f"is writable by other users (mode {stat.S_IMODE(st.st_mode):o})"

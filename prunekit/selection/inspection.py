@@ -1,12 +1,16 @@
 """What a selection keeps: per cluster and label before and after, and how representative it is.
 
-:func:`inspect` is ``prunekit inspect`` as one call: a JSON-ready report; :func:`render`
-turns it into the text the command prints.
+:func:`inspect` is ``prunekit inspect`` as one call. It returns an
+:class:`InspectionReport`: typed fields (counts, :class:`GroupTable` per cluster and label,
+an :class:`MMDBlock`, the method's entries), ``to_dict()`` (what ``--json`` prints) and
+``render()`` (the text the command prints). The report reads like that dict too.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import numpy as np
@@ -49,10 +53,10 @@ def inspect(
     rff_dim: int = 512,
     mmd_sample: int | None = MMD_SAMPLE,
     progress: bool = False,
-) -> dict[str, Any]:
-    """The inspect report of a selection as a JSON-ready dict.
+) -> InspectionReport:
+    """The inspect report of a selection (an :class:`InspectionReport`).
 
-    Always: ``n_total``, ``n_kept``, ``pr``, ``method``, ``params`` (and ``draws`` when it
+    Its entries (``report.to_dict()``, or ``report[...]`` directly): always: ``n_total``, ``n_kept``, ``pr``, ``method``, ``params`` (and ``draws`` when it
     oversamples). With ``scores`` (the file the selection was made from): ``clusters``
     (and ``labels``) with per-group ``before``/``kept`` counts and coverage, and for
     semdedup scores ``duplicates`` (:func:`prunekit.methods.dedup.duplicate_counts`). With
@@ -86,42 +90,34 @@ def inspect_selection(
     rff_dim: int = 512,
     mmd_sample: int | None = MMD_SAMPLE,
     progress: bool = True,
-) -> dict[str, Any]:
+) -> InspectionReport:
     """:func:`inspect` on loaded objects; ``names`` say how errors call them."""
-    out: dict[str, Any] = {
-        "selection": names[0],
-        "n_total": sel.n_total,
-        "n_kept": sel.n_kept,
-        "pr": sel.pr,
-        "method": sel.method,
-        "params": sel.params,
-    }
-    if sel.counts is not None:
-        out["draws"] = int(sel.counts.sum())
+    found: dict[str, Any] = {"extra": {}}
     labels = None
     if scores is not None:
         _check_scores(sel, scores, names[0], names[1])
         rows = resolve_rows(sel, scores.n_total, scores.ids, selection_name=names[0], target_name=names[1])
         before = np.flatnonzero(scores.eligible)
         if scores.cluster is not None:
-            out["clusters"] = group_counts(scores.cluster, before, rows)
+            found["clusters"] = GroupTable(**group_counts(scores.cluster, before, rows))
         part = _summary(scores.method).inspect  # what the method adds (semdedup: duplicates)
         if part is not None:
-            out.update(part(scores, rows))
+            found["extra"] = dict(part(scores, rows))
         if scores.labels is not None:
             labels = (scores.labels, before, rows)
     if emb is not None:
         rows = resolve_rows(sel, emb.n_total, emb.ids, selection_name=names[0], target_name=names[2])
         if labels is None and emb.labels is not None:
             labels = (emb.labels, emb.rows, rows)
-        out["mmd"] = mmd_report(emb, rows, random_draws=random_draws, seed=seed,
-                                n_features=rff_dim, sample=mmd_sample, progress=progress)
-        out["mmd"]["same_embeddings"] = (
-            not sel.source_fingerprint or sel.source_fingerprint == emb.fingerprint
-        )
+        mmd = mmd_report(emb, rows, random_draws=random_draws, seed=seed,
+                         n_features=rff_dim, sample=mmd_sample, progress=progress)
+        same = not sel.source_fingerprint or sel.source_fingerprint == emb.fingerprint
+        found["mmd"] = MMDBlock(**mmd, same_embeddings=same)
     if labels is not None:
-        out["labels"] = group_counts(*labels)
-    return out
+        found["labels"] = GroupTable(**group_counts(*labels))
+    draws = None if sel.counts is None else int(sel.counts.sum())
+    return InspectionReport(selection=names[0], n_total=sel.n_total, n_kept=sel.n_kept, pr=sel.pr,
+                            method=sel.method, params=sel.params, draws=draws, **found)
 
 
 def _summary(method: str) -> Summary:
@@ -130,50 +126,179 @@ def _summary(method: str) -> Summary:
     return Summary() if m is None else m.summary
 
 
-def _table(title: str, g: dict[str, Any]) -> list[str]:
-    n = len(g["ids"])
-    kept = np.array(g["kept"])
-    lines = [f"{title}: {n}, coverage {g['coverage']:.3f} (kept per {title[:-1]}: "
-             f"min {kept.min()}, max {kept.max()})"]
-    head = f"  {title[:-1]:>8} {'before':>8} {'kept':>8}" + (f" {'draws':>8}" if "draws" in g else "")
-    lines.append(head)
-    for i in range(min(n, MAX_ROWS_SHOWN)):
-        row = f"  {g['ids'][i]:>8} {g['before'][i]:>8} {g['kept'][i]:>8}"
-        lines.append(row + (f" {g['draws'][i]:>8}" if "draws" in g else ""))
-    if n > MAX_ROWS_SHOWN:
-        lines.append(f"  ... {n - MAX_ROWS_SHOWN} more (--json for all)")
-    return lines
+@dataclass(frozen=True)
+class GroupTable:
+    """Rows per group (cluster or label) before the selection and kept by it.
+
+    ``ids`` ascending; ``coverage``: the fraction of groups with a kept row; ``draws``
+    (oversampled selections only): kept rows counted with their repeats.
+    """
+
+    ids: list
+    before: list[int]
+    kept: list[int]
+    coverage: float
+    draws: list[int] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {"ids": self.ids, "before": self.before, "kept": self.kept, "coverage": self.coverage}
+        if self.draws is not None:
+            out["draws"] = self.draws
+        return out
+
+    def render(self, title: str) -> list[str]:
+        """The table as text lines (at most MAX_ROWS_SHOWN groups), headed ``title``."""
+        n, one = len(self.ids), title[:-1]
+        kept = np.array(self.kept)
+        extra = self.draws is not None
+        lines = [f"{title}: {n}, coverage {self.coverage:.3f} (kept per {one}: "
+                 f"min {kept.min()}, max {kept.max()})",
+                 f"  {one:>8} {'before':>8} {'kept':>8}" + (f" {'draws':>8}" if extra else "")]
+        for i in range(min(n, MAX_ROWS_SHOWN)):
+            row = f"  {self.ids[i]:>8} {self.before[i]:>8} {self.kept[i]:>8}"
+            lines.append(row + (f" {self.draws[i]:>8}" if extra else ""))
+        if n > MAX_ROWS_SHOWN:
+            lines.append(f"  ... {n - MAX_ROWS_SHOWN} more (--json for all)")
+        return lines
 
 
-def render(report: dict[str, Any]) -> str:
-    """The report as text."""
-    p = report["params"]
-    lines = [
-        f"{report['selection']}: kept {report['n_kept']} of {report['n_total']} rows "
-        f"(pr {report['pr']:g}, method {report['method']}, balance {p.get('balance', '?')}"
-        + (", inverted)" if p.get("invert") else ")")
-    ]
-    if "draws" in report:
-        lines.append(f"  oversampled: {report['draws']} draws")
-    for name in ("clusters", "labels"):
-        if name in report:
-            lines += _table(name, report[name])
-    render_part = _summary(report["method"]).render
-    if render_part is not None:
-        lines += render_part(report)
-    if "mmd" in report:
-        m = report["mmd"]
-        err = "" if m.get("kept_error") is None else f" +- {m['kept_error']:.5f}"
-        rand = ("" if m["random_mean"] is None else
-                f"   random subsets of {m['n_kept']}: {m['random_mean']:.5f} +- "
-                f"{m['random_std']:.5f} ({len(m['random'])} draws)")
-        lines.append(
-            f"RFF-MMD to the full set (sigma {m['sigma']:.4g}, {m['n_features']} features): "
-            f"kept {m['kept']:.5f}{err}{rand}"
-        )
-        if m.get("n_sample", m["n_full"]) < m["n_full"] or m.get("kept_error") is not None:
-            lines.append(f"  (estimated on a seeded sample of {m['n_sample']} of {m['n_full']} rows; "
-                         "+- is the jackknife standard error)")
-        if not m["same_embeddings"]:
+@dataclass(frozen=True)
+class MMDBlock:
+    """RFF-MMD of the kept rows to the full set, next to uniform random subsets.
+
+    The fields of :func:`prunekit.selection.quality.mmd_report`, plus ``same_embeddings``:
+    whether the embeddings are the ones the selection was made from.
+    """
+
+    sigma: float
+    n_features: int
+    n_kept: int
+    n_full: int
+    n_sample: int
+    kept: float
+    kept_error: float | None
+    random: list[float]
+    random_mean: float | None
+    random_std: float | None
+    same_embeddings: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    def render(self) -> list[str]:
+        err = "" if self.kept_error is None else f" +- {self.kept_error:.5f}"
+        rand = ("" if self.random_mean is None else
+                f"   random subsets of {self.n_kept}: {self.random_mean:.5f} +- "
+                f"{self.random_std:.5f} ({len(self.random)} draws)")
+        lines = [f"RFF-MMD to the full set (sigma {self.sigma:.4g}, {self.n_features} features): "
+                 f"kept {self.kept:.5f}{err}{rand}"]
+        if self.n_sample < self.n_full or self.kept_error is not None:
+            lines.append(f"  (estimated on a seeded sample of {self.n_sample} of {self.n_full} "
+                         "rows; +- is the jackknife standard error)")
+        if not self.same_embeddings:
             lines.append("  (these embeddings are not the ones the selection was made from)")
-    return "\n".join(lines)
+        return lines
+
+
+_BASE = ("selection", "n_total", "n_kept", "pr", "method", "params", "draws")
+
+
+@dataclass(frozen=True, eq=False)
+class InspectionReport(Mapping):
+    """What :func:`inspect` found: counts, per-group tables, MMD and the method's entries.
+
+    :meth:`to_dict` is the JSON-ready report (``prunekit inspect --json``), :meth:`render`
+    the text ``prunekit inspect`` prints. The report also reads like that dict
+    (``rep["mmd"]["kept"]``, ``rep.get("labels")``, ``dict(rep)``, ``rep == a_dict``);
+    each such read builds the dict anew, so call :meth:`to_dict` once to hold or change it.
+    ``extra`` holds the entries the selection's method adds (``Summary.inspect`` in
+    :mod:`prunekit.methods`; semdedup: ``duplicates``).
+    """
+
+    selection: str
+    n_total: int
+    n_kept: int
+    pr: float
+    method: str
+    params: dict[str, Any]
+    draws: int | None = None  # oversampled selections: kept rows with their repeats
+    clusters: GroupTable | None = None
+    labels: GroupTable | None = None
+    mmd: MMDBlock | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def duplicates(self) -> list[dict[str, Any]] | None:
+        """SemDeDup's removals per eps (semdedup scores only)."""
+        return self.extra.get("duplicates")
+
+    def to_dict(self) -> dict[str, Any]:
+        """The report as plain JSON-ready values, keys in the order ``--json`` prints them."""
+        out = {k: getattr(self, k) for k in _BASE[:-1]}
+        if self.draws is not None:
+            out["draws"] = self.draws
+        if self.clusters is not None:
+            out["clusters"] = self.clusters.to_dict()
+        out.update(self.extra)
+        if self.mmd is not None:
+            out["mmd"] = self.mmd.to_dict()
+        if self.labels is not None:
+            out["labels"] = self.labels.to_dict()
+        return out
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> InspectionReport:
+        """The report of a :meth:`to_dict` result (e.g. read back from ``--json``)."""
+        def table(name: str) -> GroupTable | None:
+            return None if d.get(name) is None else GroupTable(**d[name])
+
+        extra = {k: v for k, v in d.items() if k not in (*_BASE, "clusters", "labels", "mmd")}
+        return cls(**{k: d.get(k) for k in _BASE}, clusters=table("clusters"),
+                   labels=table("labels"), mmd=None if d.get("mmd") is None else MMDBlock(**d["mmd"]),
+                   extra=extra)
+
+    def render(self) -> str:
+        """The report as the text ``prunekit inspect`` prints."""
+        p = self.params
+        lines = [
+            f"{self.selection}: kept {self.n_kept} of {self.n_total} rows "
+            f"(pr {self.pr:g}, method {self.method}, balance {p.get('balance', '?')}"
+            + (", inverted)" if p.get("invert") else ")")
+        ]
+        if self.draws is not None:
+            lines.append(f"  oversampled: {self.draws} draws")
+        for title, table in (("clusters", self.clusters), ("labels", self.labels)):
+            if table is not None:
+                lines += table.render(title)
+        render_part = _summary(self.method).render
+        if render_part is not None:
+            lines += render_part(self)
+        if self.mmd is not None:
+            lines += self.mmd.render()
+        return "\n".join(lines)
+
+    def __getitem__(self, key: str) -> Any:
+        return self.to_dict()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.to_dict())
+
+    def __len__(self) -> int:
+        return len(self.to_dict())
+
+    def __repr__(self) -> str:
+        parts = [k for k in ("clusters", "labels", "mmd") if getattr(self, k) is not None]
+        return (f"InspectionReport({self.selection!r}: kept {self.n_kept} of {self.n_total}, "
+                f"pr {self.pr:g}, method {self.method!r}; "
+                f"{', '.join(parts + list(self.extra)) or 'counts only'})")
+
+
+def as_report(report: InspectionReport | Mapping[str, Any]) -> InspectionReport:
+    """``report`` as an :class:`InspectionReport` (a dict of :meth:`~InspectionReport.to_dict`
+    is converted)."""
+    return report if isinstance(report, InspectionReport) else InspectionReport.from_dict(report)
+
+
+def render(report: InspectionReport | Mapping[str, Any]) -> str:
+    """The report (object or dict) as the text ``prunekit inspect`` prints."""
+    return as_report(report).render()

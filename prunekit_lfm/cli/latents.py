@@ -90,8 +90,9 @@ def train_vae(images: str, output: str, vae_size: str, image_size: int | None, s
     import math
 
     from ..devices import pick_device
+    from ..guards import check_space
     from ..latents import load_images
-    from ..vae import downsampling, save_vae
+    from ..vae import WEIGHTS, downsampling, planned_vae_bytes, save_vae
     from ..vae import train_vae as fit
 
     out = Path(output)
@@ -105,6 +106,7 @@ def train_vae(images: str, output: str, vae_size: str, image_size: int | None, s
     side = image_size or (16 if vae_size == "small" else 256)
     if side % downsampling(vae_size):
         raise PrunekitError(f"--image-size {side} must be divisible by {downsampling(vae_size)} for --size {vae_size}.")
+    check_space([(out / WEIGHTS, planned_vae_bytes(vae_size, 3, side))], "train-vae")  # before training
     x, _, _ = load_images(images, side, key=key)
     dev = pick_device(device)
     vae = fit(x, size=vae_size, steps=steps, batch_size=batch_size, lr=lr, kl_weight=kl_weight,

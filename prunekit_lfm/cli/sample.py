@@ -12,7 +12,7 @@ from prunekit.cli.common import quiet_option
 from prunekit.errors import PrunekitError
 from prunekit.io.atomic import check_output, write_text
 
-from .options import check_suffix, parse_ints, sampling_options, with_options
+from .options import INDEX, check_suffix, parse_ints, sampling_options, with_options
 
 DEFAULT_SWEEP = "0,0.3,0.5,0.7,0.9,1"
 
@@ -34,7 +34,7 @@ def sampling_config(steps, solver, cfg, seed, device, labels, batch_size, ema):
               help="Fine run: used from t_switch to t = 1 (RUN_DIR may stand for it).")
 @click.option("--t-switch", type=float, default=None,
               help="Switching time in [0, 1]: 0 = fine model only, 1 = coarse only. Default 0.7.")
-@click.option("--start", type=click.IntRange(min=0), default=0, show_default=True,
+@click.option("--start", type=INDEX, default=0, show_default=True,
               help="Index of the first sample.")
 @click.option("--vae", type=click.Path(file_okay=False), default=None,
               help="Decode with this VAE folder instead of the run's own.")
@@ -55,7 +55,7 @@ def sample(run_dir, n, seed, steps, solver, cfg, labels, ema, batch_size, device
     The samples file holds `latents`, `images` (uint8, when the run has a VAE), `indices`,
     `labels`, the seed, and the cost: network calls, FLOPs and wall time.
     """
-    from prunekit_lfm.generate import check_sample_memory, draw, to_uint8
+    from prunekit_lfm.generate import check_sample_memory, check_sample_space, draw, to_uint8
     from prunekit_lfm.sampling import check_t_switch
 
     if fine is not None and run_dir is not None and Path(fine) != Path(run_dir):
@@ -76,6 +76,7 @@ def sample(run_dir, n, seed, steps, solver, cfg, labels, ema, batch_size, device
         check_output(png, what="--png", **read)
     config = sampling_config(steps, solver, cfg, seed, device, labels, batch_size, ema)
     check_sample_memory(fine, n, decode=True)
+    check_sample_space(output, png, fine, n)
     samples, res = draw(fine, n, config, coarse=coarse, t_switch=t_switch, vae=vae, start=start,
                         progress=not quiet)
     if png and samples.images is None:
@@ -89,14 +90,21 @@ def sample(run_dir, n, seed, steps, solver, cfg, labels, ema, batch_size, device
 
 
 def _write(output, png, res, images, runs) -> None:
-    """The samples file and the grid: both or (on an interrupt) neither."""
-    from prunekit_lfm.generate import save_grid
+    """The samples file and the grid: both or (on an interrupt or a failed write) neither."""
+    from prunekit_lfm.generate import grid_bytes, samples_file_bytes, save_grid
+    from prunekit_lfm.guards import check_space, writing
     from prunekit_lfm.sampling import save_samples
 
-    save_samples(output, res, images=images, runs=runs)
+    writes = [(output, samples_file_bytes(res.latents.numpy(), images))]
+    if png:
+        writes.append((png, grid_bytes(images)))
+    check_space(writes, "lfm sample")  # the exact sizes; h5py can crash on a full disk
+    with writing(output, "samples file"):
+        save_samples(output, res, images=images, runs=runs)
     if png:
         try:
-            save_grid(png, images)
+            with writing(png, "PNG grid"):
+                save_grid(png, images)
         except BaseException:
             Path(output).unlink(missing_ok=True)
             raise
@@ -145,8 +153,8 @@ def c2f_sweep(ctx, coarse, fine, t_switches, n, seed, steps, solver, cfg, labels
 
     Example: prunekit lfm c2f-sweep --coarse runs/s --fine runs/xl --t-switch 0 0.3 0.5 0.7 0.9 1
     """
-    from prunekit_lfm.c2f import check_tol, parse_t_switches, sweep
-    from prunekit_lfm.generate import fmt_flops, load_models
+    from prunekit_lfm.c2f import MAX_REPEATS, check_tol, parse_t_switches, sweep
+    from prunekit_lfm.generate import check_sample_memory, fmt_flops, load_models
 
     extra = list(ctx.args)  # the values after the first one of "--t-switch 0 0.3 0.5"
     for value in extra:
@@ -157,11 +165,13 @@ def c2f_sweep(ctx, coarse, fine, t_switches, n, seed, steps, solver, cfg, labels
     ts = parse_t_switches(list(t_switches) + extra if t_switches or extra else [DEFAULT_SWEEP])
     if tol is not None:
         check_tol(tol)
-    if repeats < 1:
-        raise PrunekitError(f"--repeats must be a positive integer, got {repeats}.")
+    if not 1 <= repeats <= MAX_REPEATS:
+        raise PrunekitError(f"--repeats must be a positive integer up to {MAX_REPEATS}, got {repeats}.")
     if output is not None:
         check_output(output, what="--output", input_dirs=[coarse, fine])
     config = sampling_config(steps, solver, cfg, seed, device, labels, batch_size, ema)
+    for run in (fine, coarse):  # the fine-only samples stay beside each coarse-to-fine set
+        check_sample_memory(run, n, decode=False, copies=3)
     models, _ = load_models(fine, coarse, config=config)
     result = sweep(models["coarse"], models["fine"], ts, n, config, tol=tol, repeats=repeats,
                    progress=not quiet)
