@@ -24,6 +24,8 @@ from typing import Any
 from prunekit.errors import PrunekitError
 
 KINDS = ("int", "float", "bool", "choice", "path", "str")
+# Every int parameter also lies in int64: the arrays and libraries it reaches hold no more.
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
 
 class ParamError(PrunekitError):
@@ -104,12 +106,20 @@ class Param:
                    "path": _path, "str": _str}[self.kind]
         try:
             return checker(self, value)
+        except _Beyond64:
+            side = "below 2**63" if int(value) > 0 else "at least -2**63"
+            raise ParamError(method, self, f"must be a 64-bit integer, {side} "
+                                           f"(got {_show(value)})") from None
         except _Bad:
             raise ParamError(method, self, f"must be {self.describe()} (got {_show(value)})") from None
 
 
 class _Bad(Exception):
     pass
+
+
+class _Beyond64(_Bad):
+    """An integer within the declared bounds but outside int64."""
 
 
 def _num(v: float) -> str:
@@ -141,6 +151,8 @@ def _int(p: Param, value: Any) -> int:
     except ValueError:
         raise _Bad from None
     _in_range(p, v)
+    if not INT64_MIN <= v <= INT64_MAX:
+        raise _Beyond64
     return v
 
 

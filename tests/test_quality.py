@@ -71,7 +71,7 @@ def test_pk_inspect_is_the_cli_in_one_call(tmp_path):
                                     "--embeddings", str(tmp_path / "emb.h5"), "--random-draws", "3",
                                     "--seed", "4", "--json", "-q"])
     assert res.exit_code == 0, res.output
-    assert json.loads(res.output) == json.loads(json.dumps(report))
+    assert json.loads(res.output) == json.loads(json.dumps(report.to_dict()))
     assert report["n_kept"] == 30 and sum(report["clusters"]["kept"]) == 30
     assert sum(report["labels"]["before"]) == 60 and len(report["mmd"]["random"]) == 3
     # objects work as well as paths

@@ -278,10 +278,13 @@ def crafted(d: Path) -> dict[str, Path]:
     with h5py.File(d / "soft_missing.h5", "w") as f:
         f["x"] = np.zeros((8, 4), np.float32)
         f["embeddings"] = h5py.SoftLink("/nowhere")
+    with h5py.File(d / "soft_loop.h5", "w") as f:
+        f["embeddings"] = np.zeros((8, 4), np.float32)
+        f["a"], f["b"] = h5py.SoftLink("/b"), h5py.SoftLink("/a")
     with h5py.File(d / "elink_missing.h5", "w") as f:
         f["x"] = np.zeros((8, 4), np.float32)
         f["embeddings"] = h5py.ExternalLink("absent.h5", "/embeddings")
-    for name in ("elink", "extstore", "vds", "soft_missing", "elink_missing"):
+    for name in ("elink", "extstore", "vds", "soft_missing", "soft_loop", "elink_missing"):
         out[name] = d / f"{name}.h5"
     return out
 
@@ -291,6 +294,7 @@ def crafted(d: Path) -> dict[str, Path]:
     ("extstore", ["keeps its data in the external file(s)", "secret.bin", "--allow-external"]),
     ("vds", ["is a virtual dataset reading target.h5", "--allow-external"]),
     ("soft_missing", ["the link 'embeddings' points to /nowhere, which does not exist"]),
+    ("soft_loop", ["the link 'a' points to /b, which does not exist (or links back to itself)"]),
     ("elink_missing", ["'embeddings' is an external link to absent.h5"]),
 ])
 def test_hdf5_that_reaches_other_files_is_refused(shared, name, words):

@@ -10,7 +10,7 @@ import click
 from prunekit.errors import PrunekitError
 from prunekit.io.atomic import check_output
 from prunekit.io.embeddings import DEFAULT_KEY, Embeddings, load_embeddings
-from prunekit.runtime.budget import parse_size
+from prunekit.runtime.budget import parse_memory_option
 from prunekit.runtime.context import RunContext, use_context
 from prunekit.seeds import SEED_MAX
 
@@ -47,7 +47,7 @@ def run_context_from(options: dict) -> RunContext:
     from ``options``. Engine and work directory join later (``running_on``, ``--resume``)."""
     memory = options.pop("memory", None)
     return RunContext(
-        memory=None if memory is None else parse_size(memory),
+        memory=None if memory is None else parse_memory_option(memory),
         progress=not options.get("quiet", False),
         key=options.get("key") or DEFAULT_KEY,
         id_key=options.pop("id_key", None),

@@ -4,7 +4,9 @@ A row holds ``pr``, ``n_kept``, ``n_sources``, ``n_retained``, ``unchanged_fract
 ``path_deviation_median`` and ``path_deviation_p95`` (see :mod:`.assign`), plus what
 identifies the subset (its selection file or method) and, in a dimension sweep, ``dim``.
 
-:func:`stability` is ``prunekit stability`` as one call (``pk.stability``).
+:func:`stability` is ``prunekit stability`` as one call (``pk.stability``): it checks the
+options (:func:`check_study`), runs a study of given data or a dimension sweep on synthetic
+data, and returns a :class:`StabilityStudy` (JSON, table and figure of the command).
 
 One seed feeds several draws here (the noise sources, the random subsets, the synthetic
 data); each has its own stream (:mod:`prunekit.seeds`), so none repeats another's numbers.
@@ -12,8 +14,10 @@ data); each has its own stream (:mod:`prunekit.seeds`), so none repeats another'
 
 from __future__ import annotations
 
+import json
 import os
-from collections.abc import Sequence
+import sys
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,10 +28,12 @@ from prunekit._version import __version__
 from prunekit.errors import PrunekitError
 from prunekit.flow.assign import compare_subsets
 from prunekit.flow.ode import SOLVERS
+from prunekit.flow.plot import stability_figure
 from prunekit.flow.synthetic import gaussian_mixture
 from prunekit.flow.velocity import DEFAULT_BUFFER, ClosedFormField, resolve_dtype
-from prunekit.io.atomic import check_input
+from prunekit.io.atomic import check_input, write_bytes
 from prunekit.io.embeddings import Embeddings, load_embeddings
+from prunekit.io.provenance import jsonable
 from prunekit.methods import score
 from prunekit.runtime.memory import check_fits
 from prunekit.runtime.progress import track
@@ -39,6 +45,8 @@ DEFAULT_SOURCES = 256
 # Training rows the closed-form flow uses at most: every velocity evaluation touches each of
 # them, so beyond this a seeded uniform sample of the data stands for the full set.
 STABILITY_SAMPLE = 100_000
+GMM = "gmm"  # the data of a dimension sweep: a Gaussian mixture drawn per dimension
+GMM_DEFAULTS = {"n": 1000, "components": 10, "spread": 0.5}
 
 
 @dataclass
@@ -233,6 +241,175 @@ def stability_bytes(shape: Sequence[int], n_subsets: int, n_sources: int, dtype:
     return item * (n * (d + 1) + 4.0 * (n_subsets + 1) * n_sources * d + 2 * DEFAULT_BUFFER)
 
 
+@dataclass(frozen=True, eq=False)
+class StabilityStudy(Mapping):
+    """What :func:`stability` found: its ``settings`` and one row per subset.
+
+    :meth:`to_json` is the document ``prunekit stability -o`` writes, :meth:`render` the
+    table it prints, :meth:`figure`/:meth:`plot` the curves of ``--plot``. The study also
+    reads like the dict :meth:`to_dict` (``study["rows"]``).
+    """
+
+    settings: dict[str, Any]
+    rows: list[dict[str, Any]]
+    prunekit_version: str = __version__
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"prunekit_version": self.prunekit_version, "settings": self.settings,
+                "rows": self.rows}
+
+    def to_json(self, command: Sequence[str] | None = None) -> str:
+        """The JSON document with the ``command`` that ran it (default: ``sys.argv``)."""
+        doc = {"prunekit_version": self.prunekit_version,
+               "command": list(sys.argv if command is None else command),
+               "settings": self.settings, "rows": self.rows}
+        return json.dumps(jsonable(doc), indent=2) + "\n"
+
+    def render(self) -> str:
+        """The rows as a text table (a ``dim`` column in a dimension sweep)."""
+        rows = self.rows
+        head = f"{'dim':>6} " if rows and "dim" in rows[0] else ""
+        lines = [head + f"{'subset':<22} {'pr':>6} {'kept':>7} {'retained':>8} {'unchanged':>9} "
+                 f"{'dev.median':>10} {'dev.p95':>9}"]
+        for r in rows:
+            uf = "n/a" if r["unchanged_fraction"] is None else f"{r['unchanged_fraction']:.4f}"
+            lead = f"{r['dim']:>6} " if head else ""
+            lines.append(
+                lead + f"{_subset_name(r)[:22]:<22} {r['pr']:>6.3f} {r['n_kept']:>7} "
+                f"{r['n_retained']:>8} {uf:>9} {r['path_deviation_median']:>10.4g} "
+                f"{r['path_deviation_p95']:>9.4g}"
+            )
+        return "\n".join(lines)
+
+    def title(self) -> str:
+        """The figure's title: the data and the integration settings."""
+        s = self.settings
+        what = (f"synthetic GMM ({s['gmm']['n']} points)" if s["data"] == GMM
+                else f"{s['data']} ({s['n_train']} x {s['dim']})")
+        return (f"closed-form flow: {what}, {s['n_sources']} sources, {s['solver']} "
+                f"K={s['steps']}, {s['dtype']}")
+
+    def figure(self) -> bytes:
+        """The curves as PNG bytes (needs matplotlib, ``prunekit[plot]``)."""
+        return stability_figure(self.rows, title=self.title())
+
+    def plot(self, path: str | os.PathLike) -> Path:
+        """Write :meth:`figure` to ``path`` atomically; returns the path."""
+        write_bytes(path, self.figure())
+        return Path(path)
+
+    def __getitem__(self, key: str) -> Any:
+        return self.to_dict()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.to_dict())
+
+    def __len__(self) -> int:
+        return len(self.to_dict())
+
+    def __repr__(self) -> str:
+        return (f"StabilityStudy({len(self.rows)} rows, data {self.settings.get('data')!r}, "
+                f"subsets {self.settings.get('subsets')!r})")
+
+
+def _subset_name(row: dict[str, Any]) -> str:
+    """A row's subset in the table: its selection file, or method/balance/inv."""
+    if "selection" in row:
+        return Path(row["selection"]).name
+    name = str(row.get("method", ""))
+    if row.get("balance", "none") != "none":
+        name += f"/{row['balance']}"
+    return name + ("/inv" if row.get("invert") else "")
+
+
+class StudyOptionError(PrunekitError):
+    """Options of :func:`stability` that do not go together; :meth:`cli_message` names the
+    command's flags instead of the parameters."""
+
+    def __init__(self, message: str, cli: str) -> None:
+        super().__init__(message)
+        self.cli = cli
+
+    def cli_message(self) -> str:
+        return self.cli
+
+
+def check_study(
+    data: Any,
+    *,
+    selections: Sequence[Any] = (),
+    prs: Sequence[float] = (),
+    scores: Any = None,
+    balance: str = "none",
+    invert: bool = False,
+    sources: Any = None,
+    n_sources: int | None = None,
+    dims: Sequence[int] = (),
+    n: int | None = None,
+    components: int | None = None,
+    spread: float | None = None,
+) -> None:
+    """Refuse options of :func:`stability` that do not go together (StudyOptionError),
+    before any work: what a ``dims`` sweep takes, then how the subsets are given."""
+    if dims:
+        _check_sweep(data, selections, prs, scores, sources)
+        return
+    if isinstance(data, str) and data == GMM:
+        raise StudyOptionError(
+            "data 'gmm' means synthetic data for a dims sweep; give dims, e.g. dims=[16, 256].",
+            "DATA 'gmm' means synthetic data for a --dims sweep; add --dims, e.g. --dims 16 256.")
+    used = [k for k, v in (("n", n), ("components", components), ("spread", spread))
+            if v is not None]
+    if used:
+        raise StudyOptionError(
+            f"{used[0]} sets the synthetic data of a dims sweep; drop it or give dims.",
+            f"--{used[0]} sets the synthetic data of a --dims sweep; drop it or add --dims.")
+    _check_subsets(selections, prs, scores, balance, invert)
+    if sources is not None and n_sources is not None:
+        raise StudyOptionError("give either sources or n_sources, not both.",
+                               "give either --sources FILE or --n-sources M, not both.")
+
+
+def _check_sweep(data: Any, selections: Sequence[Any], prs: Sequence[float], scores: Any,
+                 sources: Any) -> None:
+    """A dims sweep draws its data: DATA 'gmm', pr values, nothing read from files."""
+    if not (isinstance(data, str) and data == GMM):
+        raise StudyOptionError(
+            "dims sweeps synthetic Gaussian-mixture data: pass data as the word 'gmm'.",
+            "--dims sweeps synthetic Gaussian-mixture data: pass DATA as the word 'gmm'.")
+    for name, flag, value in (("selections", "selection", selections), ("scores", "scores", scores),
+                              ("sources", "sources", sources)):
+        if _given(value):
+            why = "does not apply to a {}dims sweep (the data are drawn per dimension)."
+            raise StudyOptionError(f"{name} {why.format('')}", f"--{flag} {why.format('--')}")
+    if not prs:
+        raise StudyOptionError(
+            "dims needs the pruned fractions: give prs, e.g. prs=[0.25, 0.5, 0.75].",
+            "--dims needs the pruned fractions: add --pr, e.g. --pr 0.25 0.5 0.75.")
+
+
+def _given(value: Any) -> bool:
+    """An option was given: not None, and not an empty list (arrays count as given)."""
+    return value is not None and not (isinstance(value, (list, tuple)) and not value)
+
+
+def _check_subsets(selections: Sequence[Any], prs: Sequence[float], scores: Any, balance: str,
+                   invert: bool) -> None:
+    """The subsets come from selections, or from pr values (with scores for balance/invert)."""
+    if bool(selections) == bool(prs):
+        raise StudyOptionError(
+            "give the subsets either as selections or as pr values (one of the two).",
+            "give the subsets either as --selection FILE ... or as --pr P ... (one of the two).")
+    if selections and (scores is not None or balance != "none" or invert):
+        raise StudyOptionError(
+            "scores, balance and invert build subsets from pr values; not with selections.",
+            "--scores, --balance and --invert build subsets with --pr; not with --selection.")
+    if scores is None and (balance != "none" or invert):
+        raise StudyOptionError(
+            "balance and invert choose from a scores file: give scores too.",
+            "--balance and --invert choose from a scores file: add --scores SCORES.h5.")
+
+
 def stability(
     data: Embeddings | np.ndarray | str | os.PathLike,
     *,
@@ -252,15 +429,19 @@ def stability(
     drop_nonfinite: bool = False,
     sample: int | None = STABILITY_SAMPLE,
     id_key: str | None = None,
+    dims: Sequence[int] = (),
+    n: int | None = None,
+    components: int | None = None,
+    spread: float | None = None,
     progress: bool = False,
-) -> dict[str, Any]:
+) -> StabilityStudy:
     """Integrate the closed-form flow of ``data`` and of subsets of it from the same noise.
 
     The subsets are either ``selections`` (objects or files) or built here for each ``prs``
     value: from ``scores`` as :func:`prunekit.select` makes them (``balance``, ``invert``),
     or uniformly at random. The noise points are ``sources`` (an (M, d) array or ``.npy``
-    file) or ``n_sources`` draws (default 256) of N(0, I) from ``seed``. Returns
-    ``{"prunekit_version", "settings", "rows"}``, one row per subset (see the module doc).
+    file) or ``n_sources`` draws (default 256) of N(0, I) from ``seed``. Returns a
+    :class:`StabilityStudy`: ``settings`` and one row per subset (see the module doc).
 
     Data with more than ``sample`` usable rows (None: no limit) are represented by a seeded
     uniform sample of ``sample`` rows (the ``stability sample`` stream of ``seed``): the
@@ -269,51 +450,79 @@ def stability(
     run context's engine (:func:`prunekit.runtime`); every engine gives the same rows. A
     path ``data`` is read with ``key``/``id_key`` (None: the run context's); selections
     match its rows by those ids.
+
+    ``data="gmm"`` with ``dims``: a dimension sweep instead, random subsets at each ``prs``
+    of a Gaussian mixture of ``n`` points, ``components`` and ``spread`` (defaults
+    :data:`GMM_DEFAULTS`) drawn per dimension (:func:`dimension_study`). Options that do
+    not go together are refused before any work (:func:`check_study`).
     """
-    if bool(selections) == bool(prs):
-        raise PrunekitError("give the subsets either as selections or as pr values (one of the two).")
-    if selections and (scores is not None or balance != "none" or invert):
-        raise PrunekitError("scores, balance and invert build subsets from pr values; not with selections.")
-    if scores is None and (balance != "none" or invert):
-        raise PrunekitError("balance and invert choose from a scores file: give scores too.")
-    if sources is not None and n_sources is not None:
-        raise PrunekitError("give either sources or n_sources, not both.")
+    check_study(data, selections=selections, prs=prs, scores=scores, balance=balance,
+                invert=invert, sources=sources, n_sources=n_sources, dims=dims, n=n,
+                components=components, spread=spread)
     prs = check_prs(prs) if prs else []
     seed = check_seed(seed)
     _check_run(steps, solver, dtype, block)
+    run = {"steps": steps, "solver": solver, "dtype": dtype}
+    if dims:
+        gmm = {k: GMM_DEFAULTS[k] if v is None else v
+               for k, v in (("n", n), ("components", components), ("spread", spread))}
+        return _dimension_sweep(list(dims), prs, gmm, n_sources, seed, run, progress)
     emb = _as_embeddings(data, key, drop_nonfinite, id_key)
-    if selections:
-        subsets = [_selection_subset(s, emb) for s in selections]
-        how = "selection"
-    elif scores is not None:
-        sc = scores if isinstance(scores, Scores) else load_scores(scores)
-        name = f"--scores {scores}" if not isinstance(scores, Scores) else None
-        subsets = scored_subsets(sc, emb, prs, balance=balance, invert=invert, seed=seed, name=name)
-        how = "scores"
-    else:
-        subsets = random_pruned_subsets(emb, prs, seed=seed)
-        how = "random"
-    if sources is None:
-        x0 = draw_sources(DEFAULT_SOURCES if n_sources is None else int(n_sources), emb.dim, seed)
-    elif isinstance(sources, (str, os.PathLike)):
-        x0 = load_sources(sources, emb.dim)
-    else:
-        x0 = np.asarray(sources, dtype=np.float64)
+    subsets, how = _subsets(emb, selections, prs, scores, balance, invert, seed)
+    x0 = _sources(sources, n_sources, emb.dim, seed)
     if sample is not None and int(sample) < 1:
         raise PrunekitError(f"the training sample must be at least 1 row, got {sample}.")
     x1, subsets = _training_set(emb, subsets, None if sample is None else int(sample), seed)
-    rows = stability_rows(x1, subsets, x0, steps=steps, solver=solver, dtype=dtype, block=block,
-                          progress=progress)
+    rows = stability_rows(x1, subsets, x0, block=block, progress=progress, **run)
     settings = {
-        "steps": steps, "solver": solver, "dtype": dtype, "seed": seed,
-        "data": emb.source, "key": emb.key, "n_train": int(x1.shape[0]), "dim": emb.dim,
+        **run, "seed": seed, "data": _data_name(data, emb), "key": emb.key,
+        "n_train": int(x1.shape[0]), "dim": emb.dim,
         "n_data": emb.n, "sample": None if x1.shape[0] == emb.n else int(x1.shape[0]),
         "n_sources": int(x0.shape[0]),
         "sources": str(sources) if isinstance(sources, (str, os.PathLike)) else None,
         "subsets": how, "scores": str(scores) if isinstance(scores, (str, os.PathLike)) else None,
         "balance": balance, "invert": bool(invert),
     }
-    return {"prunekit_version": __version__, "settings": settings, "rows": rows}
+    return StabilityStudy(settings=settings, rows=rows)
+
+
+def _dimension_sweep(dims: list[int], prs: list[float], gmm: dict[str, Any],
+                     n_sources: int | None, seed: int, run: dict[str, Any],
+                     progress: bool) -> StabilityStudy:
+    """The study of a ``dims`` sweep on synthetic data (see :func:`stability`)."""
+    n_sources = DEFAULT_SOURCES if n_sources is None else n_sources
+    rows = dimension_study(dims, prs, n_sources=n_sources, seed=seed, progress=progress,
+                           **gmm, **run)
+    settings = {**run, "seed": seed, "data": GMM, "dims": dims, "gmm": gmm,
+                "n_sources": n_sources, "subsets": "random"}
+    return StabilityStudy(settings=settings, rows=rows)
+
+
+def _subsets(emb: Embeddings, selections: Sequence[Any], prs: list[float], scores: Any,
+             balance: str, invert: bool, seed: int) -> tuple[list[Subset], str]:
+    """The subsets of a study and how they were made (``selection``, ``scores``, ``random``)."""
+    if selections:
+        return [_selection_subset(s, emb) for s in selections], "selection"
+    if scores is not None:
+        sc = scores if isinstance(scores, Scores) else load_scores(scores)
+        name = f"--scores {scores}" if not isinstance(scores, Scores) else None
+        subsets = scored_subsets(sc, emb, prs, balance=balance, invert=invert, seed=seed, name=name)
+        return subsets, "scores"
+    return random_pruned_subsets(emb, prs, seed=seed), "random"
+
+
+def _sources(sources: Any, n_sources: int | None, dim: int, seed: int) -> np.ndarray:
+    """The noise points: given, read from an ``.npy`` file, or drawn from ``seed``."""
+    if sources is None:
+        return draw_sources(DEFAULT_SOURCES if n_sources is None else int(n_sources), dim, seed)
+    if isinstance(sources, (str, os.PathLike)):
+        return load_sources(sources, dim)
+    return np.asarray(sources, dtype=np.float64)
+
+
+def _data_name(data: Any, emb: Embeddings) -> str:
+    """How the settings name the data: the path as given, else the embeddings' name."""
+    return str(data) if isinstance(data, (str, os.PathLike)) else emb.source
 
 
 def _training_set(emb: Embeddings, subsets: list[Subset], sample: int | None,

@@ -72,13 +72,22 @@ def check_links(f: h5py.File, where: str, allow_external: bool = False,
     for name, kind in links:
         if kind == h5py.h5l.TYPE_HARD:
             _check_dataset(f[name], where, allow_external, fix)
-        elif f.get(name) is None:
+        elif not _resolves(f, name):
             link = f.get(name, getlink=True)
             target = getattr(link, "path", "?")
             if isinstance(link, h5py.ExternalLink):
                 target = f"{link.filename}:{link.path}"
             raise PrunekitError(f"{where}: the link '{_text(name)}' points to {target}, which does "
-                                "not exist; remove the link or restore its target.")
+                                "not exist (or links back to itself); remove the link or restore "
+                                "its target.")
+
+
+def _resolves(f: h5py.File, name: bytes) -> bool:
+    """Whether the soft or external link ``name`` leads to an object (a loop does not)."""
+    try:
+        return f.get(name) is not None
+    except (KeyError, RuntimeError, OSError, ValueError):
+        return False
 
 
 def _check_dataset(obj: object, where: str, allow_external: bool, fix: str) -> None:
@@ -121,6 +130,9 @@ def read_dataset(f: h5py.File, name: str, what: str) -> np.ndarray:
         raise PrunekitError(
             f"{what} file {f.filename}: '{name}' is a group, not a dataset; rewrite the file with prunekit."
         )
+    if obj.shape is None:  # h5py.Empty: a dataset without a dataspace
+        raise PrunekitError(f"{what} file {f.filename}: '{name}' is an empty HDF5 dataset (null "
+                            "dataspace, no shape); rewrite the file with prunekit.")
     try:
         return np.asarray(obj[()])
     except (OSError, TypeError, ValueError, KeyError) as exc:
@@ -139,10 +151,7 @@ def read_ids(f: h5py.File, what: str) -> np.ndarray | None:
         return None
     if raw.ndim != 1:
         raise PrunekitError(f"{what} file {f.filename}: 'ids' must be 1-D, got shape {raw.shape}.")
-    try:
-        return decode_ids(raw)
-    except UnicodeDecodeError as exc:
-        raise PrunekitError(f"{what} file {f.filename}: 'ids' are not UTF-8 text ({exc}).") from exc
+    return decode_ids(raw, f"{what} file {f.filename} ['ids']")
 
 
 def attr_int(attrs: Any, name: str, where: str, default: int | None = None) -> int | None:
@@ -181,18 +190,66 @@ def attr_str(attrs: Any, name: str, default: str | None = None) -> str | None:
     return None if value is None else str(value)
 
 
-def decode_ids(raw: np.ndarray) -> np.ndarray:
-    """ids as stored -> int64 array or object array of ``str``."""
+def decode_ids(raw: np.ndarray, where: str = "ids") -> np.ndarray:
+    """ids as stored -> int64 array or object array of ``str`` (same shape).
+
+    Bytes must be UTF-8; unsigned integers must fit int64; anything else (floats, bools,
+    nested arrays) is refused. ``where`` names the file and dataset in errors.
+    """
     raw = np.asarray(raw)
+    if raw.dtype.kind == "O" and raw.size and all(_is_int(v) for v in raw.flat):
+        values = [int(v) for v in raw.flat]  # Python ints in an object array
+        _check_int64(min(values), where)
+        _check_int64(max(values), where)
+        return np.array(values, dtype=np.int64).reshape(raw.shape)
+    if raw.dtype.kind == "u" and raw.size:
+        _check_int64(int(raw.max()), where)
     if raw.dtype.kind in "iu":
         return raw.astype(np.int64)
-    if raw.dtype.kind in "SO":
-        return np.array(
-            [v.decode() if isinstance(v, bytes) else str(v) for v in raw], dtype=object
-        )
     if raw.dtype.kind == "U":
         return raw.astype(object)
-    raise PrunekitError(f"ids must be integers or strings, got dtype {raw.dtype}.")
+    if raw.dtype.kind in "SO":
+        values = raw.ravel().tolist()
+        try:
+            text = [v.decode("utf-8") if isinstance(v, bytes) else _id_str(v) for v in values]
+        except (UnicodeDecodeError, TypeError):
+            raise _bad_text_id(values, where) from None
+        out = np.empty(len(text), dtype=object)
+        out[:] = text
+        return out.reshape(raw.shape)
+    raise PrunekitError(f"{where}: ids must be integers or strings, got dtype {raw.dtype}.")
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+
+
+def _check_int64(v: int, where: str) -> None:
+    info = np.iinfo(np.int64)
+    if not info.min <= v <= info.max:
+        raise PrunekitError(f"{where}: id {v} does not fit in int64 (integer ids are int64); "
+                            "store the ids as strings.")
+
+
+def _id_str(v: Any) -> str:
+    if not isinstance(v, str):
+        raise TypeError(type(v).__name__)
+    return v
+
+
+def _bad_text_id(values: list, where: str) -> PrunekitError:
+    """The error for the first id that is neither a string nor UTF-8 bytes."""
+    for i, v in enumerate(values):
+        if isinstance(v, bytes):
+            try:
+                v.decode("utf-8")
+            except UnicodeDecodeError:
+                return PrunekitError(f"{where}: id number {i} ({v[:40]!r}) is not UTF-8 text; "
+                                     "store ids as UTF-8 strings or integers.")
+        elif not isinstance(v, str):
+            return PrunekitError(f"{where}: id number {i} ({v!r:.40}) is not a string; ids must "
+                                 "be all UTF-8 strings or all integers.")
+    return PrunekitError(f"{where}: ids must be UTF-8 strings or integers.")
 
 
 def normalize_ids(ids: Any) -> np.ndarray | None:

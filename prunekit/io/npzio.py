@@ -9,8 +9,11 @@ and turn every failure into a :class:`PrunekitError` that names the file.
 
 from __future__ import annotations
 
+import io
 import os
+import struct
 import zipfile
+from typing import BinaryIO, NamedTuple
 
 import numpy as np
 
@@ -45,20 +48,69 @@ def npz_header(path: str | os.PathLike, name: str) -> tuple[tuple[int, ...], np.
     return shape, dtype
 
 
-def _header(path: str | os.PathLike, name: str) -> tuple[tuple[int, ...], np.dtype]:
+class NpyHeader(NamedTuple):
+    """What an ``.npy`` header says: ``offset`` is where the data start in the stream."""
+
+    shape: tuple[int, ...]
+    fortran_order: bool
+    dtype: np.dtype
+    offset: int
+
+
+# numpy writes 1.0, 2.0 (a 4-byte header length) and 3.0 (2.0 with a UTF-8 header).
+NPY_VERSIONS = ((1, 0), (2, 0), (3, 0))
+
+
+def read_npy_header(fh: BinaryIO, where: str) -> NpyHeader:
+    """The header of the ``.npy`` stream ``fh`` (at its start), read with numpy's public
+    readers; ``where`` names the file in errors. Any version other than 1.0, 2.0 and 3.0,
+    a malformed header or a negative dimension is a PrunekitError."""
     fmt = np.lib.format
     try:
+        version = fmt.read_magic(fh)
+        if version == (1, 0):
+            shape, fortran, dtype = fmt.read_array_header_1_0(fh)
+        elif version in ((2, 0), (3, 0)):
+            shape, fortran, dtype = fmt.read_array_header_2_0(_as_version_2(fh, version))
+        else:
+            raise ValueError(f"format version {version[0]}.{version[1]} is not one numpy writes "
+                             f"({', '.join(f'{a}.{b}' for a, b in NPY_VERSIONS)})")
+        offset = fh.tell()
+    except (ValueError, OSError, EOFError, struct.error) as exc:
+        raise PrunekitError(f"cannot read {where} as .npy: {exc}. Save it again with numpy.save.") from exc
+    if any(n < 0 for n in shape):
+        raise PrunekitError(f"cannot read {where} as .npy: its header gives the negative shape "
+                            f"{shape}. Save it again with numpy.save.")
+    return NpyHeader(tuple(int(n) for n in shape), bool(fortran), dtype, offset)
+
+
+def _as_version_2(fh: BinaryIO, version: tuple[int, int]) -> BinaryIO:
+    """``fh`` itself for 2.0; for 3.0 (UTF-8) its header re-encoded as 2.0 (latin-1), which
+    numpy's public reader parses. A header outside latin-1 names structured fields, which
+    embeddings never have."""
+    if version == (2, 0):
+        return fh
+    raw = fh.read(4)
+    if len(raw) < 4:
+        raise ValueError("EOF in the header length")
+    (n,) = struct.unpack("<I", raw)
+    body = fh.read(n) if n <= 1 << 20 else b""
+    if len(body) != n:
+        raise ValueError(f"a header of {n} bytes that the file does not hold")
+    try:
+        text = body.decode("utf-8").encode("latin-1")
+    except UnicodeError as exc:
+        raise ValueError(f"a 3.0 header with characters no numeric array needs ({exc})") from None
+    return io.BytesIO(struct.pack("<I", len(text)) + text)
+
+
+def _header(path: str | os.PathLike, name: str) -> tuple[tuple[int, ...], np.dtype]:
+    try:
         with zipfile.ZipFile(path) as z, z.open(name + ".npy") as fh:
-            version = fmt.read_magic(fh)
-            if version == (1, 0):
-                shape, _, dtype = fmt.read_array_header_1_0(fh)
-            elif version == (2, 0):
-                shape, _, dtype = fmt.read_array_header_2_0(fh)
-            else:
-                shape, _, dtype = fmt._read_array_header(fh, version)
+            h = read_npy_header(fh, f"{path} ['{name}']")
     except _BROKEN as exc:
         raise _broken(path, exc) from exc
-    return shape, dtype
+    return h.shape, h.dtype
 
 
 def npz_shape(path: str | os.PathLike, name: str) -> tuple[int, ...]:

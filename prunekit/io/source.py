@@ -42,7 +42,7 @@ import numpy as np
 from prunekit.errors import PrunekitError
 from prunekit.io.atomic import check_input, open_regular
 from prunekit.io.h5io import decode_ids, open_h5, read_dataset, read_optional
-from prunekit.io.npzio import load_npz_array, npz_header, npz_names
+from prunekit.io.npzio import load_npz_array, npz_header, npz_names, read_npy_header
 
 DEFAULT_KEY = "embeddings"
 CHUNK_ROWS = 65536
@@ -498,11 +498,28 @@ def _sniff(p: Path) -> str:
     )
 
 
-def check_matrix(shape: tuple, dtype: np.dtype, name: str, key: str) -> None:
+# What a row may hold: floats every kernel computes in, and integers (quantised embeddings).
+SUPPORTED_DTYPES = "float16, float32 or float64 (or integers up to 64 bits)"
+
+
+def check_dtype(dtype: np.dtype, where: str) -> None:
+    """Refuse what no kernel computes in: complex, structured, object, bool, text, and floats
+    wider than 64 bits (longdouble, which also has no portable byte layout)."""
+    dtype = np.dtype(dtype)
+    if dtype.kind in "iu" or (dtype.kind == "f" and dtype.itemsize <= 8):
+        return
+    what = "unsupported" if dtype.kind == "f" else "non-numeric"
+    raise PrunekitError(f"{where} has {what} dtype {dtype}; embeddings must be {SUPPORTED_DTYPES}. "
+                        "Convert it, e.g. with .astype('float32'), before saving.")
+
+
+def check_matrix(shape: tuple | None, dtype: np.dtype, name: str, key: str) -> None:
     """A 2-D, non-empty, real-valued matrix, or an error naming the file and key."""
     where = f"{name} ['{key}']"
-    if not np.issubdtype(dtype, np.number) or np.issubdtype(dtype, np.complexfloating):
-        raise PrunekitError(f"{where} has non-numeric dtype {dtype}; embeddings must be float16/32/64.")
+    check_dtype(dtype, where)
+    if shape is None:  # an HDF5 dataset without a dataspace (h5py.Empty)
+        raise PrunekitError(f"{where} is an empty HDF5 dataset (null dataspace, no shape); "
+                            "store an (N, D) matrix.")
     if len(shape) != 2:
         raise PrunekitError(
             f"{where} has shape {shape}; embeddings must be 2-D (N items x D dimensions). "
@@ -572,21 +589,16 @@ def _describe_shard(f: Path, key: str, id_key: str | None, start: int,
 
 def _npy_header(p: Path) -> tuple[tuple, np.dtype, bool, int]:
     """``(shape, dtype, fortran_order, data offset)`` of a .npy file, without loading it."""
-    fmt = np.lib.format
-    try:
-        with os.fdopen(open_regular(p, "shard"), "rb") as fh:
-            version = fmt.read_magic(fh)
-            if version == (1, 0):
-                shape, fortran, dtype = fmt.read_array_header_1_0(fh)
-            elif version == (2, 0):
-                shape, fortran, dtype = fmt.read_array_header_2_0(fh)
-            else:
-                shape, fortran, dtype = fmt._read_array_header(fh, version)
-            offset = fh.tell()
-    except ValueError as exc:
-        raise PrunekitError(f"cannot read {p} as .npy: {exc}") from exc
+    with os.fdopen(open_regular(p, "shard"), "rb") as fh:
+        shape, fortran, dtype, offset = read_npy_header(fh, str(p))
+        size = os.fstat(fh.fileno()).st_size
     if dtype.hasobject:
-        raise PrunekitError(f"{p} holds Python objects; embeddings must be float16/32/64.")
+        raise PrunekitError(f"{p} holds Python objects, which prunekit never unpickles; "
+                            f"embeddings must be {SUPPORTED_DTYPES}.")
+    need = offset + float(np.prod(shape, dtype=np.float64)) * dtype.itemsize
+    if need > size:  # a header promising more rows than the file holds
+        raise PrunekitError(f"{p} is truncated: its header gives shape {shape} ({need:.0f} bytes) "
+                            f"but the file has {size} bytes. Save it again with numpy.save.")
     return shape, dtype, fortran, offset
 
 
@@ -713,7 +725,7 @@ def _describe_parquet(f: Path, key: str, id_key: str | None, start: int):
         dtype = np.dtype(t.value_type.to_pandas_dtype())
     except (NotImplementedError, TypeError) as exc:
         raise PrunekitError(f"Parquet shard {f}: column '{col}' holds {t.value_type}; "
-                            "embeddings must be float16/32/64.") from exc
+                            f"embeddings must be {SUPPORTED_DTYPES}.") from exc
     n = pf.metadata.num_rows
     if pa.types.is_fixed_size_list(t):
         dim = t.list_size
@@ -727,15 +739,35 @@ def _describe_parquet(f: Path, key: str, id_key: str | None, start: int):
 
 
 def _parquet_id_key(f: Path, id_key: str | None) -> str | None:
-    names = list(_parquet_file(f).schema_arrow.names)
+    schema = _parquet_file(f).schema_arrow
+    names = list(schema.names)
     if id_key is not None:
         if id_key not in names:
             raise PrunekitError(
                 f"Parquet file {f} has no id column '{id_key}' (columns: {', '.join(names)}). "
                 "Pass --id-key NAME."
             )
-        return id_key
-    return next((k for k in PARQUET_ID_KEYS if k in names), None)
+        key: str | None = id_key
+    else:
+        key = next((k for k in PARQUET_ID_KEYS if k in names), None)
+    if key is not None:
+        _check_id_type(schema.field(key).type, f, key, given=id_key is not None)
+    return key
+
+
+def _check_id_type(t, f: Path, key: str, given: bool) -> None:
+    """ids are integers or text (UTF-8 strings or bytes): a float, list or struct column
+    would match nothing, or the wrong rows once turned into text."""
+    import pyarrow as pa
+
+    if pa.types.is_dictionary(t):
+        t = t.value_type
+    if pa.types.is_integer(t) or pa.types.is_string(t) or pa.types.is_large_string(t) \
+            or pa.types.is_binary(t) or pa.types.is_large_binary(t):
+        return
+    fix = "" if given else " It was taken as the ids by its name; pass --id-key NAME for another column."
+    raise PrunekitError(f"Parquet file {f}: id column '{key}' is {t}; ids must be integers or "
+                        f"strings.{fix}")
 
 
 def _metadata_for(f: Path) -> Path | None:
@@ -885,13 +917,9 @@ def _read_ids(s: Shard) -> np.ndarray:
         raw = load_npz_array(s.path, s.id_key)  # type: ignore[arg-type]
     else:
         raw = _parquet_column(s.ids_from or s.path, s.id_key)  # type: ignore[arg-type]
-        if raw.dtype.kind in "iu":
-            raw = raw.astype(np.int64)
-        else:
-            raw = np.array([str(v) for v in raw], dtype=object)
-    ids = decode_ids(raw)
+    where = s.ids_from or s.path
+    ids = decode_ids(raw, f"{where} ['{s.id_key}']")  # UTF-8 bytes, ints within int64
     if ids.ndim != 1 or ids.shape[0] != s.n_rows:
-        where = s.ids_from or s.path
         raise PrunekitError(
             f"{where} ['{s.id_key}'] has shape {ids.shape} but shard {s.path} has {s.n_rows} "
             f"rows; '{s.id_key}' must be 1-D with one entry per row."

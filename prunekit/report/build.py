@@ -118,7 +118,7 @@ def build(
     embeddings: Embeddings | PathOr | None = None,
     images: Any = None,
     compare: list[Any] | tuple = (),
-    key: str = "embeddings",
+    key: str | None = None,
     drop_nonfinite: bool = False,
     random_draws: int = 5,
     rff_dim: int = 512,

@@ -10,6 +10,7 @@ see :mod:`prunekit.runtime.context`), the ``PRUNEKIT_MEMORY`` environment variab
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import re
 import warnings
@@ -22,6 +23,11 @@ ENV = "PRUNEKIT_MEMORY"
 DEFAULT_SHARE = 0.25
 DEFAULT_CAP = 8 << 30
 _UNITS = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+# The smallest --memory a command accepts: below it no command holds even its working
+# chunk, so a smaller value is a typo (1K for 1G). The library and PRUNEKIT_MEMORY take
+# any positive size (tests exercise the refusals with small data).
+MIN_OPTION_BUDGET = 1 << 20
+MAX_SIZE = 2**63 - 1  # sizes are int64 byte counts downstream
 
 
 def parse_size(text: str | int, what: str = "--memory") -> int:
@@ -34,9 +40,25 @@ def parse_size(text: str | int, what: str = "--memory") -> int:
             raise PrunekitError(
                 f"{what} {text!r} is not a size; write it like 4G, 512M or 2.5GiB."
             )
-        value = int(float(m.group(1)) * _UNITS[m.group(2).lower()])
+        value = float(m.group(1)) * _UNITS[m.group(2).lower()]
+        if not math.isfinite(value) or value > MAX_SIZE:
+            raise PrunekitError(f"{what} {text!r} is larger than any memory (at most 8 EiB).")
+        value = int(value)
+    if value > MAX_SIZE:
+        raise PrunekitError(f"{what} {text!r} is larger than any memory (at most 8 EiB).")
     if value <= 0:
         raise PrunekitError(f"{what} must be a positive size, got {text!r}.")
+    return value
+
+
+def parse_memory_option(text: str) -> int:
+    """``--memory``: :func:`parse_size`, refusing less than :data:`MIN_OPTION_BUDGET`."""
+    value = parse_size(text, "--memory")
+    if value < MIN_OPTION_BUDGET:
+        raise PrunekitError(
+            f"--memory {text} ({value} bytes) is below the minimum of {human(MIN_OPTION_BUDGET)}; "
+            "a command holds at least one chunk of rows. Write it like 512M or 4G."
+        )
     return value
 
 

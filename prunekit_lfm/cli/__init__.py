@@ -6,10 +6,13 @@ command module imports torch itself.
 
 from __future__ import annotations
 
+import errno
 import functools
 import importlib
 
 import click
+
+from prunekit.errors import PrunekitError
 
 COMMANDS = {
     "embed": "prunekit_lfm.cli.embed:embed",
@@ -46,10 +49,16 @@ def _checked(command: click.Command, name: str) -> click.Command:
 
     @functools.wraps(callback)
     def run(*args, **kwargs):
+        from prunekit_lfm.guards import is_write_error
         from prunekit_lfm.requirements import require_plugin
 
         require_plugin(f"lfm {name}")
-        return callback(*args, **kwargs)
+        try:
+            return callback(*args, **kwargs)
+        except Exception as exc:  # a file-system error (full disk, I/O) is the user's to fix
+            if not is_write_error(exc) or getattr(exc, "errno", None) == errno.EPIPE:
+                raise
+            raise PrunekitError(f"lfm {name}: {exc}") from exc
 
     run._requires_plugin = True  # type: ignore[attr-defined]
     command.callback = run

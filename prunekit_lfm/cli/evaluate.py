@@ -71,7 +71,7 @@ def compare(run_a, run_b, n, seed, steps, solver, cfg, coarse_a, t_switch_a, coa
     """
     from prunekit_lfm.evaluate import paired_similarity
     from prunekit_lfm.features import get_extractor
-    from prunekit_lfm.generate import draw
+    from prunekit_lfm.generate import check_sample_memory, draw
     from prunekit_lfm.sampling import SamplingConfig, check_t_switch
 
     for letter, coarse, ts in (("a", coarse_a, t_switch_a), ("b", coarse_b, t_switch_b)):
@@ -83,6 +83,8 @@ def compare(run_a, run_b, n, seed, steps, solver, cfg, coarse_a, t_switch_a, coa
                  input_dirs=[run_a, run_b, coarse_a, coarse_b, vae])  # before minutes of sampling
     config = SamplingConfig(steps=steps, solver=solver, cfg=cfg, seed=seed, device=device,
                             batch_size=batch_size, ema=ema)
+    for run in (run_a, run_b):  # both sides' samples and images are held together
+        check_sample_memory(run, n, decode=True, copies=2)
     extractor = get_extractor(features, progress=not quiet)
     common = dict(vae=vae, progress=not quiet)
     a, _ = draw(run_a, n, config, coarse=coarse_a, t_switch=t_switch_a, **common)

@@ -38,7 +38,8 @@ def encode(images: str, vae_dir: str, output: str, size: int | None, batch_size:
     are shared out over the processes; the file is the same as one process writes).
     """
     from ..distributed import Shards, process_group
-    from ..latents import LatentStore, encode_batches, open_images, save_latents
+    from ..guards import check_space
+    from ..latents import LatentStore, encode_batches, ids_bytes, open_images, save_latents
     from ..vae import load_vae
 
     check_output(output, what="--output", inputs=[images], input_dirs=[vae_dir, images])
@@ -49,6 +50,8 @@ def encode(images: str, vae_dir: str, output: str, size: int | None, batch_size:
         if side % factor:
             raise PrunekitError(f"--size {side} must be divisible by the VAE's downsampling factor {factor}.")
         source = open_images(images, side, key=key)
+        latent = int(vae.config.latent_channels) * (side // factor) ** 2 * 4
+        check_space([(output, source.n * latent + ids_bytes(source.ids))], "lfm encode")
         batches = encode_batches(source, vae, batch_size, starts=shards.starts(source.n, batch_size),
                                  progress=not quiet and dist.main)
         z = shards.gather(batches, source.n, batch_size)

@@ -41,6 +41,7 @@ def score(run_dir, latents, criterion, t_points, noise_bank, seed, ema, batch_si
     are shared out over the processes; the file is the same as one process writes).
     """
     from prunekit_lfm.distributed import Shards, process_group
+    from prunekit_lfm.guards import check_space, writing
     from prunekit_lfm.scoring import score_items
 
     check_output(output, what="--output", inputs=[latents], input_dirs=[run_dir])
@@ -50,7 +51,9 @@ def score(run_dir, latents, criterion, t_points, noise_bank, seed, ema, batch_si
                              device=dev, progress=not quiet and dist.main, shards=shards)
         if scores is None:  # not rank 0: rank 0 writes the file
             return
-        scores.save(output)
+        check_space([(output, 24 * scores.n_total)], "lfm score")  # score, ids and headroom
+        with writing(output, "scores file"):
+            scores.save(output)
     s = scores.score
     click.echo(
         f"wrote {output}: {criterion} scores of {scores.n_total} items "
