@@ -508,11 +508,13 @@ class _Context:
         the same pr are compared by their MMD. Returns the page's path relative to the report.
         """
         from prunekit.report import build
+        from prunekit.report.thumbs import MemoryImages
 
         pr = self.plan.prs[0]
         crit = "kmeans-furthest" if "kmeans-furthest" in self.plan.criteria else self.plan.criteria[0]
         name = model_name(crit, pr)
-        images = dict(zip(self.train_ids.tolist(), (np.asarray(self.train_images) + 1) / 2, strict=True))
+        images = MemoryImages(dict(zip(self.train_ids.tolist(), (np.asarray(self.train_images) + 1) / 2,
+                                       strict=True)), name="the training digits")
         others = [(n, s) for n, s in self.selections.items()
                   if n != name and self.model_info[n]["pr"] == pr]
         report = build(self.selections[name], scores=self.scores[CRITERIA[crit]["method"]],

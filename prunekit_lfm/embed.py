@@ -447,7 +447,13 @@ def _embed_parts(inputs: ImageInput, encoder: Encoder, parts: Path, todo: list[i
                  norm: bool, progress: bool) -> None:
     """Embed the batches starting at ``todo``, each saved as its part."""
     with counter(sum(min(batch_size, inputs.n - a) for a in todo), desc="embed", progress=progress) as bar:
-        for a, feats in embed_batches(inputs, encoder, batch_size=batch_size, normalize=norm, starts=todo):
+        for i, (a, feats) in enumerate(embed_batches(inputs, encoder, batch_size=batch_size,
+                                                       normalize=norm, starts=todo)):
+            if i == 0:  # the width is known now: the parts left and the output must fit
+                rows = sum(min(batch_size, inputs.n - b) for b in todo)
+                check_space([(part_path(parts, a), rows * feats.shape[1] * 4),
+                             (Path(str(parts)[: -len(".parts")]), inputs.n * feats.shape[1] * 4)],
+                            "lfm embed")
             with writing(part_path(parts, a), "embedding part"):
                 save_part(parts, a, feats)
             bar.update(feats.shape[0])

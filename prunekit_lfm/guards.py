@@ -16,6 +16,7 @@ Nothing here imports torch at module level, so the data helpers stay importable 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
 from collections.abc import Iterable, Iterator
@@ -93,8 +94,8 @@ def check_finite(named: Iterable[tuple[str, Any]], where: str) -> None:
     bad = first_nonfinite(named)
     if bad is not None:
         raise PrunekitError(
-            f"{where} holds NaN/inf weights (first: tensor '{bad}'); the model would produce NaN "
-            "or garbage. Use an intact copy, or retrain (a run stops when its loss becomes NaN)."
+            f"NaN/inf weights in {where} (first: tensor '{bad}'); the model would produce NaN or "
+            "garbage. Use an intact copy of the file."
         )
 
 
@@ -207,19 +208,30 @@ def writing(path: str | os.PathLike, what: str = "output") -> Iterator[None]:
     """
     try:
         yield
+    except WriteError:
+        raise
     except Exception as exc:
         cause = exc.__cause__ if isinstance(exc, PrunekitError) else exc
         if cause is None or not is_write_error(cause):
             raise
-        raise PrunekitError(f"cannot write {what} {path}: {_reason(cause)}. Nothing was written.") from exc
+        raise WriteError(f"cannot write {what} {path}: {_reason(cause)}.") from exc
+
+
+class WriteError(PrunekitError):
+    """A write that failed (the file system's error, said once, naming the file)."""
+
+
+FULL = "the file system is full; free some space or write elsewhere"
 
 
 def _reason(exc: BaseException) -> str:
     """A short reason: the errno's text ('No space left on device'), else the first line."""
     code = getattr(exc, "errno", None)
+    text = str(exc).strip()
+    if code in (errno.ENOSPC, errno.EDQUOT) or "os error 28" in text or "No space left" in text:
+        return f"{os.strerror(errno.ENOSPC)} ({FULL})"
     if isinstance(code, int) and code > 0:
         return os.strerror(code)
-    text = str(exc).strip()
-    if "os error 28" in text or "No space left" in text:
-        return os.strerror(28)
+    if " requested and " in text and text.endswith(" written"):  # numpy's short write
+        return f"short write, {text} ({FULL})"
     return text.splitlines()[0][:200] if text else type(exc).__name__

@@ -169,7 +169,8 @@ def _check_labels(store: LatentStore, latents: str) -> None:
     if bad.size:
         r = int(bad[0])
         raise PrunekitError(
-            f"--conditional: latents file {latents} has {bad.size} labels outside [0, {MAX_CLASSES}) "
+            f"--conditional: latents file {latents} has {bad.size} label{'s' * (bad.size > 1)} "
+            f"outside [0, {MAX_CLASSES}) "
             f"(first: row {r}, id {store.ids[r]}, label {int(labels[r])}); labels must be class "
             "indices 0..K-1. Relabel the data (e.g. drop unlabelled rows with a selection) or "
             "train without --conditional."

@@ -186,7 +186,7 @@ def load_vae(directory: str | os.PathLike, device: str | torch.device = "cpu") -
         raise PrunekitError(f"cannot load the VAE from {d}: {_first_line(exc)}") from exc
     finally:
         diffusers_logging.set_verbosity(level)
-    where = f"VAE weights {_weights_name(d)}"
+    where = f"the VAE weights {_weights_name(d)}"
     missing = sorted(info.get("missing_keys") or [])
     mismatched = info.get("mismatched_keys") or []
     if missing or mismatched:

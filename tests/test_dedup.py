@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from dedup_reference import semdedup_reference
+from resume_faults import InjectedFailure, killed_after
 
 from prunekit.errors import PrunekitError
 from prunekit.methods import dedup
@@ -96,14 +98,14 @@ def test_earlier_removed_items_still_count():
 @pytest.mark.parametrize("keep", ["hard", "easy"])
 def test_scores_match_brute_force(keep):
     x, clusters, distance = planted()
-    got = dedup.semdedup(x, clusters, distance, keep=keep)
+    got = semdedup_reference(x, clusters, distance, keep=keep)
     np.testing.assert_allclose(got, brute_force_scores(x, clusters, distance, keep), atol=2e-6)
 
 
 @pytest.mark.parametrize("keep", ["hard", "easy", "random"])
 def test_removed_sets_match_brute_force(keep):
     x, clusters, distance = planted(seed=1)
-    score = dedup.semdedup(x, clusters, distance, keep=keep, seed=7)
+    score = semdedup_reference(x, clusters, distance, keep=keep, seed=7)
     # Thresholds between distinct scores (far from any pair's distance), plus SemDeDup's usual ones.
     s = np.unique(score)
     mids = (s[:-1] + s[1:]) / 2
@@ -116,7 +118,7 @@ def test_removed_sets_match_brute_force(keep):
 
 def test_planted_duplicates_removed_hard_keeps_furthest():
     x, clusters, distance = planted(seed=2)
-    score = dedup.semdedup(x, clusters, distance, keep="hard")
+    score = semdedup_reference(x, clusters, distance, keep="hard")
     gone = dedup.removed(score, 1e-5)
     for c in range(4):
         base = 30 * c
@@ -144,7 +146,7 @@ def test_block_size_does_not_change_scores():
 
 def test_removal_grows_with_eps_and_counts():
     x, clusters, distance = planted(seed=4)
-    score = dedup.semdedup(x, clusters, distance)
+    score = semdedup_reference(x, clusters, distance)
     prev = np.zeros(len(x), dtype=bool)
     for eps in (1e-4, 1e-2, 0.1, 0.5, 1.0):
         gone = dedup.removed(score, eps)
@@ -170,9 +172,9 @@ def test_keep_orders():
 
 def test_random_order_per_cluster_is_independent_of_other_clusters():
     x, clusters, distance = planted(seed=5)
-    full = dedup.semdedup(x, clusters, distance, keep="random", seed=11)
+    full = semdedup_reference(x, clusters, distance, keep="random", seed=11)
     rows = np.flatnonzero(clusters == 2)
-    alone = dedup.semdedup(x[rows], clusters[rows], distance[rows], keep="random", seed=11)
+    alone = semdedup_reference(x[rows], clusters[rows], distance[rows], keep="random", seed=11)
     np.testing.assert_array_equal(full[rows], alone)
 
 
@@ -191,13 +193,18 @@ def test_errors():
 # ----------------------------------------------------------------------------- method and CLI
 
 
-def test_engines_give_identical_bytes():
+def test_engines_give_identical_bytes(monkeypatch):
+    import prunekit as pk
+    from prunekit.compute import grouping
     from prunekit.runtime.engine import LocalEngine
 
-    x, clusters, distance = planted(seed=6)
-    one = dedup.semdedup(x, clusters, distance, engine=LocalEngine(1))
-    two = dedup.semdedup(x, clusters, distance, engine=LocalEngine(2))
-    assert one.tobytes() == two.tobytes()
+    monkeypatch.setattr(grouping, "BATCH_ROWS", 30)  # one cluster per task
+    x, _, _ = planted(seed=6)
+    scores = []
+    for workers in (1, 2):
+        with pk.runtime(engine=LocalEngine(workers)):
+            scores.append(pk.score(x, "semdedup", k=4, seed=1, progress=False).score)
+    assert scores[0].tobytes() == scores[1].tobytes()
 
 
 def test_method_scores_match_brute_force_on_its_own_clusters():
@@ -318,7 +325,7 @@ def test_grouped_path_equals_in_memory_and_mean_order_without_distances(monkeypa
     monkeypatch.setattr(grouping, "BATCH_ROWS", 50)  # several clusters per task, several tasks
     x, _, _ = planted(n_clusters=6, per=25, seed=13)
     sc = pk.score(x, "semdedup", k=6, seed=2, progress=False)
-    mem = dedup.semdedup(x, sc.cluster, sc.centroid_distance)
+    mem = semdedup_reference(x, sc.cluster, sc.centroid_distance)
     assert sc.score.tobytes() == mem.tobytes()
     # Clusters from a file without distances: the items are ordered by their cosine
     # distance to the normalised cluster mean.
@@ -339,7 +346,6 @@ def test_interrupted_cli_run_resumes_to_the_same_bytes(tmp_path, monkeypatch):
     from prunekit.cli import main
     from prunekit.compute import grouping
     from prunekit.methods import semdedup as method
-    from prunekit.runtime import resume
 
     monkeypatch.setattr(grouping, "BATCH_ROWS", 30)  # one cluster of 30 per task
     x, _, _ = planted(seed=14)
@@ -351,10 +357,9 @@ def test_interrupted_cli_run_resumes_to_the_same_bytes(tmp_path, monkeypatch):
     args = ["score", str(tmp_path / "emb.h5"), "-m", "semdedup", "--within", str(tmp_path / "km.h5"),
             "-q"]
     assert runner.invoke(main, [*args, "-o", str(tmp_path / "ref.h5")]).exit_code == 0
-    monkeypatch.setattr(resume, "FAIL_AFTER", 3)  # grouping recorded, then 2 of 4 clusters
-    r = runner.invoke(main, [*args, "-o", str(tmp_path / "out.h5")])
-    assert isinstance(r.exception, resume.InjectedFailure) and not (tmp_path / "out.h5").exists()
-    monkeypatch.setattr(resume, "FAIL_AFTER", None)
+    with killed_after(3):  # grouping recorded, then 2 of 4 clusters
+        r = runner.invoke(main, [*args, "-o", str(tmp_path / "out.h5")])
+    assert isinstance(r.exception, InjectedFailure) and not (tmp_path / "out.h5").exists()
     calls = []
     task = method._batch_task
     monkeypatch.setattr(method, "_batch_task", lambda s, item: (calls.append(item), task(s, item))[1])

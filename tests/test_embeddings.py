@@ -224,10 +224,10 @@ def test_embeddings_check_their_invariants_when_constructed():
     x = np.zeros((4, 3), np.float32)
     src = MemorySource(x, "<array>")
     with pytest.raises(pk.PrunekitError, match="disagree with its source"):
-        pk.Embeddings(n_total=5, dim=3, dtype=x.dtype, source_obj=src)
+        pk.Embeddings(n_total=5, dim=3, dtype=x.dtype, reader=src)
     with pytest.raises(pk.PrunekitError, match=r"\['ids'\] has shape"):
-        pk.Embeddings(n_total=4, dim=3, dtype=x.dtype, source_obj=src, ids=np.arange(3))
+        pk.Embeddings(n_total=4, dim=3, dtype=x.dtype, reader=src, ids=np.arange(3))
     with pytest.raises(pk.PrunekitError, match="rows must be ascending positions"):
-        pk.Embeddings(n_total=4, dim=3, dtype=x.dtype, source_obj=src, rows=np.array([0, 4]))
-    ok = pk.Embeddings(n_total=4, dim=3, dtype=x.dtype, source_obj=src, rows=np.array([1, 3]))
+        pk.Embeddings(n_total=4, dim=3, dtype=x.dtype, reader=src, rows=np.array([0, 4]))
+    ok = pk.Embeddings(n_total=4, dim=3, dtype=x.dtype, reader=src, rows=np.array([1, 3]))
     assert ok.n == 2

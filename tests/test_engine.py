@@ -103,7 +103,7 @@ def test_streamed_kmeans_sample_and_assignment_match_brute_force(small_chunks):
     x, _ = blobs()
     x[[5, 700]] = np.nan
     emb = pk.Embeddings.from_array(x, drop_nonfinite=True)
-    res = kmeans_streamed(emb.source_obj, emb.rows, 6, plan=SamplePlan(600, emb.n, "u"), seed=4,
+    res = kmeans_streamed(emb.reader, emb.rows, 6, plan=SamplePlan(600, emb.n, "u"), seed=4,
                           spherical=False, engine=LocalEngine(2), progress=False)
     # The sample: 600 usable rows drawn by (seed, "kmeans-sample"); Lloyd on it alone.
     pick = emb.rows[np.sort(role_rng(4, "kmeans-sample").choice(emb.n, 600, replace=False))]
@@ -122,8 +122,8 @@ def test_streamed_lloyd_pass_is_one_exact_lloyd_update(small_chunks, spherical):
     x, _ = blobs(seed=1, dtype=np.float16)  # float16 on disk: converted chunk by chunk
     emb = pk.Embeddings.from_array(x)
     kw = dict(plan=SamplePlan(300, emb.n, "u"), seed=2, spherical=spherical, progress=False)
-    c0 = kmeans_streamed(emb.source_obj, emb.rows, 6, engine=LocalEngine(1), **kw).centroids
-    c1 = kmeans_streamed(emb.source_obj, emb.rows, 6, full_passes=1, engine=LocalEngine(3),
+    c0 = kmeans_streamed(emb.reader, emb.rows, 6, engine=LocalEngine(1), **kw).centroids
+    c1 = kmeans_streamed(emb.reader, emb.rows, 6, full_passes=1, engine=LocalEngine(3),
                          **kw).centroids
     xs = x.astype(np.float32)
     if spherical:
@@ -206,7 +206,7 @@ def test_group_rows_writes_each_cluster_contiguously(tmp_path, small_chunks):
     x[[3, 77]] = np.nan
     emb = pk.Embeddings.from_array(x, drop_nonfinite=True)
     clusters = np.random.default_rng(0).choice([2, 5, 9], size=emb.n)
-    g = grouping.group_rows(emb.source_obj, emb.rows, clusters, tmp_path / "g.rows",
+    g = grouping.group_rows(emb.reader, emb.rows, clusters, tmp_path / "g.rows",
                             chunk_rows=64, progress=False)
     np.testing.assert_array_equal(g.clusters, [2, 5, 9])
     assert os.path.getsize(tmp_path / "g.rows") == emb.n * 8 * 2  # float16 stays float16

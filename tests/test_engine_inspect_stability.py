@@ -107,10 +107,10 @@ def reports(emb, kept, engines, **kw):
 def test_mmd_exact_mode_is_the_direct_formula(small_chunks, shards):
     _, emb, kept = shards
     (rep,) = reports(emb, kept, [LocalEngine(3)], sample=None)
-    x = emb.source_obj.read_rows(emb.rows).astype(np.float32)
+    x = emb.reader.read_rows(emb.rows).astype(np.float32)
     rff = kernels.RandomFourierFeatures(8, rep["sigma"], 64,
                                            pk.seeds.role_seed(5, "fourier features"))
-    zk = rff.transform(emb.source_obj.read_rows(np.sort(kept)).astype(np.float32))
+    zk = rff.transform(emb.reader.read_rows(np.sort(kept)).astype(np.float32))
     direct = np.linalg.norm(zk.mean(0, dtype=np.float64) - rff.transform(x).mean(0, dtype=np.float64))
     assert rep["kept"] == pytest.approx(direct, rel=1e-5)
     assert rep["n_kept"] == 400 and rep["n_sample"] == rep["n_full"] == 1499
@@ -253,7 +253,7 @@ def test_ray_mmd_and_stability_same_bytes_as_local(ray_cluster, small_chunks, sh
     for sample in (None, 300):
         a, b, c = reports(emb, kept, engines, sample=sample)
         assert a == b == c
-    x = emb.source_obj.read_rows(emb.rows).astype(np.float32)[:300]
+    x = emb.reader.read_rows(emb.rows).astype(np.float32)[:300]
     docs = []
     for eng in engines:
         with use(eng):

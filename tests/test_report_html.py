@@ -441,3 +441,46 @@ def test_the_page_renders_in_a_headless_browser(world, tmp_path):
     assert len(np.unique(flat // 8, axis=0)) > 100  # text, figures, thumbnails: not blank
     for colour in COLOURS:  # the planted images are on screen
         assert (np.abs(flat - colour).max(axis=1) <= 2).sum() > 100
+
+
+# --------------------------------------------------------------------------- the demo's link
+
+
+def test_the_demo_writes_and_links_the_page_of_its_kmeans_selection(tmp_path):
+    from types import SimpleNamespace
+
+    from sklearn.datasets import load_digits
+    from test_lfm_report import _results
+
+    from prunekit_lfm import report as demo_report
+    from prunekit_lfm.demo import CRITERIA, QUICK, _Context, model_name
+
+    d = load_digits()
+    n = 300
+    images = np.repeat(d.images[:n, None] / 8.0 - 1.0, 3, axis=1)  # [-1, 1], as the demo holds them
+    ids = np.arange(n) * 3  # not positions: the page must look images up by id
+    emb = pk.Embeddings.from_array(d.data[:n], ids=ids, labels=d.target[:n])
+    scores = {m: pk.score(emb, m, seed=0, progress=False, **({"k": 5} if m == "kmeans" else {}))
+              for m in ("kmeans", "random")}
+    sels = {model_name(c, 0.5): pk.select(scores[CRITERIA[c]["method"]], 0.5,
+                                          balance=CRITERIA[c]["balance"], invert=CRITERIA[c]["invert"])
+            for c in ("random", "kmeans-furthest")}
+    ctx = SimpleNamespace(plan=QUICK, train_ids=ids, train_images=images, selections=sels,
+                          model_info={k: {"pr": 0.5} for k in sels}, scores=scores, embeddings=emb,
+                          out=tmp_path, seed=0)
+    assert _Context.inspect_page(ctx) == "inspect/index.html"
+    page = _page(tmp_path / "report" / "inspect")
+    assert [r["data-name"] for r in page.find("tr", "mmd") if "data-name" in r] == \
+        ["kmeans-furthest@0.5", "random@0.5"]
+    shown = [(f, i) for f, i in zip(page.find("figure", "images"), page.find("img", "images"),
+                                     strict=True)]
+    assert shown
+    for fig, img in shown:
+        row = int(fig["data-row"])
+        assert int(fig["data-id"]) == ids[row]
+        digit = np.round(d.images[row] / 16.0 * 255).astype(int)
+        assert np.abs(_pixels(img["src"])[..., 0].astype(int) - digit).max() <= 1
+    results = _results()
+    results.inspect_page = "inspect/index.html"
+    assert "<a href='inspect/index.html'>" in demo_report._html(results, [])
+    assert "](inspect/index.html)" in demo_report._markdown(results, [])

@@ -11,6 +11,7 @@ import h5py
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from resume_faults import InjectedFailure, killed_after
 
 from prunekit.cli import main
 from prunekit.compute import cluster, grouping
@@ -63,11 +64,10 @@ def test_interrupted_kmeans_resumes_to_the_same_bytes(emb_file, tmp_path, monkey
     assert score([*args, "-o", tmp_path / "ref.h5"]).exit_code == 0
     out = tmp_path / "out.h5"
     # Killed after the sample (2 records) and 5 of 16 chunks of the first Lloyd pass.
-    monkeypatch.setattr(resume, "FAIL_AFTER", 2 + 3 * 5)
-    r = score([*args, "-o", out])
-    assert isinstance(r.exception, resume.InjectedFailure) and not out.exists()
+    with killed_after(2 + 3 * 5):
+        r = score([*args, "-o", out])
+    assert isinstance(r.exception, InjectedFailure) and not out.exists()
     assert (tmp_path / ".prunekit-work").is_dir()
-    monkeypatch.setattr(resume, "FAIL_AFTER", None)
     lloyd = counting(monkeypatch, cluster, "_lloyd_chunk")
     assign = counting(monkeypatch, cluster, "_assign_chunk")
     r = score([*args, "-o", out, "--resume"])
@@ -89,9 +89,8 @@ def test_interrupted_herding_within_resumes_per_cluster_batch(emb_file, tmp_path
     assert n_batches >= 4
     calls.clear()
     out = tmp_path / "out.h5"
-    monkeypatch.setattr(resume, "FAIL_AFTER", 1 + 2)  # the grouped rows, then 2 batches
-    assert isinstance(score([*args, "-o", out]).exception, resume.InjectedFailure)
-    monkeypatch.setattr(resume, "FAIL_AFTER", None)
+    with killed_after(1 + 2):  # the grouped rows, then 2 batches
+        assert isinstance(score([*args, "-o", out]).exception, InjectedFailure)
     calls.clear()
     assert score([*args, "-o", out, "--resume"]).exit_code == 0
     assert len(calls) == n_batches - 2
@@ -101,9 +100,8 @@ def test_interrupted_herding_within_resumes_per_cluster_batch(emb_file, tmp_path
 
 def test_without_resume_old_progress_is_discarded(emb_file, tmp_path, monkeypatch):
     args = [emb_file, "-m", "kmeans", "--k", "6", "--sample", "300", "-o", tmp_path / "out.h5"]
-    monkeypatch.setattr(resume, "FAIL_AFTER", 4)
-    assert isinstance(score(args).exception, resume.InjectedFailure)
-    monkeypatch.setattr(resume, "FAIL_AFTER", None)
+    with killed_after(4):
+        assert isinstance(score(args).exception, InjectedFailure)
     assign = counting(monkeypatch, cluster, "_assign_chunk")
     assert score(args).exit_code == 0
     assert len(assign) == 16  # every chunk computed again
@@ -126,9 +124,8 @@ def interrupted_kmeans(emb_file, tmp_path, monkeypatch, out):
     """A k-means run killed after the sample (2 records) and 5 of 16 Lloyd chunks."""
     args = [emb_file, "-m", "kmeans", "--k", "6", "--sample", "300", "--full-passes", "2"]
     assert score([*args, "-o", tmp_path / "ref.h5"]).exit_code == 0
-    monkeypatch.setattr(resume, "FAIL_AFTER", 2 + 3 * 5)
-    assert isinstance(score([*args, "-o", out]).exception, resume.InjectedFailure)
-    monkeypatch.setattr(resume, "FAIL_AFTER", None)
+    with killed_after(2 + 3 * 5):
+        assert isinstance(score([*args, "-o", out]).exception, InjectedFailure)
     (work,) = (tmp_path / ".prunekit-work").glob("out.h5.*")
     return args, work
 

@@ -345,7 +345,7 @@ def test_a_glob_through_symlink_loops_reads_each_shard_once(tmp_path):
     parts = shards(d / "a", n=2)
     (d / "a" / "up").symlink_to("..")
     (d / "a" / "b").symlink_to("../a")  # two loops: a plain glob would enumerate 2**40 paths
-    code = ("import prunekit as pk; s = pk.load_embeddings('loop/**/*.npy').source_obj; "
+    code = ("import prunekit as pk; s = pk.load_embeddings('loop/**/*.npy').reader; "
             "print(s.n_total, [sh.path for sh in s.shards])")
     res = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True,
                          timeout=120, env={**os.environ, "XDG_CACHE_HOME": str(tmp_path / "xdg")})
@@ -359,4 +359,4 @@ def test_two_links_to_one_shard_in_a_folder_read_it_once(tmp_path):
     (tmp_path / "d" / "e_2.npy").symlink_to("e_1.npy")
     emb = pk.load_embeddings(tmp_path / "d")
     assert emb.n_total == 100 and np.array_equal(emb.array(), np.concatenate(parts))
-    assert [Path(p).name for p in emb.source_obj.files()] == ["e_0.npy", "e_1.npy"]
+    assert [Path(p).name for p in emb.reader.files()] == ["e_0.npy", "e_1.npy"]

@@ -8,10 +8,8 @@ import click
 
 from prunekit.cli.common import check_output
 from prunekit.io.atomic import is_stdout
-from prunekit.selection.export import FORMATS, TEXT_FORMATS, export_payload, export_selection
+from prunekit.selection.export import FORMATS, TEXT_FORMATS, export_selection
 from prunekit.selection.subset import load_selection
-
-__all__ = ["export", "export_payload"]
 
 
 @click.command()

@@ -416,36 +416,14 @@ def kmeans_streamed(
     """
     engine = engine or current_engine()
     work = work or WorkDir(None)
-    n = rows.size
-    if plan.rows >= n and full_passes == 0:
+    fit = {"iters": iters, "seed": seed, "spherical": spherical, "backend": backend,
+           "restarts": restarts, "progress": progress}
+    if plan.rows >= rows.size and full_passes == 0:
         # Everything fits: in-memory k-means, whose last assignment is the answer (no
         # second pass over the data; the same on every engine, nothing worth recording).
-        x = np.ascontiguousarray(src.read_rows(rows, chunk_rows=chunk_rows_for(src.dim)),
-                                 dtype=np.float32)
-        return kmeans(x, k, iters=iters, seed=seed, spherical=spherical, backend=backend,
-                      restarts=restarts, progress=progress, copy=False)
-    info = work.load_json("sample")
-    if info is not None and info.get("sample_rows") != plan.rows:
-        work.clear()  # recorded with another sample size (another --sample): start over
-        info = None
-    cent = work.load("centroids-0")
-    if cent is None or info is None:
-        if plan.rows >= n:
-            pick = rows
-        else:
-            rng = role_rng(seed, "kmeans-sample")
-            pick = rows[np.sort(rng.choice(n, size=plan.rows, replace=False))]
-        sample = np.ascontiguousarray(src.read_rows(pick, chunk_rows=chunk_rows_for(src.dim)),
-                                      dtype=np.float32)
-        res = kmeans(sample, k, iters=iters, seed=seed, spherical=spherical, backend=backend,
-                     restarts=restarts, progress=progress, copy=False)
-        del sample
-        cent = res.centroids
-        info = {"backend": res.backend, "restart": res.restart, "restarts": res.restarts,
-                "sample_inertia": res.inertia, "sample_rows": plan.rows}
-        work.save("centroids-0", cent)
-        work.save_json("sample", info)
-    dropped = np.setdiff1d(np.arange(src.n_total), rows) if n < src.n_total else None
+        return kmeans(_float32_rows(src, rows), k, copy=False, **fit)
+    cent, info = _sample_centroids(src, rows, k, plan, work, fit)
+    dropped = np.setdiff1d(np.arange(src.n_total), rows) if rows.size < src.n_total else None
     chunk_rows = chunk_rows or chunk_rows_for(src.dim)
     chunks = src.chunks(chunk_rows)
     limit = tasks_fitting(chunk_task_bytes(chunk_rows, src.dim, src.dtype.itemsize, k), budget)
@@ -460,6 +438,38 @@ def kmeans_streamed(
                                          limit, progress)
     return KMeansResult(cent, labels[rows], dist[rows], inertia, info["backend"],
                         int(info["restart"]), int(info["restarts"]))
+
+
+def _float32_rows(src, rows: np.ndarray) -> np.ndarray:
+    """``rows`` of ``src`` read into one C-contiguous float32 array."""
+    return np.ascontiguousarray(src.read_rows(rows, chunk_rows=chunk_rows_for(src.dim)),
+                                dtype=np.float32)
+
+
+def _sample_centroids(src, rows: np.ndarray, k: int, plan: SamplePlan, work,
+                      fit: dict) -> tuple[np.ndarray, dict]:
+    """Step 1 of :func:`kmeans_streamed`: :func:`kmeans` (options ``fit``) on the sample,
+    or the centroids and facts an earlier run with the same sample size recorded."""
+    info = work.load_json("sample")
+    if info is not None and info.get("sample_rows") != plan.rows:
+        work.clear()  # recorded with another sample size (another --sample): start over
+        info = None
+    cent = work.load("centroids-0")
+    if cent is not None and info is not None:
+        return cent, info
+    n = rows.size
+    if plan.rows >= n:
+        pick = rows
+    else:
+        rng = role_rng(fit["seed"], "kmeans-sample")
+        pick = rows[np.sort(rng.choice(n, size=plan.rows, replace=False))]
+    # The sample is only referenced by this call, so it is freed before the streamed passes.
+    res = kmeans(_float32_rows(src, pick), k, copy=False, **fit)
+    info = {"backend": res.backend, "restart": res.restart, "restarts": res.restarts,
+            "sample_inertia": res.inertia, "sample_rows": plan.rows}
+    work.save("centroids-0", res.centroids)
+    work.save_json("sample", info)
+    return res.centroids, info
 
 
 def _prepared(src, ref, dropped: np.ndarray | None,

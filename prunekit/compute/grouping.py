@@ -167,7 +167,7 @@ def map_clusters(emb, clusters: np.ndarray, task: Callable[[tuple, tuple[int, li
     engine, work = current_engine(), current_work_dir()
     lay = layout(clusters)
     sizes = np.diff(lay[1])
-    src = emb.source_obj
+    src = emb.reader
     tmp = None if work.enabled else tempfile.mkdtemp(prefix=f"prunekit-{name}-")
     path = work.scratch(f"{name}.rows") if tmp is None else Path(tmp) / f"{name}.rows"
     try:

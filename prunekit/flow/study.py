@@ -112,12 +112,12 @@ def selection_subset(sel: Selection, emb: Embeddings, name: str, info: dict | No
     Repeats (oversampling ``counts``) are ignored: the closed-form field depends on which
     points are present.
     """
-    src = np.unique(resolve_rows(sel, emb.n_total, emb.ids, selection_name=name, target_name=emb.source))
+    src = np.unique(resolve_rows(sel, emb.n_total, emb.ids, selection_name=name, target_name=emb.name))
     compact = np.searchsorted(emb.rows, src)
     bad = (compact >= emb.n) | (emb.rows[np.minimum(compact, emb.n - 1)] != src)
     if bad.any():
         raise PrunekitError(
-            f"{name} keeps rows that {emb.source} dropped as non-finite (e.g. row {src[bad][0]}); "
+            f"{name} keeps rows that {emb.name} dropped as non-finite (e.g. row {src[bad][0]}); "
             "select from scores of the same finite rows."
         )
     return Subset(pr=float(sel.pr), rows=compact, info=dict(info or {}))
@@ -522,7 +522,7 @@ def _sources(sources: Any, n_sources: int | None, dim: int, seed: int) -> np.nda
 
 def _data_name(data: Any, emb: Embeddings) -> str:
     """How the settings name the data: the path as given, else the embeddings' name."""
-    return str(data) if isinstance(data, (str, os.PathLike)) else emb.source
+    return str(data) if isinstance(data, (str, os.PathLike)) else emb.name
 
 
 def _training_set(emb: Embeddings, subsets: list[Subset], sample: int | None,
@@ -530,19 +530,19 @@ def _training_set(emb: Embeddings, subsets: list[Subset], sample: int | None,
     """The training array of the flow and the subsets as positions into it (see :func:`stability`)."""
     dtype = np.float64 if emb.dtype == np.float64 else np.float32
     if sample is None or emb.n <= sample:
-        check_fits(np.dtype(dtype).itemsize * float(emb.n) * emb.dim, f"the training set of {emb.source}")
+        check_fits(np.dtype(dtype).itemsize * float(emb.n) * emb.dim, f"the training set of {emb.name}")
         return emb.array(dtype), subsets
     check_fits(np.dtype(dtype).itemsize * float(sample) * emb.dim,
-               f"a training sample of {sample} rows of {emb.source}")
+               f"a training sample of {sample} rows of {emb.name}")
     pick = np.sort(role_rng(seed, "stability sample").choice(emb.n, size=sample, replace=False))
-    x1 = np.asarray(emb.source_obj.read_rows(emb.rows[pick]), dtype=dtype)
+    x1 = np.asarray(emb.reader.read_rows(emb.rows[pick]), dtype=dtype)
     out = []
     for s in subsets:
         inside = np.searchsorted(pick, s.rows[np.isin(s.rows, pick)])
         if inside.size == 0:
             raise PrunekitError(
                 f"the subset at pr {s.pr:g} keeps none of the {sample} sampled rows of "
-                f"{emb.source}; raise --sample (or 0 for every row)."
+                f"{emb.name}; raise --sample (or 0 for every row)."
             )
         info = {**s.info, "n_kept_data": int(s.rows.size)}
         out.append(Subset(pr=s.pr, rows=inside, info=info))

@@ -1,10 +1,10 @@
 """Embedding sets: one validated, fingerprinted row space over a file or many shards.
 
 An :class:`Embeddings` keeps its rows on disk, behind an
-:class:`~prunekit.io.source.EmbeddingSource` (``emb.source_obj``: a file, a directory or a glob
+:class:`~prunekit.io.source.EmbeddingSource` (``emb.reader``: a file, a directory or a glob
 of ``.npy``/``.h5``/``.npz``/``.parquet`` shards), and holds in memory only a few bytes per
 row: ``rows`` (the usable positions), ``ids``, ``labels`` and, on demand, ``norms``. Methods
-stream it with :meth:`Embeddings.iter_chunks` (or ``source_obj.chunks()``/``read()`` in an
+stream it with :meth:`Embeddings.iter_chunks` (or ``reader.chunks()``/``read()`` in an
 engine); :meth:`Embeddings.array` materialises the matrix for small data and refuses, with
 the number, when that would exceed the memory budget (:mod:`prunekit.runtime.budget`).
 
@@ -15,6 +15,7 @@ Loading makes one streamed pass (non-finite rows, norms, fingerprint; see
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,12 +48,17 @@ class Embeddings:
     non-finite rows were dropped with ``drop_nonfinite=True``. Methods work on the usable
     rows in order (:meth:`array` for small data, :meth:`iter_chunks` streamed); results are
     mapped back to source positions.
+
+    ``name`` is how messages and output files call the set (its path, or ``<array>``);
+    ``path`` the file, directory or glob it was read from (None for arrays); ``reader`` the
+    :class:`~prunekit.io.source.EmbeddingSource` that reads its rows. (``source`` and
+    ``source_obj``, their old names, still read for one release with a DeprecationWarning.)
     """
 
     n_total: int
     dim: int
     dtype: np.dtype
-    source_obj: EmbeddingSource = field(repr=False)
+    reader: EmbeddingSource = field(repr=False)
     path: Path | None = None
     key: str = DEFAULT_KEY
     ids: np.ndarray | None = None
@@ -64,7 +70,7 @@ class Embeddings:
 
     def __post_init__(self) -> None:
         """The invariants that hold however an Embeddings is made (the data pass is _finish's)."""
-        src, name = self.source_obj, self.source
+        src, name = self.reader, self.name
         if (self.n_total, self.dim) != (src.n_total, src.dim) or np.dtype(self.dtype) != src.dtype:
             raise PrunekitError(
                 f"{name}: n_total/dim/dtype ({self.n_total}, {self.dim}, {self.dtype}) disagree "
@@ -84,14 +90,27 @@ class Embeddings:
         return int(self.rows.shape[0])
 
     @property
-    def source(self) -> str:
+    def name(self) -> str:
+        """How messages and output files call the set: its path, or ``<array>``."""
         return str(self.path) if self.path is not None else "<array>"
+
+    @property
+    def source(self) -> str:
+        """Deprecated: :attr:`name`."""
+        _renamed("source", "name")
+        return self.name
+
+    @property
+    def source_obj(self) -> EmbeddingSource:
+        """Deprecated: :attr:`reader`."""
+        _renamed("source_obj", "reader")
+        return self.reader
 
     @property
     def norms(self) -> np.ndarray:
         """Euclidean norm (float32) of every source row; streamed on first use."""
         if self._norms is None:
-            self._norms = scan.norms(self.source_obj)
+            self._norms = scan.norms(self.reader)
         return self._norms
 
     @norms.setter
@@ -101,10 +120,10 @@ class Embeddings:
     def iter_chunks(self, chunk_rows: int = CHUNK_ROWS) -> Iterator[tuple[int, np.ndarray]]:
         """Yield ``(global start, block)`` over all source rows in the files' dtype.
 
-        Blocks follow ``source_obj.chunks(chunk_rows)``: at most ``chunk_rows`` rows, never
+        Blocks follow ``reader.chunks(chunk_rows)``: at most ``chunk_rows`` rows, never
         spanning two shards.
         """
-        src = self.source_obj
+        src = self.reader
         for ref in src.chunks(chunk_rows):
             yield ref.global_start, src.read(ref)
 
@@ -116,7 +135,7 @@ class Embeddings:
         need = self.n * self.dim * np.dtype(dtype).itemsize
         check_budget(
             need,
-            f"holding the {self.n} x {self.dim} rows of {self.source} as {np.dtype(dtype).name}",
+            f"holding the {self.n} x {self.dim} rows of {self.name} as {np.dtype(dtype).name}",
             "raise it with --memory (e.g. --memory 16G), or use a streamed form of the "
             "method (for herding/k-center: --within clusters).",
         )
@@ -150,12 +169,24 @@ class Embeddings:
             n_total=x.shape[0],
             dim=x.shape[1],
             dtype=x.dtype,
-            source_obj=MemorySource(x, name),
+            reader=MemorySource(x, name),
             ids=normalize_ids(ids),
             labels=None if labels is None else np.asarray(labels),
         )
         _finish(emb, name, drop_nonfinite)
         return emb
+
+    def __repr__(self) -> str:
+        usable = "" if self.rows is None or self.n == self.n_total else f", usable={self.n}"
+        return (f"Embeddings({self.name!r}, n_total={self.n_total}, dim={self.dim}, "
+                f"dtype={np.dtype(self.dtype).name}{usable}, key={self.key!r}, "
+                f"ids={self.ids is not None}, labels={self.labels is not None}, "
+                f"fingerprint={self.fingerprint[:12]!r})")
+
+
+def _renamed(old: str, new: str) -> None:
+    warnings.warn(f"Embeddings.{old} is now Embeddings.{new}; the old name goes in the next "
+                  "release.", DeprecationWarning, stacklevel=3)
 
 
 def load_embeddings(
@@ -184,7 +215,7 @@ def load_embeddings(
         n_total=src.n_total,
         dim=src.dim,
         dtype=src.dtype,
-        source_obj=src,
+        reader=src,
         path=Path(path),
         key=src.shards[0].key,
         ids=src.ids(),
@@ -211,7 +242,7 @@ def _finish(emb: Embeddings, name: str, drop_nonfinite: bool, progress: bool = F
                 f"{name} ['ids'] has duplicate ids (e.g. {', '.join(map(str, dup))}); ids must be unique."
             )
     emb.fingerprint, emb.nonfinite_rows, emb._norms, max_norm = scan.scan(
-        emb.source_obj, progress=progress)
+        emb.reader, progress=progress)
     if emb.nonfinite_rows.size and not drop_nonfinite:
         shown = ", ".join(map(str, emb.nonfinite_rows[:MAX_ROWS_NAMED]))
         more = "" if emb.nonfinite_rows.size <= MAX_ROWS_NAMED else ", ..."

@@ -33,9 +33,9 @@ def describe(embeddings: Embeddings | np.ndarray | str | os.PathLike, *, key: st
     the run context's).
     """
     emb = _as_embeddings(embeddings, key, id_key)
-    sharded = emb.source_obj.sharded
+    sharded = emb.reader.sharded
     return {
-        "path": emb.source,
+        "path": emb.name,
         "key": emb.key,
         "shape": [emb.n_total, emb.dim],
         "dtype": str(emb.dtype),
@@ -77,7 +77,7 @@ def file_keys(path: Path | None) -> dict[str, list[int]]:
 def shard_table(emb: Embeddings) -> list[dict]:
     """One entry per shard: ``path``, ``rows``, global ``start``, ``n_nonfinite``,
     ``ids_from`` (a metadata file, or None) and the norm statistics of its finite rows."""
-    src, bad, out = emb.source_obj, emb.nonfinite_rows, []
+    src, bad, out = emb.reader, emb.nonfinite_rows, []
     for s in src.shards:
         in_shard = bad[(bad >= s.start) & (bad < s.stop)]
         keep = np.ones(s.n_rows, dtype=bool)

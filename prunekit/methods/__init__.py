@@ -189,7 +189,7 @@ def _to_scores(emb: Embeddings, method: str, res: MethodResult, params: dict) ->
         order=None if res.order is None else rows[np.asarray(res.order, dtype=np.int64)],
         ids=emb.ids,
         labels=emb.labels,
-        source=emb.source,
+        source=emb.name,
         source_fingerprint=emb.fingerprint,
         params={k: v for k, v in params.items() if not isinstance(v, (np.ndarray, Scores))},
     )

@@ -16,8 +16,8 @@ and the items SemDeDup removes at ``eps`` are exactly those with ``score < eps``
 
 The work is O(m^2 d) per cluster of m items, done in row blocks so that no m x m matrix
 is held beyond a memory budget. :func:`semdedup_cluster` is a pure function of one
-cluster's rows (what a per-cluster engine maps over); :func:`semdedup` loops over the
-clusters of a whole set.
+cluster's rows; the ``semdedup`` method (:mod:`prunekit.methods.semdedup`) maps it over
+batches of clusters grouped on disk.
 """
 
 from __future__ import annotations
@@ -27,8 +27,6 @@ from collections.abc import Iterable
 import numpy as np
 
 from prunekit.errors import PrunekitError
-from prunekit.runtime.context import current_engine
-from prunekit.runtime.engine import Engine
 from prunekit.seeds import role_rng
 from prunekit.selection.scores import Scores
 from prunekit.selection.subset import Selection
@@ -111,63 +109,6 @@ def semdedup_cluster(
     score = np.empty(m, dtype=np.float64)
     score[order] = np.where(np.isinf(best), FIRST_SCORE, 1.0 - np.clip(best, -1.0, 1.0))
     return score
-
-
-def cluster_groups(clusters: np.ndarray) -> list[tuple[int, np.ndarray]]:
-    """(cluster id, ascending positions) for each cluster present, ids ascending."""
-    clusters = np.asarray(clusters, dtype=np.int64)
-    by = np.argsort(clusters, kind="stable")
-    ids, starts = np.unique(clusters[by], return_index=True)
-    ends = np.append(starts[1:], by.size)
-    return [(int(c), by[s:e]) for c, s, e in zip(ids, starts, ends, strict=True)]
-
-
-def semdedup(
-    x: np.ndarray,
-    clusters: np.ndarray,
-    distance: np.ndarray,
-    *,
-    keep: str = "hard",
-    seed: int = 0,
-    block_bytes: int = BLOCK_BYTES,
-    progress: bool = False,
-    engine: Engine | None = None,
-    limit: int | None = None,
-) -> np.ndarray:
-    """SemDeDup scores of every row of ``x`` (n, d), one engine task per cluster.
-
-    ``clusters`` (n,) integer cluster ids, ``distance`` (n,) each row's distance to its
-    centroid (orders ``hard``/``easy``). Rows need not be normalised (each cluster is
-    normalised when gathered). ``engine``: default the run context's
-    (:func:`prunekit.runtime.context.current_engine`); results are the same on every
-    engine. ``limit``: at most that many clusters at a time (their memory must fit the
-    budget). Returns
-    float64 (n,); see the module docstring.
-    """
-    n = x.shape[0]
-    clusters = np.asarray(clusters)
-    distance = np.asarray(distance, dtype=np.float64)
-    if clusters.shape != (n,) or distance.shape != (n,):
-        raise PrunekitError(f"clusters and distance need one entry per row ({n}).")
-    if keep not in KEEPS:
-        raise PrunekitError(f"unknown keep order '{keep}'; choose one of: {', '.join(KEEPS)}.")
-    groups = cluster_groups(clusters)
-    shared = (x, distance, keep, int(seed), int(block_bytes))
-    runner = engine if engine is not None else current_engine()
-    score = np.empty(n, dtype=np.float64)
-    results = runner.map(_cluster_task, groups, shared, desc="semdedup", progress=progress,
-                         limit=limit)
-    for (_, rows), cluster_score in zip(groups, results, strict=True):
-        score[rows] = cluster_score
-    return score
-
-
-def _cluster_task(shared: tuple, item: tuple[int, np.ndarray]) -> np.ndarray:
-    """One cluster's scores: what an engine runs per cluster (a pure function)."""
-    x, distance, keep, seed, block_bytes = shared
-    c, rows = item
-    order = keep_order(distance[rows], keep, seed=seed, cluster=c)
-    return semdedup_cluster(normalized(x, rows), order, block_bytes=block_bytes)
 
 
 def removed(score: np.ndarray, eps: float) -> np.ndarray:

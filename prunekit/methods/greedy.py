@@ -47,7 +47,7 @@ def within_clusters(emb: Embeddings, within: str | os.PathLike | Scores) -> np.n
     if src.n_total != emb.n_total or src.source_fingerprint != emb.fingerprint:
         raise PrunekitError(
             f"{name} was computed on other embeddings (n_total {src.n_total}, "
-            f"fingerprint '{src.source_fingerprint}') than {emb.source} (n_total {emb.n_total}, "
+            f"fingerprint '{src.source_fingerprint}') than {emb.name} (n_total {emb.n_total}, "
             f"fingerprint '{emb.fingerprint}'). Run k-means on these embeddings first."
         )
     labels = np.asarray(src.cluster, dtype=np.int64)[emb.rows]

@@ -243,7 +243,7 @@ def _resolve_sigma(emb: Embeddings, sigma: float | str, seed: int) -> float:
         n = emb.n
         pick = np.arange(n) if n <= MEDIAN_SAMPLE else np.sort(
             np.random.default_rng(seed).choice(n, size=MEDIAN_SAMPLE, replace=False))
-        rows = emb.source_obj.read_rows(emb.rows[pick]).astype(np.float32)
+        rows = emb.reader.read_rows(emb.rows[pick]).astype(np.float32)
         return median_sigma(rows, seed=seed)
     try:
         value = float(sigma)

@@ -179,7 +179,7 @@ def kmeans_scores(
     plan = sample_plan(emb.n, int(k), emb.dim, sample)  # from the data and options alone
     check_sample_fits(plan, int(k), emb.dim, emb.dtype.itemsize, memory_budget())
     res = kmeans_streamed(
-        emb.source_obj, emb.rows, int(k), plan=plan, iters=int(iters), seed=seed,
+        emb.reader, emb.rows, int(k), plan=plan, iters=int(iters), seed=seed,
         spherical=bool(spherical), backend=backend, restarts=restarts,
         full_passes=int(full_passes), engine=current_engine(), work=current_work_dir(),
         progress=progress,

@@ -65,7 +65,7 @@ def loss_scores(
     else:
         if values.size != emb.n_total:
             raise PrunekitError(
-                f"{name} has {values.size} scores but the embeddings {emb.source} have "
+                f"{name} has {values.size} scores but the embeddings {emb.name} have "
                 f"{emb.n_total} rows; without ids on both sides scores are matched by position, "
                 "so give one score per row (or add ids to both files)."
             )
@@ -196,7 +196,7 @@ def _by_id(values: np.ndarray, ids: np.ndarray, emb: Embeddings, name: str) -> n
             parts.append(f"{extra.size} ids are not in the embeddings (e.g. "
                          f"{', '.join(map(str, ids[extra[:NAMED]]))})")
         raise PrunekitError(
-            f"{name} does not match the ids of {emb.source}: {'; '.join(parts)}. "
+            f"{name} does not match the ids of {emb.name}: {'; '.join(parts)}. "
             "Score exactly the embedded items."
         )
     out = np.full(emb.n_total, np.nan)

@@ -30,7 +30,7 @@ from prunekit.selection.scores import Scores, load_scores
 
 # The similarity block of every cluster task: a constant, so that a cluster is cut into
 # the same blocks (and its float32 products round the same way) whatever the memory budget,
-# and the scores equal dedup.semdedup's. A cluster of m rows is scored in blocks of
+# and the scores equal a plain loop over the clusters in memory. A cluster of m rows is scored in blocks of
 # dedup.block_rows(m) rows, min(this, 4 m^2) bytes.
 MAX_BLOCK_BYTES = dedup.BLOCK_BYTES
 
@@ -173,11 +173,11 @@ def cluster_scores(emb: Embeddings, clusters: np.ndarray, distance: np.ndarray |
     with one read each and memory is bounded by the largest cluster; each finished batch
     is recorded for ``--resume``. ``distance`` None: the
     cosine distance to the cluster's normalised mean orders the items. The scores equal
-    :func:`prunekit.methods.dedup.semdedup` on the same rows.
+    :func:`prunekit.methods.dedup.semdedup_cluster` run on each cluster's rows in memory.
     """
     sizes = np.unique(clusters, return_counts=True)[1]
     largest = int(sizes.max())
-    src = emb.source_obj
+    src = emb.reader
     block, _ = _plan(largest, src.dim)
     grouped, results = map_clusters(
         emb, clusters, _batch_task, (distance, keep, int(seed), MAX_BLOCK_BYTES),

@@ -34,13 +34,13 @@ STYLE = """
 .pkr img.fig{max-width:100%}
 .pkr .rule{background:#f4f6fa;border-left:4px solid #1f77b4;padding:.5em .8em}
 .pkr .strip{display:flex;flex-wrap:wrap;gap:4px;align-items:flex-start;margin:.2em 0 .6em}
-.pkr .side{font-size:12px;font-weight:600;width:70px}
-.pkr figure{margin:0;width:84px;font-size:10px;text-align:center;word-break:break-all}
-.pkr figure img{width:72px;height:72px;object-fit:contain;background:#eee}
+.pkr .side{font-size:12px;font-weight:600;width:64px}
+.pkr figure{margin:0;width:78px;font-size:10px;text-align:center;word-break:break-all}
+.pkr figure img{width:66px;height:66px;object-fit:contain;background:#eee}
 .pkr figure img.tiny{image-rendering:pixelated}
 .pkr figure.kept img{outline:3px solid #1f77b4}
 .pkr figure.removed img{outline:3px solid #d62728}
-.pkr figure.gap div{width:72px;height:72px;margin:0 auto;background:repeating-linear-gradient(45deg,#eee,#eee 6px,#fbb 6px,#fbb 12px);display:flex;align-items:center;justify-content:center;font-weight:600}
+.pkr figure.gap div{width:66px;height:66px;margin:0 auto;background:repeating-linear-gradient(45deg,#eee,#eee 6px,#fbb 6px,#fbb 12px);display:flex;align-items:center;justify-content:center;font-weight:600}
 .pkr .note{color:#666;font-size:13px}
 .pkr .group{border:1px solid #ddd;padding:4px;margin:4px 0;display:flex;gap:8px;align-items:flex-start}
 """

@@ -51,7 +51,7 @@ def project(emb: Embeddings, kept: np.ndarray, *, method: str, sample: int, seed
                             f"{TSNE_MAX} or less, or --map pca.")
     size = min(int(sample), emb.n)
     pick = np.sort(role_rng(seed, "report map").choice(emb.rows, size=size, replace=False))
-    x = np.asarray(emb.source_obj.read_rows(pick), dtype=np.float64)
+    x = np.asarray(emb.reader.read_rows(pick), dtype=np.float64)
     if method == "pca" or size < 5:
         xy = _pca(x)
     else:
@@ -103,18 +103,18 @@ def nearest_kept(emb: Embeddings, rows: RowArrays, kept: np.ndarray,
     pos = np.array([p for p, _ in candidates], dtype=np.int64)
     order = np.argsort(pos)
     clusters = rows.take("cluster", pos)
-    q = _unit(emb.source_obj.read_rows(pos[order]))[np.argsort(order)]
+    q = _unit(emb.reader.read_rows(pos[order]))[np.argsort(order)]
     best = np.full(pos.size, -np.inf)
     anchor = np.full(pos.size, -1, dtype=np.int64)
     wanted = np.unique(clusters)
-    for ref in emb.source_obj.chunks(chunk_rows_for(emb.dim)):
+    for ref in emb.reader.chunks(chunk_rows_for(emb.dim)):
         a, b = ref.global_start, ref.global_stop
         cl = rows.get("cluster", a, b)
         m = chunk_mask(kept, a, b) & np.isin(cl, wanted)
         if not m.any():
             continue
         at = np.flatnonzero(m)
-        x = _unit(emb.source_obj.read_rows(at + a))
+        x = _unit(emb.reader.read_rows(at + a))
         sim = q @ x.T
         sim[clusters[:, None] != cl[at][None, :]] = -np.inf
         j = sim.argmax(axis=1)

@@ -152,7 +152,7 @@ def plan(
     spec = get_method(method)
     values = validate(method, spec.params, params)
     if isinstance(emb, Embeddings):
-        src, cached, n_usable = emb.source_obj, True, emb.n
+        src, cached, n_usable = emb.reader, True, emb.n
     else:
         src = emb if isinstance(emb, EmbeddingSource) else open_source(emb, key=key, id_key=id_key)
         cached, n_usable = scan.is_cached(src), src.n_total

@@ -53,14 +53,8 @@ from prunekit.runtime.context import current_work_dir, runtime_yielding
 WORK_DIR = ".prunekit-work"
 MAGIC = b"PKREC1\n"  # record layout: MAGIC, 32-byte checksum, payload (.npy or JSON bytes)
 DIGEST_BYTES = 32
-# Tests of --resume simulate a kill: after this many recorded units, raise InjectedFailure.
-FAIL_AFTER: int | None = None
 
 log = logging.getLogger("prunekit")
-
-
-class InjectedFailure(RuntimeError):
-    """Raised after :data:`FAIL_AFTER` recorded units (tests of resuming only)."""
 
 
 class WorkDir:
@@ -185,9 +179,8 @@ class WorkDir:
         self.discarded += 1
 
     def _count(self) -> None:
+        """One more unit on disk: a run killed after this point resumes from here."""
         self.recorded += 1
-        if FAIL_AFTER is not None and self.recorded >= FAIL_AFTER:
-            raise InjectedFailure(f"injected failure after {self.recorded} recorded units")
 
     # ------------------------------------------------------------------ directories
 

@@ -121,7 +121,7 @@ def mmd_report(
     check_fits(12.0 * n_features * emb.dim + task + 16.0 * kept_rows.size,
                f"the MMD with {n_features} random features")
     engine = engine or current_engine()
-    src = emb.source_obj
+    src = emb.reader
     if sigma is None:
         pick = uniform_row_subsets(emb.rows, min(SIGMA_SAMPLE, emb.n), 1, role_rng(seed, "sigma sample"))[0]
         sigma = median_sigma(src.read_rows(pick), seed=role_seed(seed, "sigma sample"))
@@ -173,11 +173,11 @@ def _check_kept(emb: Embeddings, kept_rows: np.ndarray) -> None:
     usable = np.zeros(emb.n_total, dtype=bool)
     usable[emb.rows] = True
     if kept_rows.size and (kept_rows[0] < 0 or kept_rows[-1] >= emb.n_total):
-        raise PrunekitError(f"the selection keeps rows outside 0..{emb.n_total - 1} of {emb.source}.")
+        raise PrunekitError(f"the selection keeps rows outside 0..{emb.n_total - 1} of {emb.name}.")
     if not usable[kept_rows].all():
         bad = np.unique(kept_rows[~usable[kept_rows]])[:10]
         raise PrunekitError(
-            f"the selection keeps rows that are NaN/inf in {emb.source} (rows {', '.join(map(str, bad))}); "
+            f"the selection keeps rows that are NaN/inf in {emb.name} (rows {', '.join(map(str, bad))}); "
             "inspect with the embeddings the selection was made from."
         )
     if kept_rows.size == 0:
@@ -192,7 +192,7 @@ def _plan_chunks(emb: Embeddings, kept_rows: np.ndarray, chunk_rows: int, random
     multivariate hypergeometric draw, which rows they are a draw keyed by the chunk: a
     uniform subset of exactly that size, drawn without ever holding all positions.
     """
-    refs = emb.source_obj.chunks(chunk_rows)
+    refs = emb.reader.chunks(chunk_rows)
     bounds = np.array([r.global_start for r in refs] + [emb.n_total], dtype=np.int64)
     usable_cut = np.searchsorted(emb.rows, bounds)
     usable_per = np.diff(usable_cut)

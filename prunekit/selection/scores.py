@@ -75,6 +75,13 @@ class Scores:
         if self.order is not None:
             self.order = _check_order(np.asarray(self.order), n)
 
+    def __repr__(self) -> str:
+        """A summary, not the arrays: which of them are present, and how many rows scored."""
+        present = [k for k in (*_OPTIONAL, "ids") if getattr(self, k) is not None]
+        return (f"Scores(method={self.method!r}, n_total={self.n_total}, "
+                f"n_scored={int(self.eligible.sum())}, source={self.source!r}, "
+                f"with={present})")
+
     def _check_per_row(self, name: str, integer: bool) -> None:
         value = getattr(self, name)
         if value is None:

@@ -101,6 +101,13 @@ class Selection:
     def n_kept(self) -> int:
         return int(self.indices.size)
 
+    def __repr__(self) -> str:
+        """A summary, not the indices (``sel.indices`` holds them)."""
+        draws = "" if self.counts is None else f", draws={int(self.counts.sum())}"
+        return (f"Selection(n_kept={self.n_kept}, n_total={self.n_total}, pr={self.pr:g}, "
+                f"method={self.method!r}, seed={self.seed}, ids={self.ids is not None}, "
+                f"counts={self.counts is not None}{draws})")
+
     def repeated_indices(self) -> np.ndarray:
         """Indices with each row repeated ``counts`` times (ascending)."""
         if self.counts is None:
@@ -355,7 +362,7 @@ def labels_for(scores: Scores, emb: Embeddings, name: str | None = None) -> np.n
     ``emb`` must be the embeddings the scores were computed from (same row count and, when
     the scores record it, the same fingerprint); ``name`` is how errors call it.
     """
-    name = name or emb.source
+    name = name or emb.name
     if emb.labels is None:
         raise PrunekitError(f"{name} has no 'labels' dataset; give the embeddings file that does.")
     if emb.n_total != scores.n_total or (
