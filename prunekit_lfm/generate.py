@@ -126,6 +126,7 @@ def draw(run: str | os.PathLike, n: int, config: SamplingConfig, *,
         raise PrunekitError("a coarse run and a switching time go together: give both or neither.")
     models, configs = load_models(run, coarse, config=config)
     folder = vae_folder(vae, configs.get("fine") or configs["model"]) if decode_images else None
+    decoder = _load_decoder(folder, config) if folder else None  # a bad VAE stops us before sampling
     if coarse is None:
         res = sample(models["model"], n, config, start=start, progress=progress)
         label = name or str(run)
@@ -134,7 +135,7 @@ def draw(run: str | os.PathLike, n: int, config: SamplingConfig, *,
                          progress=progress)
         label = name or f"{coarse} -> {run} @ {t_switch:g}"
     latents = res.latents.numpy()
-    images = decode(latents, folder, config, progress=progress) if folder else None
+    images = _decode_with(decoder, latents, config, progress) if decoder is not None else None
     params = {**res.params, "ema": config.ema, "vae": folder}
     out = DecodedSamples(label, latents, images, res.indices, res.labels, int(config.seed),
                          res.cost.to_dict(), params)
@@ -143,10 +144,19 @@ def draw(run: str | os.PathLike, n: int, config: SamplingConfig, *,
 
 def decode(latents: np.ndarray, folder: str, config: SamplingConfig, *, progress: bool = False) -> np.ndarray:
     """Latents -> images in [0, 1] with the VAE in ``folder`` on the config's device."""
-    from .latents import decode as vae_decode
+    return _decode_with(_load_decoder(folder, config), latents, config, progress)
+
+
+def _load_decoder(folder: str, config: SamplingConfig) -> Any:
+    """The VAE of ``folder`` (safetensors only, complete and finite) on the config's device."""
     from .vae import load_vae
 
-    vae = load_vae(folder, device=pick_device(config.device))
+    return load_vae(folder, device=pick_device(config.device))
+
+
+def _decode_with(vae: Any, latents: np.ndarray, config: SamplingConfig, progress: bool) -> np.ndarray:
+    from .latents import decode as vae_decode
+
     return to_unit(vae_decode(latents, vae, batch_size=config.batch_size, progress=progress))
 
 

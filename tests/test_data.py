@@ -119,3 +119,81 @@ def test_selected_files(tmp_path):
         D.selected_files(sel(), tmp_path)
     with pytest.raises(PrunekitError, match="file-name ids"):
         D.selected_files(sel(ids=False), tmp_path)
+
+
+# ----------------------------------------------------------------------------- ids stay inside the root
+
+
+def _id_selection(ids):
+    return Selection(indices=np.arange(len(ids)), n_total=len(ids), pr=0.0,
+                     ids=np.array(ids, dtype=object))
+
+
+@pytest.mark.parametrize("bad, needle", [
+    ("/etc/passwd", "absolute path"),
+    ("img/../../x.png", "climbs out"),
+    ("../x.png", "climbs out"),
+    ("link/passwd", "leads outside"),  # a folder symlink inside the root pointing out of it
+    ("out.png", "leads outside"),  # a file symlink pointing out of the root
+])
+def test_selected_files_refuse_ids_that_leave_the_folder(tmp_path, bad, needle):
+    root, outside = tmp_path / "root", tmp_path / "secret"
+    (root / "img").mkdir(parents=True)
+    outside.mkdir()
+    (outside / "passwd").write_text("secret")
+    (outside / "x.png").write_bytes(b"x")
+    (root / "link").symlink_to(outside, target_is_directory=True)
+    (root / "out.png").symlink_to(outside / "x.png")
+    (root / "img" / "a.png").write_bytes(b"a")
+    with pytest.raises(PrunekitError, match=needle):
+        D.selected_files(_id_selection(["img/a.png", bad]), root)
+
+
+def test_selected_files_accept_nested_ids_and_symlinks_that_stay_inside(tmp_path):
+    (tmp_path / "a" / "b").mkdir(parents=True)
+    (tmp_path / "a" / "b" / "c.png").write_bytes(b"c")
+    (tmp_path / "alias").symlink_to(tmp_path / "a", target_is_directory=True)
+    files = D.selected_files(_id_selection(["a/b/c.png", "alias/b/c.png", "a/./b/c.png"]), tmp_path)
+    assert files == [tmp_path / "a/b/c.png", tmp_path / "alias/b/c.png", tmp_path / "a/b/c.png"]
+
+
+def test_contained_path_is_the_rule_for_every_join(tmp_path):
+    from prunekit_lfm.guards import contained_path
+
+    assert contained_path(tmp_path, "x/y.png") == tmp_path / "x" / "y.png"
+    for name in ("", "/abs", "a/../../b", "a\x00b"):
+        with pytest.raises(PrunekitError):
+            contained_path(tmp_path, name)
+
+
+def test_image_folders_with_a_symlink_out_of_the_folder_are_refused(tmp_path):
+    """encode and embed read folders through the same rule (their ids are the relative names)."""
+    from PIL import Image
+
+    from prunekit_lfm.embed import open_inputs
+    from prunekit_lfm.latents import open_images
+
+    root, outside = tmp_path / "imgs", tmp_path / "elsewhere"
+    root.mkdir()
+    outside.mkdir()
+    Image.new("RGB", (8, 8)).save(root / "a.png")
+    Image.new("RGB", (8, 8)).save(outside / "b.png")
+    assert open_images(root, 8).n == 1
+    (root / "b.png").symlink_to(outside / "b.png")
+    for opener in (lambda: open_images(root, 8), lambda: open_inputs(root)):
+        with pytest.raises(PrunekitError, match="'b.png' leads outside"):
+            opener()
+
+
+@pytest.mark.parametrize("key", ["../evil", "/abs/evil", "a/../../evil"])
+def test_webdataset_keys_that_could_leave_a_folder_are_refused(tmp_path, key):
+    import io
+    import tarfile
+
+    with tarfile.open(tmp_path / "s.tar", "w") as tar:
+        for name in ("good.png", f"{key}.png"):
+            info = tarfile.TarInfo(name)
+            info.size = 4
+            tar.addfile(info, io.BytesIO(b"\x89PNG"))
+    with pytest.raises(PrunekitError, match="absolute or contains '..'"):
+        D.index_webdataset(tmp_path / "s.tar")

@@ -414,3 +414,66 @@ def test_shard_rows_under_torchrun_write_the_shards_of_one_process(tmp_path):
         assert a["ids"].tolist() == b["ids"].tolist()
         assert a["embeddings"].tobytes() == b["embeddings"].tobytes()
     assert _arrays(two / "part_00002.h5")[0]["ids"].tolist() == [8, 9]  # global positions
+
+
+# ----------------------------------------------------------------------------- loading runs no code
+
+
+class _Plant:
+    """A pickle that creates a marker file when unpickled."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_a_weights_folder_with_only_a_pickled_bin_is_refused_unopened(models, photos, tmp_path):
+    import pickle
+    import shutil
+
+    folder, marker = tmp_path / "clip-bin", tmp_path / "pwned"
+    shutil.copytree(models["clip"][0], folder)
+    (folder / "model.safetensors").unlink()
+    (folder / "pytorch_model.bin").write_bytes(pickle.dumps(_Plant(marker)))
+    res = CliRunner().invoke(main, ["lfm", "embed", str(photos), "-o", str(tmp_path / "e.h5"),
+                                    "--weights", str(folder), "--device", "cpu", "-q"])
+    assert res.exit_code == 2 and len(res.stderr.strip().splitlines()) == 1, res.output
+    assert "pytorch_model.bin, a pickle" in res.stderr and "model.safetensors" in res.stderr
+    assert not marker.exists() and not (tmp_path / "e.h5").exists()
+
+
+def test_hf_weights_with_nan_are_refused(models, tmp_path):
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    folder = tmp_path / "dino-nan"
+    shutil.copytree(models["dinov2"][0], folder)
+    state = load_file(folder / "model.safetensors")
+    name = sorted(state)[0]
+    state[name].view(-1)[0] = float("nan")
+    save_file(state, folder / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(PrunekitError, match="NaN/inf weights in --weights .*dino-nan"):
+        E.load_encoder("dinov2", folder)
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
+def test_a_torchscript_encoder_that_raises_exits_2_and_leaves_nothing(photos, tmp_path):
+    class Raises(torch.nn.Module):
+        def forward(self, x):
+            if x.shape[0] > 1:
+                raise RuntimeError("encoder exploded")
+            return x.mean(dim=(2, 3))
+
+    torch.jit.script(Raises()).save(str(tmp_path / "raises.pt"))
+    for extra in ([], ["--shard-rows", "2"]):
+        out = tmp_path / "out"
+        res = CliRunner().invoke(main, ["lfm", "embed", str(photos), "-o", str(out), "--encoder",
+                                        f"torchscript:{tmp_path / 'raises.pt'}", "--size", "8",
+                                        "--batch-size", "2", "--device", "cpu", "-q", *extra])
+        assert res.exit_code == 2, res.output
+        assert res.stderr.strip() == (f"Error: TorchScript model {tmp_path / 'raises.pt'} failed on a "
+                                      "batch of 2 images: builtins.RuntimeError: encoder exploded")
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["raises.pt"]

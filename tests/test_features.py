@@ -86,3 +86,49 @@ def test_digits_classifier_accuracy_and_round_trip(tmp_path):
     x = images[test[:7]]
     np.testing.assert_array_equal(ex(x), feat.get_extractor("digits-classifier")(x))
     assert ex(x).shape == (7, 64)
+
+
+class Raises(nn.Module):
+    """A TorchScript feature model whose code raises (user code runs when it is called)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[0] > 0:
+            raise ValueError("broken feature model")
+        return x
+
+
+def test_a_torchscript_feature_model_that_raises_is_one_user_error(tmp_path):
+    path = tmp_path / "raises.pt"
+    torch.jit.script(Raises()).save(str(path))
+    ex = feat.get_extractor(f"torchscript:{path}")
+    with pytest.raises(PrunekitError) as info:
+        ex(np.zeros((3, 3, 4, 4), np.float32))
+    assert str(info.value) == (f"TorchScript feature model {path} failed on a batch of 3 images: "
+                               "builtins.ValueError: broken feature model")
+
+
+@pytest.mark.parametrize("version", ["2.5.1", "2.5.1+cu121", "1.13.0"])
+def test_torch_load_is_refused_before_torch_2_6(tmp_path, monkeypatch, version):
+    path = tmp_path / "clf.pt"
+    path.write_bytes(b"never read")
+    monkeypatch.setattr(torch, "__version__", version)
+    monkeypatch.setattr(torch, "load", lambda *a, **k: pytest.fail("torch.load was called"))
+    with pytest.raises(PrunekitError, match=r"needs torch >= 2\.6 .*CVE-2025-32434"):
+        feat.load_digits_classifier(path)
+
+
+def test_torch_2_6_and_later_may_load(monkeypatch):
+    from prunekit_lfm.guards import require_safe_torch_load
+
+    for version in ("2.6.0", "2.13.0+cpu", "3.0.0a0"):
+        monkeypatch.setattr(torch, "__version__", version)
+        require_safe_torch_load("x")  # no error
+
+
+def test_a_classifier_file_with_nan_weights_is_refused(tmp_path):
+    clf = feat.DigitsClassifier(feat.DigitsCNN(), 0, 0.5, 1)
+    with torch.no_grad():
+        clf.model.head.bias[3] = float("nan")
+    path = feat.save_digits_classifier(clf, tmp_path / "clf.pt")
+    with pytest.raises(PrunekitError, match=r"NaN/inf weights in digits classifier file .*'head.bias'"):
+        feat.load_digits_classifier(path)

@@ -330,3 +330,269 @@ def test_an_edited_config_json_is_validated_when_the_run_is_read(tmp_path):
         _error(_invoke("lfm", "sample", run, "--n", 2, "--steps", 1, "-o", tmp_path / "s.h5", "-q"),
                "config.json", needle)
     assert not (tmp_path / "s.h5").exists()
+
+
+# ----------------------------------------------------------------------------- VAE folders: safetensors only
+
+
+def _tiny_vae(seed=0):
+    from diffusers import AutoencoderKL
+
+    from prunekit_lfm.vae import vae_config
+
+    torch.manual_seed(seed)
+    return AutoencoderKL(**{**vae_config("small", sample_size=16), "block_out_channels": (16, 16, 16),
+                            "norm_num_groups": 8})
+
+
+@pytest.fixture(scope="module")
+def vae_dir(tmp_path_factory):
+    from prunekit_lfm.vae import save_vae
+
+    return save_vae(_tiny_vae(), tmp_path_factory.mktemp("vae") / "vae")
+
+
+@pytest.mark.parametrize("route", ["encode --vae", "sample --vae", "run config.json", "pipeline vae/"])
+def test_a_vae_folder_holding_only_a_pickled_bin_is_refused_and_never_unpickled(vae_dir, tmp_path, route):
+    marker, out = tmp_path / "pwned", tmp_path / "out.h5"
+    bad = tmp_path / "bad"
+    folder = bad / "vae" if route == "pipeline vae/" else bad
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_bytes((vae_dir / "config.json").read_bytes())
+    _plant(folder / "diffusion_pytorch_model.bin", marker)
+    if route == "encode --vae":
+        r = _invoke("lfm", "encode", "digits", "--vae", bad, "-o", out, "--device", "cpu", "-q")
+    else:
+        run = make_run(tmp_path / "run", vae=str(bad) if route == "run config.json" else None)
+        vae = [] if route == "run config.json" else ["--vae", bad]
+        r = _invoke("lfm", "sample", run, "--n", 2, "--steps", 1, *vae, "-o", out, "--device", "cpu", "-q")
+    _error(r, str(folder / "diffusion_pytorch_model.bin"), "a pickle", "loads safetensors only",
+           "torch.load(", "weights_only=True", "save_file(")
+    assert not marker.exists() and not out.exists()
+
+
+def test_the_conversion_command_in_the_message_makes_the_folder_loadable(vae_dir, tmp_path):
+    import subprocess
+
+    from safetensors.torch import load_file
+
+    from prunekit.errors import PrunekitError
+    from prunekit_lfm.vae import load_vae
+
+    folder = tmp_path / "old"
+    folder.mkdir()
+    (folder / "config.json").write_bytes((vae_dir / "config.json").read_bytes())
+    original = load_file(vae_dir / "diffusion_pytorch_model.safetensors")
+    torch.save(original, folder / "diffusion_pytorch_model.bin")  # a trusted legacy file
+    with pytest.raises(PrunekitError) as info:
+        load_vae(folder)
+    code = str(info.value).split('python -c "', 1)[1].rsplit('"', 1)[0]
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+    state = load_vae(folder).state_dict()
+    assert sorted(state) == sorted(original)
+    for name, tensor in original.items():
+        assert torch.equal(state[name], tensor), name
+
+
+@pytest.mark.parametrize("damage, needles", [
+    ("nan", ["NaN/inf weights in the VAE weights", "diffusion_pytorch_model.safetensors", "'{name}'"]),
+    ("missing", ["lack 1 of the model's tensors", "'{name}'", "initialise them at random"]),
+    ("absent", ["has no weights file", "would be random"]),
+])
+def test_a_vae_with_nan_or_missing_weights_is_refused_by_name(vae_dir, tmp_path, damage, needles):
+    from safetensors.torch import load_file, save_file
+
+    from prunekit.errors import PrunekitError
+    from prunekit_lfm.vae import load_vae
+
+    folder = tmp_path / "vae"
+    folder.mkdir()
+    (folder / "config.json").write_bytes((vae_dir / "config.json").read_bytes())
+    state = load_file(vae_dir / "diffusion_pytorch_model.safetensors")
+    name = "decoder.conv_out.weight"
+    if damage == "nan":
+        state[name].view(-1)[5] = float("nan")
+    elif damage == "missing":
+        del state[name]
+    if damage != "absent":
+        save_file(state, folder / "diffusion_pytorch_model.safetensors")
+    with pytest.raises(PrunekitError) as info:
+        load_vae(folder)
+    for needle in needles:
+        assert needle.format(name=name) in str(info.value), str(info.value)
+
+
+# ----------------------------------------------------------------------------- NaN weights in a run
+
+
+def test_nan_weights_in_a_run_are_refused_naming_the_file_and_the_tensor(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    from prunekit.errors import PrunekitError
+    from prunekit_lfm.runs import load_run
+
+    run = make_run(tmp_path / "run")
+    state = load_file(run / runs.EMA)
+    name = sorted(state)[4]
+    state[name].view(-1)[0] = float("inf")
+    save_file(state, run / runs.EMA, metadata={"step": "1"})
+    with pytest.raises(PrunekitError, match=f"NaN/inf weights in weights file {run / runs.EMA} "
+                                            rf"\(first: tensor '{name}'\)"):
+        load_run(run)
+    load_run(run, ema=False)  # the other file is intact
+
+
+# ----------------------------------------------------------------------------- dependency floors
+
+
+def test_dependency_floors_exclude_versions_with_known_holes():
+    import re
+    import tomllib
+    from pathlib import Path
+
+    project = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"]
+    extras = {spec for specs in project["optional-dependencies"].values() for spec in specs}
+    floors = {m.group(1): m.group(2) for s in extras if (m := re.match(r"([a-z-]+)>=([\d.]+)", s))}
+    assert floors["torch"] == "2.6"  # CVE-2025-32434: weights_only bypass before 2.6
+    assert floors["pyarrow"] == "14.0.1"  # CVE-2023-47248
+    assert floors["ray"] == "2.52"  # the first Ray with token authentication
+
+
+# ----------------------------------------------------------------------------- latents, labels, divergence
+
+
+def test_latents_far_from_unit_scale_are_refused_at_load(tmp_path):
+    from prunekit.errors import PrunekitError
+    from prunekit_lfm.latents import load_latents
+
+    z = np.random.default_rng(0).normal(size=(6, 4, 2, 2)).astype(np.float32)
+    save_latents(tmp_path / "ok.h5", LatentStore(latents=z * 1e5, ids=np.arange(6)))
+    assert load_latents(tmp_path / "ok.h5").n == 6  # large but sane
+    z[4, 1, 0, 1] = -1e30
+    save_latents(tmp_path / "big.h5", LatentStore(latents=z, ids=np.arange(6)))
+    with pytest.raises(PrunekitError, match=r"values up to 1e\+30 \(rows 4\).*rescale"):
+        load_latents(tmp_path / "big.h5")
+    r = _invoke("lfm", "train", tmp_path / "big.h5", "-o", tmp_path / "run", "--steps", 1, "--device", "cpu")
+    _error(r, "big.h5", "unit scale")
+    assert not (tmp_path / "run").exists()
+
+
+def test_training_that_diverges_stops_naming_the_step_and_leaves_no_run(latents, tmp_path):
+    r = _invoke("lfm", "train", latents, "-o", tmp_path / "run", "--steps", 40, "--lr", 1e30,
+                "--batch-size", 8, "--device", "cpu", "-q")
+    _error(r, "training diverged", "at step 2", "nothing was kept", "--lr")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_diverged_run_keeps_its_last_finite_checkpoint(latents, tmp_path):
+    from prunekit.errors import PrunekitError
+    from prunekit_lfm.runs import load_run
+
+    run = tmp_path / "run"
+    with pytest.raises(PrunekitError, match=r"at step 2; .*last checkpoint \(step 1\)"):
+        train(str(latents), str(run), steps=40, checkpoint_every=1, seed=0,
+              **{**FAST, "lr": 1e30})
+    assert runs.read_checkpoint(run)["step"] == 1 and runs.read_config(run).steps_done == 1
+    assert [row["step"] for row in runs.read_log(run)] == [1]
+    load_run(run)  # finite weights: sampling works
+
+
+def test_conditional_training_on_negative_labels_is_refused_before_writing(tmp_path):
+    from prunekit.errors import PrunekitError
+
+    z = np.random.default_rng(0).normal(size=(8, 4, 4, 4)).astype(np.float32)
+    labels = np.array([0, 1, 2, -1, 0, 1, 2, 0])
+    save_latents(tmp_path / "lat.h5", LatentStore(latents=z, ids=np.arange(8), labels=labels))
+    with pytest.raises(PrunekitError, match=r"1 label outside \[0, 1000000\) \(first: row 3, id 3, label -1\)"):
+        train(str(tmp_path / "lat.h5"), str(tmp_path / "run"), steps=1, conditional=True, **FAST)
+    assert not (tmp_path / "run").exists()
+    train(str(tmp_path / "lat.h5"), str(tmp_path / "run"), steps=1, **FAST)  # unconditional: unused
+
+
+# ----------------------------------------------------------------------------- full disks
+
+
+class _Usage:
+    def __init__(self, free):
+        self.total, self.used, self.free = 1 << 40, 0, free
+
+
+def _free(monkeypatch, free):
+    """Pretend every file system has ``free`` bytes left (shutil.disk_usage as the guards see it)."""
+    import prunekit_lfm.guards as guards
+
+    monkeypatch.setattr(guards.shutil, "disk_usage", lambda path: _Usage(free))
+
+
+def test_check_space_adds_up_writes_on_one_file_system_and_names_them(tmp_path, monkeypatch):
+    from prunekit.errors import PrunekitError
+    from prunekit_lfm.guards import SPACE_MARGIN, check_space, needed_bytes
+
+    a, b = tmp_path / "a.h5", tmp_path / "sub" / "b.png"  # b's folder does not exist yet
+    need = needed_bytes(10_000) + needed_bytes(5_000)
+    assert need == 15_150 + 2 * SPACE_MARGIN
+    _free(monkeypatch, need)
+    check_space([(a, 10_000), (b, 5_000)], "test")  # exactly enough
+    _free(monkeypatch, need - 1)
+    with pytest.raises(PrunekitError, match=f"test: writing {a}, {b} needs about .* but only .* is free"):
+        check_space([(a, 10_000), (b, 5_000)], "test")
+
+
+def test_sample_refuses_a_full_disk_before_sampling(tmp_path, monkeypatch):
+    import prunekit_lfm.generate as generate
+
+    run = make_run(tmp_path / "run")
+    _free(monkeypatch, 1000)
+    monkeypatch.setattr(generate, "draw", lambda *a, **k: pytest.fail("sampled onto a full disk"))
+    _error(_invoke("lfm", "sample", run, "--n", 4, "-o", tmp_path / "s.h5", "-q"), "s.h5", "is free")
+    assert not (tmp_path / "s.h5").exists()
+
+
+@pytest.fixture
+def small_fs(tmp_path):
+    """A 1 MiB tmpfs: a file system that really fills up (needs root to mount)."""
+    import subprocess
+
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    d = tmp_path / "full"
+    d.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1M", "tmpfs", str(d)],
+                          capture_output=True, text=True)
+    if done.returncode:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+    try:
+        yield d
+    finally:
+        subprocess.run(["umount", str(d)], check=False)
+
+
+@pytest.mark.parametrize("precheck", [True, False], ids=["free-space-check", "write-fails"])
+def test_commands_on_a_full_file_system_exit_2_and_leave_nothing(small_fs, vae_dir, latents, tmp_path,
+                                                                  monkeypatch, precheck):
+    """With the free-space check, and (disabled, so that the writes really fail) without it."""
+    if not precheck:
+        _free(monkeypatch, 1 << 40)
+    run = make_run(tmp_path / "run", vae=str(vae_dir))
+    script = tmp_path / "enc.pt"
+
+    class Wide(torch.nn.Module):
+        def forward(self, x):
+            return x.mean(dim=(2, 3)).repeat(1, 100)
+
+    torch.jit.script(Wide()).save(str(script))
+    full = small_fs
+    commands = [
+        ["sample", run, "--n", 2000, "--steps", 1, "-o", full / "s.h5", "--png", full / "g.png"],
+        ["embed", "digits", "--encoder", f"torchscript:{script}", "--size", 8, "-o", full / "emb",
+         "--shard-rows", 500],
+        ["train", latents, "-o", full / "run", "--steps", 2, "--batch-size", 8],
+        ["train-vae", "digits", "-o", full / "vae", "--size", "base", "--image-size", 32, "--steps", 1],
+        ["encode", "digits", "--vae", vae_dir, "-o", full / "lat.h5", "--size", 128],
+    ]
+    for args in commands:
+        r = _invoke("lfm", *args, "--device", "cpu", "-q")
+        _error(r, str(full))
+        assert ("is free" if precheck else "No space left on device") in r.output, r.output
+        assert len(r.output.strip().splitlines()) == 1, r.output
+        assert os.listdir(full) == [], (args[0], os.listdir(full))

@@ -329,32 +329,34 @@ def _bomb_png() -> bytes:
 def test_bad_images_are_named_gaps_and_the_command_still_succeeds(tmp_path):
     x, ids = _embeddings(40)
     ids[0], ids[1], ids[2] = "../outside.png", "/etc/hostname", "gone.png"
-    ids[3], ids[4], ids[5] = "corrupt.png", "bomb.png", "link.png"
+    ids[3], ids[4], ids[5], ids[6] = "corrupt.png", "bomb.png", "link.png", "fifo.png"
     _write_embeddings(tmp_path / "emb.h5", x, ids)
     emb = pk.load_embeddings(tmp_path / "emb.h5")
     sc = pk.score(emb, "kmeans", k=2, seed=0, progress=False)
     sc.save(tmp_path / "scores.h5")
     pk.select(sc, 0.5, balance="clusters").save(tmp_path / "sel.h5")
     root = tmp_path / "images"
-    _plant_images(root, ids[6:], sc.cluster[6:])
+    _plant_images(root, ids[7:], sc.cluster[7:])
     Image.new("RGB", (8, 8), (1, 2, 3)).save(tmp_path / "outside.png")  # must never be read
     (root / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
     (root / "bomb.png").write_bytes(_bomb_png())
     os.symlink(tmp_path / "outside.png", root / "link.png")
+    os.mkfifo(root / "fifo.png")  # reading it would block forever
     out = tmp_path / "page"
     res = _run(tmp_path / "sel.h5", "--scores", tmp_path / "scores.h5", "--images", root,
                "--html", out, "--thumbs", "30", "-q")
     assert res.exit_code == 0, res.output
-    assert "warning: 6 images could not be shown" in res.output
+    assert "warning: 7 images could not be shown" in res.output
     gaps = {g["data-id"]: g["data-reason"] for g in _page(out).find("figure")
             if "gap" in g["class"]}
-    assert set(gaps) == set(ids[:6].tolist())
+    assert set(gaps) == set(ids[:7].tolist())
     assert "'..' refused" in gaps["../outside.png"]
     assert "absolute path refused" in gaps["/etc/hostname"]
     assert gaps["gone.png"] == "no such image file"
     assert gaps["corrupt.png"].startswith("cannot decode")
     assert "too large to decode safely" in gaps["bomb.png"]
     assert "outside the image root" in gaps["link.png"]
+    assert gaps["fifo.png"] == "not a regular file"
     listed = {a["data-id"] for a in _page(out).find("li", "gaps")}
     assert listed == set(gaps)
 
@@ -395,6 +397,9 @@ def test_output_folder_is_replaced_atomically_never_over_inputs(world, tmp_path)
     assert res.exit_code == 2 and not (world / "images" / "page").exists()
     res = _run(*args, "--images", world / "images")
     assert res.exit_code == 2 and "give --html DIR too" in res.output
+    os.symlink(out, tmp_path / "link")  # never written through: the target is someone's folder
+    res = _run(*args, "--html", tmp_path / "link")
+    assert res.exit_code == 2 and "symbolic link" in res.output
 
 
 def test_library_report_object(world, tmp_path, monkeypatch):

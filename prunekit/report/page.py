@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from prunekit.errors import PrunekitError
-from prunekit.io.atomic import TMP_PREFIX, check_output
+from prunekit.io.atomic import TMP_PREFIX, check_output, refuse_link
 from prunekit.io.provenance import jsonable
 from prunekit.report import figures
 from prunekit.report.data import ALL_ROWS
@@ -231,6 +231,7 @@ def check_dir(out: str | os.PathLike, *, inputs: list[str] = (),
               input_dirs: list[str] = ()) -> Path:
     """Refuse an output folder that is not ours to replace (see :func:`write_dir`)."""
     out = Path(out)
+    refuse_link(out, "--html folder")
     check_output(out / "index.html", inputs=inputs, input_dirs=input_dirs, what="--html page")
     real = Path(os.path.realpath(out))
     if real.exists() and not real.is_dir():

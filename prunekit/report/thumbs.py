@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from prunekit.errors import PrunekitError
+from prunekit.io.atomic import check_input, open_regular
 
 THUMB_SIZE = 96  # longest side of a thumbnail, pixels
 MAX_PIXELS = 40_000_000  # larger images are refused before decoding (decompression bombs)
@@ -96,16 +97,25 @@ def safe_join(root: Path, ident: Any) -> Path | Gap:
 
 
 def read_capped(path: Path) -> bytes | Gap:
-    """The bytes of a regular file of at most MAX_FILE_BYTES, or a Gap saying why not."""
+    """The bytes of a regular file of at most MAX_FILE_BYTES, or a Gap saying why not.
+
+    Opened non-blocking and checked on the open descriptor: a FIFO or device never blocks.
+    """
+    if not path.exists():
+        return Gap("no such image file")
     try:
-        if not path.is_file():
-            return Gap("no such image file" if not path.exists() else "not a regular file")
-        size = path.stat().st_size
+        fd = open_regular(path, "image")
+    except PrunekitError as exc:
+        msg = str(exc)
+        return Gap("not a regular file" if "regular file" in msg or "directory" in msg else msg)
+    with os.fdopen(fd, "rb") as fh:
+        size = os.fstat(fh.fileno()).st_size
         if size > MAX_FILE_BYTES:
             return Gap(f"file of {size >> 20} MiB is too large to read for a thumbnail")
-        return path.read_bytes()
-    except OSError as exc:
-        return Gap(f"cannot read: {exc.strerror or exc}")
+        try:
+            return fh.read(MAX_FILE_BYTES + 1)
+        except OSError as exc:
+            return Gap(f"cannot read: {exc.strerror or exc}")
 
 
 class TarImages(ImageProvider):
@@ -162,6 +172,8 @@ def tar_shards(spec: str | os.PathLike) -> list[Path]:
         paths = sorted(Path(p) for p in glob.glob(text))
     else:
         paths = [Path(text)] if Path(text).is_file() else []
+    for p in paths:
+        check_input(p, "WebDataset shard")
     if not paths:
         raise PrunekitError(f"--images {spec}: no .tar shards found; give a folder of images, "
                             "a .tar shard, a folder of shards or a glob such as 'shards/*.tar'.")

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import ipaddress
 import logging
 import os
 import socket
@@ -162,14 +163,19 @@ class RayEngine(Engine):
         if not ray.is_initialized():
             if address:
                 _check_reachable(address)
+                here = _is_loopback(address)  # a cluster on this machine's loopback: join there
                 try:
-                    ray.init(address=address, **logs)
+                    with _loopback_node() if here else contextlib.nullcontext():
+                        ray.init(address=address, _node_ip_address=LOOPBACK if here else None,
+                                 **logs)
                 except (ConnectionError, RuntimeError, ValueError,
                         ray.exceptions.AuthenticationError) as exc:
                     why = str(exc).rstrip(".")
                     raise PrunekitError(
                         f"cannot join the Ray cluster at --ray-address {address}: {why}. "
-                        "Start one with 'ray start --head' or leave --ray-address out."
+                        "Start one with 'ray start --head' or leave --ray-address out; a "
+                        "cluster with token authentication also needs RAY_AUTH_MODE=token and "
+                        "its token in RAY_AUTH_TOKEN (or a file named by RAY_AUTH_TOKEN_PATH)."
                     ) from exc
             else:
                 with _loopback_node():
@@ -234,7 +240,8 @@ LOOPBACK = "127.0.0.1"
 
 @contextlib.contextmanager
 def _loopback_node() -> Iterator[None]:
-    """Let a cluster started here keep 127.0.0.1 as its node address, so it listens there only.
+    """Let Ray keep 127.0.0.1 as this node's address (a cluster started here, or one joined
+    at a loopback address), so that it listens there only and finds a loopback head.
 
     Ray binds its servers (GCS, raylet, object manager, workers) to every interface unless
     the node address is exactly 127.0.0.1, and ``ray.init(_node_ip_address="127.0.0.1")``
@@ -254,6 +261,17 @@ def _loopback_node() -> Iterator[None]:
         yield
     finally:
         ray_constants.ENABLE_RAY_CLUSTER = before
+
+
+def _is_loopback(address: str) -> bool:
+    """Whether ``HOST:PORT`` names a loopback host (Ray would swap it for the network one)."""
+    host = address.removeprefix("ray://").rpartition(":")[0].strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _check_reachable(address: str) -> None:
