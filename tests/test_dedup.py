@@ -7,6 +7,7 @@ import pytest
 from dedup_reference import semdedup_reference
 from resume_faults import InjectedFailure, killed_after
 
+import prunekit as pk
 from prunekit.errors import PrunekitError
 from prunekit.methods import dedup
 from prunekit.seeds import role_rng
@@ -194,7 +195,6 @@ def test_errors():
 
 
 def test_engines_give_identical_bytes(monkeypatch):
-    import prunekit as pk
     from prunekit.compute import grouping
     from prunekit.runtime.engine import LocalEngine
 
@@ -208,7 +208,6 @@ def test_engines_give_identical_bytes(monkeypatch):
 
 
 def test_method_scores_match_brute_force_on_its_own_clusters():
-    import prunekit as pk
 
     x, _, _ = planted(seed=7)
     for keep in ("hard", "easy"):
@@ -221,7 +220,6 @@ def test_method_scores_match_brute_force_on_its_own_clusters():
 
 
 def test_within_uses_the_kmeans_clusters_and_distances():
-    import prunekit as pk
 
     x, _, _ = planted(seed=8)
     km = pk.score(x, "kmeans", k=3, seed=1, progress=False)
@@ -232,7 +230,6 @@ def test_within_uses_the_kmeans_clusters_and_distances():
 
 
 def test_select_eps_equals_semdedup_and_pr_removes_most_redundant_first():
-    import prunekit as pk
 
     x, _, _ = planted(seed=9)
     sc = pk.score(x, "semdedup", k=4, seed=0, progress=False)
@@ -282,7 +279,6 @@ def test_cli_score_and_select_eps(tmp_path, monkeypatch):
 
 
 def test_inspect_reports_duplicate_counts(tmp_path):
-    import prunekit as pk
     from prunekit.selection.inspection import inspect, render
 
     x, _, _ = planted(seed=11)
@@ -301,7 +297,6 @@ def test_inspect_reports_duplicate_counts(tmp_path):
 
 
 def test_a_cluster_beyond_the_memory_budget_is_refused(monkeypatch):
-    import prunekit as pk
 
     x, _, _ = planted(seed=12)  # 120 x 16: one cluster of 120 rows holds 2 x 7680 bytes
     # ... and its similarity block, 120 x 120 float32 and a one-byte mask: 72 000 bytes.
@@ -319,7 +314,6 @@ def test_a_cluster_beyond_the_memory_budget_is_refused(monkeypatch):
 
 
 def test_grouped_path_equals_in_memory_and_mean_order_without_distances(monkeypatch):
-    import prunekit as pk
     from prunekit.compute import grouping
 
     monkeypatch.setattr(grouping, "BATCH_ROWS", 50)  # several clusters per task, several tasks
@@ -373,18 +367,17 @@ def test_interrupted_cli_run_resumes_to_the_same_bytes(tmp_path, monkeypatch):
 @pytest.mark.slow
 def test_ray_engine_gives_the_local_bytes():
     ray = pytest.importorskip("ray")
-    import prunekit as pk
-    from prunekit.runtime.engine import LocalEngine, RayEngine, use
+    from prunekit.runtime.engine import LocalEngine, RayEngine
 
     x, _, _ = planted(seed=15)
     km = pk.score(x, "kmeans", k=4, seed=0, progress=False)
-    with use(LocalEngine(1)):
+    with pk.runtime(engine=LocalEngine(1)):
         local = pk.score(x, "semdedup", within=km, keep="random", seed=5, progress=False)
     started = not ray.is_initialized()
     if started:
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
-        with use(RayEngine(2)):
+        with pk.runtime(engine=RayEngine(2)):
             remote = pk.score(x, "semdedup", within=km, keep="random", seed=5, progress=False)
     finally:
         if started:
@@ -393,7 +386,6 @@ def test_ray_engine_gives_the_local_bytes():
 
 
 def test_zero_rows_are_named_by_position():
-    import prunekit as pk
 
     x, _, _ = planted(seed=16)
     x[[7, 64]] = 0

@@ -20,8 +20,7 @@ from prunekit.methods.greedy import interleave, order_scores
 from prunekit.methods.herding import herd_rff
 from prunekit.methods.kcenter import farthest_first
 from prunekit.runtime import engine as engine_mod
-from prunekit.runtime.budget import budget
-from prunekit.runtime.engine import LocalEngine, chunk_rows_for, make_engine, use
+from prunekit.runtime.engine import LocalEngine, chunk_rows_for, make_engine
 from prunekit.seeds import role_rng
 
 
@@ -142,7 +141,7 @@ def test_streamed_kmeans_same_bytes_for_any_worker_count(small_chunks):
     emb = pk.Embeddings.from_array(x)
     runs = []
     for workers in (1, 2, 5):
-        with use(LocalEngine(workers)):
+        with pk.runtime(engine=LocalEngine(workers)):
             runs.append(pk.score(emb, "kmeans", k=5, sample=700, full_passes=2, seed=9,
                                  progress=False))
     for r in runs[1:]:
@@ -248,7 +247,7 @@ def test_within_equals_in_memory_implementation(small_chunks, method, opts):
     x, _ = blobs(n=1200, k=6, d=8, seed=5)
     emb = pk.Embeddings.from_array(x)
     km = pk.score(emb, "kmeans", k=6, seed=1, progress=False)
-    with use(LocalEngine(2)):
+    with pk.runtime(engine=LocalEngine(2)):
         s = pk.score(emb, method, within=km, progress=False, **opts)
     ref = reference_within(x, km.cluster, method, **opts)
     np.testing.assert_array_equal(s.order, ref)
@@ -271,7 +270,7 @@ def test_greedy_over_budget_refuses_with_the_cost():
     x, _ = blobs(n=4000, d=8)
     emb = pk.Embeddings.from_array(x)
     km = pk.score(emb, "kmeans", k=8, progress=False)
-    with budget("64K"):
+    with pk.runtime(memory="64K"):
         with pytest.raises(pk.PrunekitError, match=r"herding without --within holds all 4000 rows"
                                                    r" in memory: .*Use --within SCORES"):
             pk.score(emb, "herding", progress=False)
@@ -279,7 +278,7 @@ def test_greedy_over_budget_refuses_with_the_cost():
             pk.score(emb, "kcenter", progress=False)
         s = pk.score(emb, "kcenter", within=km, progress=False)  # clusters of ~500 rows fit
         assert s.order.size == 4000
-    with budget("4K"), pytest.raises(pk.PrunekitError,
+    with pk.runtime(memory="4K"), pytest.raises(pk.PrunekitError,
                                      match=r"cluster \d+ has \d+ rows .* --memory"):
         pk.score(emb, "kcenter", within=km, progress=False)
 
@@ -302,7 +301,7 @@ def test_streamed_paths_hold_less_than_the_matrix(tmp_path, monkeypatch):
     del x
     emb = pk.load_embeddings(tmp_path / "emb.npy")
     matrix = emb.n * emb.dim * 4
-    with budget("32M"), use(LocalEngine(2)):
+    with pk.runtime(memory="32M", engine=LocalEngine(2)):
         tracemalloc.start()
         km = pk.score(emb, "kmeans", k=10, sample=20_000, progress=False)  # 16 MB to fit
         kmeans_peak = tracemalloc.get_traced_memory()[1]

@@ -22,7 +22,7 @@ from prunekit.flow import ClosedFormField, integrate_together, nearest
 from prunekit.flow.assign import SOURCE_BLOCK, compare_subsets
 from prunekit.flow.study import stability
 from prunekit.runtime import engine as engine_mod
-from prunekit.runtime.engine import LocalEngine, use
+from prunekit.runtime.engine import LocalEngine
 from prunekit.seeds import role_rng
 from prunekit.selection import quality
 from prunekit.selection.quality import mmd_report
@@ -98,7 +98,7 @@ def shards(tmp_path):
 def reports(emb, kept, engines, **kw):
     out = []
     for eng in engines:
-        with use(eng):
+        with pk.runtime(engine=eng):
             out.append(mmd_report(emb, kept, random_draws=4, seed=5, n_features=64,
                                   progress=False, **kw))
     return out
@@ -256,7 +256,7 @@ def test_ray_mmd_and_stability_same_bytes_as_local(ray_cluster, small_chunks, sh
     x = emb.reader.read_rows(emb.rows).astype(np.float32)[:300]
     docs = []
     for eng in engines:
-        with use(eng):
+        with pk.runtime(engine=eng):
             docs.append(stability(x, prs=[0.3, 0.6, 0.9], n_sources=40, steps=5, seed=1))
     assert docs[0]["rows"] == docs[1]["rows"] == docs[2]["rows"]  # 1 block: 2 groups on ray 2
 

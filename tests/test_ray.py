@@ -27,7 +27,7 @@ import prunekit as pk
 from prunekit.cli import main
 from prunekit.compute import grouping
 from prunekit.runtime import engine as engine_mod
-from prunekit.runtime.engine import LocalEngine, RayEngine, use
+from prunekit.runtime.engine import LocalEngine, RayEngine
 
 ray = pytest.importorskip("ray")
 
@@ -61,7 +61,7 @@ def shards(tmp_path, monkeypatch):
 def run_all(emb, fn):
     out = []
     for eng in (LocalEngine(2), RayEngine(1), RayEngine(2)):
-        with use(eng):
+        with pk.runtime(engine=eng):
             out.append(fn())
     return out
 

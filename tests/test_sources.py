@@ -18,7 +18,7 @@ from prunekit.cli import main
 from prunekit.errors import PrunekitError
 from prunekit.io import scan
 from prunekit.io.source import ChunkRef, natural_key, open_source
-from prunekit.runtime.budget import budget, parse_size
+from prunekit.runtime.budget import parse_size
 
 pa = pytest.importorskip("pyarrow")  # the [parquet] extra
 pq = pytest.importorskip("pyarrow.parquet")
@@ -275,7 +275,7 @@ def test_missing_pyarrow_names_the_extra(tmp_path, monkeypatch):
 
 def test_array_refuses_beyond_the_memory_budget(tmp_path):
     emb = pk.load_embeddings(npy_shards(tmp_path / "d", x()))
-    with budget("32K"):  # 1000 x 8 float32 = 32000 bytes fits; float64 does not
+    with pk.runtime(memory="32K"):  # 1000 x 8 float32 = 32000 bytes fits; float64 does not
         assert emb.array().shape == (1000, 8)
         with pytest.raises(PrunekitError, match=r"needs 62\.5 KiB but the memory budget is 32\.0 KiB.*--memory"):
             emb.array(np.float64)
