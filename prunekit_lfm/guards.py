@@ -84,7 +84,8 @@ def first_nonfinite(named: Iterable[tuple[str, Any]]) -> str | None:
     import torch
 
     for name, tensor in named:
-        if torch.is_tensor(tensor) and tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+        floating = torch.is_tensor(tensor) and tensor.is_floating_point()
+        if floating and not bool(torch.isfinite(tensor).all()):
             return name
     return None
 
@@ -117,13 +118,13 @@ def require_safe_torch_load(what: str) -> None:
 
 
 def convert_command(folder: str | os.PathLike, binary: str, target: str) -> str:
-    """A one-line command that turns a pickled weights file into safetensors (for a trusted file)."""
+    """A one-line command turning a pickled weights file into safetensors (for a trusted file)."""
     src, dst = Path(folder) / binary, Path(folder) / target
     return (
         'python -c "import torch; from safetensors.torch import save_file; '
-        f"sd = torch.load('{src}', weights_only=True); "
+        f"sd = torch.load({str(src)!r}, weights_only=True); "
         "save_file({k: v.contiguous().clone() for k, v in sd.items()}, "
-        f"'{dst}', metadata={{'format': 'pt'}})\""
+        f"{str(dst)!r}, metadata={{'format': 'pt'}})\""
     )
 
 
@@ -138,11 +139,13 @@ def run_user_model(model: Any, x: Any, what: str) -> Any:
     except MemoryError:
         raise
     except Exception as exc:  # any error of the user's code; the output is not written
-        raise PrunekitError(f"{what} failed on a batch of {x.shape[0]} images: {error_line(exc)}") from exc
+        raise PrunekitError(
+            f"{what} failed on a batch of {x.shape[0]} images: {error_line(exc)}"
+        ) from exc
 
 
 def error_line(exc: BaseException) -> str:
-    """One line of an error: for TorchScript the raised exception (its last line), else the first."""
+    """One line of an error: TorchScript's raised exception (its last line), else the first."""
     lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
     if not lines:
         return type(exc).__name__
@@ -189,7 +192,8 @@ def check_space(writes: Iterable[tuple[str | os.PathLike, float]], what: str) ->
             continue
         if need > free:
             raise PrunekitError(
-                f"{what}: writing {', '.join(paths)} needs about {human(need)} but only {human(free)} "
+                f"{what}: writing {', '.join(paths)} needs about {human(need)} but only "
+                f"{human(free)} "
                 f"is free on the file system of {d}. Free some space or write elsewhere."
             )
 

@@ -290,8 +290,12 @@ def _folder(path: Path, size: int | None) -> ImageSource:
     if not files:
         raise PrunekitError(f"no image files ({', '.join(IMAGE_SUFFIXES)}) in folder {path}.")
     rel = [p.relative_to(path) for p in files]
-    for r in rel:  # a symlink leading outside the folder is refused, as for ids read from files
-        contained_path(path, r.as_posix(), "image file")
+    inside: set[Path] = set()  # folders known to resolve inside: one realpath per folder
+    for p, r in zip(files, rel, strict=True):  # a symlink leading out is refused, as for ids
+        if p.is_symlink() or p.parent not in inside:
+            contained_path(path, r.as_posix(), "image file")
+            if not p.is_symlink():
+                inside.add(p.parent)
     labels = None
     if all(len(r.parts) == 2 for r in rel):
         classes = sorted({r.parts[0] for r in rel})

@@ -275,9 +275,10 @@ def train(
         raise PrunekitError(f"latents file {latents} holds non-square latents {h}x{w}; use square images.")
     num_classes = store.num_classes if conditional else 0
     net = build_model(model, sample_size=h, in_channels=c, num_classes=num_classes, seed=seed)
-    if dist.main:  # before the directory exists: a full disk is refused, not met at step 1000
-        need = _checkpoint_bytes(_weights_bytes(net), steps, first=not resume)
-        check_space([(out / runs.OPTIMIZER, need)], "lfm train (checkpoint files)")
+    # Before the directory exists: a full disk is refused, not met at the first checkpoint. On
+    # every rank (the run directory is on storage they all see), so that all stop together.
+    need = _checkpoint_bytes(_weights_bytes(net), steps, first=not resume)
+    check_space([(out / runs.OPTIMIZER, need)], "lfm train (checkpoint files)")
     config = dataclasses.replace(
         settings, model=net.config_dict(), sample_size=h, in_channels=c, num_classes=num_classes,
         latents=str(Path(latents).resolve()), latents_fingerprint=store.fingerprint,

@@ -119,18 +119,29 @@ def _same(a, b) -> bool:
     return bool(np.array_equal(a, b)) if isinstance(a, np.generic) else a == b
 
 
-def test_a_budget_below_the_sample_is_refused_with_the_fix(data, tmp_path):
+def test_a_budget_below_the_sample_is_refused_with_the_fix(tmp_path):
+    data = tmp_path / "emb.npy"  # 12 000 x 16: all rows are the default sample, 1.7 MiB
+    np.save(data, np.random.default_rng(1).standard_normal((12_000, 16)).astype(np.float32))
     env = {k: v for k, v in os.environ.items() if k != "PRUNEKIT_MEMORY"}
-    res = subprocess.run([sys.executable, "-m", "prunekit", "score", str(data), "-m", "kmeans",
-                          "--k", "30", "--memory", "512K", "-o", str(tmp_path / "x.h5")],
-                         env=env, capture_output=True, text=True, timeout=300)
+    score = [sys.executable, "-m", "prunekit", "score", str(data), "-m", "kmeans", "--k", "30",
+             "--memory", "1M", "-q"]
+    res = subprocess.run([*score, "-o", "x.h5"], env=env, cwd=tmp_path, capture_output=True,
+                         text=True, timeout=300)
     assert res.returncode == 2 and "Traceback" not in res.stderr
     lines = [ln for ln in (res.stdout + res.stderr).splitlines() if ln.startswith("Error:")]
     assert len(lines) == 1
-    assert "k-means holds all 6,000 rows in memory (16 dimensions, 32-bit as stored): 894.4 KiB, " \
-           "more than the memory budget of 512.0 KiB. Raise --memory to at least 894.4 KiB, or " \
+    assert "k-means holds all 12,000 rows in memory (16 dimensions, 32-bit as stored): 1.7 MiB, " \
+           "more than the memory budget of 1.0 MiB. Raise --memory to at least 1.7 MiB, or " \
            "give a smaller --sample" in lines[0]
     assert not (tmp_path / "x.h5").exists()
+    # The fix it names: half the rows, 6000 x (16 x 8 + 24) + 30 x 16 x 8 bytes, fit 1 MiB.
+    res = subprocess.run([*score, "--sample", "6000", "-o", "y.h5"], env=env, cwd=tmp_path,
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    with h5py.File(tmp_path / "y.h5") as f:
+        params = json.loads(f.attrs["params"])
+    assert (params["sample"], params["sample_rows"], params["sample_of"]) == (6000, 6000, 12_000)
+    assert params["sample_drawn"].startswith("uniform without replacement")
 
 
 def test_demo_core_stages_same_bytes_on_one_and_two_threads(tmp_path):

@@ -10,6 +10,7 @@ command or option.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import os
 import signal
@@ -137,6 +138,83 @@ def build_corpus(d: Path) -> None:
     _copy_h5(sel, d / "sel_group.h5", lambda f: (f.__delitem__("indices"), f.create_group("indices")))
     _copy_h5(sel, d / "sel_counts.h5", lambda f: f.__setitem__("counts", np.ones(4, np.int64)))
     _copy_h5(sel, d / "sel_oob.h5", lambda f: _replace(f, "indices", np.arange(15) + 20))
+    build_refused(d, x)
+
+
+def _npy_bytes(header: str, version: tuple[int, int] = (1, 0), data: bytes = b"") -> bytes:
+    """An .npy file with a hand-written header (numpy cannot write the broken ones)."""
+    text = header.encode("latin-1")
+    size = 2 if version == (1, 0) else 4
+    pad = -(10 + size - 2 + len(text) + 1) % 64
+    text += b" " * pad + b"\n"
+    length = len(text).to_bytes(size, "little")
+    return b"\x93NUMPY" + bytes(version) + length + text + data
+
+
+def build_refused(d: Path, x: np.ndarray) -> None:
+    """Inputs the core once crashed on or silently accepted (see docs/reliability.md,
+    "Refused inputs"), and their accepted neighbours (v3.npy, s_*.h5)."""
+    # a null dataspace, a header numpy cannot read, a dtype no kernel computes in
+    with h5py.File(d / "nullshape.h5", "w") as f:
+        f.create_dataset("embeddings", data=h5py.Empty("<f4"))
+    _copy_h5(d / "scores.h5", d / "sc_null.h5",
+             lambda f: (f.__delitem__("score"), f.create_dataset("score", data=h5py.Empty("<f8"))))
+    good = "{'descr': '<f4', 'fortran_order': False, 'shape': (3, 4), }"
+    (d / "badver.npy").write_bytes(_npy_bytes(good, (9, 0), bytes(48)))
+    (d / "negshape.npy").write_bytes(_npy_bytes(good.replace("(3, 4)", "(-3, 4)"), data=bytes(48)))
+    (d / "shortdata.npy").write_bytes(_npy_bytes(good, data=bytes(40)))  # 48 bytes promised
+    for name in ("badver", "negshape"):
+        with zipfile.ZipFile(d / f"{name}.npz", "w") as z:
+            z.writestr("embeddings.npy", (d / f"{name}.npy").read_bytes())
+    with open(d / "v3.npy", "wb") as fh:  # format 3.0 (UTF-8 header) is read
+        np.lib.format.write_array(fh, x, version=(3, 0))
+    np.save(d / "f128.npy", x.astype(np.longdouble))
+    _h5(d / "f128.h5", embeddings=x.astype(np.longdouble))
+    _h5(d / "c128.h5", embeddings=x.astype(np.complex128))
+    np.save(d / "struct.npy", np.zeros((N, D), dtype=[("a", "<f4")]))
+    # ids: bytes that are not UTF-8, integers beyond int64, duplicates, line breaks
+    bad_text = np.array([b"\xff\xfe%d" % i for i in range(N)])
+    _h5(d / "badids.h5", embeddings=x, ids=bad_text)
+    np.savez(d / "badids.npz", embeddings=x, ids=bad_text)
+    _h5(d / "bigids.h5", embeddings=x, ids=np.arange(N, dtype=np.uint64) + np.uint64(2**63))
+    _copy_h5(d / "scores.h5", d / "sc_badids.h5", lambda f: _replace(f, "ids", bad_text))
+    dup = np.arange(100, 100 + N)
+    dup[7] = dup[3]
+    _copy_h5(d / "scores.h5", d / "sc_dupids.h5", lambda f: _replace(f, "ids", dup))
+    _copy_h5(d / "sel.h5", d / "sel_dupids.h5", lambda f: _replace(f, "ids", np.r_[7, 7, 1:14]))
+    for name, ids in (("sel_nl.h5", ["a", "b\nc", "d"]), ("sel_emptyid.h5", ["a", "", "d"]),
+                      ("sel_text.h5", ["a", "b c", "d"])):
+        pk.Selection(indices=np.arange(3), n_total=N, pr=0.9, ids=np.array(ids, dtype=object)).save(d / name)
+    # the same ids over other vectors: a selection of emb.h5 does not apply by position
+    _h5(d / "emb_other.h5", embeddings=2 * x, ids=np.arange(100, 100 + N))
+    # string ids name items in any embedding of them: accepted across embeddings
+    keys = np.array([f"img{i}.png" for i in range(N)], dtype=object)
+    with h5py.File(d / "s_emb.h5", "w") as f, h5py.File(d / "s_emb_other.h5", "w") as g:
+        f["embeddings"], g["embeddings"] = x, 2 * x
+        for h in (f, g):
+            h.create_dataset("ids", data=keys.tolist(), dtype=h5py.string_dtype("utf-8"))
+    s_emb = pk.load_embeddings(d / "s_emb.h5")
+    pk.select(pk.score(s_emb, "random", seed=0), 0.5).save(d / "s_sel.h5")
+    _build_parquet_ids(d, x)
+
+
+def _build_parquet_ids(d: Path, x: np.ndarray) -> None:
+    """Parquet shards whose id column is not integers or UTF-8 text (needs pyarrow)."""
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError:
+        return
+    rows = pa.array(x.tolist(), pa.list_(pa.float32(), D))
+    for name, ids in {
+        "pq_floatids": pa.array(np.arange(N) + 0.5),
+        "pq_structids": pa.array([{"a": i} for i in range(N)]),
+        "pq_listids": pa.array([[i] for i in range(N)]),
+        "pq_badtext": pa.array([b"\xff\xfe%d" % i for i in range(N)], pa.binary()),
+        "pq_bigids": pa.array(np.arange(N, dtype=np.uint64) + np.uint64(2**63)),
+        "pq_binids": pa.array([b"k%d" % i for i in range(N)], pa.binary()),  # UTF-8: accepted
+    }.items():
+        pq.write_table(pa.table({"embeddings": rows, "id": ids}), d / f"{name}.parquet")
 
 
 def snapshot(d: Path) -> dict[str, tuple[int, str]]:
@@ -200,8 +278,89 @@ SELECTION_BAD = [
     ("scores.h5", "'indices' is missing"),
 ]
 
+INT64_OVER = str(2**63)  # one past the largest int64
+
+# Inputs the core once crashed on (a traceback) or silently accepted.
+REFUSED = [
+    # 1. a dataset without a dataspace (h5py.Empty)
+    ("info-null-shape", ["info", "nullshape.h5"], "nullshape.h5 ['embeddings'] is an empty HDF5 dataset"),
+    ("select-null-score", ["select", "sc_null.h5", "--pr", "0.5", "-o", "out.h5"],
+     "'score' is an empty HDF5 dataset"),
+    # 2. .npy headers: an unknown version, a negative shape, data shorter than the header says
+    ("info-npy-version", ["info", "badver.npy"], "format version 9.0 is not one numpy writes"),
+    ("info-npz-version", ["info", "badver.npz"], "badver.npz ['embeddings'] as .npy: format version 9.0"),
+    ("info-npy-negative", ["info", "negshape.npy"], "negative shape (-3, 4)"),
+    ("info-npz-negative", ["info", "negshape.npz"], "negative shape (-3, 4)"),
+    ("info-npy-short", ["info", "shortdata.npy"], "shortdata.npy is truncated"),
+    # 3. dtypes no kernel computes in
+    ("info-float128-npy", ["info", "f128.npy"], "unsupported dtype float128; embeddings must be float16, "
+                                                "float32 or float64"),
+    ("score-float128-h5", ["score", "f128.h5", "-m", "random", "-o", "out.h5"], "unsupported dtype float128"),
+    ("info-complex-h5", ["info", "c128.h5"], "non-numeric dtype complex128"),
+    ("info-structured-npy", ["info", "struct.npy"], "non-numeric dtype [('a', '<f4')]"),
+    # 4. ids that are not UTF-8 or do not fit int64
+    ("info-ids-not-utf8-h5", ["info", "badids.h5"], "badids.h5 ['ids']: id number 0 (b'\\xff\\xfe0') is not UTF-8"),
+    ("info-ids-not-utf8-npz", ["info", "badids.npz"], "badids.npz ['ids']: id number 0"),
+    ("select-ids-not-utf8", ["select", "sc_badids.h5", "--pr", "0.5", "-o", "out.h5"], "is not UTF-8 text"),
+    ("info-ids-beyond-int64", ["info", "bigids.h5"], "id 9223372036854775837 does not fit in int64"),
+    # 5. integers beyond int64 in options
+    ("plan-k-int64", ["plan", "emb.h5", "-m", "kmeans", "--k", INT64_OVER],
+     "--k must be a 64-bit integer, below 2**63"),
+    ("score-max-keep-int64", ["score", "emb.h5", "-m", "herding", "--max-keep", INT64_OVER, "-o", "out.h5"],
+     "--max-keep must be a 64-bit integer"),
+    ("select-drop-int64", ["select", "scores.h5", "--pr", "0.5", "--drop-clusters", INT64_OVER],
+     "--drop-clusters id 9223372036854775808 is not a 64-bit integer"),
+    ("plan-workers-int64", ["plan", "emb.h5", "-m", "kmeans", "--workers", INT64_OVER],
+     "not in the range 1<=x<=9223372036854775807"),
+    *[(f"stability-{opt[2:]}-int64", ["stability", "emb.h5", "--pr", "0.5", opt, INT64_OVER],
+       f"{opt} 9223372036854775808 is not a 64-bit integer")
+      for opt in ("--n-sources", "--block", "--sample")],
+    ("stability-components-int64", ["stability", "gmm", "--dims", "4", "--pr", "0.5", "--components",
+                                    INT64_OVER], "--components 9223372036854775808 is not a 64-bit"),
+    ("score-memory-inf", ["score", "emb.h5", "-m", "random", "--memory", "1e400", "-o", "out.h5"],
+     "larger than any memory"),
+    # 7. work that never ends (memory does not grow with the steps)
+    ("stability-steps-huge", ["stability", "emb.h5", "--pr", "0.5", "--steps", "1000000000"],
+     "--steps 1000000000 is above 100000"),
+    # 8. subsets made from other embeddings, matched by position or integer id
+    ("stability-selection-other-emb", ["stability", "emb_other.h5", "--selection", "sel.h5"],
+     "sel.h5 was made from other embeddings than emb_other.h5"),
+    ("stability-scores-other-emb", ["stability", "emb_other.h5", "--pr", "0.5", "--scores", "scores.h5"],
+     "--scores scores.h5 was made from other embeddings"),
+    # 9. duplicate ids in scores and selections
+    ("select-duplicate-ids", ["select", "sc_dupids.h5", "--pr", "0.5", "-o", "out.h5"],
+     "sc_dupids.h5: the scores' 'ids' have duplicates (e.g. 103)"),
+    ("export-duplicate-ids", ["export", "sel_dupids.h5", "--format", "json", "-o", "out.json"],
+     "'ids' has duplicates (e.g. 7)"),
+    ("inspect-duplicate-ids", ["inspect", "sel_dupids.h5"], "'ids' has duplicates (e.g. 7)"),
+    # 10. ids a one-per-line file cannot hold
+    ("export-txt-newline-id", ["export", "sel_nl.h5", "--format", "txt", "--ids", "-o", "out.txt"],
+     "sel_nl.h5: id number 1 ('b\\nc') contains a line break"),
+    ("export-txt-newline-id-stdout", ["export", "sel_nl.h5", "--format", "txt", "--ids", "-o", "-"],
+     "export --format json or npy instead"),
+    ("export-txt-empty-id", ["export", "sel_emptyid.h5", "--format", "txt", "--ids", "-o", "out.txt"],
+     "id number 1 ('') is empty"),
+    # 11. a budget below what any command holds
+    ("score-memory-1K", ["score", "emb.h5", "-m", "random", "--memory", "1K", "-o", "out.h5"],
+     "--memory 1K (1024 bytes) is below the minimum of 1.0 MiB"),
+    ("plan-memory-1K", ["plan", "emb.h5", "-m", "kmeans", "--memory", "1000"], "below the minimum"),
+    # 12. one pr for select; lists of numbers for stability
+    ("select-pr-list", ["select", "scores.h5", "--pr", "0.5,0.6"], "'0.5,0.6' is not a valid float"),
+    ("stability-pr-list-bad", ["stability", "emb.h5", "--pr", "0.5,x"], "--pr takes numbers, got 'x'"),
+]
+
+# 13. Parquet id columns that are neither integers nor UTF-8 text (with pyarrow only)
+PARQUET_REFUSED = [
+    ("pq_floatids", "Parquet file pq_floatids.parquet: id column 'id' is double; ids must be integers or strings"),
+    ("pq_structids", "id column 'id' is struct<a: int64>"),
+    ("pq_listids", "id column 'id' is list<element: int64>"),
+    ("pq_badtext", "pq_badtext.parquet ['id']: id number 0 (b'\\xff\\xfe0') is not UTF-8 text"),
+    ("pq_bigids", "pq_bigids.parquet ['id']: id 9223372036854775837 does not fit in int64"),
+]
+
 # (id, argv, words the one-line message must contain)
 CASES = [
+    *REFUSED,
     *[(f"info-{f}", ["info", f], m) for f, m in EMB_BAD],
     *[(f"score-{f}", ["score", f, "-m", "random", "-q", "-o", "out.h5"], m) for f, m in EMB_BAD[:4]],
     *[(f"select-{f}", ["select", f, "--pr", "0.5", "-o", "out.h5"], m) for f, m in SCORES_BAD],
@@ -455,3 +614,58 @@ def test_a_group_without_a_command_prints_its_help():
         assert not result.output.startswith("Error")
     result = CliRunner().invoke(main, ["--version"])
     assert result.exit_code == 0 and result.output.startswith("prunekit, version ")
+
+
+@pytest.mark.parametrize("name, message", PARQUET_REFUSED, ids=[n for n, _ in PARQUET_REFUSED])
+def test_parquet_ids_that_are_not_integers_or_text_are_refused(corpus, monkeypatch, name, message):
+    pytest.importorskip("pyarrow")
+    monkeypatch.chdir(corpus)
+    before = snapshot(corpus)
+    for argv in (["info", f"{name}.parquet"], ["score", f"{name}.parquet", "-m", "random", "-o", "out.h5"]):
+        check_clean_failure(CliRunner().invoke(main, argv), message)
+    assert snapshot(corpus) == before
+
+
+def test_the_accepted_neighbours_of_refused_inputs_work(corpus, monkeypatch, tmp_path):
+    """What lies next to each refusal still works: a 3.0 .npy header, string ids matched
+    across embeddings, plain text ids in txt, the smallest --memory, pr lists in stability."""
+    monkeypatch.chdir(corpus)
+    runner = CliRunner()
+    ok = lambda *argv: runner.invoke(main, list(argv))  # noqa: E731
+    res = ok("info", "v3.npy")
+    assert res.exit_code == 0 and "30 x 4 float32" in res.output, res.output
+    np.testing.assert_array_equal(pk.load_embeddings("v3.npy").array(), np.load("good.npz")["embeddings"])
+    out = tmp_path / "st.json"
+    res = ok("stability", "s_emb_other.h5", "--selection", "s_sel.h5", "--steps", "2", "-q", "-o", str(out))
+    assert res.exit_code == 0, res.output
+    assert [r["n_kept"] for r in json.loads(out.read_text())["rows"]] == [15]
+    res = ok("export", "sel_text.h5", "--format", "txt", "--ids", "-o", "-")
+    assert res.exit_code == 0 and res.stdout == "a\nb c\nd\n", res.output
+    res = ok("score", "emb.h5", "-m", "random", "--memory", "1M", "-o", str(tmp_path / "m.h5"))
+    assert res.exit_code == 0, res.output
+    res = ok("stability", "emb.h5", "--pr", "0.5,0.6", "--steps", "2", "-q", "-o", str(out))
+    assert res.exit_code == 0 and [r["pr"] for r in json.loads(out.read_text())["rows"]] == [0.5, 0.6]
+    res = ok("select", "scores.h5", "--pr", "0.5", "--drop-clusters", "1", "-o", str(tmp_path / "d.h5"))
+    assert res.exit_code == 0, res.output
+    if importlib.util.find_spec("pyarrow") is not None:
+        assert pk.load_embeddings("pq_binids.parquet").ids.tolist() == [f"k{i}" for i in range(N)]
+
+
+def test_ctrl_c_during_select_exits_130(tmp_path):
+    """select's own work and write are interruptible like every command's."""
+    rng = np.random.default_rng(0)
+    _h5(tmp_path / "emb.h5", embeddings=rng.standard_normal((20, 3)))
+    pk.score(pk.load_embeddings(tmp_path / "emb.h5"), "random", seed=0).save(tmp_path / "sc.h5")
+    before = sorted(p.name for p in tmp_path.iterdir())
+    proc = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from prunekit.cli import main\n"
+         "import prunekit.cli.select as m\n"
+         "def slow(*a, **k):\n    print('working', flush=True); time.sleep(60)\n"
+         "m.run_select = slow\nsys.argv = ['prunekit', 'select', 'sc.h5', '--pr', '0.5', '-o', 'o.h5']\n"
+         "main()"],
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "working"
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and err.strip() == "Interrupted."
+    assert sorted(p.name for p in tmp_path.iterdir()) == before

@@ -41,7 +41,7 @@ def test_kmeans_steps_follow_the_cost_model(shards):
     assert [s.name for s in p.steps] == ["load + check", "sample", "lloyd on sample", "assign"]
     load = p.step("load + check")
     assert load.passes == 1 and load.seconds_local == pytest.approx(B / 1e6 + B / (2e6 * 2))
-    sample = p.step("sample")  # all rows fit the budget: one read
+    sample = p.step("sample")  # the sample is every row: one read
     assert sample.passes == 1 and sample.seconds_local == pytest.approx(B / 1e6)
     seeding = 2.0 * 1000 * 4 * 8 * (2 + math.log(4))
     # no k-means rates in the probe: the fit runs on one thread, so seeding, Lloyd and the

@@ -275,7 +275,7 @@ def stop_cluster(temp: str) -> None:
 @pytest.mark.slow
 def test_two_nodes_on_loopback_with_a_token_write_the_local_bytes(two_nodes, tmp_path):
     """``--ray-address`` on a head plus a second node joined with ``ray start --address``:
-    both nodes take tasks, every listener is on 127.0.0.1, a driver without the token is
+    both nodes take tasks, every listener is on 127.0.0.1, a driver with a wrong token is
     turned away, and k-means (streamed passes) and herding ``--within`` write the same
     arrays as the local engine."""
     address, env, temp = two_nodes
@@ -294,27 +294,37 @@ def test_two_nodes_on_loopback_with_a_token_write_the_local_bytes(two_nodes, tmp
     if shutil.which("ss"):
         found = listeners(cluster_pids(temp))
         assert found and [a for a, _ in found if a not in LOOPBACK_ADDRESSES] == [], found
-    if "RAY_AUTH_TOKEN" in env:  # the wrong token: refused, exit 2, nothing written
-        bad = subprocess.run([sys.executable, "-m", "prunekit", "score", str(data), "-m", "random",
-                              "--engine", "ray", "--ray-address", address, "-o", "bad.h5", "-q"],
-                             env={**env, "RAY_AUTH_TOKEN": secrets.token_hex(32)}, cwd=tmp_path,
-                             capture_output=True, text=True, timeout=120)
-        assert bad.returncode == 2 and "cannot join the Ray cluster" in bad.stderr
-        assert "RAY_AUTH_TOKEN" in bad.stderr and not (tmp_path / "bad.h5").exists()
-    files = {}
-    for name, engine in (("local", []), ("ray", ["--engine", "ray", "--ray-address", address])):
-        d = tmp_path / name
-        d.mkdir()
-        for args in (["-m", "kmeans", "--k", "5", "--sample", "1000", "--full-passes", "1",
-                      "--seed", "3", "-o", "km.h5"],
-                     ["-m", "herding", "--within", "km.h5", "--max-keep", "40", "-o", "h.h5"]):
-            res = subprocess.run([sys.executable, "-m", "prunekit", "score", "../emb", *args,
-                                  *engine, "-q"], env=env, cwd=d, capture_output=True,
-                                 text=True, timeout=120)
-            assert res.returncode == 0, res.stderr
-        files[name] = {f: _arrays_and_params(d / f) for f in ("km.h5", "h.h5")}
-    assert files["ray"] == files["local"]
-    assert files["local"]["h.h5"]["order"][1] == (5 * 40,)
+    bad = None  # a driver with a wrong token, alongside the runs below (Ray retries ~20 s)
+    if "RAY_AUTH_TOKEN" in env:
+        bad = subprocess.Popen([sys.executable, "-m", "prunekit", "score", str(data), "-m",
+                                "random", "--engine", "ray", "--ray-address", address, "-o",
+                                "bad.h5", "-q"], env={**env, "RAY_AUTH_TOKEN": secrets.token_hex(32)},
+                               cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True)
+    try:
+        files = {}
+        for name, engine in (("local", []), ("ray", ["--engine", "ray", "--ray-address", address])):
+            d = tmp_path / name
+            d.mkdir()
+            for args in (["-m", "kmeans", "--k", "5", "--sample", "1000", "--full-passes", "1",
+                          "--seed", "3", "-o", "km.h5"],
+                         ["-m", "herding", "--within", "km.h5", "--max-keep", "40", "-o", "h.h5"]):
+                # The shards by absolute path: Ray workers do not run in the driver's folder.
+                res = subprocess.run([sys.executable, "-m", "prunekit", "score", str(data), *args,
+                                      *engine, "-q"], env=env, cwd=d, capture_output=True,
+                                     text=True, timeout=120)
+                assert res.returncode == 0, res.stderr
+            files[name] = {f: _arrays_and_params(d / f) for f in ("km.h5", "h.h5")}
+        assert files["ray"] == files["local"]
+        assert files["local"]["h.h5"]["order"][1] == (5 * 40,)
+        if bad is not None:  # refused: exit 2, the error names the token variables, no file
+            _, err = bad.communicate(timeout=120)
+            assert bad.returncode == 2 and "cannot join the Ray cluster" in err
+            assert "RAY_AUTH_TOKEN" in err and not (tmp_path / "bad.h5").exists()
+    finally:  # never leave the refused driver behind
+        if bad is not None and bad.poll() is None:
+            bad.kill()
+            bad.wait()
 
 
 def _arrays_and_params(path) -> dict:

@@ -18,8 +18,8 @@ from prunekit.selection.quality import MMD_SAMPLE
 
 
 @click.command()
-@click.argument("selection", type=click.Path(dir_okay=False))
-@click.option("--scores", "scores_path", default=None, type=click.Path(dir_okay=False),
+@click.argument("selection", type=click.Path(dir_okay=True))
+@click.option("--scores", "scores_path", default=None, type=click.Path(dir_okay=True),
               help="Scores file the selection was made from: kept per cluster (and label).")
 @click.option("--embeddings", "emb_path", default=None, type=click.Path(),
               help="Embeddings (any feature space, matched by ids or positions): RFF-MMD of "
@@ -46,7 +46,8 @@ def inspect(selection: str, scores_path: str | None, emb_path: str | None, key: 
 
     Compare criteria before training: a lower MMD than random subsets of the same size
     means the kept set represents the full set better than chance. The MMD is one streamed
-    pass of chunk tasks (--engine); every engine gives the same report.
+    pass of chunk tasks (--engine); every engine gives the same report. A selection folder
+    (with a scores folder) is read part by part, never whole, and gives the same report.
     """
     run = html_page if page_wanted(page) else run_inspect
     extra = dict(page, quiet=quiet) if run is html_page else {"progress": not quiet}

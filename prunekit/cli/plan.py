@@ -9,13 +9,14 @@ import click
 from prunekit.cli.common import key_option
 from prunekit.cli.score import _method_params, _option, _spec_by_name
 from prunekit.methods import available, get_method
+from prunekit.params import INT64_MAX
 from prunekit.runtime.plan import DEFAULT_RAY_WORKERS, plan
 
 
 @click.command("plan")
 @click.argument("emb", metavar="EMB", type=click.Path())
 @click.option("--method", "-m", required=True, help=f"Scoring method: {', '.join(available())}.")
-@click.option("--workers", "-w", "ray_workers", type=click.IntRange(1), default=DEFAULT_RAY_WORKERS,
+@click.option("--workers", "-w", "ray_workers", type=click.IntRange(1, INT64_MAX), default=DEFAULT_RAY_WORKERS,
               show_default=True, help="Size of the Ray cluster to predict for.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of the table.")
 @key_option

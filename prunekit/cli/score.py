@@ -22,8 +22,9 @@ from prunekit.cli.common import (
 from prunekit.cli.engine_options import engine_options, running_on
 from prunekit.errors import PrunekitError
 from prunekit.io.atomic import check_output
+from prunekit.io.dataset import check_output_dir, wants_dataset
 from prunekit.io.source import shard_dirs
-from prunekit.methods import REGISTRY, available, get_method
+from prunekit.methods import REGISTRY, available, get_method, score_to_folder
 from prunekit.methods import score as run_score
 from prunekit.params import Param, ParamError, validate
 from prunekit.runtime.context import runtime
@@ -114,8 +115,10 @@ def _input_files(emb: str, params: dict) -> list[str]:
 @click.argument("emb", metavar="EMB", type=click.Path())
 @click.option("--method", "-m", required=True,
               help=f"Scoring method: {', '.join(available())} (see docs/methods.md).")
-@click.option("--output", "-o", default="scores.h5", show_default=True, type=click.Path(dir_okay=False),
-              help="Scores file to write (HDF5, written atomically).")
+@click.option("--output", "-o", default="scores.h5", show_default=True, type=click.Path(),
+              help="Scores to write, atomically: an HDF5 file, or a folder of Parquet parts "
+                   "when the path ends in '/', is a folder or has no suffix (scores/): "
+                   "k-means then writes each part where it is computed (docs/formats.md).")
 @key_option
 @drop_option
 @quiet_option
@@ -140,11 +143,14 @@ def score(ctx: click.Context, emb: str, method: str, output: str, key: str, drop
       prunekit score emb.h5 -m herding --within scores.h5   # herd inside each k-means cluster
       prunekit score emb.h5 -m kcenter --metric cosine --within scores.h5
       prunekit score emb.h5 -m loss --from losses.csv
+      prunekit score shards/ -m kmeans --k 1000 -o scores/  # a folder of Parquet parts
     Options marked [method] apply to that method only; giving one to another method is an error.
     """
     get_method(method)
     params = _method_params(ctx, method, options)
-    check_output(output, inputs=_input_files(emb, params), input_dirs=shard_dirs(emb))
+    folder = wants_dataset(output)
+    check = check_output_dir if folder else check_output
+    check(output, inputs=_input_files(emb, params), input_dirs=shard_dirs(emb))
     if dry_run:
         from prunekit.runtime.plan import DEFAULT_RAY_WORKERS, plan
 
@@ -160,8 +166,13 @@ def score(ctx: click.Context, emb: str, method: str, output: str, key: str, drop
             # The work directory stays locked until the output is written: one run at a time.
             with open_work_dir(path, resume=resume, output=output) as work, \
                     runtime(work_dir=work):
-                result = run_score(embeddings, method, seed=seed, progress=not quiet, **params)
-                result.save(output)
+                if folder:
+                    result = score_to_folder(embeddings, method, output, seed=seed,
+                                             progress=not quiet, **params)
+                else:
+                    result = run_score(embeddings, method, seed=seed, progress=not quiet,
+                                       **params)
+                    result.save(output)
                 work.remove()
     except ParamError as exc:
         raise PrunekitError(exc.cli_message()) from exc

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import os
+
 import click
 
 from prunekit.cli.common import check_output, drop_option, key_option, open_embeddings, seed_option
+from prunekit.cli.engine_options import engine_options, running_on
 from prunekit.errors import PrunekitError
 from prunekit.methods.dedup import check_eps, select_eps
+from prunekit.params import INT64_MAX
 from prunekit.selection.quotas import kept_count
 from prunekit.selection.scores import load_scores
 from prunekit.selection.subset import BALANCES, FILLS, labels_for
@@ -24,17 +28,21 @@ def parse_drop(text: str | None) -> list[int] | float | None:
         except ValueError:
             pass
     try:
-        return [int(part) for part in text.split(",") if part.strip()]
+        ids = [int(part) for part in text.split(",") if part.strip()]
     except ValueError:
         raise PrunekitError(
             f"--drop-clusters '{text}' is neither a list of cluster ids (3,7) "
             "nor a fraction of the clusters (0.25)."
         ) from None
+    big = next((v for v in ids if not -INT64_MAX - 1 <= v <= INT64_MAX), None)
+    if big is not None:  # cluster and label ids are int64
+        raise PrunekitError(f"--drop-clusters id {big} is not a 64-bit integer (cluster ids are int64).")
+    return ids
 
 
 @click.command()
 @click.argument("scores", metavar="[SCORES]", default="scores.h5", required=False,
-                type=click.Path(dir_okay=False))
+                type=click.Path(dir_okay=True))
 @click.option("--pr", type=float, default=None,
               help="Fraction REMOVED, in [0, 1): --pr 0.8 keeps round(0.2 * N) rows "
                    "(N = rows with a score). Required unless --oversample (then 0).")
@@ -42,7 +50,9 @@ def parse_drop(text: str | None) -> list[int] | float | None:
               help="semdedup scores only, instead of --pr: remove exactly the near-duplicates "
                    "SemDeDup removes at this cosine-distance threshold (keeps score >= eps).")
 @click.option("--output", "-o", default="selection.h5", show_default=True,
-              type=click.Path(dir_okay=False), help="Selection file to write (HDF5, atomic).")
+              type=click.Path(dir_okay=True),
+              help="Selection file to write (HDF5, atomic), or a folder of Parquet parts for a "
+                   "path ending in '/' or without suffix.")
 @click.option("--balance", type=click.Choice(BALANCES), default="none", show_default=True,
               help="none: top scores overall; clusters: the same quota per k-means cluster "
                    "(water-filling); proportional: the same fraction per cluster; labels: "
@@ -66,9 +76,11 @@ def parse_drop(text: str | None) -> list[int] | float | None:
                                   "scores file carries none.")
 @key_option
 @drop_option
+@engine_options
 def select(scores: str, pr: float | None, eps: float | None, output: str, balance: str, invert: bool,
            drop: str | None, oversample: bool, fill: str, seed: int, labels_path: str | None,
-           key: str, drop_nonfinite: bool) -> None:
+           key: str, drop_nonfinite: bool, engine: str, workers: int | None,
+           ray_address: str | None) -> None:
     """Select the rows to keep from SCORES (default scores.h5) into a selection file.
 
     \b
@@ -78,9 +90,10 @@ def select(scores: str, pr: float | None, eps: float | None, output: str, balanc
       prunekit select herding.h5 --pr 0.8 -o herding-sel.h5    # the first 20 % picks
       prunekit select --pr 0.5 --drop-clusters 3,7             # mode removal
       prunekit select --oversample --balance clusters          # balanced repeats
-    --key and --drop-nonfinite apply to the --labels-from file.
+    --key and --drop-nonfinite apply to the --labels-from file. A scores folder is read
+    part by part on --engine (never whole) and gives the same selection.
     """
-    check_output(output, inputs=[scores, labels_path], what="--output")
+    _check_output(output, scores, labels_path)
     if eps is not None:
         if pr is not None or balance != "none" or invert or drop or oversample:
             raise PrunekitError("--eps selects by threshold alone; leave out --pr, --balance, "
@@ -102,6 +115,11 @@ def select(scores: str, pr: float | None, eps: float | None, output: str, balanc
         pr = 0.0
     kept_count(pr, 1)  # checks the range before any file is read
     drop_clusters = parse_drop(drop)
+    if os.path.isdir(scores) and labels_path is None:
+        with running_on(engine, workers, ray_address):
+            _select_folder(scores, output, pr, balance=balance, invert=invert,
+                           drop_clusters=drop_clusters, oversample=oversample, seed=seed, fill=fill)
+        return
     sc = load_scores(scores)
     labels = None
     if labels_path is not None:
@@ -114,11 +132,41 @@ def select(scores: str, pr: float | None, eps: float | None, output: str, balanc
         raise PrunekitError(f"{scores}: {exc}") from exc
     sel.params["scores"] = scores
     sel.save(output)
-    eligible = int(sc.eligible.sum())
-    line = f"{output}: kept {sel.n_kept} of {eligible} scored rows (pr {pr:g}, balance {balance}"
-    line += ", inverted)" if invert else ")"
-    if sel.params["dropped"]:
-        line += f"; dropped {sel.params['group_by']}s {sel.params['dropped']}"
-    if sel.counts is not None:
-        line += f"; {int(sel.counts.sum())} draws with repeats"
-    click.echo(line)
+    draws = None if sel.counts is None else int(sel.counts.sum())
+    click.echo(_summary(output, sel.n_kept, sel.params, pr, draws))
+
+
+def _check_output(output: str, scores: str, labels_path: str | None) -> None:
+    """Before any work: the output file, or folder, may not replace or lie in an input."""
+    from prunekit.io.dataset import check_output_dir, wants_dataset
+
+    if wants_dataset(output):
+        check_output_dir(output, inputs=[scores, labels_path], what="--output",
+                         input_dirs=[scores if os.path.isdir(scores) else None])
+    else:
+        check_output(output, inputs=[scores, labels_path], what="--output")
+
+
+def _select_folder(scores: str, output: str, pr: float, **options) -> None:
+    """A scores folder, streamed (:func:`prunekit.selection.streamed.select_folder`)."""
+    from prunekit.selection.streamed import select_folder
+
+    try:
+        res = select_folder(scores, output, pr, params={"scores": scores}, **options)
+    except PrunekitError as exc:
+        raise PrunekitError(f"{scores}: {exc}") from exc
+    if res.note:
+        click.echo(f"note: {res.note}", err=True)
+    click.echo(_summary(output, res.n_kept, res.params, pr, res.draws))
+
+
+def _summary(output: str, n_kept: int, params: dict, pr: float, draws: int | None) -> str:
+    """The line ``select`` prints."""
+    line = (f"{output}: kept {n_kept} of {params['n_eligible']} scored rows (pr {pr:g}, "
+            f"balance {params['balance']}")
+    line += ", inverted)" if params["invert"] else ")"
+    if params["dropped"]:
+        line += f"; dropped {params['group_by']}s {params['dropped']}"
+    if draws is not None:
+        line += f"; {draws} draws with repeats"
+    return line

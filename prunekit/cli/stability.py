@@ -25,6 +25,7 @@ from prunekit.flow.plot import require_matplotlib
 from prunekit.flow.study import (
     DEFAULT_SOURCES,
     GMM_DEFAULTS,
+    MAX_STEPS,
     STABILITY_SAMPLE,
     StabilityStudy,
     StudyOptionError,
@@ -34,9 +35,12 @@ from prunekit.flow.study import (
 from prunekit.flow.study import stability as run_stability
 from prunekit.io.atomic import is_stdout, write_bytes, write_text
 from prunekit.io.source import shard_dirs
+from prunekit.params import INT64_MAX
 from prunekit.selection.subset import BALANCES
 
 POSITIVE = click.IntRange(min=1)
+# Counts that reach int64 arrays and their upper bounds (checked before any work).
+COUNTS = ("n_sources", "block", "sample", "n", "components")
 # The options check_study looks at (the command checks them before starting an engine).
 CHECKED = ("selections", "prs", "scores", "balance", "invert", "sources", "n_sources", "dims",
            *GMM_DEFAULTS)
@@ -61,7 +65,8 @@ class StabilityCommand(MultiValueCommand):
 @click.option("--sources", type=click.Path(dir_okay=False), help="Noise points x0 as an (M, d) .npy file, used as they are.")
 @click.option("--n-sources", type=POSITIVE, help=f"Draw M noise points x0 ~ N(0, I) [default: {DEFAULT_SOURCES}].")
 @seed_option("Seed of the sources, random subsets and synthetic data (each its own stream).")
-@click.option("--steps", type=POSITIVE, default=100, show_default=True, help="Euler/Heun steps K on t_k = k/K.")
+@click.option("--steps", type=POSITIVE, default=100, show_default=True,
+              help=f"Euler/Heun steps K on t_k = k/K (at most {MAX_STEPS}).")
 @click.option("--solver", type=click.Choice(SOLVERS), default="euler", show_default=True)
 @click.option("--dtype", type=click.Choice(["float32", "float64"]), default="float32", show_default=True,
               help="Compute precision.")
@@ -88,6 +93,7 @@ def stability(**o) -> None:
     sweeps the dimension on a synthetic Gaussian mixture. Blocks of noise points (and
     groups of subsets) run as tasks on --engine; every engine gives the same numbers.
     """
+    _check_bounds(o)
     o["pr"] = check_prs(split_values(o["pr"], float, "--pr")) if o["pr"] else []
     o["dims"] = split_values(o["dims"], int, "--dims")
     inputs = [o["data"], *o["selection"], o["scores"], o["sources"]]
@@ -108,6 +114,18 @@ def stability(**o) -> None:
     with running_on(o["engine"], o["workers"], o["ray_address"]):
         study = run_stability(o["data"], **kw)
     _write(o, study)
+
+
+def _check_bounds(o: dict) -> None:
+    """Counts within int64, and no more steps than change the result (see MAX_STEPS)."""
+    for name in COUNTS:
+        if o[name] is not None and o[name] > INT64_MAX:
+            raise PrunekitError(f"--{name.replace('_', '-')} {o[name]} is not a 64-bit integer "
+                                "(at most 2**63 - 1).")
+    if o["steps"] > MAX_STEPS:
+        raise PrunekitError(f"--steps {o['steps']} is above {MAX_STEPS}: memory does not grow with "
+                            "the steps but the work does, and more steps change the result less "
+                            "than float32 resolves.")
 
 
 def _study_options(o: dict) -> dict[str, Any]:

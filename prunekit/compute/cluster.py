@@ -82,6 +82,10 @@ class KMeansResult:
     backend: str
     restart: int  # which restart won (lowest inertia)
     restarts: int = 1  # how many ran
+    # Assigned by parts (kmeans_streamed's ``sink``): labels/distance are None, the parts'
+    # records and the rows per cluster (summed over the parts) come back instead.
+    parts: list | None = None
+    counts: np.ndarray | None = None
 
 
 def normalize_rows(x: np.ndarray) -> np.ndarray:
@@ -396,6 +400,7 @@ def kmeans_streamed(
     chunk_rows: int | None = None,
     budget: int | None = None,
     progress: bool = True,
+    sink=None,
 ) -> KMeansResult:
     """k-means over the usable ``rows`` of a chunked source, holding only a sample in memory.
 
@@ -413,6 +418,14 @@ def kmeans_streamed(
     record their results in ``work`` (a :class:`prunekit.runtime.resume.WorkDir`). Labels and
     distances come back in compact order (one per usable row). As many chunks run at a
     time as :func:`chunk_task_bytes` fit in ``budget`` (default: the memory budget).
+    ``rows`` may be an array or anything indexable like one with a ``dropped`` attribute
+    (:class:`prunekit.io.embeddings.UsableRows`: no per-row array on the driver).
+
+    With a ``sink`` (``sink.open(part)`` -> an object with ``add(start, labels, distances)``,
+    ``close()`` and ``abort()``; it must pickle), step 3 runs one task per part
+    (:func:`assign_parts`) and hands the labels and distances to the sink where they are
+    computed: the result then has ``parts`` (what each ``close()`` returned) and ``counts``
+    instead of ``labels`` and ``distance``. Not in the all-in-memory case (no pass is run).
     """
     engine = engine or current_engine()
     work = work or WorkDir(None)
@@ -423,7 +436,7 @@ def kmeans_streamed(
         # second pass over the data; the same on every engine, nothing worth recording).
         return kmeans(_float32_rows(src, rows), k, copy=False, **fit)
     cent, info = _sample_centroids(src, rows, k, plan, work, fit)
-    dropped = np.setdiff1d(np.arange(src.n_total), rows) if rows.size < src.n_total else None
+    dropped = _dropped(src.n_total, rows)
     chunk_rows = chunk_rows or chunk_rows_for(src.dim)
     chunks = src.chunks(chunk_rows)
     limit = tasks_fitting(chunk_task_bytes(chunk_rows, src.dim, src.dtype.itemsize, k), budget)
@@ -434,10 +447,26 @@ def kmeans_streamed(
                               progress)
             work.save(f"centroids-{p + 1}", nxt)
         cent = nxt
+    if sink is not None:
+        parts, counts, inertia = assign_parts(src, chunks, cent, spherical, dropped, engine,
+                                              sink, budget, progress)
+        return KMeansResult(cent, None, None, inertia, info["backend"], int(info["restart"]),
+                            int(info["restarts"]), parts=parts, counts=counts)
     labels, dist, inertia = _assign_pass(src, chunks, cent, spherical, dropped, engine, work,
                                          limit, progress)
-    return KMeansResult(cent, labels[rows], dist[rows], inertia, info["backend"],
+    if dropped is not None:
+        keep = np.asarray(rows)
+        labels, dist = labels[keep], dist[keep]
+    return KMeansResult(cent, labels, dist, inertia, info["backend"],
                         int(info["restart"]), int(info["restarts"]))
+
+
+def _dropped(n_total: int, rows) -> np.ndarray | None:
+    """Sorted positions not in ``rows`` (None when every row is usable)."""
+    if rows.size >= n_total:
+        return None
+    dropped = getattr(rows, "dropped", None)  # UsableRows knows them without the array
+    return dropped if dropped is not None else np.setdiff1d(np.arange(n_total), rows)
 
 
 def _float32_rows(src, rows: np.ndarray) -> np.ndarray:
@@ -570,3 +599,57 @@ def _assign_pass(src, chunks, cent, spherical, dropped, engine, work, limit, pro
             labels[a:b], dist[a:b], sse[ref.index] = lab, dis, s
             work.save(f"assign/{ref.index:08d}", np.concatenate(([s], lab, dis)))
     return labels, dist, float(np.sum(sse))  # per-chunk sums added in chunk order
+
+
+def assign_parts(src, chunks, cent, spherical, dropped, engine, sink, budget=None,
+                 progress=True) -> tuple[list, np.ndarray, float]:
+    """The assignment pass written where it is computed: one task per part.
+
+    The chunks are grouped into parts aligned with the shards
+    (:func:`prunekit.io.dataset.chunk_parts`); a task assigns its part's chunks exactly as
+    :func:`_assign_chunk` does for the single-file path, passes each chunk's labels and
+    distances to ``sink.open(part)`` and returns what ``close()`` gives, its rows per
+    cluster and its chunks' squared-distance sums. The driver keeps O(parts + k): the
+    records in part order, the counts summed, and the inertia added up chunk by chunk in
+    chunk order (the same additions as :func:`_assign_pass`).
+    """
+    from prunekit.io.dataset import chunk_parts
+
+    parts = chunk_parts(chunks)
+    k = cent.shape[0]
+    rows = max(p.stop - p.start for p in parts)
+    per_task = chunk_task_bytes(min(rows, max(r.n_rows for r in chunks)), src.dim,
+                                src.dtype.itemsize, k) + rows * PART_ROW_BYTES
+    sse = np.zeros(len(chunks))
+    counts = np.zeros(k, dtype=np.int64)
+    records = []
+    results = engine.map(_assign_part, parts, (src, cent, spherical, dropped, sink),
+                         desc="k-means assignment", progress=progress,
+                         limit=tasks_fitting(per_task, budget))
+    with contextlib.closing(results):
+        for part, (record, part_counts, part_sse) in zip(parts, results, strict=True):
+            records.append(record)
+            counts += part_counts  # part order
+            sse[[ref.index for ref in part.chunks]] = part_sse
+    return records, counts, float(np.sum(sse))
+
+
+PART_ROW_BYTES = 48  # a part's ids and labels, and a shard's read to slice them from
+
+
+def _assign_part(shared, part) -> tuple[object, np.ndarray, np.ndarray]:
+    """Engine task: assign one part's chunks and hand them to the sink; aborted on error."""
+    src, cent, spherical, dropped, sink = shared
+    k = cent.shape[0]
+    counts = np.zeros(k, dtype=np.int64)
+    sse = np.zeros(len(part.chunks))
+    out = sink.open(part)
+    try:
+        for j, ref in enumerate(part.chunks):
+            labels, dist, sse[j] = _assign_chunk((src, cent, spherical, dropped), ref)
+            counts += np.bincount(labels[labels >= 0], minlength=k)
+            out.add(ref.global_start, labels, dist)
+        return out.close(), counts, sse
+    except BaseException:
+        out.abort()
+        raise

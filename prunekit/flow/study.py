@@ -45,6 +45,10 @@ DEFAULT_SOURCES = 256
 # Training rows the closed-form flow uses at most: every velocity evaluation touches each of
 # them, so beyond this a seeded uniform sample of the data stands for the full set.
 STABILITY_SAMPLE = 100_000
+# Steps of the ODE at most: the error of Euler/Heun falls as 1/K (1/K^2), so beyond this it is
+# below what float32 resolves, while the work grows with K (memory does not, so no memory
+# check would stop a run of 10^9 steps that never ends).
+MAX_STEPS = 100_000
 GMM = "gmm"  # the data of a dimension sweep: a Gaussian mixture drawn per dimension
 GMM_DEFAULTS = {"n": 1000, "components": 10, "spread": 0.5}
 
@@ -113,6 +117,7 @@ def selection_subset(sel: Selection, emb: Embeddings, name: str, info: dict | No
     points are present.
     """
     src = np.unique(resolve_rows(sel, emb.n_total, emb.ids, selection_name=name, target_name=emb.name))
+    _check_same_data(sel, emb, name)  # after the row count, which resolve_rows names
     compact = np.searchsorted(emb.rows, src)
     bad = (compact >= emb.n) | (emb.rows[np.minimum(compact, emb.n - 1)] != src)
     if bad.any():
@@ -121,6 +126,23 @@ def selection_subset(sel: Selection, emb: Embeddings, name: str, info: dict | No
             "select from scores of the same finite rows."
         )
     return Subset(pr=float(sel.pr), rows=compact, info=dict(info or {}))
+
+
+def _check_same_data(sel: Selection, emb: Embeddings, name: str) -> None:
+    """A selection made from other embeddings (another fingerprint) is refused unless it is
+    matched by string ids, which name the same items in any embedding of them (a CLIP
+    selection studied on VAE latents). Positions and integer ids (usually positions too)
+    would pick unrelated rows."""
+    if not sel.source_fingerprint or not emb.fingerprint or sel.source_fingerprint == emb.fingerprint:
+        return
+    if sel.ids is not None and emb.ids is not None and sel.ids.dtype == object \
+            and emb.ids.dtype == object:
+        return
+    raise PrunekitError(
+        f"{name} was made from other embeddings than {emb.name} (source fingerprints "
+        f"{sel.source_fingerprint[:12]} vs {emb.fingerprint[:12]}), and its rows are matched by "
+        "position or integer id. Pass the embeddings it was made from."
+    )
 
 
 def scored_subsets(
@@ -553,8 +575,9 @@ def _check_run(steps: int, solver: str, dtype: str, block: int | None) -> None:
     """The integration settings, before any file is read."""
     if solver not in SOLVERS:
         raise PrunekitError(f"unknown solver '{solver}'; choose one of: {', '.join(SOLVERS)}.")
-    if int(steps) != steps or steps < 1:
-        raise PrunekitError(f"steps must be a positive integer, got {steps}.")
+    if int(steps) != steps or not 1 <= steps <= MAX_STEPS:
+        raise PrunekitError(f"steps must be an integer in [1, {MAX_STEPS}], got {steps}; "
+                            "more steps change the result less than float32 resolves.")
     if block is not None and block < 1:
         raise PrunekitError(f"block must be a positive number of training points, got {block}.")
     resolve_dtype(dtype)

@@ -2,22 +2,25 @@
 
 An :class:`Embeddings` keeps its rows on disk, behind an
 :class:`~prunekit.io.source.EmbeddingSource` (``emb.reader``: a file, a directory or a glob
-of ``.npy``/``.h5``/``.npz``/``.parquet`` shards), and holds in memory only a few bytes per
-row: ``rows`` (the usable positions), ``ids``, ``labels`` and, on demand, ``norms``. Methods
-stream it with :meth:`Embeddings.iter_chunks` (or ``reader.chunks()``/``read()`` in an
-engine); :meth:`Embeddings.array` materialises the matrix for small data and refuses, with
-the number, when that would exceed the memory budget (:mod:`prunekit.runtime.budget`).
+of ``.npy``/``.h5``/``.npz``/``.parquet`` shards). After loading it holds O(shards + dropped
+rows): the per-row arrays (``rows``, the usable positions; ``ids``, ``labels``, ``norms``)
+are made or read on first use, and workers read the ids and labels of their own rows
+(:meth:`Embeddings.side_for`). Methods stream it with :meth:`Embeddings.iter_chunks` (or
+``reader.chunks()``/``read()`` in an engine); :meth:`Embeddings.array` materialises the
+matrix for small data and refuses, with the number, when that would exceed the memory
+budget (:mod:`prunekit.runtime.budget`).
 
-Loading makes one streamed pass (non-finite rows, norms, fingerprint; see
-:mod:`prunekit.io.scan`), which is cached for sharded and large inputs.
+Loading makes one streamed pass (non-finite rows, largest norm, fingerprint; see
+:mod:`prunekit.io.scan`), which is cached for sharded and large inputs, and checks the ids
+and labels shard by shard (unique ids in bounded memory; :mod:`prunekit.io.sides`).
 """
 
 from __future__ import annotations
 
+import enum
 import os
 import warnings
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +28,7 @@ import numpy as np
 from prunekit.errors import PrunekitError
 from prunekit.io import scan
 from prunekit.io.h5io import normalize_ids
+from prunekit.io.sides import SIDES, SideReader, check_sides, check_unique
 from prunekit.io.source import (
     CHUNK_ROWS,
     DEFAULT_KEY,
@@ -33,14 +37,68 @@ from prunekit.io.source import (
     check_matrix,
     open_source,
 )
-from prunekit.runtime.budget import check_budget
+from prunekit.runtime.budget import check_budget, memory_budget
 
 MAX_ROWS_NAMED = 10
 
-__all__ = ["CHUNK_ROWS", "DEFAULT_KEY", "Embeddings", "as_embeddings", "load_embeddings"]
+__all__ = ["CHUNK_ROWS", "DEFAULT_KEY", "Embeddings", "UsableRows", "as_embeddings",
+           "load_embeddings"]
 
 
-@dataclass
+class UsableRows:
+    """The positions ``0..n_total`` less the sorted ``dropped`` ones, without the array.
+
+    Array-like where it matters: ``size``/``len``, ``rows[compact]`` (an index, an array of
+    them or a slice) gives positions, and ``np.asarray(rows)`` materialises them. Position
+    of compact index ``c``: ``c`` plus the number of ``j`` with ``dropped[j] - j <= c``.
+    """
+
+    ndim = 1
+    dtype = np.dtype(np.int64)
+
+    def __init__(self, n_total: int, dropped: np.ndarray) -> None:
+        self.n_total = int(n_total)
+        self.dropped = np.asarray(dropped, dtype=np.int64)
+        self._shift = self.dropped - np.arange(self.dropped.size, dtype=np.int64)
+
+    @property
+    def size(self) -> int:
+        return self.n_total - int(self.dropped.size)
+
+    @property
+    def shape(self) -> tuple[int]:
+        return (self.size,)
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            index = np.arange(*index.indices(self.size), dtype=np.int64)
+        c = np.asarray(index)
+        if c.dtype.kind not in "iu":
+            raise IndexError("usable rows are indexed by integers or slices")
+        c = c.astype(np.int64)
+        if c.size and (c.min() < -self.size or c.max() >= self.size):
+            raise IndexError(f"index out of range for {self.size} usable rows")
+        c = np.where(c < 0, c + self.size, c)
+        out = c + np.searchsorted(self._shift, c, side="right")
+        return int(out) if out.ndim == 0 else out
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        keep = np.ones(self.n_total, dtype=bool)
+        keep[self.dropped] = False
+        out = np.flatnonzero(keep).astype(np.int64)
+        return out if dtype is None else out.astype(dtype)
+
+
+class _Lazy(enum.Enum):
+    """A side array that exists but is read from the shards only when asked for (an enum
+    member, so that it stays itself through pickling)."""
+
+    UNREAD = 0
+
+
 class Embeddings:
     """An (N, D) embedding set with optional ``ids`` and ``labels``.
 
@@ -49,26 +107,47 @@ class Embeddings:
     rows in order (:meth:`array` for small data, :meth:`iter_chunks` streamed); results are
     mapped back to source positions.
 
+    Per-row state is held only when asked for, so a set of 10^9 rows costs the driver
+    O(shards + dropped rows): ``nonfinite_rows`` (sparse) is what the load keeps; ``rows``
+    (int64 per usable row) is computed on first use (:attr:`usable_rows` is the same
+    positions without the array, :meth:`positions` maps compact indices); ``ids`` and
+    ``labels`` of a file are read on first use (within the memory budget), and workers
+    read the range they need with :meth:`side_for` / :meth:`sides`; ``norms`` are
+    streamed on demand. Small inputs keep the ids and labels the load read
+    (:mod:`prunekit.io.sides`).
+
     ``name`` is how messages and output files call the set (its path, or ``<array>``);
     ``path`` the file, directory or glob it was read from (None for arrays); ``reader`` the
     :class:`~prunekit.io.source.EmbeddingSource` that reads its rows. (``source`` and
     ``source_obj``, their old names, still read for one release with a DeprecationWarning.)
     """
 
-    n_total: int
-    dim: int
-    dtype: np.dtype
-    reader: EmbeddingSource = field(repr=False)
-    path: Path | None = None
-    key: str = DEFAULT_KEY
-    ids: np.ndarray | None = None
-    labels: np.ndarray | None = None
-    rows: np.ndarray = field(default=None, repr=False)  # type: ignore[assignment]
-    nonfinite_rows: np.ndarray = field(default=None, repr=False)  # type: ignore[assignment]
-    fingerprint: str = ""
-    _norms: np.ndarray | None = field(default=None, repr=False)
+    def __init__(
+        self,
+        n_total: int,
+        dim: int,
+        dtype: np.dtype,
+        reader: EmbeddingSource,
+        path: Path | None = None,
+        key: str = DEFAULT_KEY,
+        ids: np.ndarray | None = None,
+        labels: np.ndarray | None = None,
+        rows: np.ndarray | None = None,
+        nonfinite_rows: np.ndarray | None = None,
+        fingerprint: str = "",
+        _norms: np.ndarray | None = None,
+    ) -> None:
+        self.n_total, self.dim, self.dtype = n_total, dim, dtype
+        self.reader, self.path, self.key = reader, path, key
+        self._ids: np.ndarray | _Lazy | None = ids
+        self._labels: np.ndarray | _Lazy | None = labels
+        self._rows = None if rows is None else np.asarray(rows)
+        self.nonfinite_rows = nonfinite_rows
+        self.fingerprint = fingerprint
+        self._norms = _norms
+        self._check()
 
-    def __post_init__(self) -> None:
+    def _check(self) -> None:
         """The invariants that hold however an Embeddings is made (the data pass is _finish's)."""
         src, name = self.reader, self.name
         if (self.n_total, self.dim) != (src.n_total, src.dim) or np.dtype(self.dtype) != src.dtype:
@@ -76,18 +155,102 @@ class Embeddings:
                 f"{name}: n_total/dim/dtype ({self.n_total}, {self.dim}, {self.dtype}) disagree "
                 f"with its source ({src.n_total}, {src.dim}, {src.dtype})."
             )
-        _check_side(self.ids, "ids", self.n_total, name)
-        _check_side(self.labels, "labels", self.n_total, name)
-        if self.rows is not None:
-            rows = np.asarray(self.rows)
+        for what in SIDES:
+            held = getattr(self, f"_{what}")
+            _check_side(None if isinstance(held, _Lazy) else held, what, self.n_total, name)
+        if self._rows is not None:
+            rows = self._rows
             if rows.ndim != 1 or rows.dtype.kind not in "iu" or (
                     rows.size and (rows[0] < 0 or rows[-1] >= self.n_total or np.any(np.diff(rows) <= 0))):
                 raise PrunekitError(f"{name}: rows must be ascending positions in [0, {self.n_total}).")
 
+    # -- per-row state, held only when asked for ----------------------------------------------
+
+    @property
+    def rows(self) -> np.ndarray:
+        """Positions (int64, ascending) of the usable rows; computed on first use."""
+        if self._rows is None and self.nonfinite_rows is not None:
+            keep = np.ones(self.n_total, dtype=bool)
+            keep[self.nonfinite_rows] = False
+            self._rows = np.flatnonzero(keep).astype(np.int64)
+        return self._rows  # type: ignore[return-value]
+
+    @rows.setter
+    def rows(self, value: np.ndarray | None) -> None:
+        self._rows = None if value is None else np.asarray(value)
+
+    @property
+    def usable_rows(self) -> np.ndarray | UsableRows:
+        """:attr:`rows` without materialising them (:class:`UsableRows`) unless they are."""
+        if self._rows is not None or self.nonfinite_rows is None:
+            return self.rows
+        return UsableRows(self.n_total, self.nonfinite_rows)
+
+    def positions(self, compact: np.ndarray) -> np.ndarray:
+        """Source positions of the usable rows at compact indices ``compact`` (``rows[compact]``)."""
+        return np.asarray(self.usable_rows[np.asarray(compact, dtype=np.int64)], dtype=np.int64)
+
+    @property
+    def has_ids(self) -> bool:
+        """Whether the set has ids (known without reading them)."""
+        return self._ids is not None
+
+    @property
+    def has_labels(self) -> bool:
+        """Whether the set has labels (known without reading them)."""
+        return self._labels is not None
+
+    @property
+    def ids(self) -> np.ndarray | None:
+        """ids (int64, or an object array of ``str``) of every source row, or None; a file's
+        are read on first use and kept (refused when they would exceed the memory budget)."""
+        if isinstance(self._ids, _Lazy):
+            self._ids = self._read_whole("ids")
+        return self._ids
+
+    @ids.setter
+    def ids(self, value: np.ndarray | None) -> None:
+        self._ids = value
+
+    @property
+    def labels(self) -> np.ndarray | None:
+        """Integer labels (int64) of every source row, or None; read on first use like ids."""
+        if isinstance(self._labels, _Lazy):
+            self._labels = self._read_whole("labels")
+        return self._labels
+
+    @labels.setter
+    def labels(self, value: np.ndarray | None) -> None:
+        self._labels = value
+
+    def _read_whole(self, what: str) -> np.ndarray:
+        check_budget(
+            self.n_total * 8,
+            f"holding the {what} of the {self.n_total} rows of {self.name} (8 bytes or more each)",
+            "raise it with --memory, or write the scores as a folder (-o scores/), whose "
+            "parts are written where the rows are scored.",
+        )
+        return self.sides().read(what, 0, self.n_total)  # type: ignore[return-value]
+
+    def sides(self) -> SideReader:
+        """What a worker needs to read the ids/labels of its rows (pickles small when they are
+        not held in memory): ``emb.sides().read("ids", start, stop)``."""
+        names = tuple(w for w in SIDES if getattr(self, f"_{w}") is not None)
+        held = {w: getattr(self, f"_{w}") for w in names
+                if not isinstance(getattr(self, f"_{w}"), _Lazy)}
+        return SideReader(self.reader, names, held)
+
+    def side_for(self, name: str, start: int, stop: int) -> np.ndarray | None:
+        """Entries ``start:stop`` of ``ids`` or ``labels`` (None when the set has none),
+        read from the shards that hold them unless the whole array is in memory."""
+        return self.sides().read(name, start, stop)
+
     @property
     def n(self) -> int:
         """Number of usable rows."""
-        return int(self.rows.shape[0])
+        if self._rows is not None:
+            return int(self._rows.shape[0])
+        return self.n_total - (0 if self.nonfinite_rows is None else int(self.nonfinite_rows.size))
 
     @property
     def name(self) -> str:
@@ -145,12 +308,25 @@ class Embeddings:
                 out[start : start + block.shape[0]] = block
             return out
         # Dropped rows: copy each chunk's surviving rows to their compact place.
-        pos = 0
+        dropped, pos = self.dropped_rows(), 0
         for start, block in self.iter_chunks():
-            keep = self.rows[(self.rows >= start) & (self.rows < start + block.shape[0])]
-            out[pos : pos + keep.size] = block[keep - start]
-            pos += keep.size
+            lo, hi = np.searchsorted(dropped, [start, start + block.shape[0]])
+            keep = np.ones(block.shape[0], dtype=bool)
+            keep[dropped[lo:hi] - start] = False
+            n_keep = int(keep.sum())
+            out[pos : pos + n_keep] = block[keep]
+            pos += n_keep
         return out
+
+    def dropped_rows(self) -> np.ndarray:
+        """Sorted positions of the rows that are not usable (the non-finite ones dropped)."""
+        if self.nonfinite_rows is not None:
+            return np.asarray(self.nonfinite_rows, dtype=np.int64)
+        if self._rows is None:
+            return np.zeros(0, dtype=np.int64)
+        keep = np.zeros(self.n_total, dtype=bool)
+        keep[self._rows] = True
+        return np.flatnonzero(~keep).astype(np.int64)
 
     @classmethod
     def from_array(
@@ -177,10 +353,10 @@ class Embeddings:
         return emb
 
     def __repr__(self) -> str:
-        usable = "" if self.rows is None or self.n == self.n_total else f", usable={self.n}"
+        usable = "" if self.n == self.n_total else f", usable={self.n}"
         return (f"Embeddings({self.name!r}, n_total={self.n_total}, dim={self.dim}, "
                 f"dtype={np.dtype(self.dtype).name}{usable}, key={self.key!r}, "
-                f"ids={self.ids is not None}, labels={self.labels is not None}, "
+                f"ids={self.has_ids}, labels={self.has_labels}, "
                 f"fingerprint={self.fingerprint[:12]!r})")
 
 
@@ -218,31 +394,31 @@ def load_embeddings(
         reader=src,
         path=Path(path),
         key=src.shards[0].key,
-        ids=src.ids(),
-        labels=src.labels(),
     )
+    emb._ids = emb._labels = _Lazy.UNREAD  # checked and (small inputs) read by _finish
     _finish(emb, str(path), drop_nonfinite, progress=progress)
     return emb
 
 
 def _finish(emb: Embeddings, name: str, drop_nonfinite: bool, progress: bool = False) -> None:
-    """Check ids/labels, then the streamed pass: non-finite rows, norms, fingerprint."""
-    _check_side(emb.ids, "ids", emb.n_total, name)
-    _check_side(emb.labels, "labels", emb.n_total, name)
-    if emb.labels is not None:
-        if emb.labels.dtype.kind not in "iu":
-            raise PrunekitError(f"{name} ['labels'] must be integers, got dtype {emb.labels.dtype}.")
-        emb.labels = emb.labels.astype(np.int64)
-    if emb.ids is not None:
-        uniq, counts = np.unique(emb.ids.astype(str) if emb.ids.dtype == object else emb.ids,
-                                 return_counts=True)
-        if uniq.size != emb.ids.size:
-            dup = uniq[counts > 1][:MAX_ROWS_NAMED]
-            raise PrunekitError(
-                f"{name} ['ids'] has duplicate ids (e.g. {', '.join(map(str, dup))}); ids must be unique."
-            )
-    emb.fingerprint, emb.nonfinite_rows, emb._norms, max_norm = scan.scan(
-        emb.reader, progress=progress)
+    """Check ids/labels, then the streamed pass: non-finite rows, largest norm, fingerprint."""
+    if isinstance(emb._ids, _Lazy):  # a source's: checked shard by shard, in bounded memory
+        found = check_sides(emb.reader, name, budget=memory_budget(), progress=progress)
+        emb._ids = (found.ids if found.ids is not None else _Lazy.UNREAD) if found.has_ids \
+            else None
+        emb._labels = (found.labels if found.labels is not None else _Lazy.UNREAD) \
+            if found.has_labels else None
+    else:
+        _check_side(emb._ids, "ids", emb.n_total, name)
+        _check_side(emb._labels, "labels", emb.n_total, name)
+        if emb._labels is not None:
+            if emb._labels.dtype.kind not in "iu":
+                raise PrunekitError(
+                    f"{name} ['labels'] must be integers, got dtype {emb._labels.dtype}.")
+            emb._labels = emb._labels.astype(np.int64)
+        if emb._ids is not None:
+            check_unique(emb._ids, name)
+    emb.fingerprint, emb.nonfinite_rows, max_norm = scan.scan(emb.reader, progress=progress)
     if emb.nonfinite_rows.size and not drop_nonfinite:
         shown = ", ".join(map(str, emb.nonfinite_rows[:MAX_ROWS_NAMED]))
         more = "" if emb.nonfinite_rows.size <= MAX_ROWS_NAMED else ", ..."
@@ -250,10 +426,8 @@ def _finish(emb: Embeddings, name: str, drop_nonfinite: bool, progress: bool = F
             f"{name} has {emb.nonfinite_rows.size} rows with NaN/inf (rows {shown}{more}). "
             "Fix them, or pass --drop-nonfinite to skip them (selections still index the original rows)."
         )
-    keep = np.ones(emb.n_total, dtype=bool)
-    keep[emb.nonfinite_rows] = False
-    emb.rows = np.flatnonzero(keep).astype(np.int64)
-    if emb.rows.size == 0:
+    emb._rows = None  # made from nonfinite_rows on first use
+    if emb.n == 0:
         raise PrunekitError(f"{name} has no finite rows left after dropping NaN/inf rows.")
     if max_norm > MAX_NORM:  # known from the scan, cached or not
         _check_range(emb, name)
@@ -264,9 +438,8 @@ MAX_NORM = 1e15
 
 
 def _check_range(emb: Embeddings, name: str) -> None:
-    """Refuse finite rows too large to compute with (their norms are streamed if not held)."""
-    norms = emb.norms[emb.rows]
-    huge = emb.rows[~(norms <= MAX_NORM)]  # an overflowed (inf) norm counts too
+    """Refuse finite rows too large to compute with (a streamed pass finds them)."""
+    huge = scan.rows_above(emb.reader, MAX_NORM, emb.nonfinite_rows)  # an inf norm counts too
     if huge.size:
         shown = ", ".join(map(str, huge[:MAX_ROWS_NAMED]))
         raise PrunekitError(

@@ -1,4 +1,4 @@
-"""The load-time pass over a source: per-shard fingerprint, non-finite rows and row norms.
+"""The load-time pass over a source: per-shard fingerprint, non-finite rows and largest norm.
 
 A shard's fingerprint is ``blake2b-128("{n_rows}x{dim}" + its rows as little-endian bytes)``;
 a one-shard source's fingerprint is its shard's (so a single file keeps the fingerprint it
@@ -52,25 +52,29 @@ SUB_ROWS = 8192  # rows converted to float32 at once (bounds the temporaries of 
 
 @dataclass
 class ShardScan:
-    """One shard's pass: fingerprint, non-finite rows (shard-local), norms (float32 or None)."""
+    """One shard's pass: fingerprint, non-finite rows (shard-local), largest finite norm.
+
+    No per-row norms: the range check needs only the largest, and a driver that gathered
+    every shard's norms would hold 4 bytes per row (:func:`norms` streams them on demand).
+    """
 
     fingerprint: str
     nonfinite: np.ndarray
     max_norm: float  # the largest norm of a finite row (0 when none)
-    norms: np.ndarray | None = None
 
 
 def scan_shard(src: EmbeddingSource, i: int, chunk_rows: int = CHUNK_ROWS) -> ShardScan:
-    """Stream shard ``i`` once: hash its bytes, find non-finite rows, compute norms.
+    """Stream shard ``i`` once: hash its bytes, find non-finite rows and the largest norm.
 
     The hash of one chunk runs on a helper thread (hashlib releases the GIL) while this
-    thread computes the chunk's norms; the chunks still enter the hash in order.
+    thread computes the chunk's norms; the chunks still enter the hash in order. Memory:
+    one chunk, whatever the shard's size.
     """
     s = src.shards[i]
     h = hashlib.blake2b(digest_size=16)
     h.update(f"{s.n_rows}x{src.dim}".encode())
-    norms = np.empty(s.n_rows, dtype=np.float32)
     bad: list[np.ndarray] = []
+    max_norm = 0.0
     with ThreadPoolExecutor(max_workers=1) as hasher:
         pending = None
         for ref in (r for r in src.chunks(chunk_rows) if r.shard == i):
@@ -79,15 +83,16 @@ def scan_shard(src: EmbeddingSource, i: int, chunk_rows: int = CHUNK_ROWS) -> Sh
             if pending is not None:
                 pending.result()
             pending = hasher.submit(h.update, memoryview(little))
-            finite = norms_into(block, norms[ref.start : ref.stop])
+            chunk_norms = np.empty(block.shape[0], dtype=np.float32)
+            finite = norms_into(block, chunk_norms)
             if not finite.all():
                 bad.append(ref.start + np.flatnonzero(~finite))
+            if finite.any():
+                max_norm = max(max_norm, float(chunk_norms[finite].max()))
         if pending is not None:
             pending.result()
     nonfinite = np.concatenate(bad).astype(np.int64) if bad else np.zeros(0, np.int64)
-    finite_norms = np.delete(norms, nonfinite)
-    max_norm = float(finite_norms.max()) if finite_norms.size else 0.0
-    return ShardScan(h.hexdigest(), nonfinite, max_norm, norms)
+    return ShardScan(h.hexdigest(), nonfinite, max_norm)
 
 
 def norms_into(block: np.ndarray, out: np.ndarray) -> np.ndarray:
@@ -138,13 +143,13 @@ def is_cached(src: EmbeddingSource) -> bool:
 
 def scan(
     src: EmbeddingSource, *, progress: bool = False, use_cache: bool | None = None,
-) -> tuple[str, np.ndarray, np.ndarray | None, float]:
-    """``(fingerprint, global non-finite rows, norms or None, largest finite norm)``.
+) -> tuple[str, np.ndarray, float]:
+    """``(fingerprint, global non-finite rows, largest finite norm)``.
 
-    Norms are returned only when no shard came from the cache (a cached shard is not
-    re-read; :func:`norms` streams them on demand). The shards not in the cache are
-    scanned as tasks of the current engine (:func:`prunekit.runtime.engine.current`: threads on
-    this machine unless a command made another one current), results in shard order.
+    What comes back is O(shards + non-finite rows), never per row: :func:`norms` streams
+    the norms when someone needs them. The shards not in the cache are scanned as tasks of
+    the current engine (:func:`prunekit.runtime.context.current_engine`: threads on this
+    machine unless a command made another one current), results in shard order.
     """
     cache = ScanCache() if (uses_cache(src) if use_cache is None else use_cache) else None
     found = [cache.get(s, src.dim) if cache else None for s in src.shards]
@@ -167,15 +172,14 @@ def scan(
     fp = combine(src, [r.fingerprint for r in scans])
     nonfinite = np.concatenate(
         [r.nonfinite + s.start for r, s in zip(scans, src.shards, strict=True)]).astype(np.int64)
-    have_norms = all(r.norms is not None for r in scans)
-    norms = np.concatenate([r.norms for r in scans]) if have_norms else None  # type: ignore[misc]
-    return fp, nonfinite, norms, max((r.max_norm for r in scans), default=0.0)
+    return fp, nonfinite, max((r.max_norm for r in scans), default=0.0)
 
 
 def task_bytes(src: EmbeddingSource, chunk_rows: int = CHUNK_ROWS) -> int:
-    """Memory one shard scan holds: a chunk as read, its little-endian copy, a float32 part."""
+    """Memory one shard scan holds: a chunk as read, its little-endian copy, a float32 part,
+    the chunk's norms."""
     rows = min(chunk_rows, max(s.n_rows for s in src.shards))
-    return rows * src.dim * src.dtype.itemsize * 2 + SUB_ROWS * src.dim * 8
+    return rows * (src.dim * src.dtype.itemsize * 2 + 5) + SUB_ROWS * src.dim * 8
 
 
 def _scan_task(src: EmbeddingSource, i: int) -> ShardScan:
@@ -189,6 +193,19 @@ def norms(src: EmbeddingSource, chunk_rows: int = CHUNK_ROWS) -> np.ndarray:
     for ref in src.chunks(chunk_rows):
         norms_into(src.read(ref), out[ref.global_start : ref.global_stop])
     return out
+
+
+def rows_above(src: EmbeddingSource, limit: float, skip: np.ndarray,
+               chunk_rows: int = CHUNK_ROWS) -> np.ndarray:
+    """Positions of the rows whose norm exceeds ``limit`` or overflows (an inf norm), the
+    rows at the sorted positions ``skip`` (non-finite) left out; streamed, one chunk held."""
+    found: list[np.ndarray] = []
+    for ref in src.chunks(chunk_rows):
+        block = np.empty(ref.n_rows, dtype=np.float32)
+        norms_into(src.read(ref), block)
+        huge = ref.global_start + np.flatnonzero(~(block <= limit))
+        found.append(huge[~np.isin(huge, skip)])
+    return np.concatenate(found).astype(np.int64) if found else np.zeros(0, np.int64)
 
 
 # -- the cache --------------------------------------------------------------------------------
@@ -297,7 +314,10 @@ def _read_json(path: Path) -> object:
         st = os.fstat(fh.fileno())
         if not stat.S_ISREG(st.st_mode) or st.st_size > CACHE_MAX_BYTES:
             return None
-        raw = fh.read(CACHE_MAX_BYTES + 1)
+        # At most the size it has (+1 to see growth): read(n) allocates n bytes at once.
+        raw = fh.read(min(st.st_size, CACHE_MAX_BYTES) + 1)
+        if len(raw) > CACHE_MAX_BYTES:
+            return None
     try:
         return json.loads(raw)
     except (ValueError, RecursionError):

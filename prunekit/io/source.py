@@ -222,6 +222,15 @@ class EmbeddingSource:
             )
         return np.concatenate(parts)  # type: ignore[arg-type]
 
+    def shard_ids(self, i: int) -> np.ndarray | None:
+        """Shard ``i``'s ids (int64 or str objects), checked; None when it has none."""
+        s = self.shards[i]
+        return None if s.id_key is None else _read_ids(s)
+
+    def shard_labels(self, i: int) -> np.ndarray | None:
+        """Shard ``i``'s labels as stored (one per row, checked); None when it has none."""
+        return _read_labels(self.shards[i])
+
     # -- reading one shard ------------------------------------------------------------
     def _reader(self, i: int) -> _ShardReader:
         """The open reader of shard ``i`` (at most OPEN_HANDLES stay open per process).

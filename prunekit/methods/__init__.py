@@ -19,15 +19,21 @@ with everything the rest of prunekit asks of it::
   (:class:`Summary`).
 
 :func:`score` maps the result back to source positions and wraps it in a
-:class:`~prunekit.selection.scores.Scores`. Adding a method is adding one module (and
-importing it below).
+:class:`~prunekit.selection.scores.Scores`; :func:`score_to_folder` writes a partitioned
+folder instead: a method whose function takes ``parts`` (a
+:class:`~prunekit.selection.partitioned.ScoresPartSink`) writes the parts from its workers
+and returns their records (k-means); any other method's result is gathered and written
+from the driver in the same parts. Adding a method is adding one module (and importing it
+below).
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from inspect import Parameter, signature
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -44,8 +50,9 @@ if TYPE_CHECKING:
 
 MethodFn = Callable[..., "MethodResult"]
 CostFn = Callable[["CostModel", dict[str, Any]], "Cost"]
-# Arguments every method function takes besides its declared parameters.
-COMMON_ARGS = ("seed", "progress")
+# Arguments a method function takes besides its declared parameters (``parts``: only the
+# methods that write a folder's parts from their workers).
+COMMON_ARGS = ("seed", "progress", "parts")
 
 
 @dataclass(frozen=True)
@@ -85,6 +92,11 @@ class Method:
         """What ``prunekit score`` adds after its count ("" when the method says nothing)."""
         return self.summary.detail(params) if self.summary.detail else ""
 
+    @property
+    def writes_parts(self) -> bool:
+        """Whether the function takes ``parts`` (writes a folder's parts from its workers)."""
+        return "parts" in signature(self.fn).parameters
+
 
 REGISTRY: dict[str, Method] = {}
 
@@ -99,6 +111,10 @@ class MethodResult:
     centroid_distance: np.ndarray | None = None
     order: np.ndarray | None = None
     params: dict[str, Any] = field(default_factory=dict)  # resolved settings (e.g. sigma)
+    # Written by the workers (``parts`` given): the parts' records and rows per cluster; the
+    # per-row arrays above are then None.
+    parts: list | None = None
+    counts: np.ndarray | None = None
 
 
 def register(name: str, params: tuple[Param, ...] = (), *, cost: CostFn | None = None,
@@ -170,13 +186,20 @@ def score(
 
 def _to_scores(emb: Embeddings, method: str, res: MethodResult, params: dict) -> Scores:
     """Scatter compact results to source positions; unscored rows get NaN / -1."""
-    rows, n = emb.rows, emb.n_total
+    n = emb.n_total
+    dropped = emb.dropped_rows()
+    usable = None
+    if dropped.size:
+        usable = np.ones(n, dtype=bool)  # 1 byte per row, not rows' 8
+        usable[dropped] = False
 
     def scatter(values: np.ndarray | None, fill: Any, dtype: Any) -> np.ndarray | None:
         if values is None:
             return None
+        if usable is None:
+            return np.array(values, dtype=dtype)
         out = np.full(n, fill, dtype=dtype)
-        out[rows] = values
+        out[usable] = values
         return out
 
     return Scores(
@@ -186,13 +209,82 @@ def _to_scores(emb: Embeddings, method: str, res: MethodResult, params: dict) ->
         cluster=scatter(res.cluster, -1, np.int64),
         centroids=res.centroids,
         centroid_distance=scatter(res.centroid_distance, np.nan, np.float64),
-        order=None if res.order is None else rows[np.asarray(res.order, dtype=np.int64)],
+        order=None if res.order is None else emb.positions(res.order),
         ids=emb.ids,
         labels=emb.labels,
         source=emb.name,
         source_fingerprint=emb.fingerprint,
-        params={k: v for k, v in params.items() if not isinstance(v, (np.ndarray, Scores))},
+        params=_kept_params(params),
     )
+
+
+@dataclass(frozen=True)
+class ScoresFolder:
+    """What :func:`score_to_folder` wrote: the folder, the method, rows scored and the
+    params (as in the folder's manifest)."""
+
+    path: Path
+    method: str
+    n_total: int
+    n_scored: int
+    params: dict[str, Any]
+
+
+def score_to_folder(
+    emb: Embeddings | Any, method: str, path: str | os.PathLike, *, seed: int = 0,
+    progress: bool = True, command: list[str] | None = None, **params: Any,
+) -> ScoresFolder:
+    """Score ``emb`` like :func:`score` and write a partitioned scores folder at ``path``.
+
+    The parts line up with the input's shards (split every ``PART_ROWS`` positions at
+    chunk boundaries: :func:`prunekit.io.dataset.chunk_parts`) and hold the columns the
+    HDF5 file would. A method that writes parts from its workers (k-means) sends each row
+    range's scores, ids and labels straight to its part, so the driver holds O(k D +
+    parts); any other method is gathered and written from the driver. The run id comes
+    from the inputs (:func:`~prunekit.selection.partitioned.scores_run_id`), so the same
+    command gives the same parts on every engine. The folder may not be, hold or lie in
+    an input (the embeddings, a file a parameter names).
+    """
+    from prunekit.io.dataset import PartWriter, chunk_parts
+    from prunekit.io.source import shard_dirs
+    from prunekit.runtime.engine import chunk_rows_for
+    from prunekit.selection.partitioned import (
+        ScoresPartSink,
+        scores_attrs,
+        scores_run_id,
+        write_scores_into,
+    )
+
+    spec = get_method(method)
+    seed = check_seed(seed)
+    values = validate(method, spec.params, params)
+    emb = as_embeddings(emb)
+    files = [v for p in spec.params if p.kind == "path" for v in [values.get(p.name)] if v]
+    src_path = None if emb.path is None else str(emb.path)
+    run_id = scores_run_id(emb.n_total, method, emb.fingerprint, {"seed": seed, **values})
+    bounds = [(p.start, p.stop) for p in chunk_parts(emb.reader.chunks(chunk_rows_for(emb.dim)))]
+    with PartWriter(path, kind="scores", run_id=run_id, inputs=[src_path, *files],
+                    input_dirs=shard_dirs(src_path) if src_path else []) as w:
+        extra = {"parts": ScoresPartSink(w.spec, emb.sides())} if spec.writes_parts else {}
+        res = spec.fn(emb, seed=seed, progress=progress, **extra, **values)
+        kept = _kept_params({"seed": seed, **values, **res.params})
+        if res.parts is None:  # gathered: written from here, in the same parts
+            sc = _to_scores(emb, method, res, kept)
+            infos, attrs = write_scores_into(w, sc, bounds), scores_attrs(sc)
+        else:
+            infos = res.parts
+            attrs = {"method": method, "source": emb.name, "source_fingerprint": emb.fingerprint}
+            if res.counts is not None:
+                attrs["cluster_counts"] = [int(c) for c in res.counts]
+            if res.centroids is not None:
+                w.add_array("centroids", res.centroids)
+        out = w.finalize(infos, n_total=emb.n_total, attrs=attrs, params=kept, command=command)
+    return ScoresFolder(out, method, emb.n_total, emb.n, kept)
+
+
+def _kept_params(params: dict) -> dict:
+    """The params a scores file records: arrays and other scores left out."""
+    return {k: v for k, v in params.items() if not isinstance(v, (np.ndarray, Scores))}
 
 
 # Importing the modules registers the methods.

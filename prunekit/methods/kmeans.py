@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -31,6 +32,7 @@ from prunekit.runtime.budget import memory_budget
 from prunekit.runtime.context import current_engine, current_work_dir
 from prunekit.runtime.costs import Cost, CostModel, Step
 from prunekit.runtime.memory import human
+from prunekit.selection.partitioned import ScoresPartSink
 
 DEFAULT_K = 24
 DEFAULT_ITERS = 25
@@ -108,7 +110,7 @@ def kmeans_cost(m: CostModel, p: dict) -> Cost:
     restarts = int(p["restarts"] or auto_restarts(s, k, m.d, iters))
     r = m.rates
     if s >= m.n:
-        frac_read, sample_note = 1.0, "all rows fit: read them once"
+        frac_read, sample_note = 1.0, "the sample is every row: read them once"
     else:
         frac_read = 1.0 - math.exp(-s / m.n * m.chunk)  # share of each chunk a sorted gather spans
         sample_note = f"{s:,} of {m.n:,} rows, uniform without replacement"
@@ -168,27 +170,32 @@ def kmeans_scores(
     restarts: int | None = None,
     sample: int | None = None,
     full_passes: int = 0,
+    parts: ScoresPartSink | None = None,
 ) -> MethodResult:
     """Spherical (default) or Euclidean k-means; score = distance to the own centroid.
 
     The distance is 1 - cos(x, c) when spherical, ||x - c|| otherwise. Seeding and Lloyd
     run on a sample held in memory (all rows when they fit), then every row is assigned in
     one streamed pass (see :func:`prunekit.compute.cluster.kmeans_streamed`). Writes ``cluster``,
-    ``centroids`` and ``centroid_distance`` too.
+    ``centroids`` and ``centroid_distance`` too. With ``parts`` (a folder output), the
+    assignment pass writes each part where it is computed and the result carries the parts'
+    records and the rows per cluster instead of per-row arrays.
     """
     plan = sample_plan(emb.n, int(k), emb.dim, sample)  # from the data and options alone
     check_sample_fits(plan, int(k), emb.dim, emb.dtype.itemsize, memory_budget())
     res = kmeans_streamed(
-        emb.reader, emb.rows, int(k), plan=plan, iters=int(iters), seed=seed,
+        emb.reader, emb.usable_rows, int(k), plan=plan, iters=int(iters), seed=seed,
         spherical=bool(spherical), backend=backend, restarts=restarts,
         full_passes=int(full_passes), engine=current_engine(), work=current_work_dir(),
-        progress=progress,
+        progress=progress, sink=None if parts is None else KMeansParts(parts),
     )
     return MethodResult(
         score=res.distance,
         cluster=res.labels,
         centroids=res.centroids,
         centroid_distance=res.distance,
+        parts=res.parts,
+        counts=res.counts,
         params={
             "k": int(k), "iters": int(iters), "spherical": bool(spherical), "backend": backend,
             "restarts": restarts, "restarts_used": res.restarts, "sample": sample,
@@ -197,3 +204,28 @@ def kmeans_scores(
             **plan.params(),
         },
     )
+
+
+@dataclass(frozen=True)
+class KMeansParts:
+    """The assignment pass's sink (:func:`prunekit.compute.cluster.assign_parts`): a part's
+    labels and distances become its ``cluster``, ``score`` and ``centroid_distance``."""
+
+    sink: ScoresPartSink
+
+    def open(self, part) -> _KMeansPart:
+        return _KMeansPart(self.sink.open(part))
+
+
+class _KMeansPart:
+    def __init__(self, out) -> None:
+        self.out = out
+
+    def add(self, start: int, labels: np.ndarray, dist: np.ndarray) -> None:
+        self.out.write(start, score=dist, cluster=labels, centroid_distance=dist)
+
+    def close(self):
+        return self.out.close()
+
+    def abort(self) -> None:
+        self.out.abort()

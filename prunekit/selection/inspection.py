@@ -27,11 +27,12 @@ MAX_ROWS_SHOWN = 40
 PathOr = str | os.PathLike
 
 
-def _check_scores(sel: Selection, sc: Scores, sel_name: str, sc_name: str) -> None:
-    if sel.source_fingerprint and sc.source_fingerprint and sel.source_fingerprint != sc.source_fingerprint:
+def _check_scores(sel_fp: str, sc_fp: str, sel_name: str, sc_name: str) -> None:
+    """The selection's and the scores' source fingerprints, when both have one, agree."""
+    if sel_fp and sc_fp and sel_fp != sc_fp:
         raise PrunekitError(
             f"{sel_name} was made from other embeddings than {sc_name} (source fingerprints "
-            f"{sel.source_fingerprint[:12]} vs {sc.source_fingerprint[:12]}). "
+            f"{sel_fp[:12]} vs {sc_fp[:12]}). "
             "Pass the scores file the selection was made from."
         )
 
@@ -67,11 +68,20 @@ def inspect(
     path of embeddings is read with ``key``/``id_key`` (None: the run context's), so rows
     match the selection by those ids. The MMD's chunk tasks run on the run context's engine
     (:func:`prunekit.runtime`); the report is the same on every engine.
+
+    A selection folder (with a scores folder, or none) is read part by part, never whole;
+    the report is the same as for the loaded objects.
     """
     names = (_named(selection, "selection"), _named(scores, "scores"), _named(embeddings, "embeddings"))
+    emb = embeddings
+    if _is_folder(selection) and (scores is None or _is_folder(scores)):
+        if emb is not None and not isinstance(emb, Embeddings):
+            emb = load_embeddings(emb, key=key, id_key=id_key, drop_nonfinite=drop_nonfinite)
+        return inspect_folder(selection, scores=scores, emb=emb, names=names,
+                              random_draws=random_draws, seed=seed, rff_dim=rff_dim,
+                              mmd_sample=mmd_sample, progress=progress)
     sel = selection if isinstance(selection, Selection) else load_selection(selection)
     sc = scores if isinstance(scores, Scores) or scores is None else load_scores(scores)
-    emb = embeddings
     if emb is not None and not isinstance(emb, Embeddings):
         emb = load_embeddings(emb, key=key, id_key=id_key, drop_nonfinite=drop_nonfinite)
     return inspect_selection(sel, scores=sc, emb=emb, names=names, random_draws=random_draws,
@@ -95,7 +105,7 @@ def inspect_selection(
     found: dict[str, Any] = {"extra": {}}
     labels = None
     if scores is not None:
-        _check_scores(sel, scores, names[0], names[1])
+        _check_scores(sel.source_fingerprint, scores.source_fingerprint, names[0], names[1])
         rows = resolve_rows(sel, scores.n_total, scores.ids, selection_name=names[0], target_name=names[1])
         before = np.flatnonzero(scores.eligible)
         if scores.cluster is not None:
@@ -118,6 +128,221 @@ def inspect_selection(
     draws = None if sel.counts is None else int(sel.counts.sum())
     return InspectionReport(selection=names[0], n_total=sel.n_total, n_kept=sel.n_kept, pr=sel.pr,
                             method=sel.method, params=sel.params, draws=draws, **found)
+
+
+# -- selection and scores folders, streamed ---------------------------------------------------
+
+
+class _ByIds(Exception):  # noqa: N818 (a signal, not an error)
+    """The selection's ids name other rows than its positions: matched in memory instead."""
+
+
+def _is_folder(obj: Any) -> bool:
+    return isinstance(obj, (str, os.PathLike)) and os.path.isdir(obj)
+
+
+def inspect_folder(
+    selection: PathOr,
+    *,
+    scores: PathOr | None = None,
+    emb: Embeddings | None = None,
+    names: tuple[str, str, str] = ("selection", "scores", "embeddings"),
+    random_draws: int = 5,
+    seed: int = 0,
+    rff_dim: int = 512,
+    mmd_sample: int | None = MMD_SAMPLE,
+    progress: bool = True,
+) -> InspectionReport:
+    """:func:`inspect` of a selection folder (and a scores folder), streamed: the counts come
+    from one pass over both folders side by side, the MMD's kept rows from a scratch file
+    its chunk tasks read (:class:`~prunekit.selection.quality.KeptFile`), so memory holds
+    per-group counts and one batch. Rows are matched by position, which equals matching by
+    id when the selection's ids are those of the rows it names (checked as they stream);
+    when they are not, or the method adds entries of its own, the report is made from the
+    loaded objects (after a memory check) and is the same.
+    """
+    from prunekit.io.dataset import PartsReader
+    from prunekit.selection.streamed import selection_meta
+
+    r = PartsReader(selection, kind="selection")
+    meta = selection_meta(r, selection)
+    opts = dict(random_draws=random_draws, seed=seed, rff_dim=rff_dim, mmd_sample=mmd_sample,
+                progress=progress)
+    found: dict[str, Any] = {"extra": {}}
+    try:
+        if scores is not None:
+            rs = PartsReader(scores, kind="scores")
+            method = str(rs.manifest.get("method") or "unknown")
+            _check_scores(meta.source_fingerprint, str(rs.manifest.get("source_fingerprint") or ""),
+                          names[0], names[1])
+            if _summary(method).inspect is not None:
+                raise _ByIds  # the method's entries need the scores and rows in memory
+            found.update(_score_tables(r, rs, meta, names))
+        if emb is not None:
+            found.update(_emb_blocks(r, meta, emb, names, "labels" not in found, opts))
+    except _ByIds:
+        return _in_memory(selection, scores, emb, names, opts)
+    draws = None
+    if "count" in r.columns:
+        draws = sum(int(b["count"].sum()) for b in r.iter_batches(["count"]))
+    return InspectionReport(selection=names[0], n_total=meta.n_total, n_kept=r.n_rows,
+                            pr=meta.pr, method=meta.method, params=meta.params, draws=draws,
+                            **found)
+
+
+def _in_memory(selection, scores, emb, names, opts) -> InspectionReport:
+    """The report from the loaded selection and scores, when they must be matched by id."""
+    from prunekit.io.dataset import PartsReader
+    from prunekit.runtime.memory import check_fits
+
+    n = PartsReader(selection, kind="selection").n_rows
+    total = 0 if scores is None else PartsReader(scores, kind="scores").n_total
+    check_fits(96.0 * n + 96.0 * total,
+               f"matching {names[0]} to {names[1] if scores else names[2]} by id in memory")
+    sc = None if scores is None else load_scores(scores)
+    return inspect_selection(load_selection(selection), scores=sc, emb=emb, names=names, **opts)
+
+
+def _same_rows(meta: Selection, sel_ids: str | None, n_total: int, target_ids: str | None,
+               names: tuple[str, str]) -> bool:
+    """Whether positions name the rows (ids, when both sides have them, still to be checked
+    row by row); refuses the size mismatches :func:`resolve_rows` refuses; raises
+    :class:`_ByIds` when only ids can match (string ids of a data set of another size)."""
+    if meta.n_total == n_total:
+        return sel_ids is not None and target_ids is not None
+    if sel_ids is not None and target_ids is not None and target_ids == "string":
+        raise _ByIds
+    empty = np.zeros(0, dtype=np.int64)
+    both = sel_ids is not None and target_ids is not None
+    stand_in = Selection(indices=empty, n_total=meta.n_total, pr=meta.pr, ids=empty if both else None)
+    resolve_rows(stand_in, n_total, empty if both else None, selection_name=names[0],
+                 target_name=names[1])  # raises
+    raise AssertionError("resolve_rows accepted a size mismatch")
+
+
+class _GroupCounts:
+    """:func:`~prunekit.selection.quality.group_counts` streamed: per group id the rows
+    before, the kept rows and their draws, O(groups)."""
+
+    def __init__(self) -> None:
+        self.ids = np.zeros(0, dtype=np.int64)
+        self.vals = np.zeros((0, 3), dtype=np.int64)
+
+    def add(self, before: np.ndarray, kept: np.ndarray, weight: np.ndarray) -> None:
+        from prunekit.selection.streamed import _merge
+
+        g = np.concatenate([before, kept]).astype(np.int64)
+        u, inv = np.unique(g, return_inverse=True)
+        nb = before.size
+        v = np.stack([np.bincount(inv[:nb], minlength=u.size),
+                      np.bincount(inv[nb:], minlength=u.size),
+                      np.bincount(inv[nb:], weights=weight, minlength=u.size).astype(np.int64)],
+                     axis=1)
+        self.ids, self.vals = _merge(self.ids, self.vals, u, v)
+
+    def table(self, repeated: bool) -> GroupTable:
+        present = self.vals[:, 0] > 0  # groups of the rows before, as group_counts lists them
+        before, kept, draws = self.vals[present].T
+        return GroupTable(ids=self.ids[present].tolist(), before=before.tolist(),
+                          kept=kept.tolist(), coverage=float(np.mean(kept > 0)) if kept.size else 0.0,
+                          draws=draws.tolist() if repeated else None)
+
+
+def _aligned(sc_batches, sel_batches, sel_cols: list[str]):
+    """Each scores batch (every position, ascending) with the selection rows inside it."""
+    sel_it = iter(sel_batches)
+    rest: dict[str, np.ndarray] | None = None
+    for sb in sc_batches:
+        end = int(sb["position"][-1]) + 1 if sb["position"].size else 0
+        taken = []
+        while True:
+            if rest is None:
+                rest = next(sel_it, None)
+                if rest is None:
+                    break
+            cut = int(np.searchsorted(rest["position"], end))
+            taken.append({c: v[:cut] for c, v in rest.items()})
+            if cut < rest["position"].size:
+                rest = {c: v[cut:] for c, v in rest.items()}
+                break
+            rest = None
+        yield sb, {c: np.concatenate([t[c] for t in taken]) if taken else np.zeros(0, np.int64)
+                   for c in sel_cols}
+
+
+def _score_tables(r, rs, meta: Selection, names) -> dict[str, GroupTable]:
+    """Per-cluster and per-label tables of a selection folder over a scores folder."""
+    sel_ids = r.columns.get("id")
+    by_id = _same_rows(meta, sel_ids, rs.n_total, rs.columns.get("id"), names[:2])
+    groups = [c for c in ("cluster", "label") if c in rs.columns]
+    counts = {c: _GroupCounts() for c in groups}
+    sel_cols = ["position", *[c for c in ("id", "count") if c in r.columns]]
+    sc_cols = ["score", *groups, *(["id"] if by_id else [])]
+    n_draws = 0
+    for sb, kept in _aligned(rs.iter_batches(sc_cols), r.iter_batches(sel_cols), sel_cols):
+        at = kept["position"] - (int(sb["position"][0]) if sb["position"].size else 0)
+        if by_id and not _ids_equal(kept["id"], sb["id"][at]):
+            raise _ByIds
+        weight = kept["count"] if "count" in kept else np.ones(at.size, dtype=np.int64)
+        n_draws += int(weight.sum())
+        ok = ~np.isnan(sb["score"])
+        for c in groups:
+            counts[c].add(sb[c][ok], sb[c][at], weight)
+    repeated = n_draws != r.n_rows
+    out = {"clusters": counts["cluster"].table(repeated)} if "cluster" in counts else {}
+    if "label" in counts:
+        out["labels"] = counts["label"].table(repeated)
+    return out
+
+
+def _ids_equal(a: np.ndarray, b: np.ndarray) -> bool:
+    """Ids match as :func:`prunekit.io.ids.id_positions` matches them (ints never match str)."""
+    if (a.dtype.kind in "iu") != (b.dtype.kind in "iu"):
+        return not a.size
+    return bool(np.array_equal(a, b))
+
+
+def _emb_blocks(r, meta: Selection, emb: Embeddings, names, want_labels: bool,
+                opts: dict) -> dict[str, Any]:
+    """The MMD block (and the labels table from the embeddings): the kept rows go to a
+    scratch file as they stream, checked against the embeddings' ids."""
+    import shutil
+    import tempfile
+
+    from prunekit.selection.quality import write_kept
+
+    emb_ids = None if emb.ids is None else ("string" if emb.ids.dtype == object else "int64")
+    by_id = _same_rows(meta, r.columns.get("id"), emb.n_total, emb_ids, (names[0], names[2]))
+    labels = _GroupCounts() if want_labels and emb.labels is not None else None
+    if labels is not None:
+        labels.add(emb.labels[emb.rows], np.zeros(0, dtype=np.int64), np.zeros(0))
+    cols = [c for c in ("id", "count") if c in r.columns and (c == "count" or by_id)]
+    n_draws = [0]
+
+    def rows():
+        for b in r.iter_batches(cols):
+            pos = b["position"]
+            if by_id and not _ids_equal(b["id"], emb.ids[pos]):
+                raise _ByIds
+            weight = b["count"] if "count" in b else np.ones(pos.size, dtype=np.int64)
+            n_draws[0] += int(weight.sum())
+            if labels is not None:
+                labels.add(np.zeros(0, dtype=np.int64), emb.labels[pos], weight)
+            yield pos, weight
+
+    tmp = tempfile.mkdtemp(prefix="prunekit-inspect-")
+    try:
+        kept = write_kept(emb, rows(), os.path.join(tmp, "kept.rows"))
+        mmd = mmd_report(emb, kept, random_draws=opts["random_draws"], seed=opts["seed"],
+                         n_features=opts["rff_dim"], sample=opts["mmd_sample"],
+                         progress=opts["progress"])
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    same = not meta.source_fingerprint or meta.source_fingerprint == emb.fingerprint
+    out: dict[str, Any] = {"mmd": MMDBlock(**mmd, same_embeddings=same)}
+    if labels is not None:
+        out["labels"] = labels.table(n_draws[0] != r.n_rows)
+    return out
 
 
 def _summary(method: str) -> Summary:

@@ -15,7 +15,9 @@ sample, and the report carries a jackknife error bar of the kept estimate.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -80,6 +82,66 @@ class _ChunkWork:
     kept: np.ndarray  # distinct kept rows here (ascending)
     weight: np.ndarray  # how often each is kept (oversampling repeats)
     draws: np.ndarray  # rows each random subset takes here, (random_draws,)
+    span: tuple[int, int, int, int] | None = None  # kept rows in a KeptFile: lo, hi, take, chunk
+
+
+@dataclass(frozen=True)
+class KeptFile:
+    """The distinct kept rows (ascending) and their weights in a flat scratch file, 16 bytes
+    a row, so that the MMD's chunk tasks read their own rows and the driver holds none.
+
+    ``cut[c]:cut[c + 1]`` are the file rows of chunk ``c`` of ``chunk_rows`` rows.
+    """
+
+    path: str
+    chunk_rows: int
+    cut: np.ndarray
+    draws: int
+
+    @property
+    def n(self) -> int:
+        return int(self.cut[-1])
+
+    def read(self, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray]:
+        """File rows ``lo..hi``: ``(rows, weights)``."""
+        with open(self.path, "rb") as fh:
+            data = os.pread(fh.fileno(), 16 * (hi - lo), 16 * lo)
+        if len(data) != 16 * (hi - lo):
+            raise OSError(f"kept rows file {self.path} is shorter than expected")
+        pairs = np.frombuffer(data, dtype=np.int64).reshape(-1, 2)
+        return pairs[:, 0].copy(), pairs[:, 1].copy()
+
+
+def write_kept(emb: Embeddings, batches: Iterable[tuple[np.ndarray, np.ndarray]],
+               path: str | os.PathLike) -> KeptFile:
+    """Stream ``(rows ascending, weights)`` batches of a selection into a :class:`KeptFile`
+    at ``path``, checking them as :func:`mmd_report` checks kept rows (in range, usable,
+    not none): one batch in memory, and per chunk a count."""
+    chunk_rows = chunk_rows_for(emb.dim)
+    refs = emb.reader.chunks(chunk_rows)
+    bounds = np.array([r.global_start for r in refs] + [emb.n_total], dtype=np.int64)
+    per_chunk = np.zeros(len(refs), dtype=np.int64)
+    draws, bad = 0, []
+    with open(path, "wb") as fh:
+        for rows, weight in batches:
+            if rows.size and (rows[0] < 0 or rows[-1] >= emb.n_total):
+                raise PrunekitError(
+                    f"the selection keeps rows outside 0..{emb.n_total - 1} of {emb.name}.")
+            at = np.minimum(np.searchsorted(emb.rows, rows), max(emb.rows.size - 1, 0))
+            usable = emb.rows[at] == rows if emb.rows.size else np.zeros(rows.size, dtype=bool)
+            bad += rows[~usable][: 10 - len(bad)].tolist()
+            per_chunk += np.bincount(np.searchsorted(bounds, rows, side="right") - 1,
+                                     minlength=len(refs))[: len(refs)]
+            draws += int(weight.sum())
+            fh.write(np.stack([rows, weight], axis=1).astype(np.int64).tobytes())
+    if bad:
+        raise PrunekitError(
+            f"the selection keeps rows that are NaN/inf in {emb.name} (rows {', '.join(map(str, bad))}); "
+            "inspect with the embeddings the selection was made from."
+        )
+    if not per_chunk.sum():
+        raise PrunekitError("the selection keeps no rows; there is nothing to compare.")
+    return KeptFile(str(path), chunk_rows, np.concatenate(([0], np.cumsum(per_chunk))), draws)
 
 
 def mmd_report(
@@ -96,7 +158,8 @@ def mmd_report(
 ) -> dict[str, Any]:
     """RFF-MMD between the kept rows and all usable rows of ``emb``, and for random subsets.
 
-    ``kept_rows`` are source positions (repeats weight a row, as oversampling does). The
+    ``kept_rows`` are source positions (repeats weight a row, as oversampling does), or a
+    :class:`KeptFile` of a selection streamed from its folder (the same numbers). The
     random subsets have as many distinct rows as the kept side and are drawn from the
     usable rows; sigma (median heuristic on <= 4096 rows) and the Fourier features are
     shared by every estimate. Each draw has its own stream derived from ``seed``
@@ -109,16 +172,19 @@ def mmd_report(
     of rows. One pass over the data (only the chunks holding needed rows, short spans of
     them when few are needed); memory beyond the row indices is a few chunks.
     """
-    kept_rows = np.sort(np.asarray(kept_rows, dtype=np.int64))
+    streamed = isinstance(kept_rows, KeptFile)
+    if not streamed:
+        kept_rows = np.sort(np.asarray(kept_rows, dtype=np.int64))
     if random_draws < 0 or n_features < 1:
         raise PrunekitError(f"need random_draws >= 0 and n_features >= 1, got {random_draws}, {n_features}.")
     if sample is not None and sample < 1:
         raise PrunekitError(f"the MMD sample must be at least 1 row, got {sample}.")
-    _check_kept(emb, kept_rows)
+    if not streamed:
+        _check_kept(emb, kept_rows)  # a KeptFile was checked as it was written
     chunk_rows = chunk_rows_for(emb.dim)
     task = _task_bytes(min(chunk_rows, emb.n_total), emb.dim, emb.dtype.itemsize, n_features)
     # The feature map (drawn in float64), one chunk task, the row indices of the kept side.
-    check_fits(12.0 * n_features * emb.dim + task + 16.0 * kept_rows.size,
+    check_fits(12.0 * n_features * emb.dim + task + (0 if streamed else 16.0 * kept_rows.size),
                f"the MMD with {n_features} random features")
     engine = engine or current_engine()
     src = emb.reader
@@ -130,7 +196,7 @@ def mmd_report(
                                                     seed, sample)
     groups = JACKKNIFE_GROUPS if sampled else 1
     dropped = _dropped(emb)
-    shared = (src, rff, dropped, seed, groups)
+    shared = (src, rff, dropped, seed, groups, kept_rows if streamed else None)
     full = np.zeros((groups, n_features))
     kept = np.zeros((groups, n_features))
     full_n = np.zeros(groups)
@@ -196,11 +262,17 @@ def _plan_chunks(emb: Embeddings, kept_rows: np.ndarray, chunk_rows: int, random
     bounds = np.array([r.global_start for r in refs] + [emb.n_total], dtype=np.int64)
     usable_cut = np.searchsorted(emb.rows, bounds)
     usable_per = np.diff(usable_cut)
-    distinct, weight = np.unique(kept_rows, return_counts=True)
-    kept_cut = np.searchsorted(distinct, bounds)
+    if isinstance(kept_rows, KeptFile):
+        if kept_rows.chunk_rows != chunk_rows:
+            raise ValueError("the kept rows file was cut into other chunks")
+        distinct = weight = np.zeros(0, dtype=np.int64)  # the tasks read theirs
+        kept_cut, n_distinct = kept_rows.cut, kept_rows.n
+    else:
+        distinct, weight = np.unique(kept_rows, return_counts=True)
+        kept_cut, n_distinct = np.searchsorted(distinct, bounds), distinct.size
     kept_per = np.diff(kept_cut)
     n_sample = emb.n if sample is None else min(emb.n, int(sample))
-    n_kept = distinct.size if sample is None else min(distinct.size, int(sample))
+    n_kept = n_distinct if sample is None else min(n_distinct, int(sample))
     sample_per = _spread(usable_per, n_sample, seed, "mmd sample")
     kept_take = _spread(kept_per, n_kept, seed, "mmd kept sample")
     draws = np.stack([_spread(usable_per, n_kept, seed, "random subsets", j)
@@ -211,15 +283,27 @@ def _plan_chunks(emb: Embeddings, kept_rows: np.ndarray, chunk_rows: int, random
         part = None
         if n_sample < emb.n:
             part = _pick(rows, int(sample_per[c]), seed, "mmd sample", c)
-        lo, hi = kept_cut[c], kept_cut[c + 1]
-        k, w = distinct[lo:hi], weight[lo:hi]
-        if n_kept < distinct.size:
-            keep = _pick(np.arange(k.size), int(kept_take[c]), seed, "mmd kept sample", c)
-            k, w = k[keep], w[keep]
+        lo, hi = int(kept_cut[c]), int(kept_cut[c + 1])
+        span = None
+        if isinstance(kept_rows, KeptFile):
+            k = w = distinct
+            span = (lo, hi, int(kept_take[c]), c) if kept_take[c] else None
+        else:
+            k, w = _kept_here(distinct[lo:hi], weight[lo:hi], int(kept_take[c]), seed, c)
         d = draws[:, c] if random_draws else np.zeros(0, dtype=np.int64)
-        if (part is None and rows.size) or (part is not None and part.size) or k.size or d.any():
-            items.append(_ChunkWork(ref, part, k, w, d))
-    return items, n_kept, n_sample, n_sample < emb.n or n_kept < distinct.size
+        if (part is None and rows.size) or (part is not None and part.size) or k.size or d.any() \
+                or span:
+            items.append(_ChunkWork(ref, part, k, w, d, span))
+    return items, n_kept, n_sample, n_sample < emb.n or n_kept < n_distinct
+
+
+def _kept_here(k: np.ndarray, w: np.ndarray, take: int, seed: int,
+               c: int) -> tuple[np.ndarray, np.ndarray]:
+    """Chunk ``c``'s kept rows, or ``take`` of them when the kept side is sampled."""
+    if take < k.size:
+        keep = _pick(np.arange(k.size), take, seed, "mmd kept sample", c)
+        k, w = k[keep], w[keep]
+    return k, w
 
 
 def _spread(per_chunk: np.ndarray, total: int, seed: int, role: str, *keys: int) -> np.ndarray:
@@ -238,8 +322,12 @@ def _pick(rows: np.ndarray, size: int, seed: int, role: str, *keys: int) -> np.n
 
 def _mmd_chunk(shared, work: _ChunkWork):
     """One chunk's feature sums: full side and kept side per jackknife group, random subsets."""
-    src, rff, dropped, seed, groups = shared
+    src, rff, dropped, seed, groups, kept_file = shared
     ref = work.ref
+    if work.span is not None:
+        lo, hi, take, c = work.span
+        kept, weight = _kept_here(*kept_file.read(lo, hi), take, seed, c)
+        work = replace(work, kept=kept, weight=weight)
     a, b = ref.global_start, ref.global_stop
     usable = np.arange(a, b, dtype=np.int64)
     if dropped is not None:

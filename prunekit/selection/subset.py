@@ -86,6 +86,9 @@ class Selection:
                 f"'ids' has {self.ids.size} entries but 'indices' has {self.indices.size}; "
                 "a selection holds one id per kept row."
             )
+        dup = None if self.ids is None else first_duplicate(self.ids)
+        if dup is not None:  # applied by ids, a repeated id would keep one row twice
+            raise PrunekitError(f"'ids' has duplicates (e.g. {dup!r}); each kept row needs its own id.")
         if self.counts is not None:
             counts = np.asarray(self.counts)
             if counts.shape != self.indices.shape or (counts.size and counts.dtype.kind not in "iu"):
@@ -155,6 +158,13 @@ class Selection:
             f.attrs["source_fingerprint"] = self.source_fingerprint
             stamp(f.attrs, self.params, command)
         return Path(path)
+
+
+def first_duplicate(ids: np.ndarray) -> Any:
+    """The smallest id that occurs more than once in ``ids`` (int64 or str), else None."""
+    keys = np.sort(ids.astype(str) if ids.dtype == object else ids)
+    same = keys[1:][keys[1:] == keys[:-1]]
+    return same[0].item() if same.size else None
 
 
 def load_selection(path: str | os.PathLike) -> Selection:
@@ -291,6 +301,10 @@ def select(
     if fill not in FILLS:
         raise PrunekitError(f"unknown fill '{fill}'; choose one of: {', '.join(FILLS)}.")
     seed = check_seed(seed)
+    dup = None if scores.ids is None else first_duplicate(scores.ids)
+    if dup is not None:
+        raise PrunekitError(f"the scores' 'ids' have duplicates (e.g. {dup!r}); a selection names "
+                            "its rows by id, so each row needs its own. Give the embeddings unique ids and score again.")
     eligible = scores.eligible
     rows = np.flatnonzero(eligible)
     kept_target = q.kept_count(pr, int(rows.size))
@@ -400,17 +414,21 @@ def _refuse_fill(
 ) -> None:
     """A kept set that reaches into rows the greedy method never picked is an error."""
     n_fill = int(unpicked[picked].sum())
-    if not n_fill:
-        return
-    n_picked = int((~unpicked).sum())
-    n = int(unpicked.size)
+    if n_fill:
+        raise fill_error(scores.method, n_fill, int((~unpicked).sum()), int(unpicked.size), kept,
+                         balance)
+
+
+def fill_error(method: str, n_fill: int, n_picked: int, n: int, kept: int,
+               balance: str) -> PrunekitError:
+    """The refusal of a kept set with ``n_fill`` rows a greedy method never picked."""
     if balance == "none":
         least = 1.0 - n_picked / n
         fewer = f"keep at most {n_picked} rows (pr >= {least:.6g})"
     else:
         fewer = "keep fewer rows (a larger pr)"
-    raise PrunekitError(
-        f"'{scores.method}' picked {n_picked} of {n} rows, but this selection keeps {kept}, "
+    return PrunekitError(
+        f"'{method}' picked {n_picked} of {n} rows, but this selection keeps {kept}, "
         f"{n_fill} of them never picked: their order would be arbitrary. Either {fewer}, "
         "score again with a larger max_keep (--max-keep) or none, or fill them at random "
         "(fill='random', CLI --fill random, seeded)."
@@ -424,10 +442,7 @@ def _groups(
     if balance == "labels":
         lab = labels if labels is not None else scores.labels
         if lab is None:
-            raise PrunekitError(
-                f"balance 'labels' needs labels, and the scores file ({scores.source}) has none. "
-                "Pass the embeddings that carry them (CLI: --labels-from EMB)."
-            )
+            raise no_groups_error("label", scores.method, scores.source)
         lab = np.asarray(lab)
         if lab.shape != (scores.n_total,) or lab.dtype.kind not in "iu":
             raise PrunekitError(
@@ -437,13 +452,23 @@ def _groups(
         return lab.astype(np.int64), "label"
     if scores.cluster is None:
         if needed:
-            raise PrunekitError(
-                f"the scores of method '{scores.method}' (made from {scores.source}) have no "
-                "'cluster' dataset. Score with --method kmeans (or herding --within a k-means "
-                "scores file), or use --balance labels / none."
-            )
+            raise no_groups_error("cluster", scores.method, scores.source)
         return None, None
     return np.asarray(scores.cluster, dtype=np.int64), "cluster"
+
+
+def no_groups_error(group_by: str, method: str, source: str) -> PrunekitError:
+    """The error for scores without the groups (``cluster`` or ``label``) a rule needs."""
+    if group_by == "label":
+        return PrunekitError(
+            f"balance 'labels' needs labels, and the scores file ({source}) has none. "
+            "Pass the embeddings that carry them (CLI: --labels-from EMB)."
+        )
+    return PrunekitError(
+        f"the scores of method '{method}' (made from {source}) have no "
+        "'cluster' dataset. Score with --method kmeans (or herding --within a k-means "
+        "scores file), or use --balance labels / none."
+    )
 
 
 def _drop(
@@ -455,7 +480,14 @@ def _drop(
     scores: Scores,
 ) -> tuple[np.ndarray, list]:
     """Remove the rows of whole groups; returns the remaining rows and the dropped ids."""
-    present = np.unique(groups[rows])
+    out = drop_ids(np.unique(groups[rows]), drop, seed, group_by, scores.source)
+    return rows[~np.isin(groups[rows], out)], out.tolist()
+
+
+def drop_ids(
+    present: np.ndarray, drop: Sequence[int] | float, seed: int, group_by: str | None, source: str
+) -> np.ndarray:
+    """The group ids ``drop`` names among ``present`` (ascending ids with eligible rows)."""
     what = "labels" if group_by == "label" else "clusters"
     if isinstance(drop, numbers.Real) and not isinstance(drop, numbers.Integral):
         frac = float(drop)
@@ -474,17 +506,20 @@ def _drop(
             raise PrunekitError(
                 f"drop_clusters must be a list of {what} ids or a fraction in (0, 1); got {drop!r}."
             )
-        out = np.unique(np.asarray(list(drop), dtype=np.int64))
+        try:
+            out = np.unique(np.asarray(list(drop), dtype=np.int64))
+        except (OverflowError, TypeError, ValueError):
+            raise PrunekitError(f"drop_clusters must be 64-bit integer {what} ids; got {drop!r:.60}.") from None
         unknown = out[~np.isin(out, present)]
         if unknown.size:
             raise PrunekitError(
                 f"cannot drop {what} {', '.join(map(str, unknown[:MAX_NAMED]))}: the scores "
-                f"({scores.source}) have {present.size} {what} with eligible rows, ids "
+                f"({source}) have {present.size} {what} with eligible rows, ids "
                 f"{_id_range(present)}."
             )
         if out.size >= present.size:
             raise PrunekitError(f"dropping {what} {_id_range(out)} would remove every row.")
-    return rows[~np.isin(groups[rows], out)], out.tolist()
+    return out
 
 
 def _id_range(ids: np.ndarray) -> str:

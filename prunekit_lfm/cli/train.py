@@ -11,8 +11,9 @@ from .options import device_option, seed_option
 
 @click.command()
 @click.argument("latents", type=click.Path(dir_okay=False))
-@click.option("--selection", type=click.Path(dir_okay=False), default=None,
-              help="Selection file; its rows are matched to the latents by id (by position without ids).")
+@click.option("--selection", type=click.Path(dir_okay=True), default=None,
+              help="Selection file or folder; its rows are matched to the latents by id (by position "
+                   "without ids).")
 @click.option("--model", default="tiny", show_default=True,
               help="Preset (tiny, small, DiT-S/2, DiT-B/2, DiT-L/2, DiT-XL/2, unet-tiny, unet) or a JSON config.")
 @click.option("-o", "--output", "run_dir", required=True, type=click.Path(file_okay=False),

@@ -11,6 +11,8 @@ documented in docs/formats.md ("Partitioned outputs").
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from prunekit.io.dataset.layout import FORMAT, PART_ROWS, VERSION, run_id_for
@@ -32,9 +34,11 @@ __all__ = [
     "PartFile",
     "PartInfo",
     "PartSpec",
+    "PartRange",
     "PartWriter",
     "PartsReader",
     "check_output_dir",
+    "chunk_parts",
     "is_dataset",
     "part_bounds",
     "run_id_for",
@@ -58,3 +62,39 @@ def part_bounds(n_total: int, part_rows: int | None = None) -> list[tuple[int, i
     ``PART_ROWS`` positions each unless ``part_rows`` says otherwise."""
     part_rows = PART_ROWS if part_rows is None else part_rows
     return [(a, min(a + part_rows, n_total)) for a in range(0, max(n_total, 1), part_rows)]
+
+
+@dataclass(frozen=True)
+class PartRange:
+    """Part ``index`` of a command's output: positions ``start..stop``, computed from
+    ``chunks`` (consecutive row chunks of one input shard, ``prunekit.io.source.ChunkRef``)."""
+
+    index: int
+    start: int
+    stop: int
+    chunks: tuple
+
+
+def chunk_parts(chunks: Sequence, part_rows: int | None = None) -> list[PartRange]:
+    """Group a source's row chunks (in order) into parts aligned with its shards.
+
+    A part never spans two shards and holds whole chunks, at most ``part_rows`` positions
+    (``PART_ROWS`` unless given) but at least one chunk; so the boundaries come from the
+    data (shard sizes, chunk size) alone, never from workers or memory, and a task that
+    computes a part's chunks computes exactly the chunks of the single-file path.
+    """
+    part_rows = PART_ROWS if part_rows is None else part_rows
+    out: list[PartRange] = []
+    cur: list = []
+
+    def flush() -> None:
+        out.append(PartRange(len(out), cur[0].global_start, cur[-1].global_stop, tuple(cur)))
+        cur.clear()
+
+    for ref in chunks:
+        if cur and (ref.shard != cur[0].shard or ref.global_stop - cur[0].global_start > part_rows):
+            flush()
+        cur.append(ref)
+    if cur:
+        flush()
+    return out

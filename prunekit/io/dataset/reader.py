@@ -101,6 +101,23 @@ class PartsReader:
             finally:
                 pf.close()  # one part's file open at a time
 
+    def iter_part(
+        self,
+        index: int,
+        columns: Sequence[str] | None = None,
+        batch_rows: int = BATCH_ROWS,
+        verify: bool | None = None,
+    ) -> Iterator[dict[str, np.ndarray]]:
+        """The rows of part ``index`` alone, as :meth:`iter_batches` reads them (one worker's
+        share of a pass over the parts)."""
+        cols = self._wanted(columns)
+        entry = self.manifest["parts"][index]
+        pf = self._open_part(index, entry, verify)
+        try:
+            yield from self._part_batches(pf, entry, cols, batch_rows)
+        finally:
+            pf.close()
+
     def read_columns(
         self, columns: Sequence[str] | None = None, verify: bool | None = None
     ) -> dict[str, np.ndarray]:
@@ -144,15 +161,24 @@ class PartsReader:
         if t is None:
             return None
         out: dict[str, list] = {c: [] for c in t["columns"]}
-        for i, entry in enumerate(t["parts"]):
+        for part in self.iter_table(name, verify):
+            for c in out:
+                out[c].append(part[c])
+        return {c: (np.concatenate(v) if v else np.empty(0)) for c, v in out.items()}
+
+    def iter_table(
+        self, name: str, verify: bool | None = None
+    ) -> Iterator[dict[str, np.ndarray]]:
+        """A side table one part file at a time, in row order (nothing when absent)."""
+        t = self.manifest["tables"].get(name)
+        for i, entry in enumerate([] if t is None else t["parts"]):
             pf = self._open_file(
                 entry, f"tables.{name}.parts[{i}]", verify, t["columns"], {"table": name, "part": i}
             )
             with pf:
                 tab = self._decode(pf, lambda pf=pf: pf.read(), entry)
-            for c in out:
-                out[c].append(_numpy(tab.column(c), t["columns"][c], self.path / entry["file"], c))
-        return {c: (np.concatenate(v) if v else np.empty(0)) for c, v in out.items()}
+            f = self.path / entry["file"]
+            yield {c: _numpy(tab.column(c), ty, f, c) for c, ty in t["columns"].items()}
 
     # -- checks ----------------------------------------------------------------------------
 
