@@ -29,7 +29,7 @@ import torch
 
 from prunekit_lfm.cost import forward_flops
 from prunekit_lfm.models import build_model
-from prunekit_lfm.paths import fm_loss
+from prunekit_lfm.fm_path import fm_loss
 from prunekit_lfm.sampling import SamplingConfig, coarse_steps, sample, sample_c2f
 
 

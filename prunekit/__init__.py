@@ -10,22 +10,73 @@ imports torch. The Python API mirrors the CLI::
     sel.save("selection.h5")
 """
 
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from prunekit import _compat
 from prunekit._version import __version__
-from prunekit.errors import PrunekitError  # noqa: E402
-from prunekit.flow.study import stability  # noqa: E402
-from prunekit.io.embeddings import Embeddings, load_embeddings  # noqa: E402
-from prunekit.io.summary import describe  # noqa: E402
-from prunekit.methods import available as available_methods  # noqa: E402
-from prunekit.methods import score  # noqa: E402
-from prunekit.methods.dedup import select_eps  # noqa: E402
-from prunekit.report import inspect_report  # noqa: E402
-from prunekit.runtime.context import RunContext, get_runtime, runtime  # noqa: E402
-from prunekit.selection.inspection import inspect  # noqa: E402
-from prunekit.selection.scores import Scores, load_scores  # noqa: E402
-from prunekit.selection.subset import Selection, load_selection, resolve_rows, select  # noqa: E402
+from prunekit.errors import PrunekitError
 
 _compat.install()
+
+# The public names load on first use (PEP 562), so ``import prunekit`` -- and with it the
+# CLI's start-up, where a Ctrl-C must already exit cleanly -- stays light.
+_LAZY: dict[str, tuple[str, str]] = {
+    "stability": ("prunekit.flow.study", "stability"),
+    "Embeddings": ("prunekit.io.embeddings", "Embeddings"),
+    "load_embeddings": ("prunekit.io.embeddings", "load_embeddings"),
+    "describe": ("prunekit.io.summary", "describe"),
+    "available_methods": ("prunekit.methods", "available"),
+    "score": ("prunekit.methods", "score"),
+    "select_eps": ("prunekit.methods.dedup", "select_eps"),
+    "inspect_report": ("prunekit.report", "inspect_report"),
+    "RunContext": ("prunekit.runtime.context", "RunContext"),
+    "get_runtime": ("prunekit.runtime.context", "get_runtime"),
+    "runtime": ("prunekit.runtime.context", "runtime"),
+    "inspect": ("prunekit.selection.inspection", "inspect"),
+    "Scores": ("prunekit.selection.scores", "Scores"),
+    "load_scores": ("prunekit.selection.scores", "load_scores"),
+    "Selection": ("prunekit.selection.subset", "Selection"),
+    "load_selection": ("prunekit.selection.subset", "load_selection"),
+    "resolve_rows": ("prunekit.selection.subset", "resolve_rows"),
+    "select": ("prunekit.selection.subset", "select"),
+}
+
+if TYPE_CHECKING:  # what the names are, for readers and type checkers
+    from prunekit.flow.study import stability
+    from prunekit.io.embeddings import Embeddings, load_embeddings
+    from prunekit.io.summary import describe
+    from prunekit.methods import available as available_methods
+    from prunekit.methods import score
+    from prunekit.methods.dedup import select_eps
+    from prunekit.report import inspect_report
+    from prunekit.runtime.context import RunContext, get_runtime, runtime
+    from prunekit.selection.inspection import inspect
+    from prunekit.selection.scores import Scores, load_scores
+    from prunekit.selection.subset import Selection, load_selection, resolve_rows, select
+
+
+def __getattr__(name: str) -> Any:
+    """A public name (imported on first use), or a submodule such as ``pk.seeds``."""
+    if name in _LAZY:
+        module, attr = _LAZY[name]
+        value = getattr(importlib.import_module(module), attr)
+    else:
+        try:
+            value = importlib.import_module(f"{__name__}.{name}")
+        except ModuleNotFoundError as err:
+            if err.name != f"{__name__}.{name}":
+                raise
+            raise AttributeError(f"module 'prunekit' has no attribute {name!r}") from None
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
 
 __all__ = [
     "Embeddings",

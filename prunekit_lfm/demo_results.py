@@ -1,20 +1,42 @@
-"""The demo's results, one dataclass per stage; the report renders them.
+"""The demo's results: each stage returns its own dataclass, the report renders them.
 
 A renamed or missing field fails where a stage builds its result (a TypeError at
 construction) or where the report reads it (an AttributeError in the report test), not
-as a KeyError at the end of a long run. :meth:`DemoResults.to_dict` gives the JSON of
-``results.json``.
+as a KeyError at the end of a long run. Each stage's result is built whole by that stage
+and never edited by another. :meth:`DemoResults.to_dict` gives the JSON of ``results.json``.
+
+"Fidelity" here is how close generated images are to real ones (FD, precision, recall in
+a feature space); the core's "quality" of a selection is its MMD to the full set.
 """
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import asdict, dataclass, field
 from typing import Any
+
+from .demo_scale import DemoScale
+
+
+@dataclass
+class DemoSettings:
+    """What the demo ran with: the scale (after ``--effort``), seed, threads and criteria."""
+
+    scale: DemoScale
+    seed: int
+    threads: int
+    effort: float
+    criteria_definitions: dict[str, dict[str, Any]]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The scale's fields and the rest side by side (the ``settings`` of results.json)."""
+        return {**asdict(self.scale), "seed": self.seed, "threads": self.threads,
+                "effort": self.effort, "criteria_definitions": self.criteria_definitions}
 
 
 @dataclass
 class DataStage:
-    """The split of the digits, the feature classifier and the embeddings used for pruning."""
+    """The split of the digits and the feature classifier."""
 
     dataset: str
     image_size: int
@@ -23,11 +45,12 @@ class DataStage:
     split: str
     features: str
     classifier_test_accuracy: float
-    embeddings: str = ""
 
 
 @dataclass
 class VaeStage:
+    """The VAE trained on the training digits and how well it reconstructs them."""
+
     size: str
     steps: int
     latent_shape: list[int]
@@ -47,6 +70,14 @@ class SelectionRow:
     digits_present: int
     kept_per_digit: list[int]
     dropped_clusters: list[int] | None = None
+
+
+@dataclass
+class PruningStage:
+    """The embeddings the criteria scored and what each selection keeps."""
+
+    embeddings: str
+    selections: dict[str, SelectionRow]
 
 
 @dataclass
@@ -78,7 +109,7 @@ class SimilarityRow:
 
 
 @dataclass
-class QualityRow:
+class FidelityRow:
     """FD, precision and recall of one model's samples against the held-out digits."""
 
     criterion: str
@@ -95,8 +126,16 @@ class QualityRow:
 
 
 @dataclass
+class EvaluationStage:
+    """Every model's samples against the full-set model's (same seeds) and the real digits."""
+
+    similarity: dict[str, SimilarityRow]
+    fidelity: dict[str, FidelityRow]
+
+
+@dataclass
 class C2FRow:
-    """One switching time of the coarse-to-fine sweep, with the quality of its samples."""
+    """One switching time of the coarse-to-fine sweep, with the fidelity of its samples."""
 
     t_switch: float
     coarse_steps: int
@@ -114,6 +153,8 @@ class C2FRow:
 
 @dataclass
 class C2FStage:
+    """The coarse-to-fine sweep and the switching time it picked."""
+
     coarse: str
     fine: str
     flops_per_call_ratio: float
@@ -141,17 +182,26 @@ class StabilityStage:
 class DemoResults:
     """Everything the demo measured; ``timings`` (wall clock) are the only numbers that vary."""
 
-    settings: dict[str, Any]
+    settings: DemoSettings
     data: DataStage
     vae: VaeStage
-    selections: dict[str, SelectionRow]
+    pruning: PruningStage
     runs: dict[str, RunRow]
-    similarity: dict[str, SimilarityRow]
-    quality: dict[str, QualityRow]
+    evaluation: EvaluationStage
     c2f: C2FStage
     stability: StabilityStage
     timings: dict[str, Any] = field(default_factory=dict)
     inspect_page: str | None = None  # the `prunekit inspect --html` page, relative to the report
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """Plain data for results.json (the settings flat, as :meth:`DemoSettings.to_dict`)."""
+        return {**asdict(self), "settings": self.settings.to_dict()}
+
+
+def __getattr__(name: str) -> Any:
+    """``QualityRow``, the old name of :class:`FidelityRow`, for one release with a warning."""
+    if name == "QualityRow":
+        warnings.warn("prunekit_lfm.demo_results.QualityRow is now FidelityRow; the old name "
+                      "goes in the next release.", DeprecationWarning, stacklevel=2)
+        return FidelityRow
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

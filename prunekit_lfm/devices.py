@@ -1,16 +1,24 @@
-"""Choosing the torch device a command runs on, with one clear error for a bad name."""
+"""Choosing the torch device a command runs on, with one clear error for a bad name.
+
+Importable without torch (the CLI's ``--device`` help text comes from here).
+"""
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
 
 from prunekit.errors import PrunekitError
+
+if TYPE_CHECKING:
+    import torch
 
 DEVICE_HELP = "auto (cuda when available, else cpu), cpu, cuda, cuda:N or mps."
 
 
 def pick_device(device: str | None = "auto") -> torch.device:
     """``auto``/None -> cuda when available, else cpu; any other name is checked to exist here."""
+    import torch
+
     if device is None or device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:

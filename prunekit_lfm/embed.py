@@ -17,7 +17,7 @@ Inputs are those of ``prunekit lfm encode`` (:func:`prunekit_lfm.latents.open_im
 ``digits``, image folders, .npy/HDF5 arrays) plus WebDataset tar shards
 (:mod:`prunekit_lfm.data`). Embedding is batched, shows a progress bar and keeps finished
 batches in ``OUTPUT.parts/`` so an interrupted run continues with ``resume=True``. Large
-inputs may be written as a directory of shards (``shard_rows``, :mod:`prunekit_lfm.shard_dir`).
+inputs may be written as a directory of shards (``shard_rows``, :mod:`prunekit.io.shard_dir`).
 """
 
 from __future__ import annotations
@@ -41,6 +41,7 @@ from prunekit.errors import PrunekitError
 from prunekit.io.atomic import write_text
 from prunekit.io.h5io import atomic_h5, write_ids
 from prunekit.io.provenance import stamp
+from prunekit.io.shard_dir import atomic_dir, check_shard_dir, shard_name, shard_ranges
 from prunekit.runtime.progress import counter
 
 from .data import decode_image, index_webdataset, is_webdataset
@@ -54,7 +55,6 @@ from .guards import (
     writing,
 )
 from .latents import ids_bytes, open_images
-from .shard_dir import atomic_dir, check_shard_dir, shard_name, shard_ranges
 
 ENCODERS = ("clip", "dinov2", "siglip")
 TORCHSCRIPT = "torchscript:"
@@ -370,7 +370,10 @@ def embed_batches(inputs: ImageInput, encoder: Encoder, *, batch_size: int = 64,
 
 def embed_images(inputs: ImageInput, encoder: Encoder, *, batch_size: int = 64,
                  normalize: bool | None = None, progress: bool = True) -> np.ndarray:
-    """All features as one float32 [N, D] array (in memory; see :func:`embed_to_file`)."""
+    """All features as one float32 [N, D] array in memory. Deprecated: it goes in the next
+    release; use :func:`embed_to_file` (bounded memory, resumable) or :func:`embed_batches`."""
+    warnings.warn("prunekit_lfm.embed.embed_images goes in the next release; use embed_to_file, "
+                  "or embed_batches for features in memory.", DeprecationWarning, stacklevel=2)
     parts = []
     with counter(inputs.n, desc="embed", progress=progress) as bar:
         for _, feats in embed_batches(inputs, encoder, batch_size=batch_size, normalize=normalize):
@@ -394,7 +397,7 @@ def embed_to_file(inputs: ImageInput, encoder: Encoder, output: str | os.PathLik
     ``image_size``, ``source`` and the provenance stamp.
 
     With ``shard_rows`` N the output is a directory of shards ``part_00000.h5``, ... (see
-    :mod:`prunekit_lfm.shard_dir`): shard i holds rows [i N, (i + 1) N) of the single
+    :mod:`prunekit.io.shard_dir`): shard i holds rows [i N, (i + 1) N) of the single
     file, with the same datasets and attributes (``params`` adds ``shard_rows``).
 
     Under torchrun (``dist``) rank r embeds batches b = r (mod W) (on resume: its share

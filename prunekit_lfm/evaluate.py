@@ -1,4 +1,4 @@
-"""Evaluating trained models: same-seed similarity between two models, and sample quality.
+"""Evaluating trained models: same-seed similarity between two models, and sample fidelity.
 
 * :func:`paired_similarity` pairs the outputs of two models by sample index (same noise)
   and measures each pair — cosine similarity and MSE of the latents, PSNR and SSIM of the
@@ -7,8 +7,10 @@
   the other, :func:`prunekit_lfm.metrics.within_class_pairs`; for unconditional runs
   simply sample (i + 1) mod n), so a number can be read against what another noise seed
   gives for the same label.
-* :func:`quality` compares generated images with real ones in a feature space: Fréchet
-  distance, k-NN precision and recall (k = 3) and their F-score.
+* :func:`fidelity` compares generated images with real ones in a feature space: Fréchet
+  distance (FD), k-NN precision and recall (k = 3) and their F-score. (The core's
+  "quality" of a selection is another thing: the MMD of kept rows to the full set,
+  :mod:`prunekit.selection.quality`.)
 Samples come from :func:`prunekit_lfm.generate.draw` (load runs, sample, decode).
 
 Images are float arrays in [0, 1] here; the plug-in's [-1, 1] images go through
@@ -17,6 +19,7 @@ Images are float arrays in [0, 1] here; the plug-in's [-1, 1] images go through
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import numpy as np
@@ -27,7 +30,7 @@ from . import metrics
 from .features import FeatureExtractor
 from .generate import DecodedSamples, to_unit
 
-__all__ = ["paired_similarity", "quality", "to_unit"]
+__all__ = ["fidelity", "paired_similarity", "to_unit"]
 
 # Fixed histogram ranges, so pairs and baseline are binned alike (PSNR takes the data's).
 _RANGES = {"latent_cosine": (-1.0, 1.0), "ssim": (-1.0, 1.0), "feature_cosine": (-1.0, 1.0)}
@@ -99,10 +102,10 @@ def _joint_range(u: np.ndarray, v: np.ndarray) -> tuple[float, float] | None:
     return None if both.size == 0 else (float(both.min()), float(both.max()))
 
 
-# --------------------------------------------------------------------------- quality
+# --------------------------------------------------------------------------- fidelity
 
 
-def quality(
+def fidelity(
     generated: np.ndarray,
     real: np.ndarray,
     extractor: FeatureExtractor,
@@ -129,3 +132,12 @@ def quality(
         "n_generated": pr.n_generated,
         "features": extractor.description,
     }
+
+
+def __getattr__(name: str) -> Any:
+    """``quality``, the old name of :func:`fidelity`, for one release with a warning."""
+    if name == "quality":
+        warnings.warn("prunekit_lfm.evaluate.quality is now fidelity (FD, precision, recall); "
+                      "the old name goes in the next release.", DeprecationWarning, stacklevel=2)
+        return fidelity
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

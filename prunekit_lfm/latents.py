@@ -181,10 +181,6 @@ class ImageSource:
     read: Callable[[int, int], np.ndarray]
     name: str = ""
 
-    def batches(self, batch_size: int) -> Iterator[np.ndarray]:
-        for start in range(0, self.n, batch_size):
-            yield self.read(start, min(start + batch_size, self.n))
-
 
 def open_images(spec: str | os.PathLike, size: int | None = 32, *, key: str = "images") -> ImageSource:
     """An :class:`ImageSource` for ``spec`` (see :func:`load_images` for what it may be)."""

@@ -191,26 +191,17 @@ def ssim_pairs(
     return (num / den).mean(axis=(1, 2, 3))
 
 
-def shifted_pairs(n: int) -> np.ndarray:
-    """Partner of each index for the unrelated-pair baseline: i -> (i + 1) mod n.
-
-    Samples are drawn from independent noise per index, so neighbours in index are as
-    unrelated as any other pair; the shift is a derangement for n ≥ 2 and needs no seed.
-    """
-    if n < 2:
-        raise PrunekitError("the unrelated-pair baseline needs at least 2 samples.")
-    return (np.arange(n) + 1) % n
-
-
 def within_class_pairs(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Unrelated pairs of the same class: (rows, partners), row i paired with partner i.
 
     Within each class (in order of position) a sample is paired with the next sample of
-    its class, cyclically: the shift i -> (i + 1) mod n of :func:`shifted_pairs` applied per
-    class. Same-seed pairs of a conditional model share their label, so their baseline must
-    too, or it would measure how different two classes look instead of what an unrelated
-    noise seed gives. Classes with a single sample have no partner and are left out. With
-    one label for all samples (unconditional models) this is exactly :func:`shifted_pairs`.
+    its class, cyclically: the shift i -> (i + 1) mod n applied per class. Samples are
+    drawn from independent noise per index, so neighbours are as unrelated as any other
+    pair, and the shift needs no seed. Same-seed pairs of a conditional model share their
+    label, so their baseline must too, or it would measure how different two classes look
+    instead of what an unrelated noise seed gives. Classes with a single sample have no
+    partner and are left out. With one label for all samples (unconditional models) this
+    is the plain shift i -> (i + 1) mod n.
     """
     labels = np.asarray(labels)
     rows, partners = [], []

@@ -44,7 +44,7 @@ from prunekit.seeds import check_seed
 
 from .guards import check_finite, writing
 from .models import VelocityModel, model_from_config
-from .paths import T_SCHEDULES
+from .fm_path import T_SCHEDULES
 
 CONFIG = "config.json"
 MODEL = "model.safetensors"

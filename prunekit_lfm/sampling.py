@@ -28,7 +28,6 @@ Every setting lives in one :class:`SamplingConfig`, validated once.
 from __future__ import annotations
 
 import json
-import math
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -43,13 +42,15 @@ from torch import nn
 from prunekit.errors import PrunekitError
 from prunekit.io.h5io import atomic_h5
 from prunekit.io.provenance import stamp
+from prunekit.params import ParamError, defaults
 from prunekit.runtime.progress import counter
-from prunekit.seeds import check_seed
 
 from .cost import Cost, Counted, ModelCost, device_of, flops_per_row
-from .solvers import check_solver, check_steps, integrate
+from .solvers import check_steps, integrate
+from .specs import SAMPLING_PARAMS
 
 INDEX_MAX = 2**63 - 1  # sample indices are int64
+_DEFAULTS = defaults(SAMPLING_PARAMS)
 
 #: a velocity model: (x [B, C, H, W], t [B] in [0, 1], labels [B]) -> velocity like x
 VelocityFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -64,23 +65,20 @@ class SamplingConfig:
     (``auto`` = cuda when available). ``ema``: sample the EMA weights of a run.
     """
 
-    steps: int = 60
-    solver: str = "euler"
-    cfg: float = 1.0
-    seed: int = 0
-    device: str = "auto"
-    labels: tuple[int, ...] | None = None
-    batch_size: int = 64
-    ema: bool = True
+    # The defaults, ranges and help of every field are in SAMPLING_PARAMS (its one declaration).
+    steps: int = _DEFAULTS["steps"]
+    solver: str = _DEFAULTS["solver"]
+    cfg: float = _DEFAULTS["cfg"]
+    seed: int = _DEFAULTS["seed"]
+    device: str = _DEFAULTS["device"]
+    labels: tuple[int, ...] | None = _DEFAULTS["labels"]
+    batch_size: int = _DEFAULTS["batch_size"]
+    ema: bool = _DEFAULTS["ema"]
 
     def __post_init__(self) -> None:
-        check_steps(self.steps)
-        check_solver(self.solver)
-        if not isinstance(self.cfg, (int, float)) or not math.isfinite(self.cfg):
-            raise PrunekitError(f"--cfg must be a finite number, got {self.cfg}.")
-        check_seed(self.seed, "--seed")
-        if isinstance(self.batch_size, bool) or int(self.batch_size) != self.batch_size or self.batch_size < 1:
-            raise PrunekitError(f"--batch-size must be a positive integer, got {self.batch_size}.")
+        for p in SAMPLING_PARAMS:  # a ParamError names the field (the CLI: its flag)
+            p.check(getattr(self, p.name))
+        check_steps(self.steps)  # at most MAX_STEPS, and why
         if self.labels is not None:
             object.__setattr__(self, "labels", tuple(int(v) for v in self.labels) or None)
 
@@ -137,30 +135,27 @@ def resolve_labels(
     n = len(indices)
     if num_classes == 0:
         if labels is not None and len(labels):
-            raise PrunekitError("the model is unconditional (trained without labels); drop --labels.")
+            raise ParamError("the model is unconditional (trained without labels); drop {labels}.")
         if cfg != 1.0:
-            raise PrunekitError(
-                f"guidance (--cfg {cfg}) needs a class-conditional model; this one is unconditional. "
-                "Use --cfg 1."
-            )
+            raise ParamError("guidance ({cfg:{}}) needs a class-conditional model; this one is "
+                             "unconditional. Use {cfg:1}.", cfg)
         return np.zeros(n, dtype=np.int64)
     if labels is None or len(labels) == 0:
         return (np.asarray(indices, dtype=np.int64) % num_classes).astype(np.int64)
     outside = [int(v) for v in labels if not 0 <= int(v) < num_classes]  # before int64 overflows
     if outside:
-        raise PrunekitError(
-            f"--labels has label {outside[0]} outside [0, {num_classes}) (the model's classes)."
-        )
+        raise ParamError("{labels} has label {} outside [0, {}) (the model's classes).",
+                         outside[0], num_classes)
     arr = np.asarray(list(labels), dtype=np.int64)
     if arr.size == 1:
         arr = np.full(n, arr[0], dtype=np.int64)
     if arr.size != n:
-        raise PrunekitError(f"--labels gives {arr.size} labels for {n} samples; give one label or exactly {n}.")
+        raise ParamError("{labels} gives {} labels for {} samples; give one label or exactly {}.",
+                         arr.size, n, n)
     bad = arr[(arr < 0) | (arr >= num_classes)]
     if bad.size:
-        raise PrunekitError(
-            f"--labels has label {int(bad[0])} outside [0, {num_classes}) (the model's classes)."
-        )
+        raise ParamError("{labels} has label {} outside [0, {}) (the model's classes).",
+                         int(bad[0]), num_classes)
     return arr
 
 
@@ -168,10 +163,9 @@ def check_indices(start: int, n: int, batch_size: int) -> None:
     """Sample indices (and the fill-up of the last batch) must stay below 2**63 (int64)."""
     last = start + n - 1 + min(batch_size, n) - 1
     if last > INDEX_MAX:
-        raise PrunekitError(
-            f"--start {start} with --n {n}: sample indices would reach {last}, beyond "
-            f"{INDEX_MAX} (2**63 - 1, the largest index noise is drawn for). Use a smaller --start."
-        )
+        raise ParamError(
+            "{start:{}} with {n:{}}: sample indices would reach {}, beyond {} (2**63 - 1, the "
+            "largest index noise is drawn for). Use a smaller {start}.", start, n, last, INDEX_MAX)
 
 
 def coarse_steps(t_switch: float, steps: int) -> int:
@@ -261,7 +255,7 @@ def sample_c2f(coarse: nn.Module, fine: nn.Module, n: int, config: SamplingConfi
 def _sample(models: dict[str, nn.Module], t_switch: float | None, n: int, config: SamplingConfig,
             *, start: int, progress: bool) -> LatentSamples:
     if isinstance(n, bool) or int(n) != n or n < 1:
-        raise PrunekitError(f"--n must be a positive number of samples, got {n}.")
+        raise ParamError("{n} must be a positive number of samples, got {}.", n)
     if int(start) != start or start < 0:
         raise PrunekitError(f"the first sample index must be >= 0, got {start}.")
     check_indices(int(start), int(n), config.batch_size)

@@ -35,7 +35,7 @@ from prunekit.selection.scores import Scores
 
 from .cost import device_of
 from .distributed import Dist, Shards
-from .paths import fm_loss
+from .fm_path import fm_loss
 
 CRITERIA = ("loss", "grad")
 
@@ -55,29 +55,6 @@ def noise_bank(seed: int, size: int, shape: tuple[int, ...]) -> torch.Tensor:
     return torch.randn((int(size), *shape), generator=g)
 
 
-def raw_matrix(
-    model: nn.Module,
-    latents: np.ndarray | torch.Tensor,
-    labels: np.ndarray | None,
-    *,
-    criterion: str = "loss",
-    t_points: int = 8,
-    bank: int = 4,
-    seed: int = 0,
-    batch_size: int = 64,
-    progress: bool = True,
-) -> np.ndarray:
-    """r_ij (N, T) float64: loss or squared gradient norm of item i at t_j, mean over the bank.
-
-    ``labels`` None gives every item the model's null label. The model is put in eval
-    mode (no dropout); its weights are not changed.
-    """
-    blocks = raw_batches(model, latents, labels, criterion=criterion, t_points=t_points, bank=bank,
-                         seed=seed, batch_size=batch_size, progress=progress)
-    out = [block for _, block in blocks]
-    return np.concatenate(out) if out else np.zeros((0, len(t_grid(t_points))), np.float64)
-
-
 def raw_batches(
     model: nn.Module,
     latents: np.ndarray | torch.Tensor,
@@ -92,9 +69,11 @@ def raw_batches(
     progress: bool = True,
 ) -> Iterator[tuple[int, np.ndarray]]:
     """``(start, rows [start, start + batch_size) of r)`` for each batch start in ``starts``
-    (default: every batch, in order); see :func:`raw_matrix`.
+    (default: every batch, in order).
 
-    The noise bank and the times are the same for every item, so a batch's rows depend on
+    r_ij (float64) is the loss or squared gradient norm of item i at t_j, the mean over the
+    noise bank. ``labels`` None gives every item the model's null label. The model is put in
+    eval mode (no dropout); its weights are not changed. The noise bank and the times are the same for every item, so a batch's rows depend on
     its items only: batches may be computed in any order or by different processes.
     """
     if criterion not in CRITERIA:

@@ -16,33 +16,27 @@ from collections.abc import Callable
 
 import torch
 
-from prunekit.errors import PrunekitError
+from prunekit.flow.ode import MAX_STEPS, SOLVER, SOLVERS
+from prunekit.params import ParamError
 
 #: ``velocity(x, t, k) -> dx/dt`` at state x, time t in [0, 1] (0 noise, 1 data), step k.
 Velocity = Callable[[torch.Tensor, float, int], torch.Tensor]
 
-SOLVERS = ("euler", "heun")
-
-
-#: More steps than this is work without a purpose: Euler's error at t = 1 shrinks like 1/K
-#: (Heun's like 1/K^2), so 1e5 steps are already far below float32 rounding of the result.
-MAX_STEPS = 100_000
+__all__ = ["MAX_STEPS", "SOLVERS", "Velocity", "check_solver", "check_steps", "integrate"]
 
 
 def check_steps(steps: int) -> None:
     if isinstance(steps, bool) or int(steps) != steps or steps < 1:
-        raise PrunekitError(f"steps must be a positive integer, got {steps}. Use e.g. --steps 60.")
+        raise ParamError("{steps} must be a positive integer, got {}. Use e.g. {steps:60}.", steps)
     if steps > MAX_STEPS:
-        raise PrunekitError(
-            f"steps must be at most {MAX_STEPS} (got {steps}): each step is a network call per "
-            "batch, and the ODE error stops shrinking long before (the paper uses 60)."
-        )
+        raise ParamError(
+            "{steps} must be at most {} (got {}): each step is a network call per batch, and "
+            "the ODE error stops shrinking long before (the paper uses 60).", MAX_STEPS, steps)
 
 
 def check_solver(solver: str) -> str:
-    if solver not in SOLVERS:
-        raise PrunekitError(f"unknown solver '{solver}'. Use one of: {', '.join(SOLVERS)}.")
-    return solver
+    """``solver`` if it is one of :data:`SOLVERS` (the core's), else a ParamError."""
+    return SOLVER.check(solver)
 
 
 def _euler_step(velocity: Velocity, x: torch.Tensor, k: int, steps: int) -> torch.Tensor:

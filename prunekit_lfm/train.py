@@ -52,7 +52,7 @@ from .distributed import teardown_dist as _teardown_dist
 from .guards import check_space, writing
 from .latents import LatentStore, load_latents
 from .models import VelocityModel, build_model
-from .paths import fm_loss, sample_t
+from .fm_path import fm_loss, sample_t
 from .runs import TrainConfig
 
 # Settings that must be the same when a run is resumed (steps may grow).

@@ -24,6 +24,11 @@ TEXT = dict(hidden_size=32, intermediate_size=37, num_hidden_layers=1, num_atten
             vocab_size=99, max_position_embeddings=16)
 
 
+def embed_all(inputs, enc, **kw) -> np.ndarray:
+    """Every feature of ``inputs`` in one array, batch after batch."""
+    return np.concatenate([feats for _, feats in E.embed_batches(inputs, enc, **kw)])
+
+
 def build(kind: str):
     """A tiny model of ``kind`` and the image processor its family uses, seeded."""
     torch.manual_seed({"clip": 0, "dinov2": 1, "siglip": 2}[kind])
@@ -88,7 +93,7 @@ def test_features_equal_a_direct_call_on_processed_pixels(kind, models, photos):
     inputs = E.open_inputs(photos)
     assert inputs.ids.tolist() == [f"cats/im{i}.png" for i in range(3)] + [
         f"dogs/im{i}.png" for i in range(3, 7)]
-    got = E.embed_images(inputs, enc, batch_size=3, normalize=False, progress=False)
+    got = embed_all(inputs, enc, batch_size=3, normalize=False)
     proc = transformers.AutoImageProcessor.from_pretrained(folder, local_files_only=True)
     pils = [Image.open(photos / name).convert("RGB") for name in inputs.ids]
     pv = proc(images=pils, return_tensors="pt")["pixel_values"]  # the standard uint8 route
@@ -97,7 +102,7 @@ def test_features_equal_a_direct_call_on_processed_pixels(kind, models, photos):
     assert got.shape == expected.shape == (7, 16 if kind == "clip" else 32)
     np.testing.assert_allclose(got, expected, rtol=0, atol=2e-5)
     # Normalised by default: unit rows in the same directions.
-    unit = E.embed_images(inputs, enc, batch_size=4, progress=False)
+    unit = embed_all(inputs, enc, batch_size=4)
     np.testing.assert_allclose(np.linalg.norm(unit, axis=1), 1.0, atol=1e-6)
     np.testing.assert_allclose(unit, expected / np.linalg.norm(expected, axis=1, keepdims=True),
                                atol=2e-6)
@@ -132,7 +137,7 @@ def test_cli_writes_core_embeddings_deterministically(models, photos, tmp_path):
                                     "--no-normalize", "--quiet"])
     assert res.exit_code == 0, res.output
     enc = E.load_encoder("clip", folder)
-    raw = E.embed_images(E.open_inputs(photos), enc, normalize=False, progress=False)
+    raw = embed_all(E.open_inputs(photos), enc, normalize=False)
     with h5py.File(tmp_path / "h.h5") as f:
         assert f["embeddings"].dtype == np.float16 and "labels" not in f
         assert bool(f.attrs["normalize"]) is False
@@ -192,8 +197,8 @@ def test_webdataset_shards_give_keys_labels_and_the_same_features(models, photos
     assert inputs.ids.tolist() == ["s0000", "s0002", "s0004", "s0006", "s0001", "s0003", "s0005"]
     assert inputs.labels.tolist() == [0, 0, 1, 1, 0, 1, 1]
     enc = E.load_encoder("siglip", folder)
-    got = E.embed_images(inputs, enc, progress=False)
-    ref = E.embed_images(E.open_inputs(photos), enc, progress=False)
+    got = embed_all(inputs, enc)
+    ref = embed_all(E.open_inputs(photos), enc)
     np.testing.assert_allclose(got, ref[[0, 2, 4, 6, 1, 3, 5]], rtol=0, atol=1e-6)  # other batches
     # A folder holding only the shards reads the same.
     assert E.open_inputs(tmp_path).ids.tolist() == inputs.ids.tolist()
@@ -214,12 +219,15 @@ def test_arrays_and_torchscript(tmp_path):
     assert not enc.normalize_default
     inputs = E.open_inputs(tmp_path / "imgs.npy")
     assert inputs.ids.tolist() == [0, 1, 2, 3, 4] and inputs.labels is None
-    got = E.embed_images(inputs, enc, batch_size=2, progress=False)
+    got = embed_all(inputs, enc, batch_size=2)
     x = torch.from_numpy(arr.astype(np.float32) / 255).permute(0, 3, 1, 2)[:, :, :, 4:16]  # center 12x12
     x = torch.nn.functional.interpolate(x, size=(8, 8), mode="bilinear", antialias=True,
                                         align_corners=False).clamp(0, 1)
     expected = torch.cat([x.mean(dim=(2, 3)), x.amax(dim=(2, 3))], dim=1).numpy()
     np.testing.assert_allclose(got, expected, atol=1e-6)
+    with pytest.warns(DeprecationWarning, match="embed_images goes in the next release"):
+        old = E.embed_images(inputs, enc, batch_size=2, progress=False)
+    np.testing.assert_array_equal(old, got)
 
 
 def test_errors_name_the_fix(models, photos, tmp_path):

@@ -75,8 +75,10 @@ def test_limit_caps_concurrent_calls():
 
 
 def test_engine_errors_and_choices():
-    with pytest.raises(pk.PrunekitError, match="--workers must be >= 1"):
+    with pytest.raises(pk.PrunekitError, match=r"workers must be in \[1, 4096\] \(got 0\)"):
         LocalEngine(0)
+    with pytest.raises(pk.PrunekitError, match=r"workers must be in \[1, 4096\] \(got 4097\)"):
+        LocalEngine(4097)
     with pytest.raises(pk.PrunekitError, match="unknown engine 'spark'"):
         make_engine("spark")
     with pytest.raises(pk.PrunekitError, match="--ray-address needs --engine ray"):

@@ -184,7 +184,8 @@ def build_refused(d: Path, x: np.ndarray) -> None:
     _copy_h5(d / "sel.h5", d / "sel_dupids.h5", lambda f: _replace(f, "ids", np.r_[7, 7, 1:14]))
     for name, ids in (("sel_nl.h5", ["a", "b\nc", "d"]), ("sel_emptyid.h5", ["a", "", "d"]),
                       ("sel_text.h5", ["a", "b c", "d"])):
-        pk.Selection(indices=np.arange(3), n_total=N, pr=0.9, ids=np.array(ids, dtype=object)).save(d / name)
+        kept = pk.Selection(indices=np.arange(3), n_total=N, pr=0.9, ids=np.array(ids, dtype=object))
+        kept.save(d / name)
     # the same ids over other vectors: a selection of emb.h5 does not apply by position
     _h5(d / "emb_other.h5", embeddings=2 * x, ids=np.arange(100, 100 + N))
     # string ids name items in any embedding of them: accepted across embeddings
@@ -283,30 +284,36 @@ INT64_OVER = str(2**63)  # one past the largest int64
 # Inputs the core once crashed on (a traceback) or silently accepted.
 REFUSED = [
     # 1. a dataset without a dataspace (h5py.Empty)
-    ("info-null-shape", ["info", "nullshape.h5"], "nullshape.h5 ['embeddings'] is an empty HDF5 dataset"),
+    ("info-null-shape", ["info", "nullshape.h5"],
+     "nullshape.h5 ['embeddings'] is an empty HDF5 dataset"),
     ("select-null-score", ["select", "sc_null.h5", "--pr", "0.5", "-o", "out.h5"],
      "'score' is an empty HDF5 dataset"),
     # 2. .npy headers: an unknown version, a negative shape, data shorter than the header says
     ("info-npy-version", ["info", "badver.npy"], "format version 9.0 is not one numpy writes"),
-    ("info-npz-version", ["info", "badver.npz"], "badver.npz ['embeddings'] as .npy: format version 9.0"),
+    ("info-npz-version", ["info", "badver.npz"],
+     "badver.npz ['embeddings'] as .npy: format version 9.0"),
     ("info-npy-negative", ["info", "negshape.npy"], "negative shape (-3, 4)"),
     ("info-npz-negative", ["info", "negshape.npz"], "negative shape (-3, 4)"),
     ("info-npy-short", ["info", "shortdata.npy"], "shortdata.npy is truncated"),
     # 3. dtypes no kernel computes in
-    ("info-float128-npy", ["info", "f128.npy"], "unsupported dtype float128; embeddings must be float16, "
-                                                "float32 or float64"),
-    ("score-float128-h5", ["score", "f128.h5", "-m", "random", "-o", "out.h5"], "unsupported dtype float128"),
+    ("info-float128-npy", ["info", "f128.npy"],
+     "unsupported dtype float128; embeddings must be float16, float32 or float64"),
+    ("score-float128-h5", ["score", "f128.h5", "-m", "random", "-o", "out.h5"],
+     "unsupported dtype float128"),
     ("info-complex-h5", ["info", "c128.h5"], "non-numeric dtype complex128"),
     ("info-structured-npy", ["info", "struct.npy"], "non-numeric dtype [('a', '<f4')]"),
     # 4. ids that are not UTF-8 or do not fit int64
-    ("info-ids-not-utf8-h5", ["info", "badids.h5"], "badids.h5 ['ids']: id number 0 (b'\\xff\\xfe0') is not UTF-8"),
+    ("info-ids-not-utf8-h5", ["info", "badids.h5"],
+     "badids.h5 ['ids']: id number 0 (b'\\xff\\xfe0') is not UTF-8"),
     ("info-ids-not-utf8-npz", ["info", "badids.npz"], "badids.npz ['ids']: id number 0"),
-    ("select-ids-not-utf8", ["select", "sc_badids.h5", "--pr", "0.5", "-o", "out.h5"], "is not UTF-8 text"),
+    ("select-ids-not-utf8", ["select", "sc_badids.h5", "--pr", "0.5", "-o", "out.h5"],
+     "is not UTF-8 text"),
     ("info-ids-beyond-int64", ["info", "bigids.h5"], "id 9223372036854775837 does not fit in int64"),
     # 5. integers beyond int64 in options
     ("plan-k-int64", ["plan", "emb.h5", "-m", "kmeans", "--k", INT64_OVER],
      "--k must be a 64-bit integer, below 2**63"),
-    ("score-max-keep-int64", ["score", "emb.h5", "-m", "herding", "--max-keep", INT64_OVER, "-o", "out.h5"],
+    ("score-max-keep-int64",
+     ["score", "emb.h5", "-m", "herding", "--max-keep", INT64_OVER, "-o", "out.h5"],
      "--max-keep must be a 64-bit integer"),
     ("select-drop-int64", ["select", "scores.h5", "--pr", "0.5", "--drop-clusters", INT64_OVER],
      "--drop-clusters id 9223372036854775808 is not a 64-bit integer"),
@@ -315,8 +322,9 @@ REFUSED = [
     *[(f"stability-{opt[2:]}-int64", ["stability", "emb.h5", "--pr", "0.5", opt, INT64_OVER],
        f"{opt} 9223372036854775808 is not a 64-bit integer")
       for opt in ("--n-sources", "--block", "--sample")],
-    ("stability-components-int64", ["stability", "gmm", "--dims", "4", "--pr", "0.5", "--components",
-                                    INT64_OVER], "--components 9223372036854775808 is not a 64-bit"),
+    ("stability-components-int64",
+     ["stability", "gmm", "--dims", "4", "--pr", "0.5", "--components", INT64_OVER],
+     "--components 9223372036854775808 is not a 64-bit"),
     ("score-memory-inf", ["score", "emb.h5", "-m", "random", "--memory", "1e400", "-o", "out.h5"],
      "larger than any memory"),
     # 7. work that never ends (memory does not grow with the steps)
@@ -325,7 +333,8 @@ REFUSED = [
     # 8. subsets made from other embeddings, matched by position or integer id
     ("stability-selection-other-emb", ["stability", "emb_other.h5", "--selection", "sel.h5"],
      "sel.h5 was made from other embeddings than emb_other.h5"),
-    ("stability-scores-other-emb", ["stability", "emb_other.h5", "--pr", "0.5", "--scores", "scores.h5"],
+    ("stability-scores-other-emb",
+     ["stability", "emb_other.h5", "--pr", "0.5", "--scores", "scores.h5"],
      "--scores scores.h5 was made from other embeddings"),
     # 9. duplicate ids in scores and selections
     ("select-duplicate-ids", ["select", "sc_dupids.h5", "--pr", "0.5", "-o", "out.h5"],
@@ -338,7 +347,8 @@ REFUSED = [
      "sel_nl.h5: id number 1 ('b\\nc') contains a line break"),
     ("export-txt-newline-id-stdout", ["export", "sel_nl.h5", "--format", "txt", "--ids", "-o", "-"],
      "export --format json or npy instead"),
-    ("export-txt-empty-id", ["export", "sel_emptyid.h5", "--format", "txt", "--ids", "-o", "out.txt"],
+    ("export-txt-empty-id",
+     ["export", "sel_emptyid.h5", "--format", "txt", "--ids", "-o", "out.txt"],
      "id number 1 ('') is empty"),
     # 11. a budget below what any command holds
     ("score-memory-1K", ["score", "emb.h5", "-m", "random", "--memory", "1K", "-o", "out.h5"],
@@ -351,7 +361,8 @@ REFUSED = [
 
 # 13. Parquet id columns that are neither integers nor UTF-8 text (with pyarrow only)
 PARQUET_REFUSED = [
-    ("pq_floatids", "Parquet file pq_floatids.parquet: id column 'id' is double; ids must be integers or strings"),
+    ("pq_floatids",
+     "Parquet file pq_floatids.parquet: id column 'id' is double; ids must be integers or strings"),
     ("pq_structids", "id column 'id' is struct<a: int64>"),
     ("pq_listids", "id column 'id' is list<element: int64>"),
     ("pq_badtext", "pq_badtext.parquet ['id']: id number 0 (b'\\xff\\xfe0') is not UTF-8 text"),
@@ -621,7 +632,8 @@ def test_parquet_ids_that_are_not_integers_or_text_are_refused(corpus, monkeypat
     pytest.importorskip("pyarrow")
     monkeypatch.chdir(corpus)
     before = snapshot(corpus)
-    for argv in (["info", f"{name}.parquet"], ["score", f"{name}.parquet", "-m", "random", "-o", "out.h5"]):
+    for argv in (["info", f"{name}.parquet"],
+                 ["score", f"{name}.parquet", "-m", "random", "-o", "out.h5"]):
         check_clean_failure(CliRunner().invoke(main, argv), message)
     assert snapshot(corpus) == before
 
@@ -634,9 +646,11 @@ def test_the_accepted_neighbours_of_refused_inputs_work(corpus, monkeypatch, tmp
     ok = lambda *argv: runner.invoke(main, list(argv))  # noqa: E731
     res = ok("info", "v3.npy")
     assert res.exit_code == 0 and "30 x 4 float32" in res.output, res.output
-    np.testing.assert_array_equal(pk.load_embeddings("v3.npy").array(), np.load("good.npz")["embeddings"])
+    np.testing.assert_array_equal(pk.load_embeddings("v3.npy").array(),
+                                  np.load("good.npz")["embeddings"])
     out = tmp_path / "st.json"
-    res = ok("stability", "s_emb_other.h5", "--selection", "s_sel.h5", "--steps", "2", "-q", "-o", str(out))
+    res = ok("stability", "s_emb_other.h5", "--selection", "s_sel.h5", "--steps", "2", "-q",
+             "-o", str(out))
     assert res.exit_code == 0, res.output
     assert [r["n_kept"] for r in json.loads(out.read_text())["rows"]] == [15]
     res = ok("export", "sel_text.h5", "--format", "txt", "--ids", "-o", "-")
@@ -644,8 +658,10 @@ def test_the_accepted_neighbours_of_refused_inputs_work(corpus, monkeypatch, tmp
     res = ok("score", "emb.h5", "-m", "random", "--memory", "1M", "-o", str(tmp_path / "m.h5"))
     assert res.exit_code == 0, res.output
     res = ok("stability", "emb.h5", "--pr", "0.5,0.6", "--steps", "2", "-q", "-o", str(out))
-    assert res.exit_code == 0 and [r["pr"] for r in json.loads(out.read_text())["rows"]] == [0.5, 0.6]
-    res = ok("select", "scores.h5", "--pr", "0.5", "--drop-clusters", "1", "-o", str(tmp_path / "d.h5"))
+    assert res.exit_code == 0
+    assert [r["pr"] for r in json.loads(out.read_text())["rows"]] == [0.5, 0.6]
+    res = ok("select", "scores.h5", "--pr", "0.5", "--drop-clusters", "1",
+             "-o", str(tmp_path / "d.h5"))
     assert res.exit_code == 0, res.output
     if importlib.util.find_spec("pyarrow") is not None:
         assert pk.load_embeddings("pq_binids.parquet").ids.tolist() == [f"k{i}" for i in range(N)]
@@ -661,7 +677,8 @@ def test_ctrl_c_during_select_exits_130(tmp_path):
         [sys.executable, "-c", "import sys, time; from prunekit.cli import main\n"
          "import prunekit.cli.select as m\n"
          "def slow(*a, **k):\n    print('working', flush=True); time.sleep(60)\n"
-         "m.run_select = slow\nsys.argv = ['prunekit', 'select', 'sc.h5', '--pr', '0.5', '-o', 'o.h5']\n"
+         "m.run_select = slow\n"
+         "sys.argv = ['prunekit', 'select', 'sc.h5', '--pr', '0.5', '-o', 'o.h5']\n"
          "main()"],
         cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert proc.stdout.readline().strip() == "working"

@@ -46,3 +46,17 @@ def test_selection_package_keeps_the_old_module_names():
 
     assert Selection is S2 and callable(load_selection) and callable(resolve_rows)
     assert callable(select)
+
+
+def test_importing_the_cli_loads_no_library_module():
+    # The CLI's Ctrl-C handler is in place only once main() runs: what comes before it (the
+    # import) must stay small, so the public names of prunekit load on first use.
+    code = ("import sys, prunekit.cli, prunekit\n"
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in "
+            "('h5py', 'numpy', 'faiss', 'sklearn', 'scipy')\n"
+            "      or m.startswith(('prunekit.selection', 'prunekit.methods', 'prunekit.io'))))\n"
+            "print(prunekit.Selection.__module__, prunekit.seeds.__name__)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    loaded, names = out.stdout.splitlines()
+    assert loaded == "[]"
+    assert names == "prunekit.selection.subset prunekit.seeds"

@@ -14,7 +14,14 @@ from prunekit.errors import PrunekitError
 from prunekit.selection.scores import load_scores
 from prunekit.selection.subset import load_selection
 from prunekit_lfm.latents import LatentStore, load_latents, save_latents
-from prunekit_lfm.scoring import GradNorms, noise_bank, normalise, raw_matrix, score_items, t_grid
+from prunekit_lfm.scoring import (
+    GradNorms,
+    noise_bank,
+    normalise,
+    raw_batches,
+    score_items,
+    t_grid,
+)
 
 
 def test_t_grid_and_normalisation_by_hand():
@@ -65,12 +72,14 @@ def _linear_grad_norm(model, xt, x1, x0, t, y, d):
 
 
 @pytest.mark.parametrize("criterion", ["loss", "grad"])
-def test_raw_matrix_matches_the_definition(criterion):
+def test_raw_batches_match_the_definition(criterion):
     model = LinearVelocity(channels=2, size=2, num_classes=2, seed=3)
     latents = np.random.default_rng(0).normal(size=(5, 2, 2, 2)).astype(np.float32)
     labels = np.array([0, 1, 2, 1, 0])  # 2 = the null label
-    raw = raw_matrix(model, latents, labels, criterion=criterion, t_points=3, bank=2, seed=7,
-                     batch_size=2, progress=False)
+    blocks = list(raw_batches(model, latents, labels, criterion=criterion, t_points=3, bank=2,
+                              seed=7, batch_size=2, progress=False))
+    assert [start for start, _ in blocks] == [0, 2, 4]
+    raw = np.concatenate([block for _, block in blocks])
     ref = _brute_force(model, latents, labels, criterion, 3, 2, 7)
     np.testing.assert_allclose(raw, ref, rtol=2e-5)
 

@@ -18,7 +18,7 @@ from prunekit.selection.subset import Selection
 from prunekit_lfm import runs
 from prunekit_lfm.latents import LatentStore, save_latents
 from prunekit_lfm.models import build_model
-from prunekit_lfm.paths import fm_loss, interpolate, sample_t, target
+from prunekit_lfm.fm_path import fm_loss, interpolate, sample_t, target
 from prunekit_lfm.train import DataOrder, Dist, _Trainer, train
 
 torch.set_num_threads(1)

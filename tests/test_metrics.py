@@ -141,11 +141,16 @@ def test_cosine_and_mse_pairs():
 
 
 @settings(max_examples=30, deadline=None)
-@given(st.integers(min_value=2, max_value=500))
-def test_shifted_pairs_is_a_derangement(n):
-    p = m.shifted_pairs(n)
-    assert sorted(p.tolist()) == list(range(n))
-    assert np.all(p != np.arange(n))
+@given(st.lists(st.integers(min_value=0, max_value=3), min_size=2, max_size=60))
+def test_within_class_pairs_is_a_derangement_within_each_class(labels):
+    labels = np.array(labels)
+    sizes = np.bincount(labels)
+    if sizes.max() < 2:
+        return  # no class with two samples: refused, tested below
+    rows, partners = m.within_class_pairs(labels)
+    assert rows.tolist() == [i for i in range(labels.size) if sizes[labels[i]] >= 2]
+    assert sorted(partners.tolist()) == rows.tolist()  # each partner used once
+    assert np.all(rows != partners) and np.all(labels[rows] == labels[partners])
 
 
 def test_summarize_statistics_and_histogram():
@@ -169,6 +174,6 @@ def test_within_class_pairs_pair_each_sample_with_the_next_of_its_class():
     assert np.all(labels[rows] == labels[partners]) and np.all(rows != partners)
     same = np.full(5, 3)  # one label (unconditional): the plain shift i -> i + 1 mod n
     r, p = m.within_class_pairs(same)
-    assert r.tolist() == list(range(5)) and p.tolist() == m.shifted_pairs(5).tolist()
+    assert r.tolist() == list(range(5)) and p.tolist() == [1, 2, 3, 4, 0]
     with pytest.raises(PrunekitError, match="two samples of one class"):
         m.within_class_pairs(np.array([0, 1, 2]))

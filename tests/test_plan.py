@@ -229,3 +229,18 @@ def test_plan_and_dry_run_cover_semdedup(shards, tmp_path, monkeypatch):
     assert res.exit_code == 0, res.output
     assert "per-cluster dedup" in res.output and "no cost model" not in res.output
     assert not (tmp_path / "scores.h5").exists()
+
+
+def test_plan_refuses_more_clusters_than_rows_before_a_long_probe(tmp_path):
+    import h5py
+
+    with h5py.File(tmp_path / "e.h5", "w") as f:
+        f["embeddings"] = np.random.default_rng(0).standard_normal((300, 4)).astype(np.float32)
+    for k in ("301", str(2**63 - 1)):
+        res = CliRunner().invoke(main, ["plan", str(tmp_path / "e.h5"), "-m", "kmeans", "--k", k])
+        assert res.exit_code == 2
+        assert f"k-means needs 1 <= k <= number of rows (300); got k={k}" in res.output
+    # The probe runs at a bounded k: its sample stays small whatever --k asks.
+    from prunekit.methods.kmeans import PROBE_K_MAX, kmeans_probe
+
+    assert kmeans_probe(4, 10**9, {"k": 10**6})["kmeans_k"] == PROBE_K_MAX

@@ -76,7 +76,11 @@ class PrunekitGroup(click.Group):
         try:
             return super().invoke(ctx)
         except PrunekitError as exc:
-            raise UserError(str(exc)) from exc
+            from prunekit.cli.params import user_message  # names the command's flags
+
+            name = ctx.invoked_subcommand
+            command = self.get_command(ctx, name) if name else None
+            raise UserError(user_message(exc, command)) from exc
 
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
         """Every failure ends in one line on stderr and a fixed exit status (see the module doc)."""

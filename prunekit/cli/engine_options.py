@@ -18,7 +18,7 @@ from collections.abc import Iterator
 import click
 
 from prunekit.runtime.context import get_runtime, runtime
-from prunekit.runtime.engine import ENGINES, Engine, make_engine
+from prunekit.runtime.engine import ENGINES, MAX_WORKERS, Engine, make_engine
 
 
 def engine_options(fn):
@@ -29,7 +29,7 @@ def engine_options(fn):
              "Without it a local Ray cluster of --workers CPUs starts and stops with the command.",
     )(fn)
     fn = click.option(
-        "--workers", default=None, type=click.IntRange(min=1),
+        "--workers", default=None, type=click.IntRange(1, MAX_WORKERS),
         help="Tasks run at a time (default: local, one per core; ray, the cluster's CPUs). "
              "Results do not depend on it.",
     )(fn)

@@ -23,6 +23,7 @@ from prunekit.cli.engine_options import engine_options, running_on
 from prunekit.errors import PrunekitError
 from prunekit.io.atomic import check_output
 from prunekit.io.dataset import check_output_dir, wants_dataset
+from prunekit.io.dataset.layout import pyarrow_modules
 from prunekit.io.source import shard_dirs
 from prunekit.methods import REGISTRY, available, get_method, score_to_folder
 from prunekit.methods import score as run_score
@@ -151,6 +152,8 @@ def score(ctx: click.Context, emb: str, method: str, output: str, key: str, drop
     folder = wants_dataset(output)
     check = check_output_dir if folder else check_output
     check(output, inputs=_input_files(emb, params), input_dirs=shard_dirs(emb))
+    if folder:
+        pyarrow_modules()  # the install line now, not after the work
     if dry_run:
         from prunekit.runtime.plan import DEFAULT_RAY_WORKERS, plan
 

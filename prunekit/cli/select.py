@@ -36,7 +36,8 @@ def parse_drop(text: str | None) -> list[int] | float | None:
         ) from None
     big = next((v for v in ids if not -INT64_MAX - 1 <= v <= INT64_MAX), None)
     if big is not None:  # cluster and label ids are int64
-        raise PrunekitError(f"--drop-clusters id {big} is not a 64-bit integer (cluster ids are int64).")
+        raise PrunekitError(f"--drop-clusters id {big} is not a 64-bit integer "
+                            "(cluster ids are int64).")
     return ids
 
 
@@ -140,7 +141,8 @@ def _check_output(output: str, scores: str, labels_path: str | None) -> None:
     """Before any work: the output file, or folder, may not replace or lie in an input."""
     from prunekit.io.dataset import check_output_dir, wants_dataset
 
-    if wants_dataset(output):
+    special = os.path.exists(output) and not (os.path.isdir(output) or os.path.isfile(output))
+    if wants_dataset(output) and not special:  # a device or FIFO gets the file checks' word
         check_output_dir(output, inputs=[scores, labels_path], what="--output",
                          input_dirs=[scores if os.path.isdir(scores) else None])
     else:

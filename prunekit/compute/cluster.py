@@ -109,6 +109,12 @@ def resolve_backend(backend: str) -> str:
     return "faiss"
 
 
+def check_k(k: int, n: int) -> None:
+    """k-means needs 1 <= k <= n rows (also what a plan checks before probing anything)."""
+    if not 1 <= k <= n:
+        raise PrunekitError(f"k-means needs 1 <= k <= number of rows ({n}); got k={k}. Lower --k.")
+
+
 def kmeans(
     x: np.ndarray,
     k: int,
@@ -129,8 +135,7 @@ def kmeans(
     chooses their number from the problem size (:func:`auto_restarts`).
     """
     n = x.shape[0]
-    if not 1 <= k <= n:
-        raise PrunekitError(f"k-means needs 1 <= k <= number of rows ({n}); got k={k}. Lower --k.")
+    check_k(k, n)
     if restarts is None:
         restarts = auto_restarts(n, k, x.shape[1], iters)
     if iters < 1 or restarts < 1:

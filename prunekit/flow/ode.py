@@ -21,9 +21,17 @@ import numpy as np
 
 from prunekit.errors import PrunekitError
 from prunekit.flow.velocity import ClosedFormField
+from prunekit.params import Param
 from prunekit.runtime.progress import track
 
+#: The fixed-step solvers, here and in the plug-in (``prunekit_lfm.solvers``).
 SOLVERS = ("euler", "heun")
+#: The solver parameter of every command that integrates (stability, lfm sample, compare).
+SOLVER = Param("solver", "choice", "euler", "", choices=SOLVERS)
+#: Steps at most, here and in the plug-in: Euler's error falls as 1/K (Heun's as 1/K^2), so
+#: beyond this it is below what float32 resolves, while the work grows with K (memory does
+#: not, so no memory check would stop a run of 10^9 steps that never ends).
+MAX_STEPS = 100_000
 
 
 def time_grid(steps: int) -> np.ndarray:

@@ -133,14 +133,15 @@ def _check_same_data(sel: Selection, emb: Embeddings, name: str) -> None:
     matched by string ids, which name the same items in any embedding of them (a CLIP
     selection studied on VAE latents). Positions and integer ids (usually positions too)
     would pick unrelated rows."""
-    if not sel.source_fingerprint or not emb.fingerprint or sel.source_fingerprint == emb.fingerprint:
+    mine, theirs = sel.source_fingerprint, emb.fingerprint
+    if not mine or not theirs or mine == theirs:
         return
     if sel.ids is not None and emb.ids is not None and sel.ids.dtype == object \
             and emb.ids.dtype == object:
         return
     raise PrunekitError(
         f"{name} was made from other embeddings than {emb.name} (source fingerprints "
-        f"{sel.source_fingerprint[:12]} vs {emb.fingerprint[:12]}), and its rows are matched by "
+        f"{mine[:12]} vs {theirs[:12]}), and its rows are matched by "
         "position or integer id. Pass the embeddings it was made from."
     )
 

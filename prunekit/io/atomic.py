@@ -235,12 +235,29 @@ def create_temp(directory: str | os.PathLike, mode: int = 0o600) -> tuple[int, P
     skipped. :func:`remove_stale_temps` removes it if the process dies.
     """
     for _ in range(TEMP_TRIES):
-        path = Path(directory) / f"{TMP_PREFIX}{os.getpid()}.{secrets.token_hex(8)}"
+        path = temp_name(directory)
         try:
             return create_exclusive(path, mode), path
         except FileExistsError:
             continue
     raise FileExistsError(errno.EEXIST, "no free temporary file name", str(directory))
+
+
+def temp_name(directory: str | os.PathLike) -> Path:
+    """A fresh temporary name in ``directory``: ``.prunekit-tmp.<pid>.<64 random bits>``.
+
+    Only the name: whoever creates the entry must do so exclusively (a file with
+    :func:`create_exclusive`, a directory with ``mkdir``). :func:`temp_pid` reads the pid back.
+    """
+    return Path(directory) / f"{TMP_PREFIX}{os.getpid()}.{secrets.token_hex(8)}"
+
+
+def temp_pid(name: str) -> int | None:
+    """The pid in a temporary name of :func:`temp_name`'s pattern, else None."""
+    if not name.startswith(TMP_PREFIX):
+        return None
+    pid = name[len(TMP_PREFIX):].split(".", 1)[0]
+    return int(pid) if pid.isdigit() else None
 
 
 def private_dir(path: str | os.PathLike) -> Path:
@@ -300,7 +317,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """
     refuse_link(path)
     final = Path(os.path.realpath(Path(path).parent)) / Path(path).name
-    created = _make_dirs(final.parent)
+    created = make_dirs(final.parent)
     try:
         remove_stale_temps(final.parent)
         try:
@@ -309,7 +326,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             raise PrunekitError(f"cannot write {path}: {exc.strerror} ({final.parent}).") from exc
         os.close(fd)  # created with the umask's mode, like any new file
     except BaseException:
-        _remove_dirs(created)
+        remove_dirs(created)
         raise
     try:
         yield tmp_path
@@ -318,7 +335,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             tmp_path.unlink()
-        _remove_dirs(created)
+        remove_dirs(created)
         if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EDQUOT):
             raise PrunekitError(f"cannot write {path}: {exc.strerror}.") from exc
         raise
@@ -366,10 +383,10 @@ def remove_stale_temps(directory: str | os.PathLike) -> list[Path]:
     removed = []
     with contextlib.suppress(OSError):
         for entry in os.scandir(directory):
-            if not entry.name.startswith(TMP_PREFIX) or not _own_file(entry):
+            pid = temp_pid(entry.name)
+            if pid is None or not _own_file(entry):
                 continue
-            pid = entry.name[len(TMP_PREFIX):].split(".", 1)[0]
-            if pid.isdigit() and not _alive(int(pid)):
+            if not pid_alive(pid):
                 with contextlib.suppress(OSError):
                     os.unlink(entry.path)
                     removed.append(Path(entry.path))
@@ -384,7 +401,8 @@ def _own_file(entry: os.DirEntry) -> bool:
     return stat.S_ISREG(st.st_mode) and (not hasattr(os, "geteuid") or st.st_uid == os.geteuid())
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` runs on this machine (this process always does)."""
     if pid == os.getpid():
         return True
     try:
@@ -396,27 +414,38 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _make_dirs(directory: Path) -> list[Path]:
-    """``mkdir -p``; returns the directories it created, deepest last."""
+def make_dirs(directory: Path) -> list[Path]:
+    """``mkdir -p``; returns the directories it created, deepest last (for :func:`remove_dirs`).
+
+    When one cannot be made, those made before it are removed again.
+    """
     missing = []
     probe = directory
     while not probe.exists():
         missing.append(probe)
         probe = probe.parent
+    made: list[Path] = []
     for d in reversed(missing):
         try:
             d.mkdir()
+            made.append(d)
         except FileExistsError:
             pass
         except OSError as exc:
+            remove_dirs(made)
             raise PrunekitError(f"cannot create directory {d}: {exc.strerror}.") from exc
     return list(reversed(missing))
 
 
-def _remove_dirs(created: list[Path]) -> None:
+def remove_dirs(created: list[Path]) -> None:
+    """Remove the directories :func:`make_dirs` created, deepest first, where still empty."""
     for d in reversed(created):
         with contextlib.suppress(OSError):
             d.rmdir()  # only if still empty
+
+
+# The names io/dataset/writer.py imports.
+_alive, _make_dirs, _remove_dirs = pid_alive, make_dirs, remove_dirs
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:

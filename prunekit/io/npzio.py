@@ -77,7 +77,8 @@ def read_npy_header(fh: BinaryIO, where: str) -> NpyHeader:
                              f"({', '.join(f'{a}.{b}' for a, b in NPY_VERSIONS)})")
         offset = fh.tell()
     except (ValueError, OSError, EOFError, struct.error) as exc:
-        raise PrunekitError(f"cannot read {where} as .npy: {exc}. Save it again with numpy.save.") from exc
+        raise PrunekitError(f"cannot read {where} as .npy: {exc}. "
+                            "Save it again with numpy.save.") from exc
     if any(n < 0 for n in shape):
         raise PrunekitError(f"cannot read {where} as .npy: its header gives the negative shape "
                             f"{shape}. Save it again with numpy.save.")

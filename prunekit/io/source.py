@@ -15,64 +15,59 @@ a thread pool or a Ray worker. The interface the engines and methods build on:
   at most one chunk-sized span is held at a time besides the result;
 * ``src.ids()`` / ``src.labels()``: the global side arrays (or None).
 
-Accepted shards: ``.npy`` (read by file offset: like a memory map, but pages are not kept
-resident), ``.h5`` (dataset ``key``, optional ``ids``/``labels``), ``.npz`` (read whole:
-small data only) and ``.parquet`` (an embedding column ``key`` of fixed-size lists or
-lists, an id column ``id_key``). clip-retrieval's layout (``img_emb/img_emb_N.npy`` with
+Accepted shards are those of the format registry (:mod:`prunekit.io.formats`): ``.npy``
+(read by file offset: like a memory map, but pages are not kept resident), ``.h5`` (dataset
+``key``, optional ``ids``/``labels``), ``.npz`` (read whole: small data only) and
+``.parquet`` (an embedding column ``key`` of fixed-size lists or lists, an id column
+``id_key``). clip-retrieval's layout (``img_emb/img_emb_N.npy`` with
 ``metadata/metadata_N.parquet`` or ``metadata_N.parquet`` beside it) takes ids from the
-metadata. Shards are read in natural order (``x_2`` before ``x_10``).
+metadata. This module knows no format by name: it lists, sniffs, describes, opens and reads
+side arrays through the registry. Shards are read in natural order (``x_2`` before
+``x_10``), and their paths are stored absolute, so a worker in another folder reads them.
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import fnmatch
 import glob
 import os
 import re
 import threading
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
-import h5py
 import numpy as np
 
 from prunekit.errors import PrunekitError
-from prunekit.io.atomic import check_input, open_regular
-from prunekit.io.h5io import decode_ids, open_h5, read_dataset, read_optional
-from prunekit.io.npzio import load_npz_array, npz_header, npz_names, read_npy_header
+from prunekit.io.atomic import check_input
+from prunekit.io.formats import (
+    DEFAULT_KEY,
+    SUPPORTED_DTYPES,
+    Shard,
+    ShardReader,
+    check_dtype,
+    check_matrix,
+    clip_retrieval,
+    format_for,
+    format_named,
+    format_of_name,
+    suffixes,
+)
+from prunekit.io.formats.parquet import PARQUET_HINT, PARQUET_ID_KEYS
+from prunekit.io.formats.parquet import ParquetReader as _ParquetReader  # tests tune its batches
 
-DEFAULT_KEY = "embeddings"
 CHUNK_ROWS = 65536
-SHARD_SUFFIXES = {".npy": "npy", ".h5": "h5", ".hdf5": "h5", ".npz": "npz", ".parquet": "parquet"}
-# Default id columns of Parquet shards and metadata files, tried in this order.
-PARQUET_ID_KEYS = ("id", "ids", "key", "image_path")
+SHARD_SUFFIXES = suffixes()  # the built-in formats' suffixes (the registry has the rest)
 OPEN_HANDLES = 8  # shards kept open per process (file descriptors, h5py handles)
-PARQUET_HINT = 'reading Parquet shards needs pyarrow: pip install "prunekit[parquet]"'
 
-
-@dataclass(frozen=True)
-class Shard:
-    """One file of a source: rows ``start .. start + n_rows`` of the global row space."""
-
-    path: str
-    kind: str  # "npy" | "h5" | "npz" | "parquet" | "array"
-    key: str
-    n_rows: int
-    start: int
-    ids_from: str | None = None  # a metadata Parquet file holding this shard's ids
-    id_key: str | None = None  # the id dataset/column; None: none
-    allow_external: bool = False  # HDF5: may follow external links/storage, virtual datasets
-
-    @property
-    def stop(self) -> int:
-        return self.start + self.n_rows
-
-    @property
-    def name(self) -> str:
-        return Path(self.path).name
+__all__ = [
+    "CHUNK_ROWS", "DEFAULT_KEY", "OPEN_HANDLES", "PARQUET_HINT", "PARQUET_ID_KEYS",
+    "SHARD_SUFFIXES", "SUPPORTED_DTYPES", "ChunkRef", "EmbeddingSource", "MemorySource",
+    "Shard", "check_dtype", "check_matrix", "natural_key", "open_source", "read_paths",
+    "shard_dirs",
+]
 
 
 @dataclass(frozen=True)
@@ -132,7 +127,7 @@ class EmbeddingSource:
     def files(self) -> list[Path]:
         """Every file this source reads, resolved (shards after links, metadata files);
         an output may be none of them (:func:`prunekit.io.atomic.check_output`)."""
-        out = {Path(os.path.realpath(p)): None for s in self.shards if s.kind != "array"
+        out = {Path(os.path.realpath(p)): None for s in self.shards
                for p in (s.path, s.ids_from) if p is not None}
         return list(out)
 
@@ -200,7 +195,7 @@ class EmbeddingSource:
                 f"shard {missing.path} has no ids but other shards of {self.name} do; "
                 "give every shard ids (or none)."
             )
-        parts = [_read_ids(s) for s in self.shards]
+        parts = [self.shard_ids(i) for i in range(len(self.shards))]
         kinds = {p.dtype.kind == "O" for p in parts}
         if len(kinds) > 1:
             raise PrunekitError(
@@ -210,7 +205,7 @@ class EmbeddingSource:
 
     def labels(self) -> np.ndarray | None:
         """Global integer labels (from HDF5/npz ``labels`` or a Parquet ``labels`` column)."""
-        parts = [_read_labels(s) for s in self.shards]
+        parts = [self.shard_labels(i) for i in range(len(self.shards))]
         have = [p is not None for p in parts]
         if not any(have):
             return None
@@ -225,14 +220,15 @@ class EmbeddingSource:
     def shard_ids(self, i: int) -> np.ndarray | None:
         """Shard ``i``'s ids (int64 or str objects), checked; None when it has none."""
         s = self.shards[i]
-        return None if s.id_key is None else _read_ids(s)
+        return None if s.id_key is None else format_named(s.kind).ids(s)
 
     def shard_labels(self, i: int) -> np.ndarray | None:
         """Shard ``i``'s labels as stored (one per row, checked); None when it has none."""
-        return _read_labels(self.shards[i])
+        s = self.shards[i]
+        return format_named(s.kind).labels(s)
 
     # -- reading one shard ------------------------------------------------------------
-    def _reader(self, i: int) -> _ShardReader:
+    def _reader(self, i: int) -> ShardReader:
         """The open reader of shard ``i`` (at most OPEN_HANDLES stay open per process).
 
         An evicted reader is not closed here: another thread may still be reading with it;
@@ -272,6 +268,9 @@ class MemorySource(EmbeddingSource):
         shard = Shard(name, "array", DEFAULT_KEY, int(x.shape[0]), 0)
         super().__init__([shard], x.shape[1], x.dtype, name)
         self.x = x
+
+    def files(self) -> list[Path]:
+        return []  # no file: nothing an output could overwrite
 
     def _read_shard(self, i: int, a: int, b: int) -> np.ndarray:
         return self.x[a:b]

@@ -246,6 +246,7 @@ def score_to_folder(
     an input (the embeddings, a file a parameter names).
     """
     from prunekit.io.dataset import PartWriter, chunk_parts
+    from prunekit.io.dataset.layout import pyarrow_modules
     from prunekit.io.source import shard_dirs
     from prunekit.runtime.engine import chunk_rows_for
     from prunekit.selection.partitioned import (
@@ -258,6 +259,7 @@ def score_to_folder(
     spec = get_method(method)
     seed = check_seed(seed)
     values = validate(method, spec.params, params)
+    pyarrow_modules()  # the install line before any work
     emb = as_embeddings(emb)
     files = [v for p in spec.params if p.kind == "path" for v in [values.get(p.name)] if v]
     src_path = None if emb.path is None else str(emb.path)

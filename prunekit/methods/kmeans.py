@@ -19,6 +19,7 @@ from prunekit.compute.cluster import (
     SEED_SAMPLE_PER_CLUSTER,
     assign,
     auto_restarts,
+    check_k,
     check_sample_fits,
     kmeans,
     kmeans_streamed,
@@ -60,6 +61,9 @@ PARAMS = (
 
 
 
+PROBE_K_MAX = 512
+
+
 def kmeans_probe(dim: int, n: int, p: dict) -> dict[str, float]:
     """``kmeans_k``, and the flop/s of prunekit's k-means at that k: ``lloyd_flops`` (one
     Lloyd iteration, 2 m k d flops, on the one thread the fit runs on), ``seeding_flops`` (k-means++ seeding,
@@ -70,7 +74,7 @@ def kmeans_probe(dim: int, n: int, p: dict) -> dict[str, float]:
     """
     from threadpoolctl import threadpool_limits
 
-    k = int(p["k"])
+    k = min(int(p["k"]), PROBE_K_MAX)  # a probe takes seconds; beyond it the GEMM rate serves
     m = max(2 * k, 4096)
     x = np.random.default_rng(0).standard_normal((m, dim), dtype=np.float32)
     times = []
@@ -104,6 +108,7 @@ def kmeans_cost(m: CostModel, p: dict) -> Cost:
     rate (the fit runs on one thread, so that its result does not depend on the machine); a
     streamed pass does ``2 n k d`` flops, one chunk (and its distances) per task.
     """
+    check_k(int(p["k"]), m.n)
     k, iters, full = int(p["k"]), int(p["iters"]), int(p["full_passes"])
     sp = sample_plan(m.n, k, m.d, p["sample"])
     s = sp.rows

@@ -47,6 +47,7 @@ from prunekit.runtime.progress import track
 ENGINES = ("local", "ray")
 RAY_MAX_RETRIES = 3  # a task whose worker dies is re-run this many times before failing
 CONNECT_TIMEOUT_S = 5.0
+MAX_WORKERS = 4096  # threads or Ray tasks in flight; more is a typo, not a cluster
 IN_FLIGHT_PER_WORKER = 2  # bounded look-ahead: results wait in order, memory stays O(workers)
 
 Fn = Callable[[Any, Any], Any]
@@ -308,8 +309,8 @@ def resolve_workers(workers: int | None) -> int:
             return max(1, len(os.sched_getaffinity(0)))
         except AttributeError:  # macOS
             return max(1, os.cpu_count() or 1)
-    if int(workers) < 1:
-        raise PrunekitError(f"--workers must be >= 1 (got {workers}).")
+    if not 1 <= int(workers) <= MAX_WORKERS:
+        raise PrunekitError(f"workers must be in [1, {MAX_WORKERS}] (got {workers}).")
     return int(workers)
 
 

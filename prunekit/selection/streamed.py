@@ -101,39 +101,39 @@ _KEEP_READERS = 4
 
 @dataclass(frozen=True)
 class _Folder:
-    """A scores folder: its path and the run id the driver read (pickles small)."""
+    """A scores folder: its absolute path and the run id the driver read (pickles small)."""
 
     path: str
     run_id: str
 
     def reader(self) -> PartsReader:
         """The folder's reader, opened once per process (the manifest is parsed once)."""
-        key = (self.path, self.run_id)
         with _LOCK:
-            r = _READERS.get(key)
-            if r is not None:
-                _READERS.move_to_end(key)
-                return r
-        r = PartsReader(self.path, kind="scores")
-        if r.manifest["run_id"] != self.run_id:
-            raise PrunekitError(
-                f"{self.path} was replaced while it was read (run id {r.manifest['run_id']}, "
-                f"first {self.run_id}); run the command again."
-            )
-        with _LOCK:
-            _READERS[key] = r
-            while len(_READERS) > _KEEP_READERS:
-                _READERS.popitem(last=False)
+            r = _READERS.get((self.path, self.run_id))
+        if r is None:
+            r = PartsReader(self.path, kind="scores")
+            if r.manifest["run_id"] != self.run_id:
+                raise PrunekitError(
+                    f"{self.path} was replaced while it was read (run id "
+                    f"{r.manifest['run_id']}, first {self.run_id}); run the command again."
+                )
+        _remember(self, r)
         return r
 
 
-def _open(path: str | os.PathLike) -> tuple[_Folder, PartsReader]:
-    r = PartsReader(path, kind="scores")
-    folder = _Folder(str(path), r.manifest["run_id"])
+def _remember(folder: _Folder, r: PartsReader) -> None:
     with _LOCK:
         _READERS[(folder.path, folder.run_id)] = r
+        _READERS.move_to_end((folder.path, folder.run_id))
         while len(_READERS) > _KEEP_READERS:
             _READERS.popitem(last=False)
+
+
+def _open(path: str | os.PathLike) -> tuple[_Folder, PartsReader]:
+    """The driver's reader (its errors name ``path`` as given), shared with local tasks."""
+    r = PartsReader(path, kind="scores")
+    folder = _Folder(os.path.abspath(path), r.manifest["run_id"])
+    _remember(folder, r)
     return folder, r
 
 
@@ -696,6 +696,8 @@ def _gather(plan: _Plan, extra_params, progress) -> Selection:
                                     desc="select: gather", progress=progress,
                                     task_bytes=BATCH_ROWS * ROW_BYTES))
     cols = {c: np.concatenate([g[c] for g in got]) for c in got[0]}
+    if cols["position"].size != plan.n_kept:
+        raise _changed(plan.rule.folder, "the kept rows differ from the quotas")
     a = plan.manifest_attrs
     return Selection(indices=cols["position"], n_total=plan.n_total, pr=a["pr"],
                      method=a["method"], seed=a["seed"], ids=cols.get("id"),
@@ -765,7 +767,7 @@ def select_streamed(
                 oversample=oversample, seed=seed, fill=fill)
     if labels is not None:
         return _in_memory(scores, pr, "labels given as an array", labels=labels, **opts)
-    seed = _check_options(pr, balance, fill, oversample, seed)
+    opts["seed"] = _check_options(pr, balance, fill, oversample, seed)
     try:
         plan = _plan(scores, pr, progress=progress, **opts)
     except _InMemory as why:
@@ -806,7 +808,7 @@ def select_folder(
         why = "labels given as an array"
         sel, note = _in_memory(scores, pr, why, labels=labels, **opts), _note(scores, why)
     else:
-        seed = _check_options(pr, balance, fill, oversample, seed)
+        opts["seed"] = _check_options(pr, balance, fill, oversample, seed)
         try:
             plan = _plan(scores, pr, progress=progress, **opts)
         except _InMemory as why:

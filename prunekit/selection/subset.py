@@ -304,7 +304,8 @@ def select(
     dup = None if scores.ids is None else first_duplicate(scores.ids)
     if dup is not None:
         raise PrunekitError(f"the scores' 'ids' have duplicates (e.g. {dup!r}); a selection names "
-                            "its rows by id, so each row needs its own. Give the embeddings unique ids and score again.")
+                            "its rows by id, so each row needs its own. Give the embeddings "
+                            "unique ids and score again.")
     eligible = scores.eligible
     rows = np.flatnonzero(eligible)
     kept_target = q.kept_count(pr, int(rows.size))

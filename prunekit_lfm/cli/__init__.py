@@ -12,7 +12,9 @@ import importlib
 
 import click
 
+from prunekit.cli.params import user_message
 from prunekit.errors import PrunekitError
+from prunekit.params import ParamError
 
 COMMANDS = {
     "embed": "prunekit_lfm.cli.embed:embed",
@@ -55,6 +57,8 @@ def _checked(command: click.Command, name: str) -> click.Command:
         require_plugin(f"lfm {name}")
         try:
             return callback(*args, **kwargs)
+        except ParamError as exc:  # the library names parameters; say this command's flags
+            raise PrunekitError(user_message(exc, command)) from exc
         except Exception as exc:  # a file-system error (full disk, I/O) is the user's to fix
             if not is_write_error(exc) or getattr(exc, "errno", None) == errno.EPIPE:
                 raise

@@ -62,9 +62,10 @@ def embed(images: str, output: str, encoder: str, weights: str | None, normalize
     Several GPUs: torchrun --nproc_per_node W $(which prunekit) lfm embed ... (batches
     are shared out over the processes; the file is the same as one process writes).
     """
+    from prunekit.io.shard_dir import check_shard_dir, shard_ranges
+
     from ..distributed import process_group
     from ..embed import TORCHSCRIPT, embed_to_file, load_encoder, open_inputs
-    from ..shard_dir import check_shard_dir, shard_ranges
 
     weights_dir = weights if weights and Path(weights).is_dir() else None
     script = encoder[len(TORCHSCRIPT):] if encoder.startswith(TORCHSCRIPT) else None

@@ -1,4 +1,4 @@
-"""``prunekit lfm compare`` (same-seed similarity of two runs) and ``prunekit lfm metrics`` (quality)."""
+"""``prunekit lfm compare`` (same-seed similarity of two runs) and ``prunekit lfm metrics`` (fidelity)."""
 
 from __future__ import annotations
 
@@ -131,7 +131,7 @@ def metrics(samples, real, features, k, output, quiet):
     image array. Precision = share of generated samples inside the real k-NN manifold,
     recall = share of real samples inside the generated one.
     """
-    from prunekit_lfm.evaluate import quality, to_unit
+    from prunekit_lfm.evaluate import fidelity, to_unit
     from prunekit_lfm.features import digits_split, get_extractor
     from prunekit_lfm.latents import load_images
 
@@ -144,7 +144,7 @@ def metrics(samples, real, features, k, output, quiet):
     else:
         real_images = to_unit(load_images(_checked(real, "--real"), size)[0])
     extractor = get_extractor(features, progress=not quiet)
-    result = quality(gen, real_images, extractor, k=k)
+    result = fidelity(gen, real_images, extractor, k=k)
     result.update({"samples": str(samples), "real": str(real)})
     write_text(output, json.dumps(result, indent=2, sort_keys=True) + "\n")
     click.echo(

@@ -6,11 +6,11 @@ import click
 
 from prunekit.cli.common import seed_option, split_values
 from prunekit.errors import PrunekitError
+from prunekit_lfm.devices import DEVICE_HELP
 
 INT64_MAX = 2**63 - 1  # counts and indices become int64 arrays; a larger number is refused by click
 POSITIVE = click.IntRange(1, INT64_MAX)
 INDEX = click.IntRange(0, INT64_MAX)
-DEVICE_HELP = "auto (cuda when available, else cpu), cpu, cuda, cuda:N or mps."
 
 
 def device_option(default: str = "auto"):
