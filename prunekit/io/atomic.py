@@ -337,7 +337,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             tmp_path.unlink()
         remove_dirs(created)
         if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EDQUOT):
-            raise PrunekitError(f"cannot write {path}: {exc.strerror}.") from exc
+            raise PrunekitError(f"cannot write {path}: {os.strerror(exc.errno)}.") from exc
         raise
 
 
