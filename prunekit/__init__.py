@@ -19,6 +19,10 @@ from prunekit import _compat
 from prunekit._version import __version__
 from prunekit.errors import PrunekitError
 
+# Eager, unlike the names below: importing any prunekit.runtime.* module binds the
+# subpackage to ``prunekit.runtime``, which must stay this function.
+from prunekit.runtime.context import RunContext, get_runtime, runtime  # noqa: E402
+
 _compat.install()
 
 # The public names load on first use (PEP 562), so ``import prunekit`` -- and with it the
@@ -32,9 +36,6 @@ _LAZY: dict[str, tuple[str, str]] = {
     "score": ("prunekit.methods", "score"),
     "select_eps": ("prunekit.methods.dedup", "select_eps"),
     "inspect_report": ("prunekit.report", "inspect_report"),
-    "RunContext": ("prunekit.runtime.context", "RunContext"),
-    "get_runtime": ("prunekit.runtime.context", "get_runtime"),
-    "runtime": ("prunekit.runtime.context", "runtime"),
     "inspect": ("prunekit.selection.inspection", "inspect"),
     "Scores": ("prunekit.selection.scores", "Scores"),
     "load_scores": ("prunekit.selection.scores", "load_scores"),
@@ -52,7 +53,6 @@ if TYPE_CHECKING:  # what the names are, for readers and type checkers
     from prunekit.methods import score
     from prunekit.methods.dedup import select_eps
     from prunekit.report import inspect_report
-    from prunekit.runtime.context import RunContext, get_runtime, runtime
     from prunekit.selection.inspection import inspect
     from prunekit.selection.scores import Scores, load_scores
     from prunekit.selection.subset import Selection, load_selection, resolve_rows, select

@@ -42,9 +42,10 @@ class ParamError(PrunekitError):
     """A user error about parameters, worded for the library and for the command line.
 
     ``text`` is a template in ``str.format`` syntax: a named field stands for a parameter,
-    ``{steps}``, or for a parameter with a value, ``{steps:60}``; positional fields ``{}``
-    take ``values``. ``str(error)`` names parameters as the library does (``steps``,
-    ``steps=60``); :meth:`cli_message` names flags (``--steps``, ``--steps 60``). ``cli``
+    ``{steps}``, or for a parameter with a value, ``{steps:60}`` (``{resume:=True}`` for a
+    flag that takes none); positional fields ``{}`` take ``values``. ``str(error)`` names
+    parameters as the library does (``steps``, ``steps=60``, ``resume=True``);
+    :meth:`cli_message` names flags (``--steps``, ``--steps 60``, ``--resume``). ``cli``
     is another template for the command line where the sentence itself differs; ``flags``
     maps names whose flag is not ``--name-with-dashes`` (``from_file``: ``--from``).
     """
@@ -81,8 +82,10 @@ class _Words(string.Formatter):
         if not isinstance(value, _Name):
             return super().format_field(value, format_spec)
         if self.flags is None:
-            return value.name + (f"={format_spec}" if format_spec else "")
+            return value.name + ("" if not format_spec or format_spec[0] == "=" else "=") + format_spec
         flag = self.flags.get(value.name) or dashed(value.name)
+        if format_spec.startswith("="):  # a flag that takes no value (--resume)
+            return flag
         return flag + (f" {format_spec}" if format_spec else "")
 
 

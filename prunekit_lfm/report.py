@@ -2,7 +2,9 @@
 
 Figures use matplotlib's Agg backend (no display needed). Every number in the tables is
 also in ``results.json``; wall-clock timings are kept apart under ``timings`` because they
-are the only numbers that change between two runs with the same seed.
+are the only numbers that change between two runs with the same seed. Fidelity is FD,
+precision and recall of generated images against real ones (the core's "quality" of a
+selection, its MMD, is another measure).
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import html
 import io
 import json
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -47,7 +50,7 @@ def _order(names: Sequence[str], info: dict[str, Any]) -> list[str]:
 
 
 def similarity_table(results: DemoResults) -> Table:
-    sim = results.similarity
+    sim = results.evaluation.similarity
     head = ["model", "criterion", "pr", "kept", "latent cos", "(unrelated)", "feature cos", "(unrelated)",
             "SSIM", "(unrelated)", "PSNR dB (median)", "(unrelated)"]
     rows = []
@@ -61,8 +64,8 @@ def similarity_table(results: DemoResults) -> Table:
     return head, rows
 
 
-def quality_table(results: DemoResults) -> Table:
-    q = results.quality
+def fidelity_table(results: DemoResults) -> Table:
+    q = results.evaluation.fidelity
     head = ["model", "criterion", "pr", "kept", "FD", "precision", "recall", "F-score"]
     rows = [[name, q[name].criterion, _f(q[name].pr, 2), _f(q[name].n_kept), _f(q[name].fd, 2),
              _f(q[name].precision), _f(q[name].recall), _f(q[name].f_score)]
@@ -93,7 +96,7 @@ def stability_table(results: DemoResults) -> Table:
 
 
 def selection_table(results: DemoResults) -> Table:
-    sel = results.selections
+    sel = results.pruning.selections
     head = ["subset", "criterion", "pr", "kept", "clusters present", "digits present", "kept per digit 0-9"]
     rows = [[name, s.criterion, _f(s.pr, 2), _f(s.n_kept), _f(s.clusters_present),
              _f(s.digits_present), " ".join(map(str, s.kept_per_digit))]
@@ -156,7 +159,7 @@ def sample_grid(images: dict[str, np.ndarray], order: list[str]) -> bytes:
 
 def pr_curves(results: DemoResults) -> bytes:
     plt = _plt()
-    sim, q = results.similarity, results.quality
+    sim, q = results.evaluation.similarity, results.evaluation.fidelity
     crits = sorted({r.criterion for r in sim.values()} - {"fine", "drop-clusters"})
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
     for crit in crits:
@@ -208,7 +211,7 @@ def c2f_figure(results: DemoResults) -> bytes:
     axes[0].set_ylabel("latent cosine to fine-only (same seed)")
     axes[1].set_ylabel("FD to held-out digits")
     axes[0].set_title("coarse-to-fine: cost vs similarity (labels: t_switch)", fontsize=10)
-    axes[1].set_title("coarse-to-fine: cost vs quality", fontsize=10)
+    axes[1].set_title("coarse-to-fine: cost vs fidelity (FD)", fontsize=10)
     return _png(fig)
 
 
@@ -257,11 +260,11 @@ def _sections(results: DemoResults) -> list[tuple[str, str, Table | None, str | 
          "Per model, the mean over sample pairs (same noise) of the similarity to the full-set model, next to "
          "the same measure for unrelated pairs (a sample against the next sample of its class). "
          f"Feature cosine uses {d.features}.", similarity_table(results), "pr_curves.png"),
-        ("Quality against held-out digits",
+        ("Fidelity against held-out digits (FD, precision, recall)",
          f"Fréchet distance, precision and recall (k = 3) in the space of {d.features}; "
-         f"{results.settings['n_samples']} generated samples against {d.n_test} held-out images. "
+         f"{results.settings.scale.n_samples} generated samples against {d.n_test} held-out images. "
          "'full, next sampling seed' shows how much the numbers move with the sampling seed alone; "
-         "'real training images' is the floor: real images against real images.", quality_table(results), None),
+         "'real training images' is the floor: real images against real images.", fidelity_table(results), None),
         ("Coarse-to-fine sampling",
          f"Coarse = the tiny full-set model, fine = a larger model on the full set. The coarse model runs while "
          f"t < t_switch (t = 0 noise, t = 1 data). Auto-picked t_switch = {auto:g} ({c.auto_rule}): "
@@ -275,18 +278,19 @@ def _sections(results: DemoResults) -> list[tuple[str, str, Table | None, str | 
 
 
 def _intro(results: DemoResults) -> list[str]:
-    d, s, v = results.data, results.settings, results.vae
+    d, v = results.data, results.vae
+    s, settings = results.settings.scale, results.settings
     return [
         f"Data: {d.dataset}, {d.n_train} training / {d.n_test} held-out images ({d.split}), "
         f"{d.image_size}x{d.image_size} pixels.",
         f"VAE: {v.size}, {v.steps} steps, latents {'x'.join(map(str, v.latent_shape))}, "
         f"reconstruction MSE {v.reconstruction_mse_01:.4f} (pixels in [0, 1]).",
-        f"Embeddings for pruning: {d.embeddings}.",
-        f"Features for quality and similarity: {d.features} (held-out accuracy "
+        f"Embeddings for pruning: {results.pruning.embeddings}.",
+        f"Features for fidelity and similarity: {d.features} (held-out accuracy "
         f"{d.classifier_test_accuracy:.3f}).",
-        f"Setting '{s['name']}' (budget x{s['budget']:g}, seed {s['seed']}): flow-matching models "
-        f"'{s['model']}' trained {s['lfm_steps']} steps each (batch {s['batch_size']}, lr {s['lr']:g}), "
-        f"sampled with {s['sample_steps']} Euler steps; total time {results.timings['total']:.0f} s.",
+        f"Setting '{s.name}' (effort x{settings.effort:g}, seed {settings.seed}): flow-matching "
+        f"models '{s.model}' trained {s.lfm_steps} steps each (batch {s.batch_size}, lr {s.lr:g}), "
+        f"sampled with {s.sample_steps} Euler steps; total time {results.timings['total']:.0f} s.",
     ]
 
 
@@ -323,3 +327,12 @@ def _html(results: DemoResults, sections) -> str:
             parts.append(f"<img src='{fig}' alt='{html.escape(title)}'>")
     parts.append("<p>Every number is in <a href='results.json'>results.json</a>.</p></body></html>\n")
     return "\n".join(parts)
+
+
+def __getattr__(name: str) -> Any:
+    """``quality_table``, the old name of :func:`fidelity_table`, for one release."""
+    if name == "quality_table":
+        warnings.warn("prunekit_lfm.report.quality_table is now fidelity_table; the old name goes "
+                      "in the next release.", DeprecationWarning, stacklevel=2)
+        return fidelity_table
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -30,7 +30,7 @@ import io
 import json
 import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -40,11 +40,11 @@ from safetensors.torch import load_file, save_file
 
 from prunekit.errors import PrunekitError
 from prunekit.io.atomic import atomic_path, write_text
-from prunekit.seeds import check_seed
+from prunekit.params import ParamError, defaults
 
 from .guards import check_finite, writing
 from .models import VelocityModel, model_from_config
-from .fm_path import T_SCHEDULES
+from .specs import TRAIN_PARAMS
 
 CONFIG = "config.json"
 MODEL = "model.safetensors"
@@ -59,6 +59,9 @@ LOG_FIELDS = ("step", "loss", "lr", "time")
 
 #: Fields every stored config.json must have (the rest have defaults).
 _REQUIRED = ("model", "sample_size", "in_channels", "num_classes", "conditional", "latents")
+#: The user's settings as a run stores them: ``steps`` may be 0 (a run not yet trained).
+_STORED = tuple(replace(p, low=0) if p.name == "steps" else p for p in TRAIN_PARAMS)
+_D = defaults(TRAIN_PARAMS)
 
 
 @dataclass
@@ -74,14 +77,15 @@ class TrainConfig:
     model: t = 0 noise, t = 1 data.
     """
 
-    model: Any = "tiny"
+    # The user's settings take the defaults of TRAIN_PARAMS (steps: 0 until trained).
+    model: Any = _D["model"]
     sample_size: int = 0
     in_channels: int = 0
     num_classes: int = 0
-    conditional: bool = False
+    conditional: bool = _D["conditional"]
     latents: str = ""
     latents_fingerprint: str = ""
-    selection: str | None = None
+    selection: str | None = _D["selection"]
     selection_fingerprint: str | None = None
     vae: str | None = None
     scale_factor: float = 1.0
@@ -89,15 +93,15 @@ class TrainConfig:
     n_train: int = 0
     steps: int = 0
     steps_done: int = 0
-    batch_size: int = 64
-    lr: float = 1e-4
-    weight_decay: float = 0.0
-    ema: float = 0.9999
-    grad_clip: float = 1.0
-    cfg_dropout: float = 0.1
-    t_schedule: str = "uniform"
-    seed: int = 0
-    checkpoint_every: int = 1000
+    batch_size: int = _D["batch_size"]
+    lr: float = _D["lr"]
+    weight_decay: float = _D["weight_decay"]
+    ema: float = _D["ema"]
+    grad_clip: float = _D["grad_clip"]
+    cfg_dropout: float = _D["cfg_dropout"]
+    t_schedule: str = _D["t_schedule"]
+    seed: int = _D["seed"]
+    checkpoint_every: int = _D["checkpoint_every"]
     world_size: int = 1
     prunekit_version: str = ""
     created: str = ""
@@ -109,35 +113,17 @@ class TrainConfig:
             raise PrunekitError("; ".join(problems) + ".")
 
     def problems(self) -> list[str]:
-        """What is wrong with the settings (empty when they are fine)."""
-        numbers = {"lr": self.lr, "weight decay": self.weight_decay, "ema": self.ema,
-                   "grad clip": self.grad_clip, "cfg dropout": self.cfg_dropout}
-        bad = [f"{name} must be a finite number (got {value!r})" for name, value in numbers.items()
-               if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)]
-        counts = {"steps": self.steps, "steps done": self.steps_done, "batch size": self.batch_size,
-                  "checkpoint-every": self.checkpoint_every, "world size": self.world_size}
-        bad += [f"{name} must be an integer (got {value!r})" for name, value in counts.items()
-                if isinstance(value, bool) or not isinstance(value, int)]
-        if bad:
-            return bad
-        try:
-            check_seed(self.seed)
-        except PrunekitError as exc:
-            bad.append(str(exc).rstrip("."))
-        checks = [
-            (self.weight_decay >= 0, f"weight decay must be >= 0 (got {self.weight_decay})"),
-            (self.grad_clip >= 0, f"grad clip must be >= 0, 0 = off (got {self.grad_clip})"),
-            (self.steps >= 0, f"steps must be >= 0 (got {self.steps})"),
-            (self.checkpoint_every >= 1, f"checkpoint-every must be >= 1 step (got {self.checkpoint_every}); "
-                                         "a checkpoint is always written at the end"),
-            (self.batch_size >= 1, f"batch size must be a positive integer (got {self.batch_size})"),
-            (self.lr > 0, f"lr must be > 0 (got {self.lr})"),
-            (0 <= self.ema < 1, f"ema must be in [0, 1) (got {self.ema})"),
-            (0 <= self.cfg_dropout < 1, f"cfg dropout must be in [0, 1) (got {self.cfg_dropout})"),
-            (self.t_schedule in T_SCHEDULES,
-             f"t schedule must be one of {', '.join(T_SCHEDULES)} (got {self.t_schedule!r})"),
-        ]
-        return bad + [message for ok, message in checks if not ok]
+        """What is wrong with the settings (empty when they are fine): the user's settings by
+        their Params (:data:`prunekit_lfm.specs.TRAIN_PARAMS`), the counts the trainer sets."""
+        bad = [f"{name} must be an integer (got {value!r})"
+               for name, value in (("steps_done", self.steps_done), ("world_size", self.world_size))
+               if isinstance(value, bool) or not isinstance(value, int)]
+        for p in _STORED:
+            try:
+                p.check(getattr(self, p.name))
+            except ParamError as exc:
+                bad.append(str(exc).rstrip("."))
+        return bad
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True) + "\n"
@@ -397,10 +383,9 @@ def load_run(
     d = Path(run_dir)
     weights = d / (EMA if ema else MODEL)
     if not weights.is_file():
-        raise PrunekitError(
-            f"run {run_dir} has no {weights.name} yet (steps_done={config.steps_done}); "
-            "train it (it writes a checkpoint every --checkpoint-every steps and at the end)."
-        )
+        raise ParamError("run {} has no {} yet (steps_done={}); train it (it writes a checkpoint "
+                         "every {checkpoint_every} steps and at the end).", run_dir, weights.name,
+                         config.steps_done)
     try:
         model = model_from_config(config.model, device="cpu")
     except PrunekitError as exc:

@@ -40,6 +40,7 @@ from torch import nn
 from prunekit import __version__
 from prunekit.errors import PrunekitError
 from prunekit.io.atomic import check_output
+from prunekit.params import ParamError, takes
 from prunekit.runtime.memory import check_fits
 from prunekit.runtime.progress import counter
 from prunekit.selection.subset import load_selection, resolve_rows
@@ -49,11 +50,12 @@ from .distributed import Dist, together
 from .distributed import barrier as _barrier
 from .distributed import setup_dist as _setup_dist
 from .distributed import teardown_dist as _teardown_dist
+from .fm_path import fm_loss, sample_t
 from .guards import check_space, writing
 from .latents import LatentStore, load_latents
 from .models import VelocityModel, build_model
-from .fm_path import fm_loss, sample_t
 from .runs import TrainConfig
+from .specs import TRAIN_PARAMS
 
 # Settings that must be the same when a run is resumed (steps may grow).
 _RESUME_KEYS = (
@@ -146,13 +148,11 @@ def _prepare_dir(run_dir: Path, config: TrainConfig, resume: bool) -> TrainConfi
     has_files = run_dir.exists() and any(p.name != runs.LOCK for p in run_dir.iterdir())
     if not resume:
         if has_files:
-            raise PrunekitError(
-                f"run directory {run_dir} exists and is not empty; pass --resume to continue it "
-                "or choose a new directory."
-            )
+            raise ParamError("run directory {} exists and is not empty; pass {resume:=True} to "
+                             "continue it or choose a new directory.", run_dir)
         return config
     if not has_files:
-        raise PrunekitError(f"cannot resume: {run_dir} holds no run. Drop --resume to start one.")
+        raise ParamError("cannot resume: {} holds no run. Drop {resume:=True} to start one.", run_dir)
     old = runs.read_config(run_dir)
     diff = [k for k in _RESUME_KEYS if getattr(old, k) != getattr(config, k)]
     if diff:
@@ -168,13 +168,11 @@ def _check_labels(store: LatentStore, latents: str) -> None:
     bad = np.flatnonzero((labels < 0) | (labels >= MAX_CLASSES))
     if bad.size:
         r = int(bad[0])
-        raise PrunekitError(
-            f"--conditional: latents file {latents} has {bad.size} label{'s' * (bad.size > 1)} "
-            f"outside [0, {MAX_CLASSES}) "
-            f"(first: row {r}, id {store.ids[r]}, label {int(labels[r])}); labels must be class "
-            "indices 0..K-1. Relabel the data (e.g. drop unlabelled rows with a selection) or "
-            "train without --conditional."
-        )
+        raise ParamError(
+            "{conditional:=True}: latents file {} has {} label{} outside [0, {}) (first: row {}, "
+            "id {}, label {}); labels must be class indices 0..K-1. Relabel the data (e.g. drop "
+            "unlabelled rows with a selection) or train without {conditional:=True}.",
+            latents, bad.size, "s" * (bad.size > 1), MAX_CLASSES, r, store.ids[r], int(labels[r]))
 
 
 def _check_sizes(steps: int, batch_size: int, store: LatentStore) -> None:
@@ -217,6 +215,7 @@ def _update_ema(ema_model: nn.Module, model: nn.Module, decay: float) -> None:
 # ----------------------------------------------------------------------------- train
 
 
+@takes(TRAIN_PARAMS)
 def train(
     latents: str,
     run_dir: str,
@@ -233,54 +232,79 @@ def train(
     cfg_dropout: float = 0.1,
     t_schedule: str = "uniform",
     seed: int = 0,
-    resume: bool = False,
     checkpoint_every: int = 1000,
+    resume: bool = False,
     progress: bool = True,
     device: str | torch.device | None = None,
 ) -> TrainConfig:
     """Train a velocity model on the latents of ``latents`` (rows kept by ``selection``).
 
-    Writes ``run_dir`` (see :mod:`prunekit_lfm.runs`): a checkpoint every
+    The settings are those of :data:`prunekit_lfm.specs.TRAIN_PARAMS` (their defaults,
+    ranges and meaning are declared there; a bad value is a ParamError naming it, before
+    any data is read). Writes ``run_dir`` (see :mod:`prunekit_lfm.runs`): a checkpoint every
     ``checkpoint_every`` steps and at the end. ``resume=True`` continues a run from its
     last checkpoint with the same settings (``steps`` may be raised) and reproduces the
     losses an uninterrupted run would have logged. ``batch_size`` is the global batch
     (split over torchrun processes). Returns the final TrainConfig.
     """
+    args = locals()
+    chosen = {p.name: args[p.name] for p in TRAIN_PARAMS}
     dist = Dist.from_env()
-    settings = TrainConfig(  # validated here, once, before any data is read
-        model=model, conditional=conditional, steps=steps, batch_size=batch_size, lr=lr,
-        weight_decay=weight_decay, ema=ema, grad_clip=grad_clip,
-        cfg_dropout=cfg_dropout if conditional else 0.0, t_schedule=t_schedule, seed=seed,
-        checkpoint_every=checkpoint_every, world_size=dist.world_size,
-    )
-    if steps < 1:  # TrainConfig allows 0 (a run not yet trained); a training needs a step
-        raise PrunekitError(f"steps must be >= 1 (got {steps}); pass --steps N.")
-    if batch_size % dist.world_size:
-        raise PrunekitError(
-            f"batch size must be a positive multiple of the {dist.world_size} processes (got {batch_size})."
-        )
-    if not conditional and not 0 <= cfg_dropout < 1:  # unused, but a bad value is still a mistake
-        raise PrunekitError(f"cfg dropout must be in [0, 1) (got {cfg_dropout}).")
+    settings = _settings(chosen, dist)
     out = Path(run_dir)
     _check_outputs(out, [latents, selection])
-    store = load_latents(latents)
-    rows, sel_fp = _training_rows(store, latents, selection)
-    if conditional and store.labels is None:
-        raise PrunekitError(f"--conditional needs labels, but latents file {latents} has none.")
-    if conditional:
-        _check_labels(store, latents)
-    _check_sizes(steps, batch_size, store)
-    c, h, w = store.shape
-    if h != w:
-        raise PrunekitError(f"latents file {latents} holds non-square latents {h}x{w}; use square images.")
-    num_classes = store.num_classes if conditional else 0
-    net = build_model(model, sample_size=h, in_channels=c, num_classes=num_classes, seed=seed)
+    store, rows, sel_fp = _training_data(latents, selection, settings)
+    net = _build_net(model, store, settings)
     # Before the directory exists: a full disk is refused, not met at the first checkpoint. On
     # every rank (the run directory is on storage they all see), so that all stop together.
     need = _checkpoint_bytes(_weights_bytes(net), steps, first=not resume)
     check_space([(out / runs.OPTIMIZER, need)], "lfm train (checkpoint files)")
-    config = dataclasses.replace(
-        settings, model=net.config_dict(), sample_size=h, in_channels=c, num_classes=num_classes,
+    config = _run_config(settings, net, store, latents, selection, rows, sel_fp)
+    dev = _setup_dist(dist, device)
+    return _train_in(out, config, _Parts(net, store, rows, dist, dev), resume, progress)
+
+
+def _settings(chosen: dict[str, Any], dist: Dist) -> TrainConfig:
+    """The user's settings as a TrainConfig, and a batch that splits over the processes."""
+    if chosen["batch_size"] % dist.world_size:
+        raise ParamError("{batch_size} must be a positive multiple of the {} processes (got {}).",
+                         dist.world_size, chosen["batch_size"])
+    settings = {k: v for k, v in chosen.items() if k != "selection"}  # a path, resolved later
+    if not settings["conditional"]:  # no label is dropped in an unconditional run
+        settings["cfg_dropout"] = 0.0
+    return TrainConfig(**settings, world_size=dist.world_size)
+
+
+def _training_data(latents: str, selection: str | None,
+                   settings: TrainConfig) -> tuple[LatentStore, np.ndarray, str | None]:
+    """The latent store, the rows to train on and the selection's fingerprint, checked."""
+    store = load_latents(latents)
+    rows, sel_fp = _training_rows(store, latents, selection)
+    if settings.conditional and store.labels is None:
+        raise ParamError("{conditional} needs labels, but latents file {} has none.", latents)
+    if settings.conditional:
+        _check_labels(store, latents)
+    _check_sizes(settings.steps, settings.batch_size, store)
+    _, h, w = store.shape
+    if h != w:
+        raise PrunekitError(f"latents file {latents} holds non-square latents {h}x{w}; use square images.")
+    return store, rows, sel_fp
+
+
+def _build_net(model: str | dict[str, Any], store: LatentStore, settings: TrainConfig) -> VelocityModel:
+    c, h, _ = store.shape
+    num_classes = store.num_classes if settings.conditional else 0
+    return build_model(model, sample_size=h, in_channels=c, num_classes=num_classes,
+                       seed=settings.seed)
+
+
+def _run_config(settings: TrainConfig, net: VelocityModel, store: LatentStore, latents: str,
+                selection: str | None, rows: np.ndarray, sel_fp: str | None) -> TrainConfig:
+    """The run's config.json: the settings and what the data and the model fixed."""
+    c, h, _ = store.shape
+    return dataclasses.replace(
+        settings, model=net.config_dict(), sample_size=h, in_channels=c,
+        num_classes=store.num_classes if settings.conditional else 0,
         latents=str(Path(latents).resolve()), latents_fingerprint=store.fingerprint,
         selection=None if selection is None else str(Path(selection).resolve()),
         selection_fingerprint=sel_fp, vae=store.vae, scale_factor=store.scale_factor,
@@ -288,28 +312,37 @@ def train(
         created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         extra={"shift_factor": store.shift_factor},
     )
-    dev = _setup_dist(dist, device)
-    lock = created = trainer = None
+
+
+@dataclasses.dataclass
+class _Parts:
+    """What a trainer is made of besides its config."""
+
+    net: VelocityModel
+    store: LatentStore
+    rows: np.ndarray
+    dist: Dist
+    dev: torch.device
+
+
+def _train_in(out: Path, config: TrainConfig, parts: _Parts, resume: bool,
+              progress: bool) -> TrainConfig:
+    """Train into the run directory ``out`` under its lock (rank 0 holds it): a run refused
+    or failed before its first complete checkpoint leaves no trace."""
+    dist = parts.dist
+    claim = trainer = None
     try:
         if dist.main:  # rank 0 writes, so rank 0 holds the directory's lock
-            created = [p for p in (out, *out.parents) if not p.exists()]
-            try:
-                out.mkdir(parents=True, exist_ok=True)
-            except OSError as exc:
-                raise PrunekitError(f"cannot create run directory {out}: {exc.strerror}.") from exc
-            lock = runs.RunLock(out)
+            claim = _Claim(out)
         try:
             config = _prepare_dir(out, config, resume)
             _barrier(dist)  # every rank has checked the directory before rank 0 writes to it
-            trainer = _Trainer(config, net, store, rows, out, dist, dev)
+            trainer = _Trainer(config, parts.net, parts.store, parts.rows, out, dist, parts.dev)
             if resume:
                 trainer.restore()  # before wrapping: DDP broadcasts rank 0's weights
         except BaseException:
-            if lock is not None:  # refused before writing anything: leave no trace
-                lock.release(remove=True)
-                for d in created or []:  # deepest first; only if still empty
-                    with contextlib.suppress(OSError):
-                        d.rmdir()
+            if claim is not None:  # refused before writing anything
+                claim.undo(remove_files=False)
             raise
         try:
             if dist.main and not resume:
@@ -318,22 +351,108 @@ def train(
             _barrier(dist)
             trainer.run(progress and dist.main)
         except PrunekitError:
-            if lock is not None and not resume and not trainer.complete:  # nothing usable: no trace
-                _remove_run(out)
-                lock.release(remove=True)
-                for d in created or []:
-                    with contextlib.suppress(OSError):
-                        d.rmdir()
+            if claim is not None and not resume and not trainer.complete:  # nothing usable
+                claim.undo(remove_files=True)
             raise
         trainer.unwrap_ddp()
         _barrier(dist)  # every rank has dropped its reducer before any rank tears down
     finally:
         if trainer is not None:
             trainer.unwrap_ddp()
-        if lock is not None:
-            lock.release()
+        if claim is not None:
+            claim.lock.release()
         _teardown_dist(dist)
     return trainer.config
+
+
+class _Claim:
+    """The run directory made (with the parents it needed) and locked by rank 0."""
+
+    def __init__(self, out: Path) -> None:
+        self.out = out
+        self.created = [p for p in (out, *out.parents) if not p.exists()]
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise PrunekitError(f"cannot create run directory {out}: {exc.strerror}.") from exc
+        self.lock = runs.RunLock(out)
+
+    def undo(self, remove_files: bool) -> None:
+        """Leave no trace: the run's files (``remove_files``), the lock, the new folders."""
+        if remove_files:
+            _remove_run(self.out)
+        self.lock.release(remove=True)
+        for d in self.created:  # deepest first; only if still empty
+            with contextlib.suppress(OSError):
+                d.rmdir()
+
+
+class _Batches:
+    """This rank's (x1, x0, t, y) of each step: a pure function of (seed, step).
+
+    The random draws are made for the whole global batch from a generator seeded by
+    (seed, step) and then sharded like the rows, so training does not depend on the number
+    of processes (up to the order of floating-point sums).
+    """
+
+    def __init__(self, config: TrainConfig, store: LatentStore, rows: np.ndarray, dist: Dist,
+                 dev: torch.device) -> None:
+        self.config, self.dist, self.dev = config, dist, dev
+        data = torch.from_numpy(store.latents[rows])
+        small = data.numel() * 4 < 2**31  # keep the training set on the device when it fits easily
+        self.data = data.to(dev) if small else data
+        labels = store.labels[rows] if store.labels is not None else np.zeros(rows.size, np.int64)
+        self.labels = torch.from_numpy(labels).to(self.data.device)
+        self.order = DataOrder(int(rows.size), config.batch_size, config.seed)
+        self.gen = torch.Generator(device=dev)
+
+    def __call__(self, step: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        cfg, world, rank = self.config, self.dist.world_size, self.dist.rank
+        shard = slice(rank, None, world)
+        rows = self.order.batch_rows(step)[shard].to(self.data.device)
+        x1 = self.data[rows].to(self.dev, non_blocking=True)
+        y = self.labels[rows].to(self.dev)
+        g = self.gen.manual_seed(_mixed_seed(cfg.seed, step))
+        n = cfg.batch_size
+        t = sample_t(n, g, cfg.t_schedule, device=self.dev)[shard]
+        x0 = torch.randn((n, *x1.shape[1:]), generator=g, device=self.dev)[shard]
+        null = torch.full_like(y, cfg.num_classes)
+        if cfg.conditional:
+            drop = (torch.rand(n, generator=g, device=self.dev) < cfg.cfg_dropout)[shard]
+            y = torch.where(drop, null, y)
+        else:
+            y = null
+        return x1, x0, t, y
+
+
+class _LossLog:
+    """The losses of the steps taken: kept on the device until read back (one sync a flush)."""
+
+    def __init__(self, lr: float) -> None:
+        self.lr = lr
+        self.rows: list[dict[str, float]] = []
+        self.pending: list[tuple[int, torch.Tensor, float]] = []
+
+    def add(self, step: int, loss: torch.Tensor, elapsed: float) -> None:
+        self.pending.append((step, loss, elapsed))
+
+    def flush(self, dist: Dist) -> tuple[int, float] | None:
+        """Move pending losses into the rows (mean over ranks); the first non-finite one's
+        (step, loss), if any: the rows stop before it."""
+        if not self.pending:
+            return None
+        losses = torch.stack([loss for _, loss, _ in self.pending]).float()
+        if dist.world_size > 1:
+            import torch.distributed as tdist
+
+            tdist.all_reduce(losses)
+            losses /= dist.world_size
+        pending, self.pending = self.pending, []
+        for (step, _, elapsed), value in zip(pending, losses.cpu().tolist(), strict=True):
+            if not math.isfinite(value):
+                return step, value
+            self.rows.append({"step": step, "loss": value, "lr": self.lr, "time": elapsed})
+        return None
 
 
 class _Trainer:
@@ -346,16 +465,10 @@ class _Trainer:
         self.ema = copy.deepcopy(self.model).eval().requires_grad_(False)
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=config.lr,
                                      weight_decay=config.weight_decay)
-        data = torch.from_numpy(store.latents[rows])
-        small = data.numel() * 4 < 2**31  # keep the training set on the device when it fits easily
-        self.data = data.to(dev) if small else data
-        labels = store.labels[rows] if store.labels is not None else np.zeros(rows.size, np.int64)
-        self.labels = torch.from_numpy(labels).to(self.data.device)
-        self.order = DataOrder(int(rows.size), config.batch_size, config.seed)
-        self.gen = torch.Generator(device=dev)
+        self.batch = _Batches(config, store, rows, dist, dev)
+        self.labels, self.order = self.batch.labels, self.batch.order
+        self.losses = _LossLog(config.lr)
         self.step = 0
-        self.log: list[dict[str, float]] = []
-        self.pending: list[tuple[int, torch.Tensor, float]] = []
         self.t_offset = 0.0
         self.saved_step: int | None = None
         self.complete = False  # a whole checkpoint has been written by this process
@@ -398,32 +511,8 @@ class _Trainer:
         runs.load_optimizer(self.out / runs.OPTIMIZER, state["optimizer"], self.opt, self.dev)
         self.step = self.saved_step = step
         self.complete = True
-        self.log = [r for r in runs.read_log(self.out) if r["step"] <= self.step]
-        self.t_offset = self.log[-1]["time"] if self.log else 0.0
-
-    def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """This rank's (x1, x0, t, y) of ``step``.
-
-        The random draws are made for the whole global batch from a generator seeded by
-        (seed, step) and then sharded like the rows, so training does not depend on the
-        number of processes (up to the order of floating-point sums).
-        """
-        cfg, world, rank = self.config, self.dist.world_size, self.dist.rank
-        shard = slice(rank, None, world)
-        rows = self.order.batch_rows(step)[shard].to(self.data.device)
-        x1 = self.data[rows].to(self.dev, non_blocking=True)
-        y = self.labels[rows].to(self.dev)
-        g = self.gen.manual_seed(_mixed_seed(cfg.seed, step))
-        n = cfg.batch_size
-        t = sample_t(n, g, cfg.t_schedule, device=self.dev)[shard]
-        x0 = torch.randn((n, *x1.shape[1:]), generator=g, device=self.dev)[shard]
-        null = torch.full_like(y, cfg.num_classes)
-        if cfg.conditional:
-            drop = (torch.rand(n, generator=g, device=self.dev) < cfg.cfg_dropout)[shard]
-            y = torch.where(drop, null, y)
-        else:
-            y = null
-        return x1, x0, t, y
+        self.losses.rows = [r for r in runs.read_log(self.out) if r["step"] <= self.step]
+        self.t_offset = self.losses.rows[-1]["time"] if self.losses.rows else 0.0
 
     def train_step(self, step: int) -> torch.Tensor:
         x1, x0, t, y = self.batch(step)
@@ -445,38 +534,26 @@ class _Trainer:
             while self.step < cfg.steps:
                 loss = self.train_step(self.step)
                 self.step += 1
-                self.pending.append((self.step, loss, time.perf_counter() - start))
+                self.losses.add(self.step, loss, time.perf_counter() - start)
                 bar.update(1)
                 if self.step % LOSS_EVERY == 0:  # one device sync per LOSS_EVERY steps
                     self.flush_log()
-                    bar.set_postfix(loss=f"{self.log[-1]['loss']:.4f}", refresh=False)
+                    bar.set_postfix(loss=f"{self.losses.rows[-1]['loss']:.4f}", refresh=False)
                 if self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps:
                     self.checkpoint()
         if self.saved_step != self.step:  # e.g. steps=0: still leave a loadable run
             self.checkpoint()
 
     def flush_log(self) -> None:
-        """Move pending losses into the log (mean over ranks), one device sync per flush."""
-        if not self.pending:
+        """Read the pending losses back; a non-finite one stops the training, saving nothing."""
+        bad = self.losses.flush(self.dist)
+        if bad is None:
             return
-        losses = torch.stack([loss for _, loss, _ in self.pending]).float()
-        if self.dist.world_size > 1:
-            import torch.distributed as tdist
-
-            tdist.all_reduce(losses)
-            losses /= self.dist.world_size
-        for (step, _, elapsed), value in zip(self.pending, losses.cpu().tolist(), strict=True):
-            if not math.isfinite(value):
-                self.pending = []
-                raise PrunekitError(self._diverged(step, value))
-            self.log.append({"step": step, "loss": value, "lr": self.config.lr, "time": elapsed})
-        self.pending = []
-
-    def _diverged(self, step: int, value: float) -> str:
         kept = (f"the last checkpoint (step {self.saved_step}) in {self.out} is intact"
                 if self.complete else "nothing was kept")
-        return (f"training diverged: the loss is {value} at step {step}; stopped without saving "
-                f"non-finite weights ({kept}). Lower --lr, keep --grad-clip on, or check the latents.")
+        raise ParamError("training diverged: the loss is {} at step {}; stopped without saving "
+                         "non-finite weights ({}). Lower {lr}, keep {grad_clip} on, or check the "
+                         "latents.", bad[1], bad[0], kept)
 
     def checkpoint(self) -> None:
         """Write weights, EMA, optimizer, trainer state, log, then config (steps_done) -- rank 0 only.
@@ -503,5 +580,5 @@ class _Trainer:
                 "optimizer": optimizer,
                 "data_position": self.order.position(self.step),
             })
-            runs.write_log(d, self.log)
+            runs.write_log(d, self.losses.rows)
             runs.write_config(d, self.config)

@@ -86,11 +86,11 @@ def test_markdown_tables_parse_and_match_results(demo, results):
     assert len(tables) == 5
     for t in tables:
         assert len({len(r) for r in t}) == 1  # every row as wide as the header
-    quality = next(t for t in tables if t[0][:5] == ["model", "criterion", "pr", "kept", "FD"])
-    rows = {r[0]: r for r in quality[1:]}
-    assert set(rows) == set(results["quality"])
+    fidelity = next(t for t in tables if t[0][:5] == ["model", "criterion", "pr", "kept", "FD"])
+    rows = {r[0]: r for r in fidelity[1:]}
+    assert set(rows) == set(results["evaluation"]["fidelity"])
     for name, r in rows.items():
-        q = results["quality"][name]
+        q = results["evaluation"]["fidelity"][name]
         assert float(r[4]) == pytest.approx(q["fd"], abs=0.006)
         assert float(r[5]) == pytest.approx(q["precision"], abs=0.0006)
         assert float(r[6]) == pytest.approx(q["recall"], abs=0.0006)
@@ -100,20 +100,22 @@ def test_numbers_in_sane_ranges(results):
     d = results["data"]
     assert d["n_train"] + d["n_test"] == 1797
     assert d["classifier_test_accuracy"] > 0.9
-    assert "VAE latents flattened" in d["embeddings"] and "not Inception" in d["features"]
-    for q in results["quality"].values():
+    assert "VAE latents flattened" in results["pruning"]["embeddings"]
+    assert "not Inception" in d["features"]
+    fidelity = results["evaluation"]["fidelity"]
+    for q in fidelity.values():
         assert 0 <= q["precision"] <= 1 and 0 <= q["recall"] <= 1 and 0 <= q["f_score"] <= 1
         assert math.isfinite(q["fd"]) and q["fd"] >= 0
         assert q["n_real"] == d["n_test"] and q["k"] == 3
     # real images against real images are the quality floor
-    assert results["quality"]["real training images"]["fd"] < results["quality"]["full"]["fd"]
-    sel = results["selections"]
+    assert fidelity["real training images"]["fd"] < fidelity["full"]["fd"]
+    sel = results["pruning"]["selections"]
     kept = {s["n_kept"] for name, s in sel.items() if s["criterion"] != "drop-clusters"}
     assert kept == {718}  # round(0.5 * 1437) = round(718.5), half to even
     drop = sel["drop-clusters@0.5"]
     assert drop["clusters_present"] == 5 and len(drop["dropped_clusters"]) == 5
     assert drop["n_kept"] <= 718 and sum(drop["kept_per_cluster"]) == drop["n_kept"]
-    for name, s in results["similarity"].items():
+    for name, s in results["evaluation"]["similarity"].items():
         m = s["measures"]
         assert set(m) == {"latent_cosine", "latent_mse", "psnr", "ssim", "feature_cosine"}
         for key in ("latent_cosine", "feature_cosine", "ssim"):
@@ -138,7 +140,7 @@ def test_numbers_in_sane_ranges(results):
 
 def test_same_seed_rerun_of_a_sub_step_is_identical(demo, results, tmp_path):
     from prunekit_lfm.demo import QUICK
-    from prunekit_lfm.evaluate import paired_similarity, quality, to_unit
+    from prunekit_lfm.evaluate import fidelity, paired_similarity, to_unit
     from prunekit_lfm.features import digits_split, get_extractor
     from prunekit_lfm.generate import draw
     from prunekit_lfm.latents import load_images
@@ -158,11 +160,11 @@ def test_same_seed_rerun_of_a_sub_step_is_identical(demo, results, tmp_path):
     full, _ = draw(demo / "runs" / "full", p.n_samples, config, vae=str(demo / "vae"), name="full")
     mine, _ = draw(rerun, p.n_samples, config, vae=str(demo / "vae"), name="random@0.5")
     sim = paired_similarity(full, mine, extractor)
-    assert sim["measures"] == results["similarity"]["random@0.5"]["measures"]
+    assert sim["measures"] == results["evaluation"]["similarity"]["random@0.5"]["measures"]
     real = to_unit(load_images("digits", p.image_size)[0][digits_split(0)[1]])
-    q = quality(mine.images, real, extractor)
+    q = fidelity(mine.images, real, extractor)
     for key in ("fd", "precision", "recall", "f_score"):
-        assert q[key] == results["quality"]["random@0.5"][key]
+        assert q[key] == results["evaluation"]["fidelity"]["random@0.5"][key]
 
 
 def test_compare_cli_reproduces_the_demo_numbers(demo, results, tmp_path):
@@ -173,7 +175,7 @@ def test_compare_cli_reproduces_the_demo_numbers(demo, results, tmp_path):
     res = CliRunner().invoke(main, args)
     assert res.exit_code == 0, res.output + repr(res.exception)
     got = json.loads(out.read_text())
-    want = results["similarity"]["random@0.5"]["measures"]
+    want = results["evaluation"]["similarity"]["random@0.5"]["measures"]
     for key in want:
         assert got["measures"][key]["pairs"]["mean"] == pytest.approx(want[key]["pairs"]["mean"], rel=1e-12)
         assert got["measures"][key]["baseline"]["mean"] == pytest.approx(want[key]["baseline"]["mean"], rel=1e-12)
@@ -225,7 +227,9 @@ def test_metrics_cli_real_against_itself(demo, tmp_path):
         (["lfm", "metrics", "{held}", "--real", "digits-test", "--k", "0"], "--k"),
         (["lfm", "compare", "nope_a", "nope_b"], "run directory not found"),
         (["lfm", "compare", "nope_a", "nope_b", "--coarse-a", "x"], "go together"),
-        (["demo", "--budget", "0"], "--budget"),
+        (["demo", "--effort", "0"], "--effort"),
+        (["demo", "--budget", "0"], "--budget"),  # the old name, checked under its own name
+        (["demo", "--effort", "2", "--budget", "2"], "give --effort alone"),
     ],
 )
 def test_cli_errors_exit_2_and_write_nothing(tmp_path, monkeypatch, args, message):
@@ -243,3 +247,35 @@ def test_demo_refuses_a_foreign_non_empty_folder(tmp_path):
     res = CliRunner().invoke(main, ["demo", "--quick", "-o", str(tmp_path), "-q"])
     assert res.exit_code == 2 and "not written by `prunekit demo`" in res.output
     assert (tmp_path / "mine.txt").read_text() == "keep me"
+
+
+def test_budget_is_a_hidden_deprecated_alias_of_effort(tmp_path):
+    help_text = CliRunner().invoke(main, ["demo", "--help"]).output
+    assert "--effort" in help_text and "--budget" not in help_text
+    # accepted (2 is a valid factor) with a warning; --threads 0 then stops it before any work
+    res = CliRunner().invoke(main, ["demo", "--budget", "2", "--threads", "0", "-o", str(tmp_path / "d")])
+    assert res.exit_code == 2 and "--threads must be at least 1" in res.output
+    assert "Warning: --budget is now --effort" in res.output and not (tmp_path / "d").exists()
+
+
+def test_the_loss_selection_is_tied_to_the_embeddings_it_is_studied_on(demo, results):
+    """The loss scores come from the latent store; they carry the fingerprint of the
+    flattened latents the demo selects, inspects and studies on (and the store's in params)."""
+    import h5py
+
+    import prunekit as pk
+    from prunekit.flow.study import selection_subset
+    from prunekit.selection.subset import load_selection
+    from prunekit_lfm.latents import load_latents
+
+    store = load_latents(demo / "data" / "latents.h5")
+    flat = store.latents.reshape(store.n, -1).astype(np.float64)
+    emb = pk.Embeddings.from_array(flat, ids=store.ids, labels=store.labels)
+    kmeans, loss = (load_selection(demo / "selections" / f"{m}_0.5.h5")
+                    for m in ("kmeans-furthest", "loss"))
+    assert loss.source_fingerprint == kmeans.source_fingerprint == emb.fingerprint
+    with h5py.File(demo / "selections" / "scores_loss.h5") as f:
+        assert json.loads(f.attrs["params"])["latents_fingerprint"] == store.fingerprint
+    assert selection_subset(loss, emb, "loss@0.5").rows.size == 718
+    stab = {r["model"]: r for r in results["stability"]["rows"]}
+    assert stab["loss@0.5"]["n_kept"] == 718

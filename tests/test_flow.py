@@ -347,7 +347,7 @@ def test_pk_stability_is_the_cli_in_one_call(tmp_path):
     same = pk.stability(g.points, prs=[0.25, 0.5], seed=3, steps=8, n_sources=16)
     assert same["rows"] == doc["rows"]
     for bad, message in ((dict(prs=[0.5], seed=-1), "seed must"), (dict(), "one of the two"),
-                         (dict(prs=[0.5], solver="rk4"), "unknown solver"),
+                         (dict(prs=[0.5], solver="rk4"), "solver must be one of euler, heun"),
                          (dict(prs=[0.5], invert=True), "give scores too")):
         with pytest.raises(PrunekitError, match=message):
             pk.stability(g.points, **bad)

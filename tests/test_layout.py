@@ -54,9 +54,11 @@ def test_importing_the_cli_loads_no_library_module():
     code = ("import sys, prunekit.cli, prunekit\n"
             "print(sorted(m for m in sys.modules if m.split('.')[0] in "
             "('h5py', 'numpy', 'faiss', 'sklearn', 'scipy')\n"
-            "      or m.startswith(('prunekit.selection', 'prunekit.methods', 'prunekit.io'))))\n"
-            "print(prunekit.Selection.__module__, prunekit.seeds.__name__)\n")
+            "      or m.startswith(('prunekit.selection', 'prunekit.methods', 'prunekit.io.'))))\n"
+            "import prunekit.runtime.engine\n"
+            "print(prunekit.Selection.__module__, prunekit.seeds.__name__, "
+            "prunekit.runtime.__module__)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     loaded, names = out.stdout.splitlines()
     assert loaded == "[]"
-    assert names == "prunekit.selection.subset prunekit.seeds"
+    assert names == "prunekit.selection.subset prunekit.seeds prunekit.runtime.context"

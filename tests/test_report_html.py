@@ -458,7 +458,7 @@ def test_the_demo_writes_and_links_the_page_of_its_kmeans_selection(tmp_path):
     from test_lfm_report import _results
 
     from prunekit_lfm import report as demo_report
-    from prunekit_lfm.demo import CRITERIA, QUICK, _Context, model_name
+    from prunekit_lfm.demo import CRITERIA, QUICK, Pruned, Pruning, inspect_page, model_name
 
     d = load_digits()
     n = 300
@@ -467,13 +467,13 @@ def test_the_demo_writes_and_links_the_page_of_its_kmeans_selection(tmp_path):
     emb = pk.Embeddings.from_array(d.data[:n], ids=ids, labels=d.target[:n])
     scores = {m: pk.score(emb, m, seed=0, progress=False, **({"k": 5} if m == "kmeans" else {}))
               for m in ("kmeans", "random")}
-    sels = {model_name(c, 0.5): pk.select(scores[CRITERIA[c]["method"]], 0.5,
-                                          balance=CRITERIA[c]["balance"], invert=CRITERIA[c]["invert"])
+    sels = {model_name(c, 0.5): Pruned(pk.select(scores[CRITERIA[c]["method"]], 0.5,
+                                                 balance=CRITERIA[c]["balance"],
+                                                 invert=CRITERIA[c]["invert"]), c, 0.5, tmp_path)
             for c in ("random", "kmeans-furthest")}
-    ctx = SimpleNamespace(plan=QUICK, train_ids=ids, train_images=images, selections=sels,
-                          model_info={k: {"pr": 0.5} for k in sels}, scores=scores, embeddings=emb,
-                          out=tmp_path, seed=0)
-    assert _Context.inspect_page(ctx) == "inspect/index.html"
+    run = SimpleNamespace(scale=QUICK, out=tmp_path, seed=0)
+    digits = SimpleNamespace(train_ids=ids, train_images=images)
+    assert inspect_page(run, digits, Pruning(emb, scores, sels)) == "inspect/index.html"
     page = _page(tmp_path / "report" / "inspect")
     assert [r["data-name"] for r in page.find("tr", "mmd") if "data-name" in r] == \
         ["kmeans-furthest@0.5", "random@0.5"]

@@ -1,12 +1,30 @@
 """Rows grouped by cluster on disk, so that one cluster's rows are one contiguous read.
 
 Per-cluster methods (herding and k-center ``--within``, semdedup) need all rows of one
-cluster at a time, while the clusters are spread over the whole file. :func:`group_rows`
-reads the source once, chunk by chunk, and writes every usable row into a flat file (the
-files' dtype, row-major) at its cluster's place: the groups follow each other in increasing
-cluster id, and inside a group the rows keep their order in the source. After that, a
-group is one ``pread`` of ``rows x dim`` values, whichever process or Ray worker asks.
-Peak memory: one chunk while grouping, one group while reading.
+cluster at a time, while the clusters are spread over the whole input. The grouping is a
+partitioned shuffle of two passes of engine tasks; the driver only adds up counts:
+
+1. **Scatter**, one task per row chunk (the data's chunks, :func:`chunk_rows_for`): the
+   task reads its chunk's usable rows and their cluster ids (a slice of the caller's array,
+   or of the ``cluster`` column of a scores file or folder, :class:`ClusterColumn`), sorts
+   them by cluster id (stable) and writes them, with their compact positions and ids, to
+   its piece file. Bucket b is clusters ``[b*C, (b+1)*C)``, C from the largest id and the
+   number of rows alone (:func:`bucket_plan`), so a bucket is one stretch of every piece.
+   The task returns its rows per bucket.
+2. **Gather**, one task per bucket: the task reads its stretch of every piece, in chunk
+   order, and writes each cluster's rows to their place in the grouped file, where the
+   groups follow each other in increasing cluster id and inside a group the rows keep
+   their source order (chunk order, then the stable sort within a chunk). It returns the
+   ids and sizes of its clusters.
+
+The result (:class:`GroupedRows`) is a flat file of rows (the files' dtype, row-major) and
+one of their compact positions (int64): a group is one ``pread`` of each, whichever
+process or Ray worker asks. The driver holds O(k + chunks x buckets) numbers, never a
+per-row array; a scatter task holds one chunk, a gather task one piece of one chunk and
+its bucket's cluster sizes. Each finished chunk and bucket is recorded in the run's work
+directory, so ``--resume`` redoes only the rest and writes the same bytes. Scratch space:
+the pieces (the usable rows plus 16 bytes each) until the gather ends, and the grouped
+rows plus 8 bytes a row until the caller is done.
 
 Small clusters are batched (:func:`batches`), so a task has some work to do; the batches
 depend on the cluster sizes only, never on the number of workers.
@@ -19,23 +37,31 @@ within the memory budget, record each batch for ``--resume``, clean up.
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
-from dataclasses import dataclass, replace
+import weakref
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from prunekit.errors import PrunekitError
+from prunekit.io.atomic import create_temp
 from prunekit.runtime.context import current_engine, current_work_dir
 from prunekit.runtime.engine import chunk_rows_for
 from prunekit.runtime.memory import human
-from prunekit.runtime.progress import track
+from prunekit.runtime.resume import WorkDir
 
 BATCH_ROWS = 8192  # a task handles consecutive clusters until it holds this many rows
+BUCKET_ROWS = 1 << 22  # usable rows per bucket on average: the gather tasks' share
+POSITION = np.dtype("<i8")  # compact positions and cluster ids in the scratch files
+EMPTY = np.zeros(0, dtype=np.int64)
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
 
 
 @dataclass(frozen=True)
@@ -43,7 +69,8 @@ class GroupedRows:
     """The usable rows of a source grouped by cluster in the flat file ``path``.
 
     ``clusters[g]`` is the id of group g, its rows are file rows ``offsets[g]:offsets[g+1]``,
-    and ``members[offsets[g]:offsets[g+1]]`` are their compact positions (ascending).
+    and the same entries of the file ``members_path`` (int64) are their compact positions,
+    ascending. Holds O(groups); rows and positions are read from the files on demand.
     """
 
     path: str
@@ -51,81 +78,544 @@ class GroupedRows:
     dtype: np.dtype
     clusters: np.ndarray
     offsets: np.ndarray
-    members: np.ndarray
+    members_path: str
 
     @property
     def n_groups(self) -> int:
         return int(self.clusters.size)
+
+    @property
+    def sizes(self) -> np.ndarray:
+        """Rows per group."""
+        return np.diff(self.offsets)
 
     def size(self, g: int) -> int:
         return int(self.offsets[g + 1] - self.offsets[g])
 
     def read(self, g: int) -> np.ndarray:
         """The rows of group ``g``, ``(size, dim)`` in the files' dtype."""
-        n = self.size(g)
         row_bytes = self.dim * self.dtype.itemsize
-        with open(self.path, "rb") as fh:
-            data = os.pread(fh.fileno(), n * row_bytes, int(self.offsets[g]) * row_bytes)
-        if len(data) != n * row_bytes:
-            raise OSError(f"grouped rows file {self.path} is shorter than expected")
-        return np.frombuffer(data, dtype=self.dtype).reshape(n, self.dim)
+        data = _pread(self.path, self.size(g) * row_bytes, int(self.offsets[g]) * row_bytes)
+        return np.frombuffer(data, dtype=self.dtype).reshape(-1, self.dim)
+
+    @property
+    def members(self) -> Positions:
+        """The compact positions of all rows in grouped order; slices are read from disk."""
+        return Positions(self.members_path, int(self.offsets[-1]))
 
     def for_tasks(self) -> GroupedRows:
-        """A copy without ``members`` (O(N)): what a task needs to read its groups."""
-        return replace(self, members=np.zeros(0, dtype=np.int64))
+        """What a task needs to read its groups: this object (it holds O(groups))."""
+        return self
 
     def rows_of(self, g: int) -> np.ndarray:
         """Compact positions of group ``g``'s rows, in their source order."""
         return self.members[self.offsets[g] : self.offsets[g + 1]]
 
 
-def layout(clusters: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(cluster ids present, group offsets, compact positions in grouped order)."""
-    ids, counts = np.unique(clusters, return_counts=True)
-    offsets = np.concatenate(([0], np.cumsum(counts))).astype(np.int64)
-    members = np.argsort(clusters, kind="stable").astype(np.int64)
-    return ids, offsets, members
+@dataclass(frozen=True)
+class Positions:
+    """An int64 file of ``n`` compact positions; ``p[a:b]`` reads those entries."""
+
+    path: str
+    n: int
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, index: slice) -> np.ndarray:
+        if not isinstance(index, slice):
+            raise TypeError("grouped positions are read by slices")
+        a, b, step = index.indices(self.n)
+        if step != 1:
+            raise TypeError("grouped positions are read by contiguous slices")
+        b = max(a, b)
+        data = _pread(self.path, (b - a) * POSITION.itemsize, a * POSITION.itemsize)
+        return np.frombuffer(data, dtype=POSITION).astype(np.int64)
+
+
+@dataclass(frozen=True)
+class ClusterColumn:
+    """The ``cluster`` column of a scores file (HDF5) or partitioned scores folder, read one
+    position range at a time by the tasks that need it (the driver never holds it).
+
+    Make one with :func:`cluster_column`, which checks the column without reading it;
+    ``where`` is how messages name it.
+    """
+
+    path: str
+    where: str
+    folder: bool
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        """Cluster ids (int64) of positions ``start:stop``; -1 where the scores have none."""
+        if not self.folder:
+            from prunekit.io.h5io import open_h5
+
+            with open_h5(self.path, "scores") as f:
+                return np.asarray(f["cluster"][start:stop], dtype=np.int64)
+        return _read_parts(self.path, start, stop)
+
+
+def cluster_column(path: str | os.PathLike, n_total: int, *,
+                   where: str | None = None) -> ClusterColumn:
+    """The ``cluster`` column of the scores at ``path`` (HDF5 file or partitioned folder),
+    checked to hold one integer per row of an input of ``n_total`` rows (metadata only)."""
+    where = where or f"scores {path}"
+    folder = os.path.isdir(path)
+    if folder:
+        from prunekit.io.dataset import PartsReader
+
+        r = PartsReader(path, kind="scores")
+        kind, rows = r.columns.get("cluster"), r.n_total
+        integer = str(kind).startswith(("int", "uint"))
+    else:
+        from prunekit.io.h5io import open_h5
+
+        with open_h5(path, "scores") as f:
+            ds = f.get("cluster")
+            kind = None if ds is None else ds.dtype
+            integer = kind is not None and ds.dtype.kind in "iu" and ds.ndim == 1
+            rows = None if ds is None else ds.shape[0]
+    if kind is None:
+        raise PrunekitError(f"{where} has no 'cluster' dataset; give the scores of "
+                            "'prunekit score EMB --method kmeans'.")
+    if not integer or rows != n_total:
+        raise PrunekitError(f"{where} ['cluster'] must hold one integer per row of the "
+                            f"{n_total} embeddings; score k-means on these embeddings again.")
+    return ClusterColumn(os.fspath(path), where, folder)
+
+
+def _read_parts(path: str, start: int, stop: int) -> np.ndarray:
+    """Cluster ids of positions ``start:stop`` from the parts of a scores folder that hold
+    them, read in the reader's bounded batches (a part is left once it is past ``stop``)."""
+    from prunekit.io.dataset import PartsReader
+
+    r = PartsReader(path, kind="scores")
+    out = np.full(stop - start, -1, dtype=np.int64)
+    for i, part in enumerate(r.manifest["parts"]):
+        if part["stop"] <= start or part["start"] >= stop:
+            continue
+        with contextlib.closing(r.iter_part(i, ["cluster"])) as batches:
+            for batch in batches:
+                pos = batch["position"]
+                if pos.size == 0 or pos[-1] < start:
+                    continue
+                if pos[0] >= stop:
+                    break
+                inside = (pos >= start) & (pos < stop)
+                out[pos[inside] - start] = batch["cluster"][inside]
+    return out
+
+
+# ------------------------------------------------------------------------------ the plan
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """A scatter task: chunk ``ref`` of the source, whose usable rows are the compact
+    indices ``first:first + n``, at positions ``rows`` (None: all but ``dropped``), with
+    cluster ids ``labels`` (None: read from the :class:`ClusterColumn`)."""
+
+    ref: Any
+    first: int
+    n: int
+    rows: np.ndarray | None
+    dropped: np.ndarray
+    labels: np.ndarray | None
+
+    def local(self) -> np.ndarray:
+        """Indices of the usable rows inside the chunk, ascending."""
+        a = self.ref.global_start
+        if self.rows is not None:
+            return np.asarray(self.rows, dtype=np.int64) - a
+        return np.delete(np.arange(self.ref.n_rows, dtype=np.int64), self.dropped - a)
+
+
+def _chunks(src, usable: tuple[np.ndarray | None, np.ndarray], labels: np.ndarray | None,
+            chunk_rows: int) -> list[Chunk]:
+    """The scatter tasks, one per chunk of ``src`` (slices of the usable rows, no copies)."""
+    rows, dropped = usable
+    out, first = [], 0
+    for ref in src.chunks(chunk_rows):
+        a, b = ref.global_start, ref.global_stop
+        if rows is not None:
+            lo, hi = (int(v) for v in np.searchsorted(rows, [a, b]))
+            n, sel, drop = hi - lo, rows[lo:hi], EMPTY
+        else:
+            lo, hi = (int(v) for v in np.searchsorted(dropped, [a, b]))
+            n, sel, drop = (b - a) - (hi - lo), None, dropped[lo:hi]
+        out.append(Chunk(ref, first, n, sel, drop,
+                         None if labels is None else labels[first : first + n]))
+        first += n
+    return out
+
+
+def bucket_plan(top: int, n: int) -> tuple[int, int]:
+    """``(buckets, width)`` for cluster ids ``0..top`` over ``n`` rows: about ``BUCKET_ROWS``
+    rows a bucket, at most one bucket per id; bucket b is ids ``[b*width, (b+1)*width)``."""
+    ids = max(1, int(top) + 1)
+    want = min(ids, max(1, -(-int(n) // BUCKET_ROWS)))
+    width = -(-ids // want)
+    return -(-ids // width), width
+
+
+def _usable(emb) -> tuple[np.ndarray | None, np.ndarray]:
+    """(positions of the usable rows when they are held, else None; dropped positions)."""
+    held = emb.usable_rows
+    if isinstance(held, np.ndarray):
+        return held, EMPTY
+    dropped = getattr(held, "dropped", None)  # UsableRows: all but the dropped positions
+    return None, EMPTY if dropped is None else np.asarray(dropped, dtype=np.int64)
+
+
+@dataclass(frozen=True)
+class _Files:
+    """Where one grouping writes: the grouped rows and positions, and the pieces' folder."""
+
+    rows: Path
+    members: Path
+    pieces: Path
+
+    @staticmethod
+    def in_dir(work: WorkDir, tmp: Path | None, name: str) -> _Files:
+        if tmp is not None:
+            (tmp / "pieces").mkdir(mode=0o700)
+            return _Files(tmp / f"{name}.rows", tmp / f"{name}.members", tmp / "pieces")
+        pieces = work.scratch(f"{name}.pieces/-").parent  # made 0700 and checked
+        return _Files(work.scratch(f"{name}.rows"), work.scratch(f"{name}.members"), pieces)
+
+
+# ------------------------------------------------------------------------------ grouping
 
 
 def group_rows(src, rows: np.ndarray, clusters: np.ndarray, path: str | os.PathLike, *,
-               chunk_rows: int, progress: bool = True,
-               lay: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None) -> GroupedRows:
-    """Write the usable ``rows`` of ``src``, grouped by ``clusters`` (one a row), to ``path``.
+               chunk_rows: int, progress: bool = True) -> GroupedRows:
+    """Group the usable ``rows`` of ``src`` (ascending positions) by ``clusters`` (one id a
+    row) into ``path`` and ``path.members``, on the current engine, recording nothing.
 
-    One sequential pass over ``src``: each chunk's usable rows are sorted by cluster
-    (stable) and each cluster's run is written at that cluster's next free place. ``lay``
-    is ``layout(clusters)`` when the caller has it already.
+    The pieces live in a temporary folder beside ``path``, removed before returning.
     """
-    ids, offsets, members = layout(clusters) if lay is None else lay
-    group_of = np.searchsorted(ids, clusters)
-    filled = offsets[:-1].copy()
-    row_bytes = src.dim * src.dtype.itemsize
     path = Path(path)
-    free = shutil.disk_usage(path.parent).free
-    if rows.size * row_bytes > free:
+    tmp = Path(tempfile.mkdtemp(prefix=".prunekit-pieces-", dir=path.parent))
+    try:
+        files = _Files(path, Path(f"{path}.members"), tmp)
+        return _group(src, (np.asarray(rows, dtype=np.int64), EMPTY), int(np.size(rows)),
+                      np.asarray(clusters), files, work=WorkDir(None), record="groups",
+                      chunk_rows=chunk_rows, progress=progress, desc="grouping")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _group(src, usable, n: int, clusters: np.ndarray | ClusterColumn, files: _Files, *,
+           work: WorkDir, record: str, chunk_rows: int, progress: bool,
+           desc: str) -> GroupedRows:
+    """The two passes (see the module docstring), each unit recorded as ``record.*``."""
+    column = clusters if isinstance(clusters, ClusterColumn) else None
+    labels = None if column is not None else _checked_labels(clusters, n)
+    chunks = _chunks(src, usable, labels, chunk_rows)
+    row_bytes = src.dim * src.dtype.itemsize
+    top = _top_id(src, column, labels, chunks, work, f"{record}.shuffle/top", chunk_rows,
+                  progress, desc)
+    n_buckets, width = bucket_plan(top, n)
+    key = hashlib.blake2b(json.dumps([n, len(chunks), chunk_rows, n_buckets, width, row_bytes,
+                                      src.dtype.str]).encode(), digest_size=8).hexdigest()
+    prefix = f"{record}.shuffle/{key}"
+    fresh = not (_allocated(files.rows, n * row_bytes)
+                 and _allocated(files.members, n * POSITION.itemsize))
+    done = [None if fresh else _bucket_record(work, f"{prefix}/bucket-{b:08d}")
+            for b in range(n_buckets)]
+    if any(d is None for d in done):
+        grouped_bytes = n * (row_bytes + POSITION.itemsize) if fresh else 0
+        counts = _scatter(src, column, chunks, files, work, prefix, n_buckets, width,
+                          chunk_rows, grouped_bytes, progress, desc)
+        if fresh:
+            _allocate(files.rows, n * row_bytes)
+            _allocate(files.members, n * POSITION.itemsize)
+        _gather(counts, done, files, work, prefix, row_bytes, chunk_rows, progress, desc)
+    shutil.rmtree(files.pieces, ignore_errors=True)
+    ids = np.concatenate([EMPTY, *(d[0] for d in done)])
+    sizes = np.concatenate([EMPTY, *(d[1] for d in done)])
+    offsets = np.concatenate(([0], np.cumsum(sizes))).astype(np.int64)
+    if int(offsets[-1]) != n:  # records of another grouping: never expected
+        raise PrunekitError(f"the grouped rows in {files.rows.parent} hold {int(offsets[-1])} "
+                            f"rows, not {n}; run the command again without --resume.")
+    return GroupedRows(str(files.rows), src.dim, np.dtype(src.dtype), ids, offsets,
+                       str(files.members))
+
+
+def _checked_labels(clusters: np.ndarray, n: int) -> np.ndarray:
+    """The caller's cluster ids: one non-negative integer per usable row."""
+    clusters = np.asarray(clusters)
+    if clusters.shape != (n,) or (n and clusters.dtype.kind not in "iu"):
+        raise PrunekitError(f"clusters must hold one integer per usable row ({n}), got "
+                            f"shape {clusters.shape} and dtype {clusters.dtype}.")
+    if n and int(clusters.min()) < 0:
+        raise PrunekitError("clusters must be >= 0 (-1 marks an unclustered row); give "
+                            "every usable row a cluster.")
+    return clusters
+
+
+def _top_id(src, column, labels, chunks, work, name, chunk_rows, progress, desc) -> int:
+    """The largest cluster id: of the caller's array, else one pass over the column."""
+    if column is None:
+        return int(labels.max()) if labels.size else 0
+    recorded = work.load_json(name)
+    if isinstance(recorded, int):
+        return recorded
+    top = 0
+    results = current_engine().map(_top_task, chunks, column, desc=f"{desc}: cluster ids",
+                                   progress=progress, task_bytes=24 * chunk_rows)
+    with contextlib.closing(results):
+        for value in results:
+            top = max(top, int(value))
+    work.save_json(name, top)
+    return top
+
+
+def _top_task(column: ClusterColumn, chunk: Chunk) -> int:
+    """Engine task: the largest cluster id of a chunk's usable rows (checked >= 0)."""
+    return int(_chunk_labels(column, chunk).max(initial=0))
+
+
+def _chunk_labels(column: ClusterColumn | None, chunk: Chunk) -> np.ndarray:
+    """The cluster ids of a chunk's usable rows; an unclustered row is an error."""
+    if column is None:
+        return np.asarray(chunk.labels, dtype=np.int64)
+    if chunk.n == 0:
+        return EMPTY
+    labels = column.read(chunk.ref.global_start, chunk.ref.global_stop)[chunk.local()]
+    bad = np.flatnonzero(labels < 0)
+    if bad.size:
+        shown = ", ".join(str(chunk.ref.global_start + int(i))
+                          for i in chunk.local()[bad[:10]])
+        raise PrunekitError(f"{column.where} ['cluster'] leaves rows {shown} unclustered "
+                            "(-1); score k-means with the same --drop-nonfinite setting.")
+    return labels
+
+
+def _allocated(path: Path, size: int) -> bool:
+    """Whether ``path`` is a regular file of ``size`` bytes (kept from an earlier run)."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return False
+    return st.st_size == size and (st.st_mode & 0o170000) == 0o100000
+
+
+def _allocate(path: Path, size: int) -> None:
+    """Create ``path`` (or empty it) as a sparse file of ``size`` bytes."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | _NOFOLLOW, 0o600)
+    try:
+        os.ftruncate(fd, 0)
+        os.ftruncate(fd, size)
+    finally:
+        os.close(fd)
+
+
+def _bucket_record(work: WorkDir, name: str) -> tuple[np.ndarray, np.ndarray] | None:
+    rec = work.load(name)
+    if rec is None or rec.ndim != 2 or rec.shape[0] != 2:
+        return None
+    return rec[0].astype(np.int64), rec[1].astype(np.int64)
+
+
+# ------------------------------------------------------------------------ pass 1: scatter
+
+
+def _scatter(src, column, chunks, files, work, prefix, n_buckets, width, chunk_rows,
+             grouped_bytes, progress, desc) -> np.ndarray:
+    """Rows per (chunk, bucket); the scatter tasks run for the chunks not recorded (after a
+    check that their pieces and ``grouped_bytes`` still to allocate fit on the disk)."""
+    rec_bytes = src.dim * src.dtype.itemsize + 2 * POSITION.itemsize
+    counts = np.zeros((len(chunks), n_buckets), dtype=np.int64)
+    todo = []
+    for i, chunk in enumerate(chunks):
+        rec = work.load(f"{prefix}/chunk-{i:08d}")
+        if (rec is not None and rec.shape == (n_buckets,) and int(rec.sum()) == chunk.n
+                and (chunk.n == 0 or _allocated(_piece(files.pieces, i), chunk.n * rec_bytes))):
+            counts[i] = rec
+        else:
+            todo.append((i, chunk))
+    _check_space(files.pieces, sum(c.n for _, c in todo) * rec_bytes + grouped_bytes)
+    shared = (src, column, str(files.pieces), n_buckets, width)
+    task_bytes = chunk_rows * (3 * src.dim * src.dtype.itemsize + 6 * POSITION.itemsize)
+    results = current_engine().map(_scatter_task, todo, shared, progress=progress,
+                                   desc=f"{desc}: grouping rows (1/2)", task_bytes=task_bytes)
+    with contextlib.closing(results):
+        for (i, _), result in zip(todo, results, strict=True):
+            work.save(f"{prefix}/chunk-{i:08d}", result)
+            counts[i] = result
+    return counts
+
+
+def _piece(folder: str | Path, i: int) -> Path:
+    return Path(folder) / f"piece-{i:08d}"
+
+
+def _scatter_task(shared: tuple, item: tuple[int, Chunk]) -> np.ndarray:
+    """Engine task: write chunk i's usable rows sorted by cluster id (stable) to its piece,
+    bucket after bucket: rows, compact positions, cluster ids. Returns rows per bucket."""
+    src, column, pieces, n_buckets, width = shared
+    i, chunk = item
+    if chunk.n == 0:
+        return np.zeros(n_buckets, dtype=np.int64)
+    labels = _chunk_labels(column, chunk)
+    order = np.argsort(labels, kind="stable")
+    labels = labels[order].astype(POSITION)
+    rows = np.ascontiguousarray(src.read(chunk.ref)[chunk.local()[order]], dtype=src.dtype)
+    members = (chunk.first + order).astype(POSITION)
+    counts = np.bincount(labels // width, minlength=n_buckets).astype(np.int64)
+    if counts.size > n_buckets:  # the column changed since its largest id was read
+        where = "clusters" if column is None else f"{column.where} ['cluster']"
+        raise PrunekitError(f"{where} changed while the rows were grouped; "
+                            "run the command again when nothing writes it.")
+    bounds = np.concatenate(([0], np.cumsum(counts)))
+    fd, tmp = create_temp(pieces)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            for a, b in zip(bounds[:-1], bounds[1:], strict=True):
+                for part in (rows[a:b], members[a:b], labels[a:b]):
+                    fh.write(part.data)
+        os.replace(tmp, _piece(pieces, i))
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    return counts
+
+
+def _check_space(folder: Path, need: int) -> None:
+    free = shutil.disk_usage(folder).free
+    if need > free:
         raise PrunekitError(
-            f"grouping the rows by cluster needs {human(rows.size * row_bytes)} of scratch space "
-            f"in {path.parent}, which has {human(free)} free; free some space or write the "
+            f"grouping the rows by cluster needs {human(need)} of scratch space in "
+            f"{folder.parent}, which has {human(free)} free; free some space or write the "
             "output to a directory on a larger disk."
         )
-    with open(path, "wb") as fh:
-        fh.truncate(int(rows.size) * row_bytes)
-        fd = fh.fileno()
-        chunks = src.chunks(chunk_rows)
-        for ref in track(chunks, total=len(chunks), desc="grouping rows by cluster",
-                         progress=progress):
-            lo, hi = np.searchsorted(rows, [ref.global_start, ref.global_stop])
-            if lo == hi:
-                continue
-            block = np.ascontiguousarray(src.read(ref)[rows[lo:hi] - ref.global_start])
-            g = group_of[lo:hi]
-            order = np.argsort(g, kind="stable")
-            block, g = block[order], g[order]
-            present, starts, counts = np.unique(g, return_index=True, return_counts=True)
-            for c, a, m in zip(present, starts, counts, strict=True):
-                os.pwrite(fd, block[a : a + m].tobytes(), int(filled[c]) * row_bytes)
-                filled[c] += m
-    return GroupedRows(str(path), src.dim, np.dtype(src.dtype), ids, offsets, members)
+
+
+# ------------------------------------------------------------------------- pass 2: gather
+
+
+def _gather(counts: np.ndarray, done: list, files: _Files, work: WorkDir, prefix: str,
+            row_bytes: int, chunk_rows: int, progress: bool, desc: str) -> None:
+    """The gather tasks of the buckets not recorded; fills ``done[b]`` = (ids, sizes)."""
+    rec_bytes = row_bytes + 2 * POSITION.itemsize
+    starts = np.concatenate(([0], np.cumsum(counts.sum(axis=0))))  # bucket b's first row
+    before = np.cumsum(counts, axis=1) - counts  # rows of earlier buckets in each piece
+    todo = [b for b, d in enumerate(done) if d is None]
+
+    def items() -> Iterator[tuple]:
+        for b in todo:
+            have = np.flatnonzero(counts[:, b])
+            yield b, int(starts[b]), have, before[have, b] * rec_bytes, counts[have, b]
+
+    shared = (str(files.pieces), str(files.rows), str(files.members), row_bytes)
+    results = current_engine().map(_gather_task, items(), shared, progress=progress,
+                                   desc=f"{desc}: grouping rows (2/2)",
+                                   task_bytes=2 * chunk_rows * rec_bytes)
+    with contextlib.closing(results):
+        for b, result in zip(todo, results, strict=True):
+            work.save(f"{prefix}/bucket-{b:08d}", result)
+            done[b] = (result[0], result[1])
+
+
+def _gather_task(shared: tuple, item: tuple) -> np.ndarray:
+    """Engine task: bucket b's stretch of every piece, in chunk order, written to its
+    clusters' places; returns ``[ids, sizes]`` of the bucket's clusters (2 x m, int64)."""
+    pieces, rows_path, members_path, row_bytes = shared
+    _, start, chunks, offsets, counts = item
+    pos = POSITION.itemsize
+    tally = _Tally()
+    for c, off, n in zip(chunks, offsets, counts, strict=True):  # sweep 1: the cluster sizes
+        ids = np.frombuffer(_pread(_piece(pieces, c), int(n) * pos,
+                                   int(off) + int(n) * (row_bytes + pos)), dtype=POSITION)
+        tally.add(*_runs(ids)[::2])
+    ids, sizes = tally.result()
+    cursor = start + np.concatenate(([0], np.cumsum(sizes)[:-1])).astype(np.int64)
+    fd_rows = os.open(rows_path, os.O_WRONLY | _NOFOLLOW)
+    try:
+        fd_members = os.open(members_path, os.O_WRONLY | _NOFOLLOW)
+        try:
+            for c, off, n in zip(chunks, offsets, counts, strict=True):  # sweep 2: the rows
+                n = int(n)
+                data = memoryview(_pread(_piece(pieces, c), n * (row_bytes + 2 * pos), int(off)))
+                run_ids, run_at, run_n = _runs(np.frombuffer(data[n * (row_bytes + pos):],
+                                                             dtype=POSITION))
+                members = data[n * row_bytes : n * (row_bytes + pos)]
+                for g, a, m in zip(np.searchsorted(ids, run_ids), run_at, run_n, strict=True):
+                    _pwrite(fd_rows, data[a * row_bytes : (a + m) * row_bytes],
+                            int(cursor[g]) * row_bytes)
+                    _pwrite(fd_members, members[a * pos : (a + m) * pos], int(cursor[g]) * pos)
+                    cursor[g] += m
+        finally:
+            os.close(fd_members)
+    finally:
+        os.close(fd_rows)
+    return np.stack([ids, sizes]).astype(np.int64)
+
+
+def _runs(sorted_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(distinct ids, index of their first entry, entries) of an ascending array."""
+    ids, at, n = np.unique(sorted_ids, return_index=True, return_counts=True)
+    return ids.astype(np.int64), at.astype(np.int64), n.astype(np.int64)
+
+
+class _Tally:
+    """Entries per id summed over many ``(ids, counts)`` runs, in O(distinct ids) memory:
+    runs are folded in once they hold as many entries as the tally."""
+
+    FOLD = 1 << 16
+
+    def __init__(self) -> None:
+        self.ids, self.counts = EMPTY, EMPTY
+        self._pending: list[tuple[np.ndarray, np.ndarray]] = []
+        self._held = 0
+
+    def add(self, ids: np.ndarray, counts: np.ndarray) -> None:
+        self._pending.append((ids, counts))
+        self._held += ids.size
+        if self._held > max(self.ids.size, self.FOLD):
+            self._fold()
+
+    def _fold(self) -> None:
+        ids = np.concatenate([self.ids, *(i for i, _ in self._pending)])
+        counts = np.concatenate([self.counts, *(c for _, c in self._pending)])
+        self.ids, inverse = np.unique(ids, return_inverse=True)
+        self.counts = np.bincount(inverse, weights=counts, minlength=self.ids.size
+                                  ).astype(np.int64)  # exact: sums below 2**53
+        self._pending, self._held = [], 0
+
+    def result(self) -> tuple[np.ndarray, np.ndarray]:
+        self._fold()
+        return self.ids.astype(np.int64), self.counts
+
+
+def _pread(path: str | Path, n: int, offset: int) -> bytes:
+    """``n`` bytes of ``path`` from ``offset``; a short file is an OSError."""
+    if n == 0:
+        return b""
+    fd = os.open(path, os.O_RDONLY | _NOFOLLOW)
+    try:
+        parts, got = [], 0
+        while got < n:
+            data = os.pread(fd, n - got, offset + got)
+            if not data:
+                raise OSError(f"grouped rows file {path} is shorter than expected")
+            parts.append(data)
+            got += len(data)
+    finally:
+        os.close(fd)
+    return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
+def _pwrite(fd: int, data: memoryview, offset: int) -> None:
+    while len(data):
+        done = os.pwrite(fd, data, offset)
+        data, offset = data[done:], offset + done
+
+
+# ------------------------------------------------------------------- per-cluster protocol
 
 
 def batches(sizes: np.ndarray, batch_rows: int | None = None) -> list[list[int]]:
@@ -145,49 +635,48 @@ def batches(sizes: np.ndarray, batch_rows: int | None = None) -> list[list[int]]
     return out
 
 
-def map_clusters(emb, clusters: np.ndarray, task: Callable[[tuple, tuple[int, list[int]]], Any],
-                 shared: Any, *, task_bytes: int, desc: str, progress: bool,
-                 members: bool = False, name: str = "groups",
-                 ) -> tuple[GroupedRows, list[tuple[list[int], Any]]]:
+def map_clusters(emb, clusters: np.ndarray | ClusterColumn,
+                 task: Callable[[tuple, tuple[int, list[int]]], Any], shared: Any, *,
+                 task_bytes: int, desc: str, progress: bool, members: bool = False,
+                 name: str = "groups") -> tuple[GroupedRows, list[tuple[list[int], Any]]]:
     """Run ``task`` over the clusters of ``emb``'s usable rows, a batch of clusters a call.
 
-    ``clusters``: one cluster id per usable row (compact order). The rows are grouped by
-    cluster on disk once (:func:`group_rows`: in the run's work directory when it has one,
-    else in a temporary directory removed afterwards) and the clusters cut into
+    ``clusters``: one cluster id per usable row (compact order), or the
+    :class:`ClusterColumn` of a scores file, which the tasks read chunk by chunk. The rows
+    are grouped by cluster on disk once (the two passes of the module docstring, as engine
+    tasks: in the run's work directory when it has one, else in a temporary directory
+    removed once the returned :class:`GroupedRows` is dropped) and the clusters cut into
     :func:`batches`. Then ``task((grouped, shared), (i, batch))`` runs for every batch on
     the current engine, as many at a time as the memory budget holds ``task_bytes`` (one
-    call's peak); ``grouped`` reads a cluster's rows (``grouped.read(g)``) and, with
-    ``members``, knows their compact positions (``rows_of``; O(n) more to ship to the
-    workers). A result is recorded in the work directory (as ``name/<batch>``, an array)
-    when its batch finishes, and ``--resume`` maps only the batches not recorded.
+    call's peak); ``grouped`` reads a cluster's rows (``grouped.read(g)``) and their compact
+    positions (``rows_of``; ``members`` is accepted for older callers: the positions are a
+    file, nothing per row travels). Every scatter chunk, gather bucket and batch is
+    recorded in the work directory when it finishes (a batch's result as ``name/<batch>``),
+    and ``--resume`` computes only what is not recorded.
 
-    Returns the grouped rows (with ``members``) and ``(batch, result)`` for every batch,
-    in batch order, so the caller combines them the same way on every engine.
+    Returns the grouped rows and ``(batch, result)`` for every batch, in batch order, so
+    the caller combines them the same way on every engine.
     """
     engine, work = current_engine(), current_work_dir()
-    lay = layout(clusters)
-    sizes = np.diff(lay[1])
     src = emb.reader
-    tmp = None if work.enabled else tempfile.mkdtemp(prefix=f"prunekit-{name}-")
-    path = work.scratch(f"{name}.rows") if tmp is None else Path(tmp) / f"{name}.rows"
+    tmp = None if work.enabled else Path(tempfile.mkdtemp(prefix=f"prunekit-{name}-"))
     try:
-        if work.load_json(f"{name}.grouped") is None or not path.exists():
-            grouped = group_rows(src, emb.rows, clusters, path, chunk_rows=chunk_rows_for(src.dim),
-                                 progress=progress, lay=lay)
-            work.save_json(f"{name}.grouped", {"rows": int(emb.rows.size)})
-        else:
-            grouped = GroupedRows(str(path), src.dim, np.dtype(src.dtype), *lay)
-        plan = list(enumerate(batches(sizes)))
+        grouped = _group(src, _usable(emb), int(emb.n), clusters,
+                         _Files.in_dir(work, tmp, name), work=work, record=name,
+                         chunk_rows=chunk_rows_for(src.dim), progress=progress, desc=desc)
+        plan = list(enumerate(batches(grouped.sizes)))
         done = {i: work.load(f"{name}/{i:08d}") for i, _ in plan}
         todo = [item for item in plan if done[item[0]] is None]
-        view = grouped if members else grouped.for_tasks()
-        results = engine.map(task, todo, (view, shared), desc=desc, progress=progress,
-                             task_bytes=int(task_bytes))
+        results = engine.map(task, todo, (grouped.for_tasks(), shared), desc=desc,
+                             progress=progress, task_bytes=int(task_bytes))
         with contextlib.closing(results):
             for (i, _), result in zip(todo, results, strict=True):
                 work.save(f"{name}/{i:08d}", result)
                 done[i] = result
-    finally:
+    except BaseException:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if tmp is not None:  # the caller reads positions after the return: removed with them
+        weakref.finalize(grouped, shutil.rmtree, str(tmp), True)
     return grouped, [(batch, done[i]) for i, batch in plan]

@@ -27,7 +27,7 @@ import numpy as np
 from prunekit._version import __version__
 from prunekit.errors import PrunekitError
 from prunekit.flow.assign import compare_subsets
-from prunekit.flow.ode import SOLVERS
+from prunekit.flow.ode import MAX_STEPS, SOLVER
 from prunekit.flow.plot import stability_figure
 from prunekit.flow.synthetic import gaussian_mixture
 from prunekit.flow.velocity import DEFAULT_BUFFER, ClosedFormField, resolve_dtype
@@ -35,22 +35,75 @@ from prunekit.io.atomic import check_input, write_bytes
 from prunekit.io.embeddings import Embeddings, load_embeddings
 from prunekit.io.provenance import jsonable
 from prunekit.methods import score
+from prunekit.params import Param, ParamError, pick, seed_param, takes, validate
 from prunekit.runtime.memory import check_fits
 from prunekit.runtime.progress import track
 from prunekit.seeds import check_seed, role_rng, role_seed
 from prunekit.selection.scores import Scores, load_scores
-from prunekit.selection.subset import Selection, labels_for, load_selection, resolve_rows, select
+from prunekit.selection.subset import (
+    BALANCES,
+    Selection,
+    labels_for,
+    load_selection,
+    resolve_rows,
+    select,
+)
 
 DEFAULT_SOURCES = 256
 # Training rows the closed-form flow uses at most: every velocity evaluation touches each of
 # them, so beyond this a seeded uniform sample of the data stands for the full set.
 STABILITY_SAMPLE = 100_000
-# Steps of the ODE at most: the error of Euler/Heun falls as 1/K (1/K^2), so beyond this it is
-# below what float32 resolves, while the work grows with K (memory does not, so no memory
-# check would stop a run of 10^9 steps that never ends).
-MAX_STEPS = 100_000
 GMM = "gmm"  # the data of a dimension sweep: a Gaussian mixture drawn per dimension
 GMM_DEFAULTS = {"n": 1000, "components": 10, "spread": 0.5}
+
+#: How :func:`stability` picks the subsets, the noise and the integration: its keyword
+#: arguments and the options of ``prunekit stability``, in the order of ``--help``.
+STUDY_PARAMS = (
+    Param("selections", "path", (),
+          "Selection file(s) to compare with the full set: --selection A.h5 B.h5 (put DATA "
+          "first).", multiple=True, objects=(Selection,), flag="--selection", metavar="FILE ..."),
+    Param("prs", "float", (),
+          "Pruned fraction(s) to build subsets for: --pr 0.25 0.5 0.75 (or 0.25,0.5,0.75).",
+          low=0, high=1, open_high=True, multiple=True, flag="--pr", metavar="P ..."),
+    Param("scores", "path", None,
+          "Choose the --pr subsets from this scores file (default: random).", nullable=True,
+          objects=(Scores,)),
+    Param("balance", "choice", "none",
+          "With --scores: how quotas are spread, as in `prunekit select`.", choices=BALANCES),
+    Param("invert", "bool", False, "With --scores: keep the lowest scores first."),
+    Param("sources", "path", None, "Noise points x0 as an (M, d) .npy file, used as they are.",
+          nullable=True, objects=(np.ndarray, list, tuple)),
+    Param("n_sources", "int", None,
+          f"Draw M noise points x0 ~ N(0, I) [default: {DEFAULT_SOURCES}].", low=1,
+          nullable=True, cli_range=True),
+    seed_param("Seed of the sources, random subsets and synthetic data (each its own stream)."),
+    Param("steps", "int", 100, f"Euler/Heun steps K on t_k = k/K (at most {MAX_STEPS}).",
+          low=1, cli_range=True),
+    SOLVER,
+    Param("dtype", "choice", "float32", "Compute precision.", choices=("float32", "float64")),
+    Param("sample", "int", STABILITY_SAMPLE,
+          "Data with more usable rows are represented by a seeded uniform sample of this many "
+          "(the subsets keep their rows in it); 0 = every row.", low=0, nullable=True,
+          cli_range=True),
+    Param("block", "int", None, "Training points per block (default: sized to ~64 MiB of logits).",
+          low=1, nullable=True, cli_range=True),
+)
+#: The synthetic data of a ``dims`` sweep (None: :data:`GMM_DEFAULTS`).
+SWEEP_PARAMS = (
+    Param("dims", "int", (),
+          "Sweep these dimensions on synthetic data (DATA = gmm): --dims 16 256 4096.", low=1,
+          multiple=True, metavar="D ..."),
+    Param("n", "int", None, f"--dims: points of the mixture [default: {GMM_DEFAULTS['n']}].",
+          low=1, nullable=True, cli_range=True),
+    Param("components", "int", None,
+          f"--dims: mixture components [default: {GMM_DEFAULTS['components']}].", low=1,
+          nullable=True, cli_range=True),
+    Param("spread", "float", None,
+          f"--dims: spread around component means [default: {GMM_DEFAULTS['spread']}].",
+          nullable=True),
+)
+STABILITY_PARAMS = STUDY_PARAMS + SWEEP_PARAMS
+_PRS = pick(STUDY_PARAMS, "prs")[0]
 
 
 @dataclass
@@ -100,13 +153,10 @@ def load_sources(path: str | os.PathLike, dim: int) -> np.ndarray:
 
 
 def check_prs(prs: Sequence[float]) -> list[float]:
-    """Pruned fractions, each in [0, 1)."""
-    out = [float(p) for p in prs]
-    bad = [p for p in out if not 0.0 <= p < 1.0]
-    if not out or bad:
-        raise PrunekitError(
-            f"pr is the fraction removed and must lie in [0, 1); got {bad or 'nothing'}."
-        )
+    """Pruned fractions, each in [0, 1) (the ``prs`` Param of :data:`STUDY_PARAMS`), at least one."""
+    out = [float(p) for p in _PRS.check(prs)]
+    if not out:
+        raise ParamError("{prs} are the fractions removed, each in [0, 1); got nothing.")
     return out
 
 
@@ -345,16 +395,41 @@ def _subset_name(row: dict[str, Any]) -> str:
     return name + ("/inv" if row.get("invert") else "")
 
 
-class StudyOptionError(PrunekitError):
-    """Options of :func:`stability` that do not go together; :meth:`cli_message` names the
-    command's flags instead of the parameters."""
+class StudyOptionError(ParamError):
+    """Options of :func:`stability` that do not go together, said for the library
+    (``message``) and, in other words, for ``prunekit stability`` (``cli``)."""
 
     def __init__(self, message: str, cli: str) -> None:
-        super().__init__(message)
-        self.cli = cli
+        super().__init__(_literal(message), cli=_literal(cli))
 
-    def cli_message(self) -> str:
-        return self.cli
+
+def _literal(text: str) -> str:
+    """``text`` as a ParamError template that says just that."""
+    return text.replace("{", "{{").replace("}", "}}")
+
+
+# The options check_study looks at.
+_TOGETHER = ("selections", "prs", "scores", "balance", "invert", "sources", "n_sources", "dims",
+             *GMM_DEFAULTS)
+
+
+def check_options(data: Any, options: Mapping[str, Any]) -> dict[str, Any]:
+    """The options of :func:`stability` (any of :data:`STABILITY_PARAMS`; the rest take
+    their defaults) checked as it checks them, before any work: each value by its Param,
+    the steps against MAX_STEPS, then which go together (:func:`check_study`). Returns
+    every option's normalised value. ``prunekit stability`` calls it before it starts an
+    engine."""
+    values = validate(None, STABILITY_PARAMS, options)
+    _check_together(data, values)
+    return values
+
+
+def _check_together(data: Any, values: Mapping[str, Any]) -> None:
+    if values["steps"] > MAX_STEPS:
+        raise ParamError("{steps:{}} is above {}: memory does not grow with the steps but the "
+                         "work does, and more steps change the result less than float32 "
+                         "resolves.", values["steps"], MAX_STEPS)
+    check_study(data, **{k: values[k] for k in _TOGETHER})
 
 
 def check_study(
@@ -433,6 +508,7 @@ def _check_subsets(selections: Sequence[Any], prs: Sequence[float], scores: Any,
             "--balance and --invert choose from a scores file: add --scores SCORES.h5.")
 
 
+@takes(STABILITY_PARAMS)
 def stability(
     data: Embeddings | np.ndarray | str | os.PathLike,
     *,
@@ -476,15 +552,14 @@ def stability(
 
     ``data="gmm"`` with ``dims``: a dimension sweep instead, random subsets at each ``prs``
     of a Gaussian mixture of ``n`` points, ``components`` and ``spread`` (defaults
-    :data:`GMM_DEFAULTS`) drawn per dimension (:func:`dimension_study`). Options that do
-    not go together are refused before any work (:func:`check_study`).
+    :data:`GMM_DEFAULTS`) drawn per dimension (:func:`dimension_study`).
+
+    The options are declared in :data:`STABILITY_PARAMS` (their help is ``prunekit
+    stability --help``); a bad value, or options that do not go together, are refused
+    before any work (:func:`check_options`).
     """
-    check_study(data, selections=selections, prs=prs, scores=scores, balance=balance,
-                invert=invert, sources=sources, n_sources=n_sources, dims=dims, n=n,
-                components=components, spread=spread)
-    prs = check_prs(prs) if prs else []
-    seed = check_seed(seed)
-    _check_run(steps, solver, dtype, block)
+    _check_together(data, locals())  # each value was checked by its Param (@takes)
+    prs = list(prs)
     run = {"steps": steps, "solver": solver, "dtype": dtype}
     if dims:
         gmm = {k: GMM_DEFAULTS[k] if v is None else v
@@ -493,9 +568,7 @@ def stability(
     emb = _as_embeddings(data, key, drop_nonfinite, id_key)
     subsets, how = _subsets(emb, selections, prs, scores, balance, invert, seed)
     x0 = _sources(sources, n_sources, emb.dim, seed)
-    if sample is not None and int(sample) < 1:
-        raise PrunekitError(f"the training sample must be at least 1 row, got {sample}.")
-    x1, subsets = _training_set(emb, subsets, None if sample is None else int(sample), seed)
+    x1, subsets = _training_set(emb, subsets, sample or None, seed)  # 0: every row
     rows = stability_rows(x1, subsets, x0, block=block, progress=progress, **run)
     settings = {
         **run, "seed": seed, "data": _data_name(data, emb), "key": emb.key,
@@ -563,25 +636,12 @@ def _training_set(emb: Embeddings, subsets: list[Subset], sample: int | None,
     for s in subsets:
         inside = np.searchsorted(pick, s.rows[np.isin(s.rows, pick)])
         if inside.size == 0:
-            raise PrunekitError(
-                f"the subset at pr {s.pr:g} keeps none of the {sample} sampled rows of "
-                f"{emb.name}; raise --sample (or 0 for every row)."
-            )
+            raise ParamError("the subset at pr {:g} keeps none of the {} sampled rows of {}; "
+                             "raise {sample} (or {sample:0} for every row).", s.pr, sample,
+                             emb.name)
         info = {**s.info, "n_kept_data": int(s.rows.size)}
         out.append(Subset(pr=s.pr, rows=inside, info=info))
     return x1, out
-
-
-def _check_run(steps: int, solver: str, dtype: str, block: int | None) -> None:
-    """The integration settings, before any file is read."""
-    if solver not in SOLVERS:
-        raise PrunekitError(f"unknown solver '{solver}'; choose one of: {', '.join(SOLVERS)}.")
-    if int(steps) != steps or not 1 <= steps <= MAX_STEPS:
-        raise PrunekitError(f"steps must be an integer in [1, {MAX_STEPS}], got {steps}; "
-                            "more steps change the result less than float32 resolves.")
-    if block is not None and block < 1:
-        raise PrunekitError(f"block must be a positive number of training points, got {block}.")
-    resolve_dtype(dtype)
 
 
 def _as_embeddings(data: Any, key: str | None, drop_nonfinite: bool,

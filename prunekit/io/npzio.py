@@ -64,7 +64,8 @@ NPY_VERSIONS = ((1, 0), (2, 0), (3, 0))
 def read_npy_header(fh: BinaryIO, where: str) -> NpyHeader:
     """The header of the ``.npy`` stream ``fh`` (at its start), read with numpy's public
     readers; ``where`` names the file in errors. Any version other than 1.0, 2.0 and 3.0,
-    a malformed header or a negative dimension is a PrunekitError."""
+    a malformed header or a negative dimension is a PrunekitError. The one ``.npy`` header
+    parser: ``.npz`` members here, ``.npy`` files in :mod:`prunekit.io.formats.npy`."""
     fmt = np.lib.format
     try:
         version = fmt.read_magic(fh)

@@ -56,7 +56,7 @@ from prunekit.io.formats import (
     suffixes,
 )
 from prunekit.io.formats.parquet import PARQUET_HINT, PARQUET_ID_KEYS
-from prunekit.io.formats.parquet import ParquetReader as _ParquetReader  # tests tune its batches
+from prunekit.io.formats.parquet import ParquetReader as _ParquetReader  # noqa: F401 (old name)
 
 CHUNK_ROWS = 65536
 SHARD_SUFFIXES = suffixes()  # the built-in formats' suffixes (the registry has the rest)
@@ -272,6 +272,9 @@ class MemorySource(EmbeddingSource):
     def files(self) -> list[Path]:
         return []  # no file: nothing an output could overwrite
 
+    def shard_labels(self, i: int) -> np.ndarray | None:
+        return None
+
     def _read_shard(self, i: int, a: int, b: int) -> np.ndarray:
         return self.x[a:b]
 
@@ -298,7 +301,7 @@ def open_source(path: str | os.PathLike, key: str | None = None,
     if p.is_dir():
         files, sharded = _dir_shards(p), True
     elif not p.exists() and glob.has_magic(name):
-        files = [f for f in _unique(_glob_files(name)) if not _is_metadata(f)]
+        files = [f for f in _unique(_glob_files(name)) if not clip_retrieval.is_metadata(f)]
         if not files:
             raise PrunekitError(f"no files match the pattern {name}. Check the pattern.")
         sharded = True
@@ -310,7 +313,7 @@ def open_source(path: str | os.PathLike, key: str | None = None,
     dim, dtype, first = None, None, None
     for f in files:
         s, d, t = _describe(f, key, id_key, start=shards[-1].stop if shards else 0,
-                            allow_external=external)
+                            allow_external=external)  # errors name f as the user gave it
         if s.n_rows == 0:
             raise PrunekitError(f"shard {f} has no rows; remove it or regenerate it.")
         if dim is None:
@@ -322,7 +325,7 @@ def open_source(path: str | os.PathLike, key: str | None = None,
             )
         shards.append(s)
     if sharded:
-        _check_id_sources(shards, name)
+        clip_retrieval.check_id_sources(shards, name)
     return EmbeddingSource(shards, dim, dtype, name, sharded=sharded)  # type: ignore[arg-type]
 
 
@@ -367,7 +370,7 @@ def read_paths(path: str | os.PathLike) -> tuple[list[Path], list[Path]]:
     out = []
     for f in files:
         out.append(Path(os.path.realpath(f)))
-        meta = _metadata_for(f)
+        meta = clip_retrieval.metadata_for(f)
         if meta is not None:
             out.append(Path(os.path.realpath(meta)))
     return out, [Path(os.path.realpath(d)) for d in folders]
@@ -378,18 +381,13 @@ def natural_key(p: Path | str) -> list:
     return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", str(p))]
 
 
-def _is_metadata(p: Path) -> bool:
-    return p.suffix == ".parquet" and p.name.startswith("metadata")
-
-
 def _dir_files(d: Path) -> tuple[Path, list[Path]]:
     """The folder holding a directory's shards (clip-retrieval: ``img_emb/``) and the
     entries with a shard suffix in it, anything but folders (a FIFO or a dangling link is
     listed, to be refused by name), hidden files and metadata left out."""
-    if (d / "img_emb").is_dir() and not any(_kind_of_name(f) for f in d.iterdir() if f.is_file()):
-        d = d / "img_emb"
-    return d, sorted((f for f in d.iterdir() if not f.name.startswith(".") and _kind_of_name(f)
-                      and not _is_metadata(f) and not f.is_dir()), key=natural_key)
+    d = clip_retrieval.shard_folder(d, _is_shard_name)
+    return d, sorted((f for f in d.iterdir() if not f.name.startswith(".") and _is_shard_name(f)
+                      and not clip_retrieval.is_metadata(f) and not f.is_dir()), key=natural_key)
 
 
 def _unique(files: list[Path]) -> list[Path]:
@@ -464,8 +462,9 @@ def _dir_shards(d: Path) -> list[Path]:
     return files
 
 
-def _kind_of_name(f: Path) -> str | None:
-    return SHARD_SUFFIXES.get(f.suffix.lower())
+def _is_shard_name(f: Path) -> bool:
+    """Whether a registered format claims ``f``'s suffix."""
+    return format_of_name(f) is not None
 
 
 def _check_numbering(files: list[Path], d: Path) -> None:
@@ -489,468 +488,31 @@ def _check_numbering(files: list[Path], d: Path) -> None:
         )
 
 
-def _sniff(p: Path) -> str:
-    with os.fdopen(open_regular(p, "shard"), "rb") as fh:
-        magic = fh.read(8)
-    if magic[:4] == b"PAR1":
-        return "parquet"
-    if h5py.is_hdf5(p):
-        return "h5"
-    if magic[:6] == b"\x93NUMPY":
-        return "npy"
-    if magic[:4] == b"PK\x03\x04":
-        return "npz"
-    raise PrunekitError(
-        f"embeddings file {p} is neither HDF5 nor .npy/.npz/Parquet. "
-        "Save the matrix with h5py (dataset 'embeddings') or numpy.save."
-    )
-
-
-# What a row may hold: floats every kernel computes in, and integers (quantised embeddings).
-SUPPORTED_DTYPES = "float16, float32 or float64 (or integers up to 64 bits)"
-
-
-def check_dtype(dtype: np.dtype, where: str) -> None:
-    """Refuse what no kernel computes in: complex, structured, object, bool, text, and floats
-    wider than 64 bits (longdouble, which also has no portable byte layout)."""
-    dtype = np.dtype(dtype)
-    if dtype.kind in "iu" or (dtype.kind == "f" and dtype.itemsize <= 8):
-        return
-    what = "unsupported" if dtype.kind == "f" else "non-numeric"
-    raise PrunekitError(f"{where} has {what} dtype {dtype}; embeddings must be {SUPPORTED_DTYPES}. "
-                        "Convert it, e.g. with .astype('float32'), before saving.")
-
-
-def check_matrix(shape: tuple | None, dtype: np.dtype, name: str, key: str) -> None:
-    """A 2-D, non-empty, real-valued matrix, or an error naming the file and key."""
-    where = f"{name} ['{key}']"
-    check_dtype(dtype, where)
-    if shape is None:  # an HDF5 dataset without a dataspace (h5py.Empty)
-        raise PrunekitError(f"{where} is an empty HDF5 dataset (null dataspace, no shape); "
-                            "store an (N, D) matrix.")
-    if len(shape) != 2:
-        raise PrunekitError(
-            f"{where} has shape {shape}; embeddings must be 2-D (N items x D dimensions). "
-            "Reshape to (N, -1) before saving."
-        )
-    if shape[0] == 0 or shape[1] == 0:
-        raise PrunekitError(f"{where} is empty (shape {shape}); it needs at least one row and column.")
-
-
 def _describe(f: Path, key: str, id_key: str | None, start: int,
               allow_external: bool = False) -> tuple[Shard, int, np.dtype]:
-    """A shard's metadata (rows, width, dtype, where its ids are) without reading its rows."""
-    shard, dim, dtype = _describe_shard(f, key, id_key, start, allow_external)
-    return dataclasses.replace(shard, allow_external=allow_external), dim, dtype
+    """A shard's metadata (rows, width, dtype, where its ids are) without reading its rows.
 
-
-def _describe_shard(f: Path, key: str, id_key: str | None, start: int,
-                    allow_external: bool) -> tuple[Shard, int, np.dtype]:
+    Errors name ``f`` as given; the shard records its path (and its metadata file's)
+    absolute, so the source reads the same files from any working directory.
+    """
     if not os.path.lexists(f):
         raise PrunekitError(f"shard {f} is missing. Check the path.")
     check_input(f, "shard")
-    kind = _sniff(f)
-    if kind == "npy":
-        shape, dtype = _npy_header(f)[:2]
-        check_matrix(shape, dtype, str(f), "array")
-        meta = _metadata_for(f)
-        ids_key = _parquet_id_key(meta, id_key) if meta else None
-        return Shard(str(f), kind, "array", shape[0], start, str(meta) if meta else None,
-                     ids_key), shape[1], dtype
-    if kind == "h5":
-        with open_h5(f, "embeddings", allow_external=allow_external) as h:
-            if key not in h or not isinstance(h[key], h5py.Dataset):
-                have = ", ".join(sorted(k for k in h if isinstance(h[k], h5py.Dataset))) or "none"
-                raise PrunekitError(
-                    f"embeddings file {f} has no dataset '{key}' (datasets: {have}). "
-                    "Pass --key NAME to read another dataset."
-                )
-            d = h[key]
-            check_matrix(d.shape, d.dtype, str(f), key)
-            ids_name = id_key or "ids"
-            has_ids = ids_name in h
-            if id_key and not has_ids:
-                raise PrunekitError(f"{f} has no dataset '{id_key}' for ids; check --id-key.")
-            return Shard(str(f), kind, key, d.shape[0], start, None,
-                         ids_name if has_ids else None), d.shape[1], d.dtype
-    if kind == "npz":
-        names = npz_names(f)
-        data_names = [n for n in names if n not in ("ids", "labels")]
-        if key not in names:
-            if key == DEFAULT_KEY and len(data_names) == 1:
-                key = data_names[0]  # np.savez(path, x) stores 'arr_0'
-            else:
-                raise PrunekitError(
-                    f"embeddings file {f} has no array '{key}' (arrays: "
-                    f"{', '.join(names) or 'none'}). Pass --key NAME to read another array."
-                )
-        shape, dtype = npz_header(f, key)  # from the header: nothing decompressed yet
-        check_matrix(shape, dtype, str(f), key)
-        ids_name = id_key or "ids"
-        return Shard(str(f), kind, key, shape[0], start, None,
-                     ids_name if ids_name in names else None), shape[1], dtype
-    return _describe_parquet(f, key, id_key, start)
+    fmt = format_for(f)
+    d = fmt.describe(f, key, id_key, allow_external=allow_external)
+    ids_from = None if d.ids_from is None else _absolute(d.ids_from)
+    shard = Shard(_absolute(f), fmt.name, d.key, d.shape[0], start, ids_from, d.id_key,
+                  allow_external)
+    return shard, d.shape[1], d.dtype
 
 
-# -- .npy --------------------------------------------------------------------------------------
+def _absolute(p: str | os.PathLike) -> str:
+    """``p`` from the root, as the working directory now reads it (links kept: errors name
+    the shard as the user's folder shows it)."""
+    return str(Path(p).absolute())
 
 
-def _npy_header(p: Path) -> tuple[tuple, np.dtype, bool, int]:
-    """``(shape, dtype, fortran_order, data offset)`` of a .npy file, without loading it."""
-    with os.fdopen(open_regular(p, "shard"), "rb") as fh:
-        shape, fortran, dtype, offset = read_npy_header(fh, str(p))
-        size = os.fstat(fh.fileno()).st_size
-    if dtype.hasobject:
-        raise PrunekitError(f"{p} holds Python objects, which prunekit never unpickles; "
-                            f"embeddings must be {SUPPORTED_DTYPES}.")
-    need = offset + float(np.prod(shape, dtype=np.float64)) * dtype.itemsize
-    if need > size:  # a header promising more rows than the file holds
-        raise PrunekitError(f"{p} is truncated: its header gives shape {shape} ({need:.0f} bytes) "
-                            f"but the file has {size} bytes. Save it again with numpy.save.")
-    return shape, dtype, fortran, offset
-
-
-class _NpyReader:
-    """Rows of a C-order .npy by ``pread`` (Fortran order: a memory map)."""
-
-    def __init__(self, s: Shard) -> None:
-        self.fd = -1
-        shape, self.dtype, fortran, self.offset = _npy_header(Path(s.path))
-        self.dim = shape[1]
-        self.rowbytes = self.dim * self.dtype.itemsize
-        self.mm = np.load(s.path, mmap_mode="r", allow_pickle=False) if fortran else None
-        self.fd = open_regular(s.path, "shard")
-        self.path = s.path
-
-    def read(self, a: int, b: int) -> np.ndarray:
-        if self.mm is not None:
-            return np.array(self.mm[a:b])
-        out = np.empty((b - a, self.dim), dtype=self.dtype)
-        buf = memoryview(out.reshape(-1).view(np.uint8))
-        off, done = self.offset + a * self.rowbytes, 0
-        while done < len(buf):
-            got = os.preadv(self.fd, [buf[done:]], off + done)
-            if got == 0:
-                raise PrunekitError(f"shard {self.path} is truncated (rows {a}:{b} past its end).")
-            done += got
-        return out
-
-    def close(self) -> None:
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
-
-    __del__ = close
-
-
-# -- HDF5 and npz -----------------------------------------------------------------------------
-
-
-class _H5Reader:
-    def __init__(self, s: Shard) -> None:
-        self.f = open_h5(s.path, "embeddings", allow_external=s.allow_external)
-        self.d = self.f[s.key]
-
-    def read(self, a: int, b: int) -> np.ndarray:
-        return self.d[a:b]
-
-    def close(self) -> None:
-        self.f.close()
-
-
-class _NpzReader:
-    def __init__(self, s: Shard) -> None:
-        self.x = load_npz_array(s.path, s.key)
-
-    def read(self, a: int, b: int) -> np.ndarray:
-        return self.x[a:b]
-
-    def close(self) -> None:
-        self.x = None
-
-
-# -- Parquet ----------------------------------------------------------------------------------
-
-
-def _pq():
-    try:
-        import pyarrow.parquet as pq
-    except ImportError as exc:
-        raise PrunekitError(f"{PARQUET_HINT} ({exc}).") from exc
-    return pq
-
-
-def _parquet_file(path: str | Path, **options):
-    """``pyarrow.parquet.ParquetFile``, with a damaged file reported as the user's error."""
-    pq = _pq()
-    try:
-        return pq.ParquetFile(path, **options)
-    except (OSError, ValueError) as exc:  # pyarrow's ArrowInvalid/ArrowIOError derive from these
-        raise PrunekitError(f"{path} is not a readable Parquet file ({exc}); rewrite the shard.") from exc
-
-
-@contextlib.contextmanager
-def _parquet_errors(path: str | Path):
-    """Damage found while decoding (a corrupt page) named by file, not as a traceback."""
-    try:
-        yield
-    except PrunekitError:
-        raise
-    except (OSError, ValueError, ArithmeticError) as exc:
-        raise PrunekitError(f"{path}: cannot decode its Parquet data ({exc}); rewrite the shard.") from exc
-
-
-def _list_column(schema, key: str, f: Path) -> str:
-    import pyarrow as pa
-
-    names = list(schema.names)
-    is_list = [n for n in names if pa.types.is_list(schema.field(n).type)
-               or pa.types.is_fixed_size_list(schema.field(n).type)
-               or pa.types.is_large_list(schema.field(n).type)]
-    if key in names:
-        if key not in is_list:
-            raise PrunekitError(
-                f"Parquet shard {f}: column '{key}' is {schema.field(key).type}, not a list of "
-                "floats; the embedding column must be a (fixed-size) list."
-            )
-        return key
-    if key == DEFAULT_KEY and len(is_list) == 1:
-        return is_list[0]
-    raise PrunekitError(
-        f"Parquet shard {f} has no embedding column '{key}' (columns: {', '.join(names)}). "
-        "Pass --key NAME to read another column."
-    )
-
-
-def _describe_parquet(f: Path, key: str, id_key: str | None, start: int):
-    import pyarrow as pa
-
-    pf = _parquet_file(f)
-    schema = pf.schema_arrow
-    col = _list_column(schema, key, f)
-    t = schema.field(col).type
-    try:
-        dtype = np.dtype(t.value_type.to_pandas_dtype())
-    except (NotImplementedError, TypeError) as exc:
-        raise PrunekitError(f"Parquet shard {f}: column '{col}' holds {t.value_type}; "
-                            f"embeddings must be {SUPPORTED_DTYPES}.") from exc
-    n = pf.metadata.num_rows
-    if pa.types.is_fixed_size_list(t):
-        dim = t.list_size
-    elif n:
-        first = next(pf.iter_batches(batch_size=1, columns=[col])).column(0)
-        dim = len(first[0].values)
-    else:
-        dim = 0
-    check_matrix((n, dim), dtype, str(f), col)
-    return Shard(str(f), "parquet", col, n, start, None, _parquet_id_key(f, id_key)), dim, dtype
-
-
-def _parquet_id_key(f: Path, id_key: str | None) -> str | None:
-    schema = _parquet_file(f).schema_arrow
-    names = list(schema.names)
-    if id_key is not None:
-        if id_key not in names:
-            raise PrunekitError(
-                f"Parquet file {f} has no id column '{id_key}' (columns: {', '.join(names)}). "
-                "Pass --id-key NAME."
-            )
-        key: str | None = id_key
-    else:
-        key = next((k for k in PARQUET_ID_KEYS if k in names), None)
-    if key is not None:
-        _check_id_type(schema.field(key).type, f, key, given=id_key is not None)
-    return key
-
-
-def _check_id_type(t, f: Path, key: str, given: bool) -> None:
-    """ids are integers or text (UTF-8 strings or bytes): a float, list or struct column
-    would match nothing, or the wrong rows once turned into text."""
-    import pyarrow as pa
-
-    if pa.types.is_dictionary(t):
-        t = t.value_type
-    if pa.types.is_integer(t) or pa.types.is_string(t) or pa.types.is_large_string(t) \
-            or pa.types.is_binary(t) or pa.types.is_large_binary(t):
-        return
-    fix = "" if given else " It was taken as the ids by its name; pass --id-key NAME for another column."
-    raise PrunekitError(f"Parquet file {f}: id column '{key}' is {t}; ids must be integers or "
-                        f"strings.{fix}")
-
-
-def _metadata_for(f: Path) -> Path | None:
-    """clip-retrieval: ``metadata_N.parquet`` beside ``img_emb_N.npy`` or in ``../metadata``."""
-    m = re.fullmatch(r".*?_?(\d+)\.npy", f.name)
-    if not m:
-        return None
-    for d in (f.parent, f.parent.parent / "metadata"):
-        cand = d / f"metadata_{m.group(1)}.parquet"
-        if cand.is_file():
-            return cand
-    return None
-
-
-def _check_id_sources(shards: list[Shard], name: str) -> None:
-    metas = [s.ids_from is not None for s in shards if s.kind == "npy"]
-    if any(metas) and not all(metas):
-        missing = next(s for s in shards if s.kind == "npy" and s.ids_from is None)
-        raise PrunekitError(
-            f"shard {missing.path} has no metadata_N.parquet beside it but other shards of "
-            f"{name} do; restore the missing metadata file."
-        )
-
-
-def _fixed_rows(arr, dim: int, path: str) -> np.ndarray:
-    """A (fixed-size) list array as an ``(n, dim)`` numpy matrix."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
-    if isinstance(arr, pa.ChunkedArray):
-        arr = arr.combine_chunks()
-    if arr.null_count:
-        raise PrunekitError(f"Parquet shard {path} has {arr.null_count} null embeddings; "
-                            "fill or drop those rows.")
-    if not pa.types.is_fixed_size_list(arr.type):
-        lengths = pc.list_value_length(arr).to_numpy(zero_copy_only=False)
-        if lengths.size and (lengths != dim).any():
-            bad = int(np.flatnonzero(lengths != dim)[0])
-            raise PrunekitError(
-                f"Parquet shard {path}: an embedding has {int(lengths[bad])} values where "
-                f"{dim} were expected; every row needs the same width."
-            )
-    values = arr.flatten()
-    if values.null_count:
-        raise PrunekitError(f"Parquet shard {path} has null values inside embeddings.")
-    dtype = np.dtype(values.type.to_pandas_dtype())
-    # The values buffer as it is (to_numpy converts float16 value by value).
-    flat = np.frombuffer(values.buffers()[1], dtype=dtype, count=len(values),
-                         offset=values.offset * dtype.itemsize)
-    return flat.reshape(-1, dim)
-
-
-class _ParquetReader:
-    """Rows through a stream of small record batches, so a row group of any size is never
-    decoded whole (pyarrow's default row group is 1 Mi rows: GBs for wide embeddings).
-
-    Reads go forward through the stream; the last ``KEEP_BYTES`` of decoded rows are kept,
-    so a read that comes slightly out of order (parallel tasks) is served without decoding
-    again. A read before that restarts its row group's stream. A lock serialises the
-    threads sharing this reader.
-    """
-
-    BATCH_ROWS = 8192
-    KEEP_BYTES = 64 << 20
-
-    def __init__(self, s: Shard, dim: int, dtype: np.dtype) -> None:
-        # buffer_size: pages are read as they are decoded, not the whole column chunk
-        self.pf = _parquet_file(s.path, buffer_size=1 << 20, pre_buffer=False)
-        self.key, self.path, self.dim, self.dtype = s.key, s.path, dim, dtype
-        sizes = [self.pf.metadata.row_group(g).num_rows for g in range(self.pf.num_row_groups)]
-        self.bounds = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
-        self.keep_rows = max(self.BATCH_ROWS, self.KEEP_BYTES // (dim * np.dtype(dtype).itemsize))
-        self.lock = threading.Lock()
-        self.group = -1  # the row group being streamed
-        self.stream = None
-        self.pos = 0  # shard row of the stream's next batch
-        self.recent: deque[tuple[int, np.ndarray]] = deque()  # (first row, rows), in order
-
-    def _restart(self, g: int) -> None:
-        self.group, self.pos, self.recent = g, int(self.bounds[g]), deque()
-        self.stream = iter(self.pf.iter_batches(batch_size=self.BATCH_ROWS, row_groups=[g],
-                                                columns=[self.key], use_threads=False))
-
-    def _block_at(self, row: int) -> tuple[int, np.ndarray]:
-        """The decoded block holding ``row``: kept, next in the stream, or after a restart."""
-        g = int(np.searchsorted(self.bounds, row, side="right")) - 1
-        if g == self.group:
-            for start, block in self.recent:
-                if start <= row < start + block.shape[0]:
-                    return start, block
-        if g != self.group or row < self.pos:
-            self._restart(g)
-        while True:
-            batch = next(self.stream)  # type: ignore[call-overload]
-            start, block = self.pos, _fixed_rows(batch.column(0), self.dim, self.path)
-            self.pos += block.shape[0]
-            self.recent.append((start, block))
-            kept = sum(b.shape[0] for _, b in self.recent)
-            while kept - self.recent[0][1].shape[0] >= self.keep_rows:
-                kept -= self.recent.popleft()[1].shape[0]
-            if row < self.pos:
-                return start, block
-
-    def read(self, a: int, b: int) -> np.ndarray:
-        out = np.empty((b - a, self.dim), dtype=self.dtype)
-        with self.lock:
-            done = a
-            while done < b:
-                with _parquet_errors(self.path):
-                    start, block = self._block_at(done)
-                stop = min(b, start + block.shape[0])
-                out[done - a : stop - a] = block[done - start : stop - start]
-                done = stop
-        return out
-
-    def close(self) -> None:
-        self.stream, self.recent = None, deque()
-
-
-_ShardReader = _NpyReader | _H5Reader | _NpzReader | _ParquetReader
-
-
-def _open_reader(s: Shard, dim: int, dtype: np.dtype) -> _ShardReader:
+def _open_reader(s: Shard, dim: int, dtype: np.dtype) -> ShardReader:
     if not Path(s.path).exists():
         raise PrunekitError(f"shard {s.path} is missing (it was there when the input was opened).")
-    if s.kind == "parquet":
-        return _ParquetReader(s, dim, dtype)
-    return {"npy": _NpyReader, "h5": _H5Reader, "npz": _NpzReader}[s.kind](s)
-
-
-# -- side arrays ------------------------------------------------------------------------------
-
-
-def _parquet_column(path: str, column: str) -> np.ndarray:
-    with _parquet_errors(path):
-        col = _parquet_file(path).read(columns=[column]).column(0)
-    if col.null_count:
-        raise PrunekitError(f"{path}: column '{column}' has {col.null_count} missing values.")
-    return col.to_numpy(zero_copy_only=False)
-
-
-def _read_ids(s: Shard) -> np.ndarray:
-    if s.kind == "h5":
-        with open_h5(Path(s.path), "embeddings", allow_external=s.allow_external) as h:
-            raw = read_dataset(h, s.id_key, "embeddings")  # type: ignore[arg-type]
-    elif s.kind == "npz":
-        raw = load_npz_array(s.path, s.id_key)  # type: ignore[arg-type]
-    else:
-        raw = _parquet_column(s.ids_from or s.path, s.id_key)  # type: ignore[arg-type]
-    where = s.ids_from or s.path
-    ids = decode_ids(raw, f"{where} ['{s.id_key}']")  # UTF-8 bytes, ints within int64
-    if ids.ndim != 1 or ids.shape[0] != s.n_rows:
-        raise PrunekitError(
-            f"{where} ['{s.id_key}'] has shape {ids.shape} but shard {s.path} has {s.n_rows} "
-            f"rows; '{s.id_key}' must be 1-D with one entry per row."
-        )
-    return ids
-
-
-def _read_labels(s: Shard) -> np.ndarray | None:
-    labels = _raw_labels(s)
-    if labels is not None and (labels.ndim != 1 or labels.shape[0] != s.n_rows):
-        raise PrunekitError(
-            f"{s.path} ['labels'] has shape {labels.shape} but the embeddings have {s.n_rows} "
-            "rows; 'labels' must be 1-D with one entry per row."
-        )
-    return labels
-
-
-def _raw_labels(s: Shard) -> np.ndarray | None:
-    if s.kind == "h5":
-        with open_h5(Path(s.path), "embeddings", allow_external=s.allow_external) as h:
-            return read_optional(h, "labels", "embeddings")
-    if s.kind == "npz":
-        return load_npz_array(s.path, "labels") if "labels" in npz_names(s.path) else None
-    if s.kind == "parquet" and "labels" in _parquet_file(s.path).schema_arrow.names:
-        return _parquet_column(s.path, "labels")
-    return None
+    return format_named(s.kind).open(s, dim, dtype)

@@ -7,14 +7,12 @@ streamed passes over the data); :func:`render` turns it into the text the comman
 from __future__ import annotations
 
 import os
-import zipfile
 from pathlib import Path
 
-import h5py
 import numpy as np
 
 from prunekit.io.embeddings import Embeddings, load_embeddings
-from prunekit.io.npzio import npz_names, npz_shape
+from prunekit.io.formats import format_for
 
 SHARDS_SHOWN = 20
 
@@ -39,7 +37,7 @@ def describe(embeddings: Embeddings | np.ndarray | str | os.PathLike, *, key: st
         "key": emb.key,
         "shape": [emb.n_total, emb.dim],
         "dtype": str(emb.dtype),
-        "keys": {} if sharded else file_keys(emb.path),
+        "keys": {} if sharded else file_keys(emb.path, emb.reader.shards[0].allow_external),
         "ids": None if emb.ids is None else ("int64" if emb.ids.dtype.kind == "i" else "str"),
         "labels": None if emb.labels is None else int(np.unique(emb.labels).size),
         "norms": _norm_stats(emb.norms[emb.rows]),
@@ -59,19 +57,12 @@ def _as_embeddings(x: Embeddings | np.ndarray | str | os.PathLike, key: str | No
     return load_embeddings(x, key=key, id_key=id_key, drop_nonfinite=True)
 
 
-def file_keys(path: Path | None) -> dict[str, list[int]]:
-    """Every dataset (HDF5) or array (npz) of the file with its shape; {} for .npy."""
+def file_keys(path: Path | None, allow_external: bool = False) -> dict[str, list[int]]:
+    """Every dataset (HDF5) or array (npz) of the file with its shape; {} for .npy and
+    Parquet (the format registry's ``keys``)."""
     if path is None:
         return {}
-    if h5py.is_hdf5(path):
-        found: dict[str, list[int]] = {}
-        with h5py.File(path, "r") as f:
-            f.visititems(lambda name, obj: found.__setitem__(name, list(obj.shape))
-                         if isinstance(obj, h5py.Dataset) else None)
-        return found
-    if zipfile.is_zipfile(path):  # shapes from the headers: nothing decompressed or unpickled
-        return {name: list(npz_shape(path, name)) for name in npz_names(path)}
-    return {}
+    return format_for(path).keys(Path(path), allow_external=allow_external)
 
 
 def shard_table(emb: Embeddings) -> list[dict]:

@@ -29,7 +29,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from prunekit.io.source import DEFAULT_KEY
+from prunekit.io import DEFAULT_KEY
 
 if TYPE_CHECKING:
     from prunekit.runtime.engine import Engine

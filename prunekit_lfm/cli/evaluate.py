@@ -11,7 +11,7 @@ from prunekit.cli.common import quiet_option
 from prunekit.errors import PrunekitError
 from prunekit.io.atomic import check_output, write_text
 
-from .options import POSITIVE, device_option, seed_option
+from .options import POSITIVE, device_option, sampling_option, seed_option
 
 FEATURES_HELP = (
     "Feature extractor: pixels, digits-classifier[:PATH] (bundled digits only) or "
@@ -45,17 +45,17 @@ def _side(letter: str):
 @click.option("--n", "n", type=click.IntRange(min=2), default=256, show_default=True,
               help="Samples per model.")
 @seed_option("Noise seed (the same for both).")
-@click.option("--steps", type=POSITIVE, default=60, show_default=True, help="ODE steps.")
-@click.option("--solver", type=click.Choice(["euler", "heun"]), default="euler", show_default=True)
-@click.option("--cfg", type=float, default=1.0, show_default=True,
-              help="Guidance scale for conditional runs (sample i gets label i mod classes); 1 = none.")
+@sampling_option("steps", help="ODE steps.")
+@sampling_option("solver", help="")
+@sampling_option("cfg", help="Guidance scale for conditional runs (sample i gets label i mod "
+                             "classes); 1 = none.")
 @_side("a")
 @_side("b")
 @click.option("--features", default="pixels", show_default=True, help=FEATURES_HELP)
 @click.option("--vae", type=click.Path(file_okay=False), default=None,
               help="Decode with this VAE folder instead of the one each run was trained with.")
-@click.option("--ema/--no-ema", default=True, show_default=True, help="Use the EMA weights.")
-@click.option("--batch-size", type=POSITIVE, default=64, show_default=True)
+@sampling_option("ema")
+@sampling_option("batch_size", help="")
 @device_option()
 @click.option("-o", "--output", type=click.Path(dir_okay=False), default="compare.json", show_default=True)
 @quiet_option

@@ -12,22 +12,24 @@ from prunekit.cli.common import quiet_option
 from prunekit.errors import PrunekitError
 from prunekit.io.atomic import check_output, write_text
 
-from .options import INDEX, check_suffix, parse_ints, sampling_options, with_options
+from .options import INDEX, check_suffix, parse_ints, sampling_options
 
 DEFAULT_SWEEP = "0,0.3,0.5,0.7,0.9,1"
 
 
-def sampling_config(steps, solver, cfg, seed, device, labels, batch_size, ema):
-    """The options of :data:`sampling_options` as one validated SamplingConfig."""
+def sampling_config(**options) -> Any:
+    """The sampling options (:data:`~prunekit_lfm.specs.SAMPLING_PARAMS`) of a command's
+    ``options`` as one validated SamplingConfig; ``--labels`` comes as text (comma lists)."""
     from prunekit_lfm.sampling import SamplingConfig
+    from prunekit_lfm.specs import SAMPLING_PARAMS
 
-    return SamplingConfig(steps=steps, solver=solver, cfg=cfg, seed=seed, device=device,
-                          labels=parse_ints(labels, "--labels"), batch_size=batch_size, ema=ema)
+    given = {p.name: options[p.name] for p in SAMPLING_PARAMS}
+    return SamplingConfig(**{**given, "labels": parse_ints(given["labels"], "--labels")})
 
 
 @click.command()
 @click.argument("run_dir", required=False, type=click.Path(file_okay=False))
-@with_options(sampling_options)
+@sampling_options
 @click.option("--coarse", type=click.Path(file_okay=False), default=None,
               help="Coarse run: used while t < t_switch (coarse-to-fine).")
 @click.option("--fine", type=click.Path(file_okay=False), default=None,
@@ -74,7 +76,8 @@ def sample(run_dir, n, seed, steps, solver, cfg, labels, ema, batch_size, device
     check_output(output, what="--output", **read)
     if png:
         check_output(png, what="--png", **read)
-    config = sampling_config(steps, solver, cfg, seed, device, labels, batch_size, ema)
+    config = sampling_config(steps=steps, solver=solver, cfg=cfg, seed=seed, device=device,
+                             labels=labels, batch_size=batch_size, ema=ema)
     check_sample_memory(fine, n, decode=True)
     check_sample_space(output, png, fine, n)
     samples, res = draw(fine, n, config, coarse=coarse, t_switch=t_switch, vae=vae, start=start,
@@ -132,7 +135,7 @@ def _report(output: str, res: Any, png: str | None) -> None:
 @click.option("--t-switch", "t_switches", multiple=True,
               help=f"Switching times in [0, 1]: space-separated after one flag, comma list, or "
                    f"repeated. Default: {DEFAULT_SWEEP}.")
-@with_options(sampling_options)
+@sampling_options
 @click.option("--auto", "tol", type=float, default=None,
               help="Pick the cheapest t_switch whose mean latent cosine similarity to fine-only "
                    "is >= TOL (0 = fine only when none is).")
@@ -169,7 +172,8 @@ def c2f_sweep(ctx, coarse, fine, t_switches, n, seed, steps, solver, cfg, labels
         raise PrunekitError(f"--repeats must be a positive integer up to {MAX_REPEATS}, got {repeats}.")
     if output is not None:
         check_output(output, what="--output", input_dirs=[coarse, fine])
-    config = sampling_config(steps, solver, cfg, seed, device, labels, batch_size, ema)
+    config = sampling_config(steps=steps, solver=solver, cfg=cfg, seed=seed, device=device,
+                             labels=labels, batch_size=batch_size, ema=ema)
     for run in (fine, coarse):  # the fine-only samples stay beside each coarse-to-fine set
         check_sample_memory(run, n, decode=False, copies=3)
     models, _ = load_models(fine, coarse, config=config)

@@ -103,12 +103,12 @@ def format_for(path: str | os.PathLike) -> Format:
     )
 
 
-# The built-in formats, in sniffing order (Parquet's and HDF5's signatures first).
-from prunekit.io.formats.parquet import ParquetFormat  # noqa: E402
 from prunekit.io.formats.hdf5 import HDF5Format  # noqa: E402
 from prunekit.io.formats.npy import NpyFormat  # noqa: E402
 from prunekit.io.formats.npz import NpzFormat  # noqa: E402
+from prunekit.io.formats.parquet import ParquetFormat  # noqa: E402
 
+# The built-in formats, in sniffing order (Parquet's and HDF5's signatures first).
 for _cls in (ParquetFormat, HDF5Format, NpyFormat, NpzFormat):
     register_format(_cls)
 

@@ -15,10 +15,10 @@ from typing import ClassVar, Protocol
 import numpy as np
 
 from prunekit.errors import PrunekitError
+from prunekit.io import DEFAULT_KEY  # noqa: E402,F401  (re-exported)
 from prunekit.io.atomic import open_regular
 from prunekit.io.h5io import decode_ids
 
-DEFAULT_KEY = "embeddings"
 SIDES = ("ids", "labels")  # the side arrays a shard may carry beside its rows
 # What a row may hold: floats every kernel computes in, and integers (quantised embeddings).
 SUPPORTED_DTYPES = "float16, float32 or float64 (or integers up to 64 bits)"
@@ -53,19 +53,16 @@ class Shard:
 @dataclass(frozen=True)
 class Description:
     """What :meth:`Format.describe` finds without reading rows: where the rows are (``key``:
-    the dataset, array or column actually used), their ``shape`` and ``dtype``, and where
-    the ids are (``id_key`` in the file, or in the file ``ids_from``; None: no ids)."""
+    the dataset, array or column actually used), their ``shape`` and ``dtype``, and the
+    side arrays: where the ids are (``id_key`` in the file, or in the file ``ids_from``;
+    None: no ids) and the labels' name in the file (``labels``; None: no labels)."""
 
     key: str
     shape: tuple[int, int]
     dtype: np.dtype
     id_key: str | None = None
     ids_from: str | None = None
-
-    def shard(self, path: str, fmt: str, start: int, allow_external: bool) -> Shard:
-        """The shard record of these rows, from global row ``start``."""
-        return Shard(path, fmt, self.key, self.shape[0], start, self.ids_from, self.id_key,
-                     allow_external)
+    labels: str | None = None
 
 
 class ShardReader(Protocol):

@@ -76,7 +76,8 @@ class HDF5Format(Format):
             if id_key and not has_ids:
                 raise PrunekitError(f"{path} has no dataset '{id_key}' for ids; check --id-key.")
             return Description(key, (d.shape[0], d.shape[1]), d.dtype,
-                               ids_name if has_ids else None)
+                               ids_name if has_ids else None,
+                               labels="labels" if "labels" in h else None)
 
     def open(self, shard: Shard, dim: int, dtype: np.dtype) -> H5Reader:
         return H5Reader(shard)

@@ -68,7 +68,8 @@ class NpzFormat(Format):
         check_matrix(shape, dtype, str(path), key)
         ids_name = id_key or "ids"
         return Description(key, (shape[0], shape[1]), dtype,
-                           ids_name if ids_name in names else None)
+                           ids_name if ids_name in names else None,
+                           labels="labels" if "labels" in names else None)
 
     def open(self, shard: Shard, dim: int, dtype: np.dtype) -> NpzReader:
         return NpzReader(shard)

@@ -258,7 +258,8 @@ class ParquetFormat(Format):
         else:
             dim = 0
         check_matrix((n, dim), dtype, str(path), col)
-        return Description(col, (n, dim), dtype, id_column(path, id_key))
+        labels = "labels" if "labels" in schema.names else None
+        return Description(col, (n, dim), dtype, id_column(path, id_key), labels=labels)
 
     def open(self, shard: Shard, dim: int, dtype: np.dtype) -> ParquetReader:
         return ParquetReader(shard, dim, dtype)
