@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from prunekit.errors import PrunekitError
+from prunekit.params import ParamError
 from prunekit.runtime.progress import track
 
 from .cost import flops_per_row
@@ -116,9 +116,9 @@ def parse_t_switches(values: Sequence[float | str]) -> list[float]:
             try:
                 out.append(check_t_switch(float(part)))
             except ValueError as exc:
-                raise PrunekitError(f"--t-switch value '{part}' is not a number.") from exc
+                raise ParamError("{t_switches} value '{}' is not a number.", part) from exc
     if not out:
-        raise PrunekitError("give at least one --t-switch value in [0, 1].")
+        raise ParamError("give at least one {t_switches} value in [0, 1].")
     return sorted(set(out))
 
 
@@ -146,7 +146,8 @@ def sweep(
     if tol is not None:
         check_tol(tol)
     if int(repeats) != repeats or not 1 <= repeats <= MAX_REPEATS:
-        raise PrunekitError(f"--repeats must be a positive integer up to {MAX_REPEATS}, got {repeats}.")
+        raise ParamError("{repeats} must be a positive integer up to {}, got {}.", MAX_REPEATS,
+                         repeats)
     check_compatible(coarse, fine)
     steps = config.steps
     for model in (fine, coarse):  # warm up (thread pools, allocator, kernels) before timing
@@ -187,7 +188,7 @@ def sweep(
 
 def check_tol(tol: float) -> float:
     if not (-1.0 <= float(tol) <= 1.0):
-        raise PrunekitError(f"--auto tolerance is a cosine similarity in [-1, 1], got {tol}.")
+        raise ParamError("{tol}: the tolerance is a cosine similarity in [-1, 1], got {}.", tol)
     return float(tol)
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from prunekit.errors import PrunekitError
+from prunekit.params import ParamError
 
 if TYPE_CHECKING:
     import torch
@@ -24,17 +24,16 @@ def pick_device(device: str | None = "auto") -> torch.device:
     try:
         dev = torch.device(device)
     except (RuntimeError, ValueError, TypeError):
-        raise PrunekitError(f"--device '{device}' is not a device name; use {DEVICE_HELP}") from None
+        raise ParamError("{device} '{}' is not a device name; use {}", device, DEVICE_HELP) from None
     if dev.type == "cuda":
         if not torch.cuda.is_available():
-            raise PrunekitError(f"--device {device}: CUDA is not available here. Use --device cpu.")
+            raise ParamError("{device:{}}: CUDA is not available here. Use {device:cpu}.", device)
         if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise PrunekitError(
-                f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)."
-            )
+            raise ParamError("{device:{}}: this machine has {} CUDA device(s).", device,
+                             torch.cuda.device_count())
     elif dev.type == "mps":
         if not torch.backends.mps.is_available():
-            raise PrunekitError(f"--device {device}: MPS is not available here. Use --device cpu.")
+            raise ParamError("{device:{}}: MPS is not available here. Use {device:cpu}.", device)
     elif dev.type != "cpu":
-        raise PrunekitError(f"--device '{device}' is not supported; use {DEVICE_HELP}")
+        raise ParamError("{device} '{}' is not supported; use {}", device, DEVICE_HELP)
     return dev

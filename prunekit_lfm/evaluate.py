@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from prunekit.errors import PrunekitError
+from prunekit.params import ParamError
 
 from . import metrics
 from .features import FeatureExtractor
@@ -49,15 +49,12 @@ def paired_similarity(
     (:func:`prunekit_lfm.metrics.summarize`). Pixel and feature measures need images.
     """
     if not np.array_equal(a.indices, b.indices) or a.seed != b.seed:
-        raise PrunekitError(
-            f"'{a.name}' and '{b.name}' were not drawn from the same noise (seed {a.seed} vs {b.seed}, "
-            "or different sample indices); sample both with the same --seed and --n."
-        )
+        raise ParamError(
+            "'{}' and '{}' were not drawn from the same noise (seed {} vs {}, or different sample "
+            "indices); sample both with the same {seed} and {n}.", a.name, b.name, a.seed, b.seed)
     if not np.array_equal(a.labels, b.labels):
-        raise PrunekitError(
-            f"'{a.name}' and '{b.name}' were sampled with different labels; pair runs sampled "
-            "with the same --labels (or both unconditional)."
-        )
+        raise ParamError("'{}' and '{}' were sampled with different labels; pair runs sampled with "
+                         "the same {labels} (or both unconditional).", a.name, b.name)
     n = a.latents.shape[0]
     other = metrics.within_class_pairs(a.labels)
     pairs: dict[str, tuple[np.ndarray, np.ndarray]] = {

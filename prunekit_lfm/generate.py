@@ -18,6 +18,7 @@ import numpy as np
 
 from prunekit.errors import PrunekitError
 from prunekit.io.atomic import atomic_path
+from prunekit.params import ParamError
 from prunekit.runtime.memory import check_fits
 
 from .devices import pick_device
@@ -67,12 +68,11 @@ def vae_folder(vae: str | os.PathLike | None, run_config: TrainConfig) -> str | 
     """The VAE folder to decode with: ``vae``, else the run's own, checked to exist."""
     folder = vae or run_config.vae
     if vae and not Path(vae).is_dir():
-        raise PrunekitError(f"--vae {vae}: folder not found; give the VAE folder the latents were encoded with.")
+        raise ParamError("{vae:{}}: folder not found; give the VAE folder the latents were encoded "
+                         "with.", vae)
     if folder and not Path(folder).is_dir():
-        raise PrunekitError(
-            f"VAE folder {folder} (from the run's config.json) not found; pass --vae DIR to decode "
-            "with the VAE the latents were encoded with."
-        )
+        raise ParamError("VAE folder {} (from the run's config.json) not found; pass {vae:DIR} to "
+                         "decode with the VAE the latents were encoded with.", folder)
     return str(folder) if folder else None
 
 

@@ -399,8 +399,7 @@ def check_same_latents(a: TrainConfig, b: TrainConfig, path_a: str | os.PathLike
     va = str(Path(a.vae).resolve()) if a.vae else None
     vb = str(Path(b.vae).resolve()) if b.vae else None
     if va != vb or not math.isclose(a.scale_factor, b.scale_factor, rel_tol=1e-6):
-        raise PrunekitError(
-            f"--coarse {path_a} was trained on latents of VAE {a.vae} (scale {a.scale_factor}) but "
-            f"--fine {path_b} on VAE {b.vae} (scale {b.scale_factor}); coarse-to-fine needs one "
-            "latent space. Train both on latents from the same VAE."
-        )
+        raise ParamError(
+            "{coarse:{}} was trained on latents of VAE {} (scale {}) but {fine:{}} on VAE {} (scale "
+            "{}); coarse-to-fine needs one latent space. Train both on latents from the same VAE.",
+            path_a, a.vae, a.scale_factor, path_b, b.vae, b.scale_factor)

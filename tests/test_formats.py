@@ -123,12 +123,13 @@ def test_a_file_no_format_recognises_is_one_clear_error(tmp_path, monkeypatch):
 
 def test_sniffing_a_fifo_refuses_it_without_blocking(tmp_path):
     os.mkfifo(tmp_path / "pipe.npy")
-    code = ("from prunekit.io.formats import format_for\n"
-            "try:\n    format_for('pipe.npy')\nexcept Exception as e:\n    print(e)")
+    code = ("from prunekit.io.formats import format_for, formats\n"
+            "for sniff in [format_for] + [f.sniff for f in formats()]:\n"
+            "    try:\n        sniff('pipe.npy')\n    except Exception as e:\n        print(e)")
     res = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True,
                          text=True, timeout=120)
-    assert res.stdout == ("shard pipe.npy is a FIFO, not a regular file (reading it could block "
-                          "or never end); give a regular file.\n"), res.stderr
+    assert res.stdout == 5 * ("shard pipe.npy is a FIFO, not a regular file (reading it could "
+                              "block or never end); give a regular file.\n"), res.stderr
 
 
 class RowsText(Format):

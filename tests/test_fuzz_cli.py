@@ -477,7 +477,7 @@ LFM_CASES = [
     ("lfm-train-lr-inf", ["lfm", "train", "lat.h5", "-o", "run", "--lr", "inf"], "lr must be"),
     ("lfm-train-seed", ["lfm", "train", "lat.h5", "-o", "run", "--seed", "-1"], "--seed"),
     ("lfm-train-steps", ["lfm", "train", "lat.h5", "-o", "run", "--steps", "0"], "steps"),
-    ("lfm-train-batch", ["lfm", "train", "lat.h5", "-o", "run", "--batch-size", "-3"], "batch size"),
+    ("lfm-train-batch", ["lfm", "train", "lat.h5", "-o", "run", "--batch-size", "-3"], "--batch-size must be"),
     ("lfm-train-device", ["lfm", "train", "lat.h5", "-o", "run", "--device", "bogus"], "--device"),
     ("lfm-encode-size-neg", ["lfm", "encode", "imgs.h5", "-o", "lat.h5", "--size", "-4"], "--size"),
     ("lfm-encode-size-0", ["lfm", "encode", "imgs.h5", "-o", "lat.h5", "--size", "0"], "--size"),

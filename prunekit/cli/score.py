@@ -20,6 +20,7 @@ from prunekit.cli.common import (
     seed_option,
 )
 from prunekit.cli.engine_options import engine_options, running_on
+from prunekit.cli.params import option
 from prunekit.errors import PrunekitError
 from prunekit.io.atomic import check_output
 from prunekit.io.dataset import check_output_dir, wants_dataset
@@ -68,22 +69,7 @@ def _default_text(name: str) -> str:
 def _option(p: Param) -> click.Option:
     """The click option of one parameter; its default is None so 'given' is detectable."""
     tag = "[" + ", ".join(_methods_taking(p.name)) + "] "
-    help_text = tag + p.help + _default_text(p.name)
-    if p.kind == "bool":
-        decl = f"{p.cli_flag}/--{p.negation}" if p.negation else p.cli_flag
-        return click.Option([decl, p.name], default=None, help=help_text)
-    ptype: click.ParamType
-    if p.kind == "choice":
-        ptype = click.Choice(p.choices)
-    elif p.kind == "path":
-        ptype = click.Path(dir_okay=False)
-    elif p.kind == "int":
-        ptype = click.INT
-    elif p.kind == "float" and not p.special:
-        ptype = click.FLOAT
-    else:
-        ptype = click.STRING  # numbers with special words ("auto") are parsed by the spec
-    return click.Option([p.cli_flag, p.name], type=ptype, default=None, help=help_text)
+    return option(p, help=tag + p.help + _default_text(p.name), default=None)
 
 
 def _method_params(ctx: click.Context, method: str, options: dict) -> dict:

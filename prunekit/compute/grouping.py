@@ -59,6 +59,7 @@ from prunekit.runtime.resume import WorkDir
 
 BATCH_ROWS = 8192  # a task handles consecutive clusters until it holds this many rows
 BUCKET_ROWS = 1 << 22  # usable rows per bucket on average: the gather tasks' share
+DENSE_IDS = 1 << 16  # a gather task counts a bucket this wide in an array, wider in a _Tally
 POSITION = np.dtype("<i8")  # compact positions and cluster ids in the scratch files
 EMPTY = np.zeros(0, dtype=np.int64)
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
@@ -331,7 +332,8 @@ def _group(src, usable, n: int, clusters: np.ndarray | ClusterColumn, files: _Fi
         if fresh:
             _allocate(files.rows, n * row_bytes)
             _allocate(files.members, n * POSITION.itemsize)
-        _gather(counts, done, files, work, prefix, row_bytes, chunk_rows, progress, desc)
+        _gather(counts, done, files, work, prefix, row_bytes, width, chunk_rows, progress,
+                desc)
     shutil.rmtree(files.pieces, ignore_errors=True)
     ids = np.concatenate([EMPTY, *(d[0] for d in done)])
     sizes = np.concatenate([EMPTY, *(d[1] for d in done)])
@@ -498,7 +500,7 @@ def _check_space(folder: Path, need: int) -> None:
 
 
 def _gather(counts: np.ndarray, done: list, files: _Files, work: WorkDir, prefix: str,
-            row_bytes: int, chunk_rows: int, progress: bool, desc: str) -> None:
+            row_bytes: int, width: int, chunk_rows: int, progress: bool, desc: str) -> None:
     """The gather tasks of the buckets not recorded; fills ``done[b]`` = (ids, sizes)."""
     rec_bytes = row_bytes + 2 * POSITION.itemsize
     starts = np.concatenate(([0], np.cumsum(counts.sum(axis=0))))  # bucket b's first row
@@ -510,7 +512,7 @@ def _gather(counts: np.ndarray, done: list, files: _Files, work: WorkDir, prefix
             have = np.flatnonzero(counts[:, b])
             yield b, int(starts[b]), have, before[have, b] * rec_bytes, counts[have, b]
 
-    shared = (str(files.pieces), str(files.rows), str(files.members), row_bytes)
+    shared = (str(files.pieces), str(files.rows), str(files.members), row_bytes, width)
     results = current_engine().map(_gather_task, items(), shared, progress=progress,
                                    desc=f"{desc}: grouping rows (2/2)",
                                    task_bytes=2 * chunk_rows * rec_bytes)
@@ -523,10 +525,10 @@ def _gather(counts: np.ndarray, done: list, files: _Files, work: WorkDir, prefix
 def _gather_task(shared: tuple, item: tuple) -> np.ndarray:
     """Engine task: bucket b's stretch of every piece, in chunk order, written to its
     clusters' places; returns ``[ids, sizes]`` of the bucket's clusters (2 x m, int64)."""
-    pieces, rows_path, members_path, row_bytes = shared
-    _, start, chunks, offsets, counts = item
+    pieces, rows_path, members_path, row_bytes, width = shared
+    b, start, chunks, offsets, counts = item
     pos = POSITION.itemsize
-    tally = _Tally()
+    tally = _Tally(b * width, width)
     for c, off, n in zip(chunks, offsets, counts, strict=True):  # sweep 1: the cluster sizes
         ids = np.frombuffer(_pread(_piece(pieces, c), int(n) * pos,
                                    int(off) + int(n) * (row_bytes + pos)), dtype=POSITION)
@@ -562,17 +564,23 @@ def _runs(sorted_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 class _Tally:
-    """Entries per id summed over many ``(ids, counts)`` runs, in O(distinct ids) memory:
-    runs are folded in once they hold as many entries as the tally."""
+    """Entries per id of ``lo .. lo + width - 1`` summed over many ``(distinct ids, counts)``
+    runs: in an array when the range is at most ``DENSE_IDS`` wide, else in O(distinct ids)
+    memory (runs are folded in once they hold as many entries as the tally)."""
 
     FOLD = 1 << 16
 
-    def __init__(self) -> None:
+    def __init__(self, lo: int, width: int) -> None:
         self.ids, self.counts = EMPTY, EMPTY
+        self._lo = lo
+        self._dense = np.zeros(width, dtype=np.int64) if width <= DENSE_IDS else None
         self._pending: list[tuple[np.ndarray, np.ndarray]] = []
         self._held = 0
 
     def add(self, ids: np.ndarray, counts: np.ndarray) -> None:
+        if self._dense is not None:
+            self._dense[ids - self._lo] += counts  # distinct ids: no repeated index
+            return
         self._pending.append((ids, counts))
         self._held += ids.size
         if self._held > max(self.ids.size, self.FOLD):
@@ -587,7 +595,12 @@ class _Tally:
         self._pending, self._held = [], 0
 
     def result(self) -> tuple[np.ndarray, np.ndarray]:
-        self._fold()
+        """(ids present, ascending; their entries)."""
+        if self._dense is not None:
+            at = np.flatnonzero(self._dense)
+            return at + self._lo, self._dense[at]
+        if self._pending:
+            self._fold()
         return self.ids.astype(np.int64), self.counts
 
 

@@ -9,7 +9,7 @@ import numpy as np
 from prunekit.compute.grouping import map_clusters
 from prunekit.errors import PrunekitError
 from prunekit.io.embeddings import Embeddings
-from prunekit.params import Param
+from prunekit.params import Param, ParamError
 from prunekit.runtime.budget import memory_budget
 from prunekit.runtime.memory import human
 from prunekit.selection.scores import Scores, load_scores
@@ -31,7 +31,8 @@ def resolve_max_keep(max_keep: int | None, n: int) -> int:
     if max_keep is None:
         return n
     if int(max_keep) < 1:
-        raise PrunekitError(f"--max-keep must be >= 1 (got {max_keep}); leave it out for the full order.")
+        raise ParamError("{max_keep} must be >= 1 (got {}); leave it out for the full order.",
+                         max_keep)
     return min(int(max_keep), n)
 
 

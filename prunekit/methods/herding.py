@@ -42,7 +42,7 @@ from prunekit.methods.greedy import (
     within_clusters,
     within_param,
 )
-from prunekit.params import Param
+from prunekit.params import Param, ParamError
 from prunekit.runtime.costs import Cost, CostModel, Step, greedy_cost, pick_cost
 from prunekit.runtime.probe import time_greedy
 from prunekit.runtime.progress import counter
@@ -130,7 +130,7 @@ def herding_scores(
     if kernel not in KERNELS:
         raise PrunekitError(f"unknown herding kernel '{kernel}'; choose one of: {', '.join(KERNELS)}.")
     if int(rff_dim) < 1:
-        raise PrunekitError(f"--rff-dim must be >= 1 (got {rff_dim}).")
+        raise ParamError("{rff_dim} must be >= 1 (got {}).", rff_dim)
     n, d = emb.n, emb.dim
     clusters = None if within is None else within_clusters(emb, within)
     largest = n if clusters is None else int(np.bincount(clusters - clusters.min()).max())
@@ -248,7 +248,7 @@ def _resolve_sigma(emb: Embeddings, sigma: float | str, seed: int) -> float:
     try:
         value = float(sigma)
     except (TypeError, ValueError):
-        raise PrunekitError(f"--sigma must be 'auto' or a positive number (got '{sigma}').") from None
+        raise ParamError("{sigma} must be 'auto' or a positive number (got '{}').", sigma) from None
     if not np.isfinite(value) or value <= 0:
-        raise PrunekitError(f"--sigma must be 'auto' or a positive number (got {sigma}).")
+        raise ParamError("{sigma} must be 'auto' or a positive number (got {}).", sigma)
     return value

@@ -21,6 +21,7 @@ from prunekit.io.formats.base import (
     check_matrix,
     checked_ids,
     checked_labels,
+    read_head,
 )
 from prunekit.io.h5io import (
     atomic_h5,
@@ -57,7 +58,10 @@ class HDF5Format(Format):
     label = "HDF5"
 
     def sniff(self, path: str | os.PathLike, head: bytes | None = None) -> bool:
-        """HDF5's signature may sit after a user block (offset 512, 1024, ...): h5py looks."""
+        """HDF5's signature may sit after a user block (offset 512, 1024, ...): h5py looks,
+        once the path is known to be a regular file."""
+        if head is None:
+            read_head(path)  # a FIFO or device is refused here, not opened by HDF5
         return bool(h5py.is_hdf5(path))
 
     def describe(self, path: Path, key: str, id_key: str | None = None, *,
