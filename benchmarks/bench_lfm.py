@@ -28,8 +28,8 @@ from collections.abc import Callable
 import torch
 
 from prunekit_lfm.cost import forward_flops
-from prunekit_lfm.models import build_model
 from prunekit_lfm.fm_path import fm_loss
+from prunekit_lfm.models import build_model
 from prunekit_lfm.sampling import SamplingConfig, coarse_steps, sample, sample_c2f
 
 

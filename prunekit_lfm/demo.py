@@ -141,13 +141,14 @@ def _effort(effort: float, budget: float | None) -> float:
         source = click.get_current_context().get_parameter_source("effort")
         if source is not click.core.ParameterSource.DEFAULT:
             raise PrunekitError("--budget is the old name of --effort; give --effort alone.")
-        click.echo("Warning: --budget is now --effort; the old name goes in the next release.",
-                   err=True)
         effort, flag = budget, "--budget"
     if not (math.isfinite(effort) and effort > 0):
         raise PrunekitError(f"{flag} must be a positive, finite factor, got {effort}.")
     if effort > 1000:
         raise PrunekitError(f"{flag} {effort:g} would train for weeks; use a factor up to 1000.")
+    if budget is not None:  # after the checks: a refused value gets the one Error: line
+        click.echo("Warning: --budget is now --effort; the old name goes in the next release.",
+                   err=True)
     return effort
 
 

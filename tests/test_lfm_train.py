@@ -16,9 +16,9 @@ from prunekit.cli import main
 from prunekit.errors import PrunekitError
 from prunekit.selection.subset import Selection
 from prunekit_lfm import runs
+from prunekit_lfm.fm_path import fm_loss, interpolate, sample_t, target
 from prunekit_lfm.latents import LatentStore, save_latents
 from prunekit_lfm.models import build_model
-from prunekit_lfm.fm_path import fm_loss, interpolate, sample_t, target
 from prunekit_lfm.train import DataOrder, Dist, _Trainer, train
 
 torch.set_num_threads(1)
@@ -193,7 +193,7 @@ def test_resume_refuses_other_settings_and_fresh_runs_refuse_used_dirs(latents, 
     train(str(latents), str(run), steps=2, seed=0, **FAST)
     with pytest.raises(PrunekitError, match=r"lr: run has 0.001, now 0.01"):
         train(str(latents), str(run), steps=4, seed=0, resume=True, **{**FAST, "lr": 1e-2})
-    with pytest.raises(PrunekitError, match="not empty; pass --resume"):
+    with pytest.raises(PrunekitError, match="not empty; pass resume=True"):
         train(str(latents), str(run), steps=2, seed=0, **FAST)
     with pytest.raises(PrunekitError, match="holds no run"):
         train(str(latents), str(tmp_path / "none"), steps=2, resume=True, **FAST)
@@ -225,7 +225,7 @@ def test_label_dropout_and_unconditional_null_labels(latents, tmp_path):
 def test_conditional_needs_labels(tmp_path):
     path = tmp_path / "l.h5"
     save_latents(path, LatentStore(np.zeros((4, 4, 4, 4), np.float32), np.arange(4)))
-    with pytest.raises(PrunekitError, match="--conditional needs labels"):
+    with pytest.raises(PrunekitError, match="conditional needs labels"):
         train(str(path), str(tmp_path / "run"), steps=1, conditional=True, **FAST)
     assert not (tmp_path / "run").exists()
 
@@ -306,9 +306,9 @@ def test_cli_names_a_json_model_by_what_it_is(latents, tmp_path):
 @pytest.mark.parametrize("args,message", [
     (["{tmp}/missing.h5", "-o", "{tmp}/run"], "latents file not found"),
     (["{lat}", "-o", "{tmp}/run", "--model", "DiT-Q/2"], "not a preset"),
-    (["{lat}", "-o", "{tmp}/run", "--batch-size", "0"], "batch size"),
+    (["{lat}", "-o", "{tmp}/run", "--batch-size", "0"], "--batch-size must be an integer >= 1"),
     (["{lat}", "-o", "{tmp}/run", "--ema", "1.5"], "ema must be"),
-    (["{lat}", "-o", "{tmp}/run", "--checkpoint-every", "0"], "checkpoint-every must be >= 1"),
+    (["{lat}", "-o", "{tmp}/run", "--checkpoint-every", "0"], "--checkpoint-every must be an integer >= 1"),
     (["{lat}", "-o", "{tmp}/run", "--selection", "{tmp}/nosel.h5"], "selection file not found"),
     (["{lat}", "-o", "{tmp}/run", "--resume"], "holds no run"),
 ])

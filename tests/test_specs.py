@@ -289,8 +289,8 @@ def test_sampling_config_fields_and_options_come_from_the_spec():
         p.name: p.default for p in SAMPLING_PARAMS}
     for p in (N_SAMPLES, *SAMPLING_PARAMS):
         opt = _option_of(sample, p.name)
-        assert opt.help == p.help and [*opt.opts, *opt.secondary_opts][0] == p.cli_flag
-        assert opt.default == (() if p.multiple else p.default), p.name
+        assert (opt.help or "") == p.help and [*opt.opts, *opt.secondary_opts][0] == p.cli_flag
+        assert opt.default == p.default, p.name
     with pytest.raises(ParamError, match=r"^cfg must be a number \(got nan\)\.$"):
         SamplingConfig(cfg=float("nan"))
     with pytest.raises(ParamError, match=r"^steps must be at most 100000 \(got 100001\)"):
@@ -335,8 +335,9 @@ def test_plugin_commands_build_their_options_without_torch():
 def test_stability_keywords_and_options_are_one_spec():
     for p in STABILITY_PARAMS:
         opt = _option_of(stability_command, p.name)
-        assert opt.opts == [p.cli_flag] and opt.help == p.help and opt.multiple == p.multiple
-        assert opt.default == (() if p.multiple else p.default), p.name
+        assert opt.opts == [p.cli_flag] and (opt.help or "") == p.help
+        assert opt.multiple == p.multiple
+        assert opt.default == p.default, p.name
     check_defaults(pk.stability, STABILITY_PARAMS)
     values = check_options("emb.h5", {"prs": ["0.25", 0.5], "n_sources": 12.0})
     assert values["prs"] == (0.25, 0.5) and values["n_sources"] == 12 and values["steps"] == 100

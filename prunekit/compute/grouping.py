@@ -211,7 +211,7 @@ def _read_parts(path: str, start: int, stop: int) -> np.ndarray:
 # ------------------------------------------------------------------------------ the plan
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Chunk:
     """A scatter task: chunk ``ref`` of the source, whose usable rows are the compact
     indices ``first:first + n``, at positions ``rows`` (None: all but ``dropped``), with
@@ -244,7 +244,7 @@ def _chunks(src, usable: tuple[np.ndarray | None, np.ndarray], labels: np.ndarra
             n, sel, drop = hi - lo, rows[lo:hi], EMPTY
         else:
             lo, hi = (int(v) for v in np.searchsorted(dropped, [a, b]))
-            n, sel, drop = (b - a) - (hi - lo), None, dropped[lo:hi]
+            n, sel, drop = (b - a) - (hi - lo), None, dropped[lo:hi] if hi > lo else EMPTY
         out.append(Chunk(ref, first, n, sel, drop,
                          None if labels is None else labels[first : first + n]))
         first += n
