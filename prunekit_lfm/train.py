@@ -27,6 +27,7 @@ import contextlib
 import copy
 import dataclasses
 import datetime as _dt
+import functools
 import gc
 import math
 import time
@@ -455,6 +456,49 @@ class _LossLog:
         return None
 
 
+class _Checkpoints:
+    """The checkpoint files of a run directory: model, EMA, optimizer, trainer state, log."""
+
+    def __init__(self, out: Path, model: nn.Module, ema: nn.Module,
+                 opt: torch.optim.Optimizer, order: DataOrder, dev: torch.device) -> None:
+        self.out, self.model, self.ema, self.opt, self.order, self.dev = out, model, ema, opt, order, dev
+        self.weights_bytes = _weights_bytes(model)
+
+    def load(self) -> int | None:
+        """Load the last checkpoint into the model, EMA and optimizer; its step (None: none)."""
+        state = runs.read_checkpoint(self.out)
+        if state is None:
+            return None
+        step = int(state["step"])
+        if state.get("data_position") != self.order.position(step):
+            raise PrunekitError(
+                f"run {self.out}: the data position in {runs.TRAINER_STATE} "
+                f"({state.get('data_position')}) is not where step {step} of this data order "
+                "starts; the selection or batch size changed. Resume with the run's own settings."
+            )
+        runs.load_weights(self.out / runs.MODEL, self.model, self.dev)
+        runs.load_weights(self.out / runs.EMA, self.ema, self.dev)
+        runs.load_optimizer(self.out / runs.OPTIMIZER, state["optimizer"], self.opt, self.dev)
+        return step
+
+    def save(self, step: int, log: list[dict[str, float]], config: TrainConfig) -> None:
+        """Rank 0's part of a checkpoint: check the free space, then write every file."""
+        d = self.out
+        need = _checkpoint_bytes(self.weights_bytes, step, first=not (d / runs.MODEL).exists())
+        check_space([(d / runs.OPTIMIZER, need)], f"checkpoint of step {step}")
+        with writing(d, f"the checkpoint of step {step} into"):
+            runs.save_weights(d / runs.MODEL, self.model, step)
+            runs.save_weights(d / runs.EMA, self.ema, step)
+            optimizer = runs.save_optimizer(d / runs.OPTIMIZER, self.opt, step)
+            runs.write_trainer_state(d, {
+                "step": step,
+                "optimizer": optimizer,
+                "data_position": self.order.position(step),
+            })
+            runs.write_log(d, log)
+            runs.write_config(d, config)
+
+
 class _Trainer:
     """The state of one training process: model, EMA, optimizer, data, log."""
 
@@ -472,7 +516,7 @@ class _Trainer:
         self.t_offset = 0.0
         self.saved_step: int | None = None
         self.complete = False  # a whole checkpoint has been written by this process
-        self.weights_bytes = _weights_bytes(self.model)
+        self.files = _Checkpoints(out, self.model, self.ema, self.opt, self.order, dev)
         self.ddp: nn.Module = self.model  # what the loss calls: the model or its DDP wrapper
 
     def wrap_ddp(self) -> None:
@@ -496,19 +540,9 @@ class _Trainer:
 
     def restore(self) -> None:
         """Load the last checkpoint (if any) and the log up to it."""
-        state = runs.read_checkpoint(self.out)
-        if state is None:  # stopped before its first checkpoint: start over
+        step = self.files.load()
+        if step is None:  # stopped before its first checkpoint: start over
             return
-        step = int(state["step"])
-        if state.get("data_position") != self.order.position(step):
-            raise PrunekitError(
-                f"run {self.out}: the data position in {runs.TRAINER_STATE} "
-                f"({state.get('data_position')}) is not where step {step} of this data order "
-                "starts; the selection or batch size changed. Resume with the run's own settings."
-            )
-        runs.load_weights(self.out / runs.MODEL, self.model, self.dev)
-        runs.load_weights(self.out / runs.EMA, self.ema, self.dev)
-        runs.load_optimizer(self.out / runs.OPTIMIZER, state["optimizer"], self.opt, self.dev)
         self.step = self.saved_step = step
         self.complete = True
         self.losses.rows = [r for r in runs.read_log(self.out) if r["step"] <= self.step]
@@ -562,23 +596,7 @@ class _Trainer:
         """
         self.flush_log()
         self.config.steps_done = self.step
-        together(self.dist, self._write_checkpoint, main_only=True)  # all ranks hear of a failure
+        save = functools.partial(self.files.save, self.step, self.losses.rows, self.config)
+        together(self.dist, save, main_only=True)  # all ranks hear of a failure
         self.saved_step = self.step
         self.complete = True
-
-    def _write_checkpoint(self) -> None:
-        """Rank 0's part of :meth:`checkpoint`: check the free space, then write every file."""
-        d = self.out
-        need = _checkpoint_bytes(self.weights_bytes, self.step, first=not (d / runs.MODEL).exists())
-        check_space([(d / runs.OPTIMIZER, need)], f"checkpoint of step {self.step}")
-        with writing(d, f"the checkpoint of step {self.step} into"):
-            runs.save_weights(d / runs.MODEL, self.model, self.step)
-            runs.save_weights(d / runs.EMA, self.ema, self.step)
-            optimizer = runs.save_optimizer(d / runs.OPTIMIZER, self.opt, self.step)
-            runs.write_trainer_state(d, {
-                "step": self.step,
-                "optimizer": optimizer,
-                "data_position": self.order.position(self.step),
-            })
-            runs.write_log(d, self.losses.rows)
-            runs.write_config(d, self.config)

@@ -19,7 +19,9 @@ from prunekit.io.atomic import (
     TMP_PREFIX,
     atomic_path,
     check_output,
+    host_tag,
     interrupts_deferred,
+    temp_name,
     write_text,
 )
 from prunekit.io.h5io import atomic_h5
@@ -99,13 +101,17 @@ def test_a_symlink_is_never_written_through(tmp_path):
 def test_stale_temp_files_of_dead_processes_are_removed_live_ones_kept(tmp_path):
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
                           capture_output=True, text=True, check=True)
-    stale = tmp_path / f"{TMP_PREFIX}{dead.stdout.strip()}.abcdef"
-    live = tmp_path / f"{TMP_PREFIX}{os.getppid()}.abcdef"
+    stale = temp_name(tmp_path, int(dead.stdout))
+    live = temp_name(tmp_path, os.getppid())
     other = tmp_path / ".other.tmp"
-    for p in (stale, live, other):
+    # A dead pid on another machine of a shared folder: that machine's to clean, not ours.
+    elsewhere = tmp_path / f"{TMP_PREFIX}{dead.stdout.strip()}.0badc0de.0123456789abcdef"
+    assert elsewhere.name.split(".")[3] != host_tag()
+    for p in (stale, live, other, elsewhere):
         p.write_text("partial")
     write_text(tmp_path / "out.txt", "done")
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([live.name, other.name, "out.txt"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [live.name, other.name, elsewhere.name, "out.txt"])
 
 
 def test_a_sigkilled_write_leaves_a_temp_file_that_the_next_run_removes(tmp_path):

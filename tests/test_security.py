@@ -23,7 +23,14 @@ from click.testing import CliRunner
 import prunekit as pk
 from prunekit.cli import main
 from prunekit.io import atomic, scan
-from prunekit.io.atomic import TMP_PREFIX, create_exclusive, create_temp, private_dir, write_text
+from prunekit.io.atomic import (
+    TMP_PREFIX,
+    create_exclusive,
+    create_temp,
+    private_dir,
+    temp_name,
+    write_text,
+)
 
 PRECIOUS = b"precious bytes\n"
 
@@ -88,12 +95,12 @@ def test_a_dangling_planted_link_is_not_followed_either(shared):
 def test_planted_links_at_temp_names_are_never_written_through(shared, monkeypatch):
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
                           capture_output=True, text=True, check=True).stdout.strip()
-    stale = shared / f"{TMP_PREFIX}{dead}.0123456789abcdef"  # looks like a dead run's temp file
+    stale = temp_name(shared, int(dead))  # looks like a dead run's temp file
     stale.symlink_to(shared / "precious.txt")
     # The next random name is one the attacker planted: it is skipped, not opened.
     names = iter(["feedfacefeedface", "0011223344556677"])
     monkeypatch.setattr(atomic.secrets, "token_hex", lambda n: next(names))
-    guessed = shared / f"{TMP_PREFIX}{os.getpid()}.feedfacefeedface"
+    guessed = shared / f"{TMP_PREFIX}{os.getpid()}.{atomic.host_tag()}.feedfacefeedface"
     guessed.symlink_to(shared / "precious.txt")
     write_text(shared / "out.txt", "result")
     assert (shared / "out.txt").read_text() == "result"

@@ -124,8 +124,8 @@ def test_a_file_or_a_folder_holding_an_input_is_refused(tmp_path):
 
 def test_stale_temporary_folders_of_dead_processes_are_removed(tmp_path):
     dead, live = _dead_pid(), os.getppid()
-    stale = tmp_path / f"{TMP_PREFIX}{dead}.aa"
-    running = tmp_path / f"{TMP_PREFIX}{live}.bb"
+    stale = temp_name(tmp_path, dead)
+    running = temp_name(tmp_path, live)
     for d in (stale, running):
         d.mkdir()
         (d / shard_name(0)).write_bytes(b"half")

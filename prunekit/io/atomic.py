@@ -19,9 +19,11 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import os
 import secrets
 import signal
+import socket
 import stat
 import threading
 from collections.abc import Iterable, Iterator
@@ -243,21 +245,31 @@ def create_temp(directory: str | os.PathLike, mode: int = 0o600) -> tuple[int, P
     raise FileExistsError(errno.EEXIST, "no free temporary file name", str(directory))
 
 
-def temp_name(directory: str | os.PathLike) -> Path:
-    """A fresh temporary name in ``directory``: ``.prunekit-tmp.<pid>.<64 random bits>``.
+def temp_name(directory: str | os.PathLike, pid: int | None = None) -> Path:
+    """A fresh temporary name in ``directory``: ``.prunekit-tmp.<pid>.<host>.<64 random bits>``.
 
     Only the name: whoever creates the entry must do so exclusively (a file with
-    :func:`create_exclusive`, a directory with ``mkdir``). :func:`temp_pid` reads the pid back.
+    :func:`create_exclusive`, a directory with ``mkdir``). :func:`temp_pid` reads the pid
+    back. ``<host>`` tags this machine, so a folder shared by several machines (a cluster's
+    output folder) never sees one machine clean up another's live temporary files.
     """
-    return Path(directory) / f"{TMP_PREFIX}{os.getpid()}.{secrets.token_hex(8)}"
+    pid = os.getpid() if pid is None else int(pid)
+    return Path(directory) / f"{TMP_PREFIX}{pid}.{host_tag()}.{secrets.token_hex(8)}"
+
+
+def host_tag() -> str:
+    """Eight hex digits naming this machine (a hash of its host name)."""
+    return hashlib.blake2b(socket.gethostname().encode(), digest_size=4).hexdigest()
 
 
 def temp_pid(name: str) -> int | None:
-    """The pid in a temporary name of :func:`temp_name`'s pattern, else None."""
+    """The pid in a temporary name :func:`temp_name` made on this machine, else None."""
     if not name.startswith(TMP_PREFIX):
         return None
-    pid = name[len(TMP_PREFIX):].split(".", 1)[0]
-    return int(pid) if pid.isdigit() else None
+    parts = name[len(TMP_PREFIX):].split(".")
+    if len(parts) != 3 or not parts[0].isdigit() or parts[1] != host_tag():
+        return None
+    return int(parts[0])
 
 
 def private_dir(path: str | os.PathLike) -> Path:

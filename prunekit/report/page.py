@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 import shutil
 from html import escape
 from pathlib import Path
 from typing import Any
 
 from prunekit.errors import PrunekitError
-from prunekit.io.atomic import TMP_PREFIX, check_output, refuse_link
+from prunekit.io.atomic import check_output, refuse_link, temp_name
 from prunekit.io.provenance import jsonable
 from prunekit.report import figures
 from prunekit.report.data import ALL_ROWS
@@ -256,7 +255,7 @@ def write_dir(out: str | os.PathLike, html: str, *, inputs: list[str] = (),
     """
     real = check_dir(out, inputs=inputs, input_dirs=input_dirs)
     real.parent.mkdir(parents=True, exist_ok=True)
-    tmp = real.parent / f"{TMP_PREFIX}{os.getpid()}.{secrets.token_hex(6)}"
+    tmp = temp_name(real.parent)
     old = tmp.with_name(tmp.name + ".old")
     try:
         tmp.mkdir()

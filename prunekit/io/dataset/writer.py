@@ -19,7 +19,6 @@ import contextlib
 import errno
 import json
 import os
-import secrets
 import shutil
 import socket
 import stat
@@ -42,6 +41,7 @@ from prunekit.io.atomic import (
     interrupts_deferred,
     read_set,
     refuse_link,
+    temp_name,
 )
 from prunekit.io.dataset.layout import (
     ARRAY_DTYPES,
@@ -262,7 +262,7 @@ class PartWriter:
         parent = Path(os.path.realpath(self.final.parent))
         self._created = _make_dirs(parent)
         remove_stale_staging(parent)
-        self.staging = parent / f"{TMP_PREFIX}{os.getpid()}.{secrets.token_hex(6)}"
+        self.staging = temp_name(parent)
         try:
             self.staging.mkdir()
             _mark(self.staging)
@@ -529,7 +529,7 @@ def disk_errors(target: Path):
         yield
     except OSError as exc:
         if exc.errno in (errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EDQUOT):
-            raise PrunekitError(f"cannot write {target}: {exc.strerror}.") from exc
+            raise PrunekitError(f"cannot write {target}: {os.strerror(exc.errno)}.") from exc
         raise
 
 
@@ -566,7 +566,7 @@ def _replace_dir(staging: Path, final: Path) -> None:
             f"{final} changed while the dataset was written; it is no longer "
             "an earlier dataset or an empty folder. Nothing was replaced."
         )
-    aside = final.parent / f"{TMP_PREFIX}{os.getpid()}.{secrets.token_hex(6)}"
+    aside = temp_name(final.parent)
     os.rename(final, aside)
     try:
         os.rename(staging, final)
