@@ -62,6 +62,17 @@ class ParamError(PrunekitError):
         own, then ``--name-with-dashes``."""
         return _Words({**self.flags, **(flags or {})}).format(self.cli or self.text, *self.values)
 
+    def __reduce__(self) -> tuple:
+        # as it is (a worker's error reaches the driver whole), not re-read as a template
+        return _restore, (type(self), self.args, self.__dict__.copy())
+
+
+def _restore(cls: type[ParamError], args: tuple, state: dict[str, Any]) -> ParamError:
+    err = cls.__new__(cls)
+    Exception.__init__(err, *args)
+    err.__dict__.update(state)
+    return err
+
 
 class _Name:
     def __init__(self, name: str) -> None:

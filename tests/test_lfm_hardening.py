@@ -210,13 +210,13 @@ def test_latent_store_side_datasets_must_match_the_latents(latents, tmp_path):
 
 
 @pytest.mark.parametrize("args,needle", [
-    (["train", "{lat}", "-o", "{tmp}/out", "--lr", "nan"], "lr must be a finite"),
-    (["train", "{lat}", "-o", "{tmp}/out", "--lr", "inf"], "lr must be a finite"),
+    (["train", "{lat}", "-o", "{tmp}/out", "--lr", "nan"], "--lr must be a number > 0 (got nan)"),
+    (["train", "{lat}", "-o", "{tmp}/out", "--lr", "inf"], "--lr must be a number > 0 (got inf)"),
     (["train", "{lat}", "-o", "{tmp}/out", "--device", "bogus"], "bogus"),
     (["train", "{lat}", "-o", "{tmp}/out", "--seed", "-1"], "--seed"),
     (["train", "{lat}", "-o", "{tmp}/out", "--seed", str(2**63)], "--seed"),
     (["train", "{lat}", "-o", "{tmp}/out", "--model", "{tmp}/neg.json"], "num_layers=-2"),
-    (["train", "{lat}", "-o", "{tmp}/out", "--grad-clip", "-1"], "grad clip"),
+    (["train", "{lat}", "-o", "{tmp}/out", "--grad-clip", "-1"], "--grad-clip must be"),
     (["encode", "digits", "--vae", "{tmp}", "-o", "{tmp}/out", "--size", "-4"], "--size"),
     (["encode", "digits", "--vae", "{tmp}", "-o", "{tmp}/out", "--size", "0"], "--size"),
     (["train-vae", "digits", "-o", "{tmp}/out", "--image-size", "-2"], "--image-size"),
@@ -324,7 +324,7 @@ def test_ctrl_c_while_writing_the_png_removes_the_samples_file_too(tmp_path, mon
 def test_an_edited_config_json_is_validated_when_the_run_is_read(tmp_path):
     run = make_run(tmp_path / "run")
     data = json.loads((run / runs.CONFIG).read_text())
-    for key, value, needle in [("lr", -1.0, "lr must be > 0"), ("steps", "many", "steps must be an integer"),
+    for key, value, needle in [("lr", -1.0, "lr must be a number > 0"), ("steps", "many", "steps must be an integer"),
                                ("seed", -5, "seed")]:
         (run / runs.CONFIG).write_text(json.dumps({**data, key: value}))
         _error(_invoke("lfm", "sample", run, "--n", 2, "--steps", 1, "-o", tmp_path / "s.h5", "-q"),

@@ -58,6 +58,18 @@ def test_values_are_never_read_as_parameters():
     assert err.cli_message() == "--path not found: /data/{path}/{}.h5"
 
 
+def test_an_error_pickles_whole():  # a Ray worker's error reaches the driver unchanged
+    import pickle
+
+    from prunekit.flow.study import StudyOptionError
+
+    for err in (ParamError("{path} not found: {}", "/data/{x}/{}.h5", flags={"path": "--in"}),
+                StudyOptionError("give dims.", "add --dims.")):
+        again = pickle.loads(pickle.dumps(err))
+        assert type(again) is type(err) and str(again) == str(err)
+        assert again.cli_message() == err.cli_message()
+
+
 def test_a_second_wording_for_the_command_line():
     err = ParamError("give dims, e.g. dims=[16, 256].", cli="add {dims}, e.g. {dims:16 256}.")
     assert str(err) == "give dims, e.g. dims=[16, 256]." and isinstance(err, pk.PrunekitError)

@@ -20,14 +20,20 @@ from prunekit.cli.engine_options import engine_options, running_on
 from prunekit.cli.params import options_from
 from prunekit.errors import PrunekitError
 from prunekit.flow.plot import require_matplotlib
-from prunekit.flow.study import STUDY_PARAMS, SWEEP_PARAMS, StabilityStudy, check_options
+from prunekit.flow.study import (
+    STABILITY_PARAMS,
+    STUDY_PARAMS,
+    SWEEP_PARAMS,
+    StabilityStudy,
+    check_options,
+)
 from prunekit.flow.study import stability as run_stability
 from prunekit.io.atomic import is_stdout, write_bytes, write_text
 from prunekit.io.source import shard_dirs
 from prunekit.params import INT64_MAX
 
 # Counts that reach int64 arrays: click checks their lower bound, this their upper one.
-COUNTS = tuple(p.name for p in STUDY_PARAMS + SWEEP_PARAMS if p.kind == "int" and p.cli_range)
+COUNTS = tuple(p.name for p in STABILITY_PARAMS if p.kind == "int" and p.cli_range)
 
 
 class StabilityCommand(MultiValueCommand):
@@ -66,7 +72,7 @@ def stability(**o) -> None:
         check_output(o["plot"], inputs=inputs, input_dirs=dirs, what="--plot")
         if o["output"] and Path(o["plot"]).resolve() == Path(o["output"]).resolve():
             raise PrunekitError("--plot and --output name the same file; give the figure its own path.")
-    options = {p.name: o[p.name] for p in STUDY_PARAMS + SWEEP_PARAMS}
+    options = {p.name: o[p.name] for p in STABILITY_PARAMS}
     check_options(o["data"], options)  # before an engine starts (the CLI words its errors)
     if o["plot"]:
         require_matplotlib()

@@ -315,8 +315,8 @@ def _group(src, usable, n: int, clusters: np.ndarray | ClusterColumn, files: _Fi
     labels = None if column is not None else _checked_labels(clusters, n)
     chunks = _chunks(src, usable, labels, chunk_rows)
     row_bytes = src.dim * src.dtype.itemsize
-    top = _top_id(src, column, labels, chunks, work, f"{record}.shuffle/top", chunk_rows,
-                  progress, desc)
+    top = _top_id(column, labels, chunks, work, f"{record}.shuffle/top", chunk_rows, progress,
+                  desc)
     n_buckets, width = bucket_plan(top, n)
     key = hashlib.blake2b(json.dumps([n, len(chunks), chunk_rows, n_buckets, width, row_bytes,
                                       src.dtype.str]).encode(), digest_size=8).hexdigest()
@@ -357,7 +357,7 @@ def _checked_labels(clusters: np.ndarray, n: int) -> np.ndarray:
     return clusters
 
 
-def _top_id(src, column, labels, chunks, work, name, chunk_rows, progress, desc) -> int:
+def _top_id(column, labels, chunks, work, name, chunk_rows, progress, desc) -> int:
     """The largest cluster id: of the caller's array, else one pass over the column."""
     if column is None:
         return int(labels.max()) if labels.size else 0
@@ -450,8 +450,9 @@ def _scatter(src, column, chunks, files, work, prefix, n_buckets, width, chunk_r
     return counts
 
 
-def _piece(folder: str | Path, i: int) -> Path:
-    return Path(folder) / f"piece-{i:08d}"
+def _piece(folder: str | Path, i: int) -> str:
+    """Chunk i's piece file (a plain string: tasks make thousands of these names)."""
+    return os.path.join(folder, f"piece-{i:08d}")
 
 
 def _scatter_task(shared: tuple, item: tuple[int, Chunk]) -> np.ndarray:

@@ -542,7 +542,7 @@ def stability(
     file) or ``n_sources`` draws (default 256) of N(0, I) from ``seed``. Returns a
     :class:`StabilityStudy`: ``settings`` and one row per subset (see the module doc).
 
-    Data with more than ``sample`` usable rows (None: no limit) are represented by a seeded
+    Data with more than ``sample`` usable rows (None or 0: no limit) are represented by a seeded
     uniform sample of ``sample`` rows (the ``stability sample`` stream of ``seed``): the
     full field is the sample's, each subset keeps its rows that fall in the sample (a row's
     ``n_kept`` counts those, ``n_kept_data`` all it keeps). The runs go as tasks to the
