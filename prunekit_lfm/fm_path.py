@@ -19,7 +19,7 @@ import torch
 
 from prunekit.errors import PrunekitError
 
-T_SCHEDULES = ("uniform", "logit_normal")
+from .specs import T_SCHEDULES  # declared once, with the training spec
 
 
 def _bcast(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:

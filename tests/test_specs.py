@@ -280,12 +280,14 @@ def test_a_stored_config_is_checked_by_the_same_spec():
         "t_schedule must be one of uniform, logit_normal (got 'cosine').")
 
 
-def test_the_spec_knows_the_trainers_time_schedules():
-    pytest.importorskip("torch")
-    from prunekit_lfm.fm_path import T_SCHEDULES
-    from prunekit_lfm.specs import T_SCHEDULES as declared
+def test_the_trainer_samples_every_time_schedule_the_spec_declares():
+    torch = pytest.importorskip("torch")
+    from prunekit_lfm.fm_path import sample_t
+    from prunekit_lfm.specs import T_SCHEDULES
 
-    assert declared == T_SCHEDULES
+    for schedule in T_SCHEDULES:
+        t = sample_t(256, torch.Generator().manual_seed(0), schedule=schedule)
+        assert t.shape == (256,) and bool(((t >= 0) & (t <= 1)).all())
 
 
 # ----------------------------------------------------------------------------- sampling
