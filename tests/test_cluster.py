@@ -75,9 +75,13 @@ def test_auto_restarts_follow_problem_size():
     # Small and medium problems: scikit-learn's ten seedings ...
     assert auto_restarts(1797, 10, 64, 25) == 10
     assert auto_restarts(10_000, 24, 256, 25) == 10
-    # ... larger ones as many as fit in AUTO_RESTARTS_WORK multiply-adds ...
-    one = 40_000 * 24 * 256 * 25 + 4096 * 24 * 256 * (2 + np.log(24))  # Lloyd + seeding
-    assert auto_restarts(40_000, 24, 256, 25) == int(AUTO_RESTARTS_WORK // one) == 4
+    # ... larger ones as many as fit in AUTO_RESTARTS_WORK multiply-adds: Lloyd, k-means||'s
+    # distances to its 1 + 5 x 2k = 241 candidates, and ten re-clusterings of them ...
+    one = (40_000 * 24 * 256 * 25 + 40_000 * 256 * 241
+           + 10 * 241 * 24 * 256 * (2 + np.log(24)))
+    assert auto_restarts(40_000, 24, 256, 25) == int(AUTO_RESTARTS_WORK // one) == 3
+    one = 40_000 * 24 * 256 * 25 + 4096 * 24 * 256 * (2 + np.log(24))  # greedy on 4096 rows
+    assert auto_restarts(40_000, 24, 256, 25, "subsample") == int(AUTO_RESTARTS_WORK // one) == 4
     # ... and large ones one, today's cost.
     assert auto_restarts(1_000_000, 1000, 512, 25) == 1
     x, _ = planted(n=300, k=3, seed=2)

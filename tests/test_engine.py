@@ -14,7 +14,13 @@ import pytest
 
 import prunekit as pk
 from prunekit.compute import grouping
-from prunekit.compute.cluster import SamplePlan, kmeans, kmeans_streamed, normalize_rows
+from prunekit.compute.cluster import (
+    SamplePlan,
+    kmeans,
+    kmeans_streamed,
+    normalize_rows,
+    sample_quotas,
+)
 from prunekit.compute.kernels import RandomFourierFeatures, median_sigma
 from prunekit.methods.greedy import interleave, order_scores
 from prunekit.methods.herding import herd_rff
@@ -106,8 +112,15 @@ def test_streamed_kmeans_sample_and_assignment_match_brute_force(small_chunks):
     emb = pk.Embeddings.from_array(x, drop_nonfinite=True)
     res = kmeans_streamed(emb.reader, emb.rows, 6, plan=SamplePlan(600, emb.n, "u"), seed=4,
                           spherical=False, engine=LocalEngine(2), progress=False)
-    # The sample: 600 usable rows drawn by (seed, "kmeans-sample"); Lloyd on it alone.
-    pick = emb.rows[np.sort(role_rng(4, "kmeans-sample").choice(emb.n, 600, replace=False))]
+    # The sample: 600 usable rows, each chunk of 64 rows giving its largest-remainder share
+    # of its usable rows, drawn by (seed, "kmeans sample", chunk); Lloyd on it alone.
+    usable = [np.setdiff1d(np.arange(a, min(a + 64, 1500)), [5, 700]) for a in range(0, 1500, 64)]
+    sizes = np.array([u.size for u in usable])
+    quotas = sample_quotas(sizes, 600)
+    assert quotas.sum() == 600 and np.all(np.abs(quotas - 600 * sizes / 1498) < 1)
+    pick = np.concatenate([
+        u[np.sort(role_rng(4, "kmeans sample", i).choice(u.size, q, replace=False))]
+        for i, (u, q) in enumerate(zip(usable, quotas, strict=True))])
     ref = kmeans(x[pick], 6, seed=4, spherical=False, progress=False)
     np.testing.assert_array_equal(res.centroids, ref.centroids)
     # The assignment: every usable row to its nearest centroid, distances in float64.
@@ -164,7 +177,9 @@ def test_sample_size_follows_k_and_the_data_shape_only():
     big = sample_plan(10**7, 10, 256)
     assert big.params() == {
         "sample_rows": 262_144, "sample_of": 10**7,
-        "sample_drawn": "uniform without replacement, seeded by (seed, 'kmeans-sample')",
+        "sample_drawn": "uniform without replacement within each chunk of the data, the "
+                        "chunks' shares by largest remainder, seeded by (seed, 'kmeans sample', "
+                        "chunk)",
         "sample_rule": "default: max(256 k, 256 MiB of float32 rows), at most all rows"}
     # --sample: as given, at most all rows, at least k.
     assert sample_plan(10**7, 10, 256, 700).rows == 700
@@ -181,8 +196,8 @@ def test_kmeans_sample_never_shrinks_to_the_budget():
 
     x, _ = blobs(n=3000, d=8)
     emb = pk.Embeddings.from_array(x)
-    need = sample_bytes(3000, 3, 8, 4)  # all rows: 3000 x (8 x (4 + 4) + 24) + 3 x 8 x 8
-    assert need == 3000 * 88 + 192
+    need = sample_bytes(3000, 3, 8)  # all rows: 3000 x (8 x 4 + 24), 31 candidates, centroids
+    assert need == 3000 * 56 + 31 * 8 * 4 + 3 * 8 * 12
     with pk.runtime(memory=need):  # exactly enough: the same bytes as with a generous budget
         tight = pk.score(emb, "kmeans", k=3, progress=False)
     with pk.runtime(memory="4G"):
@@ -194,7 +209,7 @@ def test_kmeans_sample_never_shrinks_to_the_budget():
     with pk.runtime(memory=need - 1), pytest.raises(pk.PrunekitError) as err:  # one byte short: refused
         pk.score(emb, "kmeans", k=3, progress=False)
     msg = str(err.value)
-    assert f"k-means holds all 3,000 rows in memory (8 dimensions, 32-bit as stored): {human(need)}" \
+    assert f"k-means holds all 3,000 rows in memory (8 dimensions as float32): {human(need)}" \
         in msg and "Raise --memory to at least" in msg and "smaller --sample" in msg
     with pk.runtime(memory=need - 1):  # a smaller --sample fits: 1500 rows drawn
         half = pk.score(emb, "kmeans", k=3, sample=1500, progress=False)

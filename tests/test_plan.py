@@ -43,10 +43,11 @@ def test_kmeans_steps_follow_the_cost_model(shards):
     assert load.passes == 1 and load.seconds_local == pytest.approx(B / 1e6 + B / (2e6 * 2))
     sample = p.step("sample")  # the sample is every row: one read
     assert sample.passes == 1 and sample.seconds_local == pytest.approx(B / 1e6)
-    seeding = 2.0 * 1000 * 4 * 8 * (2 + math.log(4))
-    # no k-means rates in the probe: the fit runs on one thread, so seeding, Lloyd and the
-    # sample's final assignment all go at the one-thread GEMM rate
-    lloyd = (10 * 2.0 * 1000 * 4 * 8 + seeding + 2.0 * 1000 * 4 * 8) / 1e9
+    one, seeding, tries = kmeans_fit_flops(4)
+    # no k-means rates in the probe: the fit's chunk tasks run on one thread each, so
+    # seeding, Lloyd and the sample's final assignment all go at the one-thread GEMM rate;
+    # the 1000 rows are one chunk (one task), the ten re-clusterings run 2 at a time
+    lloyd = (10 * one + seeding + 5 * tries + one) / 1e9
     assert p.step("lloyd on sample").seconds_local == pytest.approx(lloyd)
     assign = p.step("assign")  # reading dominates: B / read here, B / (4 reads) on Ray
     assert assign.seconds_local == pytest.approx(B / 1e6)
@@ -60,16 +61,44 @@ def test_kmeans_uses_the_probed_kmeans_rates_at_its_k(shards):
                                                 "seeding_flops": 2e7, "assign_flops_1": 4e7})
     p = plan(shards, "kmeans", k=4, iters=10, restarts=2, rates=rates, local_workers=2,
              ray_workers=4, budget=1 << 30)
-    one = 2.0 * 1000 * 4 * 8
-    seeding = 2.0 * 1000 * 4 * 8 * (2 + math.log(4))
-    lloyd = 2 * (10 * one / 1e7 + seeding / 2e7 + one / 4e7)
+    one, seeding, tries = kmeans_fit_flops(4)
+    lloyd = 2 * (10 * one / 1e7 + (seeding + 5 * tries) / 2e7 + one / 4e7)
     assert p.step("lloyd on sample").seconds_local == pytest.approx(lloyd)
+    ray = 2 * (10 * one / 1e7 + (seeding + 3 * tries) / 2e7 + one / 4e7)  # 4 tries at a time
+    assert p.step("lloyd on sample").seconds_ray == pytest.approx(ray)
     assign = p.step("assign")  # now compute dominates: 2nkd over 2 tasks at 4e7 each
     assert assign.seconds_local == pytest.approx(max(B / 1e6, one / (2 * 4e7)))
-    other_k = plan(shards, "kmeans", k=5, iters=10, restarts=2, rates=rates, budget=1 << 30)
-    one5 = 2.0 * 1000 * 5 * 8  # the probe ran at k=4: the one-thread GEMM rate again
-    gemm = 2 * (10 * one5 + one5 * (2 + math.log(5)) + one5) / 1e9
+    other_k = plan(shards, "kmeans", k=5, iters=10, restarts=2, rates=rates, local_workers=2,
+                   budget=1 << 30)
+    one5, seeding5, tries5 = kmeans_fit_flops(5)  # the probe ran at k=4: the GEMM rate again
+    gemm = 2 * (10 * one5 + seeding5 + 5 * tries5 + one5) / 1e9
     assert other_k.step("lloyd on sample").seconds_local == pytest.approx(gemm)
+
+
+def kmeans_fit_flops(k):
+    """Flops of the k-means fit on the 1000 x 8 rows: one Lloyd iteration; k-means||'s
+    distances to its 1 + 5 x 2k candidates; one weighted greedy k-means++ over them."""
+    c = 1 + 10 * k
+    return 2.0 * 1000 * k * 8, 2.0 * 1000 * 8 * c, c * 2.0 * k * 8 * (2 + math.log(k))
+
+
+def test_kmeans_fit_spreads_over_its_chunks(shards, monkeypatch):
+    from prunekit.compute import cluster
+
+    # Chunks of 128 rows: the 1000 rows are 8 fit chunks, so Lloyd runs on 2 tasks here and
+    # 4 on Ray (at most one task a chunk); faiss runs its Lloyd on one thread.
+    monkeypatch.setattr(cluster, "FIT_CHUNK_BYTES", 128 * 4 * 8)
+    monkeypatch.setattr(cluster, "FIT_MIN_CHUNK_ROWS", 128)
+    one, seeding, tries = kmeans_fit_flops(4)
+    for backend, here, there in (("auto", 2, 4), ("faiss", 1, 1)):
+        p = plan(shards, "kmeans", k=4, iters=10, restarts=1, backend=backend, rates=RATES,
+                 local_workers=2, ray_workers=4, budget=1 << 30)
+        step = p.step("lloyd on sample")
+        assert step.seconds_local == pytest.approx(
+            (10 * one / here + seeding / 2 + 5 * tries + one / 2) / 1e9)
+        assert step.seconds_ray == pytest.approx(
+            (10 * one / there + seeding / 4 + 3 * tries + one / 4) / 1e9)
+        assert "8 chunk(s)" in step.note
 
 
 def test_cached_load_pass_is_free(shards):
@@ -81,22 +110,25 @@ def test_cached_load_pass_is_free(shards):
 
 def test_kmeans_sample_follows_the_data_not_the_budget(shards):
     # The sample is the one k-means will draw (cluster.sample_plan): all 1000 rows whatever
-    # the budget. Its fit holds 1000 x (8 x (4 + 2) + 24) bytes and 4 x 8 float64 centroids.
-    small = plan(shards, "kmeans", k=4, iters=10, restarts=1, rates=RATES, budget=1 << 16)
-    large = plan(shards, "kmeans", k=4, iters=10, restarts=1, rates=RATES, budget=1 << 30)
+    # the budget. Its fit holds 1000 x (8 x 4 + 24) bytes, the 41 k-means|| candidates as
+    # float32 and 4 x 8 centroids in float32 and float64.
+    small = plan(shards, "kmeans", k=4, iters=10, restarts=1, rates=RATES, local_workers=2,
+                 budget=1 << 15)
+    large = plan(shards, "kmeans", k=4, iters=10, restarts=1, rates=RATES, local_workers=2,
+                 budget=1 << 30)
     assert [vars(s) for s in small.steps] == [vars(s) for s in large.steps]
-    fit = 1000 * 72 + 4 * 8 * 8
-    assert sample_bytes(1000, 4, 8, 2) == fit == small.step("lloyd on sample").peak_bytes
-    assert large.fits and not small.fits  # 72 256 bytes > 64 KiB: k-means would refuse
+    fit = 1000 * 56 + 41 * 8 * 4 + 4 * 8 * 12
+    assert sample_bytes(1000, 4, 8) == fit == small.step("lloyd on sample").peak_bytes
+    assert large.fits and not small.fits  # 57 696 bytes > 32 KiB: k-means would refuse
     assert any("would refuse" in n and "--sample" in n for n in small.notes)
-    # --sample 500 of 1000 rows: drawn, and its fit is within the 64 KiB
+    # --sample 500 of 1000 rows: drawn, and its fit is within the 32 KiB
     p = plan(shards, "kmeans", k=4, iters=10, restarts=1, sample=500, rates=RATES,
-             budget=1 << 16)
+             budget=1 << 15)
     assert sample_plan(1000, 4, 8, 500).rows == 500
     sample = p.step("sample")
     assert "500 of 1,000 rows" in sample.note
-    assert sample.peak_bytes == 500 * 8 * 6 + 1000 * 8 * 6  # the sample, and one chunk read
-    assert p.step("lloyd on sample").peak_bytes == 500 * 72 + 256 <= 1 << 16
+    assert sample.peak_bytes == 500 * 8 * 4 + 1000 * 8 * 6  # the sample, and one chunk read
+    assert p.step("lloyd on sample").peak_bytes == 500 * 56 + 41 * 32 + 384 <= 1 << 15
     with pytest.raises(PrunekitError, match="--sample 3 holds fewer rows than --k 4"):
         plan(shards, "kmeans", k=4, sample=3, rates=RATES, budget=1 << 30)
 

@@ -1,45 +1,55 @@
-"""k-means: spherical or Euclidean, k-means++ seeding, restarts, faiss or scikit-learn Lloyd.
+"""k-means: spherical or Euclidean, k-means|| seeding, restarts, Lloyd as chunk tasks.
 
 Spherical k-means (the default, as in the paper's CLIP clustering) L2-normalises the rows
 and renormalises the centroids after every update, so assignment is by cosine similarity.
 Euclidean k-means is the textbook Lloyd algorithm on the rows as given.
 
-Seeding is greedy k-means++ (Arthur & Vassilvitskii 2007, with ``2 + ln k`` local trials
-as in scikit-learn) on a seeded subsample of at most ``max(SEED_SAMPLE_MIN,
-SEED_SAMPLE_PER_CLUSTER * k)`` rows. The Lloyd iterations run in a backend:
+The fit (:func:`fit`) runs on a sample (:class:`FitSample`: float32 rows in memory, or in
+a scratch .npy that every task reads itself) cut into fixed chunks
+(:func:`fit_chunk_rows`: from the width and k, never from the workers), and every pass
+over it is a map of chunk tasks on the engine (:mod:`prunekit.runtime.engine`), each
+single-threaded, whose results the driver combines in chunk order:
 
-* ``faiss`` — ``faiss.Clustering`` started from our centroids, with
-  ``max_points_per_centroid`` raised so that every row takes part (faiss would otherwise
-  train on a subsample of 256 rows per centroid);
-* ``sklearn`` — ``sklearn.cluster.KMeans(init=our centroids, n_init=1, tol=0)``; for
-  spherical k-means one ``max_iter=1`` fit per iteration followed by renormalisation
-  (scikit-learn has no spherical mode), which costs a second assignment pass per iteration;
-* ``auto`` — faiss: measured faster than scikit-learn on 2 cores at equal iterations (see
-  docs/performance.md, section "Core"); scikit-learn if faiss cannot be imported.
+* **Seeding** (``seeding="parallel"``, the default): k-means|| (Bahmani et al. 2012) --
+  one uniform row, then PAR_ROUNDS rounds in which every row joins the candidates with
+  probability ``min(1, 2k D^2(x) / phi)``, drawn per (seed, restart, round, chunk); each
+  candidate weighs the rows nearest to it, and the best (lowest weighted potential) of up
+  to RECLUSTER_TRIES_MAX weighted greedy k-means++ runs over the candidates (one task
+  each, ``2 + ln k`` local trials as in scikit-learn) gives the k centroids. A sample of at
+  most :func:`expected_candidates` rows is its own candidate set. ``seeding="subsample"``
+  is greedy k-means++ on a seeded subsample of ``max(SEED_SAMPLE_MIN,
+  SEED_SAMPLE_PER_CLUSTER k)`` rows, on one thread.
+* **Lloyd** (``backend="chunked"``, what ``auto`` means): each chunk task returns the
+  float64 row sums and counts of the clusters present in it, added in chunk order; a
+  cluster left without rows takes the row farthest from its centroid (ties to the lower
+  position); the iterations stop early once one changes no centroid. ``faiss``
+  (``faiss.Clustering`` from our centroids, every row taking part) and ``sklearn``
+  (``KMeans(init=our centroids, n_init=1, tol=0)``, one ``max_iter=1`` fit per iteration
+  and renormalisation when spherical) run Lloyd on one thread of the driver instead.
+* **Assignment**: labels, distances and the inertia of the sample by :func:`assign`
+  (float32 products to find the nearest centroid, float64 distances to it).
 
-The final assignment, the distances and the inertia are recomputed by :func:`assign` in
-chunks against the final centroids (memory O(chunk x k)), so labels and centroids always
-agree whatever the backend. Same inputs and seed give the same bytes.
+So the result is the same bytes for any number of workers or threads, on any engine: the
+chunks, the random draws (keyed by seed, role, restart, round, chunk) and the order of
+every sum come from the data and the options. ``restarts=None`` picks the number of
+restarts from the problem size (:func:`auto_restarts`): ten for small and medium
+problems, one for large ones.
 
-The whole in-memory fit (seeding, Lloyd, the final assignment) runs on one thread: BLAS,
-OpenMP and faiss are held to one thread inside it (:func:`one_thread`). A GEMM or a faiss
-search splits its work by the number of threads, and rounding that differs in the last
-bit moves rows that lie between two centroids; on one thread the fit is the same on a
-laptop and on a 64-core node, whatever ``OMP_NUM_THREADS`` says.
-
-``restarts=None`` picks the number of restarts from the problem size
-(:func:`auto_restarts`): ten for small and medium problems, where a single k-means++
-seeding too often merges two clusters, one for large ones.
-
-:func:`kmeans_streamed` bounds the memory for data of any size: :func:`kmeans` on a sample
-held in memory (:func:`sample_plan`: its size follows the data and the options, never the
-memory budget), optional streamed Lloyd passes, and one streamed
-assignment pass, chunk tasks running on the current engine (:mod:`prunekit.runtime.engine`).
+:func:`kmeans_streamed` bounds the memory for data of any size: the sample (:func:`sample_plan`:
+its size follows the data and the options, never the memory budget) is drawn by chunk
+tasks, each chunk of the data giving its largest-remainder share (:func:`draw_sample`),
+held in memory up to SAMPLE_MEMORY_MAX and in a scratch file above; then the fit,
+optional streamed Lloyd passes over every row, and one streamed assignment pass.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import io
+import os
+import shutil
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -51,11 +61,11 @@ from prunekit.errors import PrunekitError
 from prunekit.runtime.context import current_engine
 from prunekit.runtime.engine import chunk_rows_for, tasks_fitting
 from prunekit.runtime.memory import human
-from prunekit.runtime.progress import track
+from prunekit.runtime.progress import counter
 from prunekit.runtime.resume import WorkDir
-from prunekit.seeds import role_rng
+from prunekit.seeds import role_rng, role_seed
 
-BACKENDS = ("auto", "faiss", "sklearn")
+BACKENDS = ("auto", "chunked", "faiss", "sklearn")
 AUTO_RESTARTS_MAX = 10  # scikit-learn's n_init for k-means++ seeding
 # restarts=None: as many restarts (up to the max) as fit in this many multiply-adds of
 # seeding and Lloyd together; problems larger than that keep one restart.
@@ -97,16 +107,10 @@ def normalize_rows(x: np.ndarray) -> np.ndarray:
 
 
 def resolve_backend(backend: str) -> str:
-    """``auto`` -> ``faiss`` when importable, else ``sklearn``; checks the name."""
+    """``auto`` -> ``chunked`` (Lloyd as chunk tasks on the engine); checks the name."""
     if backend not in BACKENDS:
         raise PrunekitError(f"unknown k-means backend '{backend}'; choose one of: {', '.join(BACKENDS)}.")
-    if backend != "auto":
-        return backend
-    try:
-        import faiss  # noqa: F401
-    except ImportError:
-        return "sklearn"
-    return "faiss"
+    return "chunked" if backend == "auto" else backend
 
 
 def check_k(k: int, n: int) -> None:
@@ -124,89 +128,58 @@ def kmeans(
     spherical: bool = True,
     backend: str = "auto",
     restarts: int | None = None,
+    seeding: str = "parallel",
     progress: bool = True,
     copy: bool = True,
+    engine=None,
 ) -> KMeansResult:
     """Cluster the rows of ``x`` into ``k`` clusters; keep the restart of lowest inertia.
 
     ``x`` is used as C-contiguous float32 and normalised when ``spherical``: on a copy,
     unless ``copy=False`` (then a float32 C-contiguous ``x`` is normalised in place).
-    Restart ``r`` draws its seeding from ``SeedSequence([seed, r])``. ``restarts=None``
-    chooses their number from the problem size (:func:`auto_restarts`).
+    ``restarts=None`` chooses their number from the problem size (:func:`auto_restarts`).
+    The work runs as chunk tasks on ``engine`` (default: the run context's), see :func:`fit`.
     """
-    n = x.shape[0]
-    check_k(k, n)
-    if restarts is None:
-        restarts = auto_restarts(n, k, x.shape[1], iters)
-    if iters < 1 or restarts < 1:
-        raise PrunekitError(f"k-means needs --iters >= 1 and --restarts >= 1 (got {iters}, {restarts}).")
-    backend = resolve_backend(backend)
+    check_k(k, x.shape[0])
     data = np.array(x, dtype=np.float32, order="C") if copy else np.ascontiguousarray(x, np.float32)
     if spherical:
         normalize_rows(data)
-    best: KMeansResult | None = None
-    for r in track(range(restarts), total=restarts, desc="k-means restarts", progress=progress and restarts > 1):
-        rng = np.random.default_rng(np.random.SeedSequence([seed, r]))
-        with one_thread(backend):  # the same bytes whatever the machine's thread count
-            init = kmeanspp(data, k, rng, spherical=spherical)
-            lloyd_seed = int(rng.integers(0, 2**31 - 1))
-            if backend == "faiss":
-                cent = _lloyd_faiss(data, init, iters, lloyd_seed, spherical)
-            else:
-                cent = _lloyd_sklearn(data, init, iters, lloyd_seed, spherical)
-            labels, dist, sq = assign(data, cent, spherical=spherical)
-        inertia = float(sq.sum())
-        if best is None or inertia < best.inertia:
-            best = KMeansResult(cent, labels, dist, inertia, backend, r, restarts)
-    assert best is not None
-    return best
+    return fit(FitSample.of(data), k, iters=iters, seed=seed, spherical=spherical,
+               backend=backend, restarts=restarts, seeding=seeding, engine=engine,
+               progress=progress)
 
 
-def auto_restarts(n: int, k: int, d: int, iters: int) -> int:
+def auto_restarts(n: int, k: int, d: int, iters: int, seeding: str = "parallel") -> int:
     """Restarts for ``restarts=None``: up to 10 while their work stays small.
 
-    One restart costs about ``n k d iters`` multiply-adds of Lloyd plus the seeding's
-    ``m k d (2 + ln k)`` on its subsample of m rows. As many restarts as fit in
-    :data:`AUTO_RESTARTS_WORK` run, at least 1 and at most :data:`AUTO_RESTARTS_MAX` (the
-    ``n_init`` of scikit-learn): small and medium problems get the quality of ten seedings,
-    large ones keep the cost of one.
+    One restart costs about ``n k d iters`` multiply-adds of Lloyd plus its seeding's
+    (:func:`seeding_flops`: k-means|| about ``n d c`` for ``c`` candidates and the
+    re-clustering tries ``c k d (2 + ln k)`` each; ``subsample``: ``m k d (2 + ln k)`` on
+    its m rows). As many restarts as fit in :data:`AUTO_RESTARTS_WORK` run, at least 1 and
+    at most :data:`AUTO_RESTARTS_MAX` (the ``n_init`` of scikit-learn): small and medium
+    problems get the quality of ten seedings, large ones keep the cost of one.
     """
-    m = min(n, max(SEED_SAMPLE_MIN, SEED_SAMPLE_PER_CLUSTER * k))
-    one = float(n) * k * d * iters + float(m) * k * d * (2 + np.log(k))
+    spread, one_try, tries = seeding_flops(n, k, d, seeding)
+    one = float(n) * k * d * iters + (spread + tries * one_try) / 2  # multiply-adds
     return int(min(AUTO_RESTARTS_MAX, max(1, AUTO_RESTARTS_WORK // max(one, 1.0))))
 
 
 def kmeanspp(
-    data: np.ndarray, k: int, rng: np.random.Generator, *, spherical: bool, trials: int | None = None
+    data, k: int, rng: np.random.Generator, *, spherical: bool, trials: int | None = None
 ) -> np.ndarray:
     """Greedy k-means++ centroids (k, d) float32 from a seeded subsample of ``data``.
 
-    Each step samples ``trials`` (default ``2 + ln k``) candidates with probability
-    proportional to the squared distance to the nearest chosen centre and keeps the one
-    that lowers the potential most; ``trials=1`` is classic k-means++.
+    The subsample holds ``max(SEED_SAMPLE_MIN, SEED_SAMPLE_PER_CLUSTER k)`` rows (all when
+    fewer); ``data`` is an array or a :class:`FitSample`. Each step samples ``trials``
+    (default ``2 + ln k``) candidates with probability proportional to the squared distance
+    to the nearest chosen centre and keeps the one that lowers the potential most
+    (:func:`_greedy_pp`); ``trials=1`` is classic k-means++.
     """
-    n = data.shape[0]
+    n = data.shape[0] if isinstance(data, np.ndarray) else data.rows
     m = min(n, max(SEED_SAMPLE_MIN, SEED_SAMPLE_PER_CLUSTER * k))
     rows = np.arange(n) if m == n else np.sort(rng.choice(n, size=m, replace=False))
-    s = data[rows]
-    sq = np.einsum("ij,ij->i", s, s, dtype=np.float64).astype(np.float32)
-    trials = trials or 2 + int(np.log(k))
-    chosen = np.empty(k, dtype=np.int64)
-    chosen[0] = rng.integers(m)
-    closest = _sqdist_to(s, sq, s[chosen[:1]])[:, 0]
-    for i in range(1, k):
-        cum = np.cumsum(closest, dtype=np.float64)
-        if cum[-1] <= 0:  # fewer distinct points than k: take unused rows in order
-            unused = np.setdiff1d(np.arange(m), chosen[:i])
-            chosen[i:] = unused[: k - i]
-            break
-        cand = np.searchsorted(cum, rng.random(trials) * cum[-1], side="right")
-        np.minimum(cand, m - 1, out=cand)
-        d2 = np.minimum(closest[:, None], _sqdist_to(s, sq, s[cand]))
-        best = int(np.argmin(d2.sum(axis=0, dtype=np.float64)))
-        chosen[i] = cand[best]
-        closest = d2[:, best].copy()
-    cent = s[chosen].copy()
+    s = data[rows] if isinstance(data, np.ndarray) else data.take(rows)
+    cent = s[_greedy_pp(s, k, rng, trials)[0]].copy()
     if spherical:
         normalize_rows(cent)
     return cent
@@ -221,31 +194,52 @@ def _sqdist_to(s: np.ndarray, sq: np.ndarray, c: np.ndarray) -> np.ndarray:
     return np.maximum(d2, 0.0, out=d2)
 
 
+def nearest(data: np.ndarray, centroids: np.ndarray, *, spherical: bool,
+            chunk: int | None = None) -> np.ndarray:
+    """Nearest centroid (int64) of every row: the labels of :func:`assign`, without the
+    distances. Blocks of ``chunk`` rows (default :func:`block_rows`)."""
+    c = np.ascontiguousarray(centroids, dtype=np.float32)
+    c_sq = np.einsum("ij,ij->i", c, c)
+    chunk = chunk or block_rows(c.shape[0])
+    labels = np.empty(data.shape[0], dtype=np.int64)
+    for a in range(0, data.shape[0], chunk):
+        labels[a : a + chunk] = _nearest_block(data[a : a + chunk], c, c_sq, spherical)
+    return labels
+
+
+def _nearest_block(block: np.ndarray, c: np.ndarray, c_sq: np.ndarray,
+                   spherical: bool) -> np.ndarray:
+    """Largest inner product (spherical) or smallest ``|c|^2 - 2 x.c``, in float32."""
+    prod = block @ c.T
+    if spherical:
+        return np.argmax(prod, axis=1)
+    prod *= -2.0
+    prod += c_sq[None, :]
+    return np.argmin(prod, axis=1)
+
+
 def assign(
-    data: np.ndarray, centroids: np.ndarray, *, spherical: bool, chunk: int = ASSIGN_CHUNK
+    data: np.ndarray, centroids: np.ndarray, *, spherical: bool, chunk: int | None = None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Nearest centroid of every row, in chunks of ``chunk`` rows (memory O(chunk x k)).
+    """Nearest centroid of every row, in blocks of ``chunk`` rows (default
+    :func:`block_rows`: memory O(block x k)).
 
     Returns ``labels`` int64, ``distance`` float64 (cosine distance when ``spherical``,
     else Euclidean) and the squared Euclidean distance float64. The nearest centroid is
-    found with a float32 product; the distances to it are recomputed in float64.
+    found with a float32 product (:func:`nearest`); the distances to it are recomputed in
+    float64.
     """
     n = data.shape[0]
     c = np.ascontiguousarray(centroids, dtype=np.float32)
     c_sq = np.einsum("ij,ij->i", c, c)
     c64 = c.astype(np.float64)
+    chunk = chunk or block_rows(c.shape[0])
     labels = np.empty(n, dtype=np.int64)
     dist = np.empty(n, dtype=np.float64)
     sqd = np.empty(n, dtype=np.float64)
     for a in range(0, n, chunk):
         block = data[a : a + chunk]
-        prod = block @ c.T
-        if spherical:
-            lab = np.argmax(prod, axis=1)
-        else:
-            prod *= -2.0
-            prod += c_sq[None, :]
-            lab = np.argmin(prod, axis=1)
+        lab = _nearest_block(block, c, c_sq, spherical)
         diff = block.astype(np.float64) - c64[lab]
         d2 = np.einsum("ij,ij->i", diff, diff)
         labels[a : a + chunk] = lab
@@ -319,12 +313,469 @@ def _lloyd_sklearn(data: np.ndarray, init: np.ndarray, iters: int, seed: int, sp
         return cent
 
 
+# ------------------------------------------------------------------ the fit as chunk tasks
+
+FIT_CHUNK_BYTES = 4 << 20  # float32 bytes of one chunk of the fit (and at least k rows)
+FIT_MIN_CHUNK_ROWS = 1024
+SAMPLE_MEMORY_MAX = 1 << 30  # a larger float32 sample lives in a scratch .npy (chunked Lloyd)
+PRODUCT_BYTES = 64 << 20  # float32 distance block of one assignment step, rows x centroids
+PAR_ROUNDS = 5  # k-means|| oversampling rounds (Bahmani et al. 2012) ...
+PAR_OVERSAMPLING = 2  # ... each drawing 2 k candidates in expectation
+RECLUSTER_TRIES_MAX = 10  # best-of re-clusterings of the candidates, as many as fit in ...
+RECLUSTER_WORK = 3e10  # ... this many multiply-adds (like AUTO_RESTARTS_WORK)
+SEEDINGS = ("parallel", "subsample")
+
+
+def fit_chunk_rows(d: int, k: int) -> int:
+    """Rows per chunk of the fit: a power of two near FIT_CHUNK_BYTES of float32 rows, and at
+    least ``k`` rows, so that a chunk's per-centroid sums are never much larger than the
+    chunk. It depends on the width and ``k`` only, never on the workers or the budget."""
+    rows = max(FIT_MIN_CHUNK_ROWS, FIT_CHUNK_BYTES // (4 * max(1, int(d))))
+    rows = 1 << (rows.bit_length() - 1)
+    return max(rows, 1 << max(0, int(k) - 1).bit_length())
+
+
+def fit_chunks(rows: int, d: int, k: int) -> list[tuple[int, int, int]]:
+    """The fit's chunks ``(index, start, stop)`` over ``rows`` sample rows."""
+    step = fit_chunk_rows(d, k)
+    return [(i, a, min(a + step, rows)) for i, a in enumerate(range(0, rows, step))]
+
+
+def block_rows(k: int) -> int:
+    """Rows of one distance block against ``k`` centroids (at most ASSIGN_CHUNK, and
+    PRODUCT_BYTES of float32 products): every assignment of a chunk cuts it the same way."""
+    return int(max(16, min(ASSIGN_CHUNK, PRODUCT_BYTES // (4 * max(1, int(k))))))
+
+
+def sample_in_memory(rows: int, d: int, backend: str = "auto") -> bool:
+    """Whether the fit's sample stays in the driver's memory (else a scratch .npy).
+
+    faiss and scikit-learn run Lloyd on the driver and need it there; the chunked Lloyd
+    reads it from a scratch file once it is larger than SAMPLE_MEMORY_MAX as float32. The
+    rule follows the sample's shape and the options, never the memory budget, and where
+    the sample lives changes no result.
+    """
+    return resolve_backend(backend) != "chunked" or rows * d * 4 <= SAMPLE_MEMORY_MAX
+
+
+def expected_candidates(k: int) -> int:
+    """k-means|| candidates in expectation: the first row and 2 k per round."""
+    return 1 + PAR_ROUNDS * PAR_OVERSAMPLING * int(k)
+
+
+def recluster_tries(s: int, k: int, d: int) -> int:
+    """Greedy k-means++ runs over the candidates, the lowest weighted potential wins: up to
+    RECLUSTER_TRIES_MAX while they fit in RECLUSTER_WORK multiply-adds (from the expected
+    number of candidates, so from the data and options only)."""
+    one = float(min(s, expected_candidates(k))) * k * d * (2 + np.log(k))
+    return int(min(RECLUSTER_TRIES_MAX, max(1, RECLUSTER_WORK // max(one, 1.0))))
+
+
+def seeding_flops(s: int, k: int, d: int, seeding: str) -> tuple[float, float, int]:
+    """Flops of one seeding on ``s`` rows: ``(spread over the fit's chunk tasks, one
+    re-clustering try, tries)``; ``subsample`` is one serial greedy k-means++."""
+    greedy = 2.0 * k * d * (2 + np.log(k))
+    if seeding == "subsample":
+        return 0.0, min(s, max(SEED_SAMPLE_MIN, SEED_SAMPLE_PER_CLUSTER * k)) * greedy, 1
+    c = min(s, expected_candidates(k))
+    spread = 0.0 if s <= c else 2.0 * s * d * c  # distances to every candidate, once
+    return spread, c * greedy, recluster_tries(s, k, d)
+
+
+@dataclass
+class FitSample:
+    """The rows the fit runs on, float32 (normalised when spherical), ``rows x dim``.
+
+    In memory (``array``) or in a scratch .npy (``path``, data at byte ``offset``) that
+    every task reads itself, so that the driver never holds a large sample. Pickles small
+    in the second case (a path), for Ray.
+    """
+
+    rows: int
+    dim: int
+    array: np.ndarray | None = None
+    path: str | None = None
+    offset: int = 0
+
+    @classmethod
+    def of(cls, x: np.ndarray) -> FitSample:
+        return cls(int(x.shape[0]), int(x.shape[1]), array=x)
+
+    def read(self, a: int, b: int) -> np.ndarray:
+        """Rows ``a:b``."""
+        if self.array is not None:
+            return self.array[a:b]
+        n = (b - a) * self.dim * 4
+        with open(self.path, "rb") as fh:
+            data = os.pread(fh.fileno(), n, self.offset + a * self.dim * 4)
+        if len(data) != n:
+            raise PrunekitError(f"the k-means sample file {self.path} is shorter than its "
+                                "header says; run the command again without --resume.")
+        return np.frombuffer(data, dtype=np.float32).reshape(b - a, self.dim)
+
+    def take(self, idx: np.ndarray) -> np.ndarray:
+        """Rows at positions ``idx`` (any order), as a new array."""
+        idx = np.asarray(idx, dtype=np.int64)
+        if self.array is not None:
+            return self.array[idx]
+        out = np.empty((idx.size, self.dim), dtype=np.float32)
+        for j, i in enumerate(idx):
+            out[j] = self.read(int(i), int(i) + 1)[0]
+        return out
+
+
+def fit(
+    sample: FitSample,
+    k: int,
+    *,
+    iters: int = 25,
+    seed: int = 0,
+    spherical: bool = True,
+    backend: str = "auto",
+    restarts: int | None = None,
+    seeding: str = "parallel",
+    engine=None,
+    progress: bool = True,
+    labels: bool = True,
+    work=None,
+) -> KMeansResult:
+    """k-means on the rows of ``sample`` (prepared: float32, normalised when spherical).
+
+    Each restart ``r`` seeds (:func:`seed_parallel`, or :func:`kmeanspp` on a subsample),
+    runs ``iters`` Lloyd iterations (:func:`lloyd_chunks`, or faiss / scikit-learn on one
+    thread) and assigns the sample; the lowest inertia wins. Chunk tasks run on ``engine``
+    (default: the run context's). ``labels=False`` keeps only the inertia (the result's
+    ``labels``/``distance`` are None). With a scratch-file sample and an enabled ``work``
+    directory, each restart's centroids are recorded after seeding and every
+    STATE_EVERY_S of Lloyd, and ``--resume`` continues from there.
+    """
+    s = sample.rows
+    if not 1 <= k <= s:
+        raise PrunekitError(f"k-means needs 1 <= k <= number of rows ({s}); got k={k}. Lower --k.")
+    if seeding not in SEEDINGS:
+        raise PrunekitError(f"unknown k-means seeding '{seeding}'; choose one of: "
+                            f"{', '.join(SEEDINGS)}.")
+    if restarts is None:
+        restarts = auto_restarts(s, k, sample.dim, iters, seeding)
+    if iters < 1 or restarts < 1:
+        raise PrunekitError(f"k-means needs --iters >= 1 and --restarts >= 1 (got {iters}, {restarts}).")
+    backend = resolve_backend(backend)
+    if backend != "chunked" and sample.array is None:
+        raise PrunekitError(f"the {backend} backend needs the sample in memory; use --backend auto.")
+    run = _Fit(sample, k, spherical, engine or current_engine(), seed,
+               work if work is not None and sample.path is not None else None)
+    best: KMeansResult | None = None
+    bar = counter(restarts * (iters + 1), desc="k-means fit", progress=progress)
+    with contextlib.closing(bar):
+        for r in range(restarts):
+            cent = run.restart(r, iters, backend, seeding, bar)
+            lab, dist, inertia = run.assign(cent, labels)
+            bar.update()
+            if best is None or inertia < best.inertia:
+                best = KMeansResult(cent, lab, dist, inertia, backend, r, restarts)
+    assert best is not None
+    return best
+
+
+class _Fit:
+    """One fit's sample, chunks and engine; the steps of a restart."""
+
+    def __init__(self, sample: FitSample, k: int, spherical: bool, engine, seed: int,
+                 work) -> None:
+        self.sample, self.k, self.spherical, self.engine = sample, k, spherical, engine
+        self.seed, self.work = seed, work
+        self.chunks = fit_chunks(sample.rows, sample.dim, k)
+        rows = self.chunks[0][2] - self.chunks[0][1]
+        d = sample.dim
+        # a task: its rows (a copy when read from a file), a distance block, the sums
+        self.task_bytes = (rows * (8 * d + 16) + block_rows(k) * k * 4
+                           + min(rows, k) * (8 * d + 16))
+
+    def map(self, fn, items, shared):
+        return contextlib.closing(self.engine.map(fn, items, shared, progress=False,
+                                                  task_bytes=self.task_bytes))
+
+    def restart(self, r: int, iters: int, backend: str, seeding: str, bar) -> np.ndarray:
+        """Seed and run Lloyd for restart ``r`` (from its record when there is one)."""
+        state = self.work.load_json(f"fit-{r}") if self.work else None
+        cent = self.work.load(f"fit-{r}-centroids") if state is not None else None
+        if cent is not None:
+            done = int(state["iteration"])
+            bar.update(done)
+            if state["converged"] or done >= iters:
+                bar.update(iters - done)
+                return cent
+            return self.lloyd(r, cent, done, iters, bar)
+        if seeding == "subsample":  # the draws of SeedSequence([seed, r]), as they always were
+            rng = np.random.default_rng(np.random.SeedSequence([self.seed, r]))
+            with threadpool_limits(limits=1):  # the same bytes whatever the thread count
+                init = kmeanspp(self.sample, self.k, rng, spherical=self.spherical)
+            lloyd_seed = int(rng.integers(0, 2**31 - 1))
+        else:
+            init = seed_parallel(self, r)
+            lloyd_seed = role_seed(self.seed, "kmeans lloyd", r) % (2**31 - 1)
+        if backend != "chunked":
+            with one_thread(backend):
+                lloyd = _lloyd_faiss if backend == "faiss" else _lloyd_sklearn
+                cent = lloyd(self.sample.array, init, iters, lloyd_seed, self.spherical)
+            bar.update(iters)
+            return cent
+        self._record(r, init, 0, False)
+        return self.lloyd(r, init, 0, iters, bar)
+
+    def _record(self, r: int, cent: np.ndarray, iteration: int, converged: bool) -> None:
+        if self.work is not None:
+            self.work.save(f"fit-{r}-centroids", cent)
+            self.work.save_json(f"fit-{r}", {"iteration": iteration, "converged": converged})
+
+    def lloyd(self, r: int, cent: np.ndarray, start: int, iters: int, bar) -> np.ndarray:
+        """Lloyd iterations ``start..iters`` as chunk tasks (:func:`lloyd_step`); stops early
+        once an iteration changes no centroid (the rest would not either)."""
+        last = time.monotonic()
+        for it in range(start, iters):
+            new = lloyd_step(self, cent)
+            converged = np.array_equal(new, cent)
+            cent = new
+            bar.update(iters - it if converged else 1)
+            if converged or it == iters - 1 or time.monotonic() - last >= STATE_EVERY_S:
+                self._record(r, cent, it + 1, converged)
+                last = time.monotonic()
+            if converged:
+                break
+        return cent
+
+    def assign(self, cent: np.ndarray, labels: bool):
+        """Labels, distances (when ``labels``) and inertia of the sample, chunk by chunk."""
+        lab = np.empty(self.sample.rows, dtype=np.int64) if labels else None
+        dist = np.empty(self.sample.rows, dtype=np.float64) if labels else None
+        sse = np.zeros(len(self.chunks))
+        with self.map(_fit_assign_chunk, self.chunks, (self.sample, cent, self.spherical,
+                                                        labels)) as results:
+            for (i, a, b), (la, di, sq) in zip(self.chunks, results, strict=True):
+                sse[i] = sq
+                if labels:
+                    lab[a:b], dist[a:b] = la, di
+        return lab, dist, float(np.sum(sse))  # chunk order
+
+
+def seed_parallel(run: _Fit, r: int) -> np.ndarray:
+    """k-means|| seeding of restart ``r`` (Bahmani et al. 2012), as chunk tasks.
+
+    One row drawn uniformly, then PAR_ROUNDS rounds: every row joins the candidates with
+    probability ``min(1, l D^2(x) / phi)`` (l = 2k, D^2 the squared distance to the nearest
+    candidate, phi its sum over the sample), by a draw keyed by (seed, round, chunk); more
+    rounds only while there are fewer than k candidates. Each candidate weighs the rows
+    nearest to it; :func:`recluster` picks the k centroids among them. A sample of at most
+    :func:`expected_candidates` rows is its own candidate set, every row of weight 1 (the
+    greedy k-means++ over the whole sample).
+    """
+    sample, k = run.sample, run.k
+    if sample.rows <= expected_candidates(k):
+        cand, weight = np.array(sample.read(0, sample.rows)), np.ones(sample.rows)
+    else:
+        cand, weight = _oversample(run, r)
+    if cand.shape[0] < k:  # fewer distinct rows than k: any rows complete the centroids
+        cand = np.concatenate([cand, sample.read(0, k - cand.shape[0])])
+        weight = np.concatenate([weight, np.zeros(k - weight.size)])
+    return recluster(run, cand, weight, r)
+
+
+def _oversample(run: _Fit, r: int) -> tuple[np.ndarray, np.ndarray]:
+    """k-means|| candidates (rows) and their weights (rows nearest to each, float64)."""
+    sample, k, seed = run.sample, run.k, run.seed
+    ell = PAR_OVERSAMPLING * k
+    closest = np.full(sample.rows, np.inf, dtype=np.float32)
+    owner = np.zeros(sample.rows, dtype=np.int64)
+    new = np.array([role_rng(seed, "kmeans|| start", r).integers(sample.rows)])
+    picked, m, rnd = [new], 1, 0
+    while True:
+        if new.size:  # a round may draw nothing
+            _absorb(run, sample.take(new), m - new.size, closest, owner)
+        phi = float(np.sum([closest[a:b].sum(dtype=np.float64) for _, a, b in run.chunks]))
+        if (rnd >= PAR_ROUNDS and m >= k) or phi <= 0:
+            break
+        hits = []
+        for i, a, b in run.chunks:
+            u = role_rng(seed, "kmeans|| draws", r, rnd, i).random(b - a)
+            hits.append(np.flatnonzero(u * phi < ell * closest[a:b].astype(np.float64)) + a)
+        new = np.concatenate(hits)
+        picked.append(new)
+        m += new.size
+        rnd += 1
+    weight = np.bincount(owner, minlength=m).astype(np.float64)
+    return sample.take(np.concatenate(picked)), weight
+
+
+def _absorb(run: _Fit, centres: np.ndarray, first: int, closest: np.ndarray,
+            owner: np.ndarray) -> None:
+    """Lower each row's ``closest`` squared distance with the new candidates ``centres``
+    (numbered from ``first``), and point ``owner`` at the nearest; ties keep the earlier."""
+    with run.map(_nearest_chunk, run.chunks, (run.sample, centres)) as results:
+        for (_, a, b), (d2, j) in zip(run.chunks, results, strict=True):
+            better = d2 < closest[a:b]
+            closest[a:b][better] = d2[better]
+            owner[a:b][better] = j[better] + first
+
+
+def recluster(run: _Fit, cand: np.ndarray, weight: np.ndarray, r: int) -> np.ndarray:
+    """k centroids among weighted candidates: :func:`recluster_tries` weighted greedy
+    k-means++ runs as tasks, each keyed by (seed, restart, try); the lowest potential
+    sum(w D^2) wins, ties to the earlier try."""
+    tries = recluster_tries(run.sample.rows, run.k, run.sample.dim)
+    shared = (cand, weight, run.k, run.seed, r)
+    with contextlib.closing(run.engine.map(_recluster_try, range(tries), shared,
+                                           progress=False)) as results:
+        best = min(((pot, t, chosen) for t, (pot, chosen) in enumerate(results)),
+                   key=lambda x: (x[0], x[1]))
+    return np.array(cand[best[2]], dtype=np.float32)
+
+
+def _recluster_try(shared, t: int) -> tuple[float, np.ndarray]:
+    cand, weight, k, seed, r = shared
+    chosen, potential = _greedy_pp(cand, k, role_rng(seed, "kmeans|| recluster", r, t),
+                                   weights=weight)
+    return potential, chosen
+
+
+def _greedy_pp(s: np.ndarray, k: int, rng: np.random.Generator, trials: int | None = None,
+               weights: np.ndarray | None = None) -> tuple[np.ndarray, float]:
+    """Greedy k-means++ over the rows of ``s`` (optionally weighted): chosen rows, potential.
+
+    Each step samples ``trials`` (default ``2 + ln k``) rows with probability proportional
+    to ``w D^2`` (the squared distance to the nearest chosen row) and keeps the one that
+    lowers the potential ``sum(w D^2)`` most. Without weights the first row is uniform.
+    """
+    m = s.shape[0]
+    sq = np.einsum("ij,ij->i", s, s, dtype=np.float64).astype(np.float32)
+    trials = trials or 2 + int(np.log(k))
+    chosen = np.empty(k, dtype=np.int64)
+    if weights is None:
+        chosen[0] = rng.integers(m)
+    else:
+        cum = np.cumsum(weights, dtype=np.float64)
+        chosen[0] = min(int(np.searchsorted(cum, rng.random() * cum[-1], side="right")), m - 1)
+    closest = _sqdist_to(s, sq, s[chosen[:1]])[:, 0]
+    for i in range(1, k):
+        mass = closest if weights is None else closest * weights
+        cum = np.cumsum(mass, dtype=np.float64)
+        if cum[-1] <= 0:  # fewer distinct (weighted) rows than k: take unused rows in order
+            unused = np.setdiff1d(np.arange(m), chosen[:i])
+            chosen[i:] = unused[: k - i]
+            break
+        cand = np.searchsorted(cum, rng.random(trials) * cum[-1], side="right")
+        np.minimum(cand, m - 1, out=cand)
+        d2 = np.minimum(closest[:, None], _sqdist_to(s, sq, s[cand]))
+        pot = d2 if weights is None else d2 * weights[:, None]
+        best = int(np.argmin(pot.sum(axis=0, dtype=np.float64)))
+        chosen[i] = cand[best]
+        closest = d2[:, best].copy()
+    w = 1.0 if weights is None else weights
+    return chosen, float(np.sum(closest * w, dtype=np.float64))
+
+
+def _nearest_chunk(shared, item) -> tuple[np.ndarray, np.ndarray]:
+    """Squared distance (float32) and position of each row's nearest of ``centres``."""
+    sample, centres = shared
+    _, a, b = item
+    x = sample.read(a, b)
+    sq = np.einsum("ij,ij->i", x, x, dtype=np.float64).astype(np.float32)
+    d2 = np.empty(b - a, dtype=np.float32)
+    j = np.empty(b - a, dtype=np.int64)
+    step = block_rows(centres.shape[0])
+    for lo in range(0, b - a, step):
+        block = _sqdist_to(x[lo : lo + step], sq[lo : lo + step], centres)
+        j[lo : lo + step] = np.argmin(block, axis=1)
+        d2[lo : lo + step] = block[np.arange(block.shape[0]), j[lo : lo + step]]
+    return d2, j
+
+
+def lloyd_step(run: _Fit, cent: np.ndarray) -> np.ndarray:
+    """One Lloyd update: per-centroid float64 sums and counts of every chunk, added in
+    chunk order; a centroid left without rows takes the farthest row (:func:`_refill`)."""
+    k, d = cent.shape
+    sums = np.zeros((k, d))
+    counts = np.zeros(k, dtype=np.int64)
+    with run.map(_fit_lloyd_chunk, run.chunks, (run.sample, cent, run.spherical)) as results:
+        for present, s, c in results:
+            sums[present] += s
+            counts[present] += c
+    empty = np.flatnonzero(counts == 0)
+    if empty.size:
+        _refill(run, cent, empty, sums, counts)
+    return _means(cent, sums, counts, run.spherical)
+
+
+def _refill(run: _Fit, cent: np.ndarray, empty: np.ndarray, sums: np.ndarray,
+            counts: np.ndarray) -> None:
+    """Empty clusters, in id order, take the rows farthest from their centroids (largest
+    squared distance, ties to the lower position), which leave their own clusters."""
+    e = empty.size
+    found = [[], [], []]
+    with run.map(_farthest_chunk, run.chunks, (run.sample, cent, run.spherical, e)) as results:
+        for part in results:
+            for acc, v in zip(found, part, strict=True):
+                acc.append(v)
+    sq, pos, lab = (np.concatenate(v) for v in found)
+    top = np.lexsort((pos, -sq))[:e]
+    rows = run.sample.take(pos[top]).astype(np.float64)
+    for c, x, donor in zip(empty, rows, lab[top], strict=True):
+        sums[donor] -= x
+        counts[donor] -= 1
+        sums[c], counts[c] = x, 1
+
+
+def _means(cent: np.ndarray, sums: np.ndarray, counts: np.ndarray, spherical: bool) -> np.ndarray:
+    """The centroids as means (renormalised when spherical); a cluster without rows keeps
+    its centroid."""
+    new = cent.astype(np.float64)
+    full = counts > 0
+    new[full] = sums[full] / counts[full, None]
+    new = new.astype(np.float32)
+    return normalize_rows(new) if spherical else new
+
+
+def _cluster_sums(x: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Clusters present, their float64 row sums (rows added in row order) and row counts."""
+    order = np.argsort(labels, kind="stable")
+    present, starts, counts = np.unique(labels[order], return_index=True, return_counts=True)
+    if not present.size:
+        return present, np.zeros((0, x.shape[1])), counts.astype(np.int64)
+    sums = np.add.reduceat(x[order], starts, axis=0, dtype=np.float64)
+    return present, sums, counts.astype(np.int64)
+
+
+def _fit_lloyd_chunk(shared, item):
+    sample, cent, spherical = shared
+    _, a, b = item
+    x = sample.read(a, b)
+    return _cluster_sums(x, nearest(x, cent, spherical=spherical))
+
+
+def _farthest_chunk(shared, item) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The chunk's ``e`` rows farthest from their centroids: squared distances, positions,
+    labels."""
+    sample, cent, spherical, e = shared
+    _, a, b = item
+    labels, _, sq = assign(sample.read(a, b), cent, spherical=spherical)
+    top = np.lexsort((np.arange(b - a), -sq))[:e]
+    return sq[top], top + a, labels[top]
+
+
+def _fit_assign_chunk(shared, item):
+    sample, cent, spherical, want = shared
+    _, a, b = item
+    labels, dist, sq = assign(sample.read(a, b), cent, spherical=spherical)
+    return (labels, dist, float(sq.sum())) if want else (None, None, float(sq.sum()))
+
+
 # ------------------------------------------------------------------ bounded-memory k-means
 
 SAMPLE_PER_CLUSTER = 256  # rows per centroid in the default sample (faiss's own default) ...
 SAMPLE_BYTES = 256 << 20  # ... and at least this many bytes of float32 rows
-SAMPLE_DRAWN = "uniform without replacement, seeded by (seed, 'kmeans-sample')"
-STATE_EVERY_S = 60.0  # how often a streamed Lloyd pass records its running sums
+SAMPLE_DRAWN = ("uniform without replacement within each chunk of the data, the chunks' "
+                "shares by largest remainder, seeded by (seed, 'kmeans sample', chunk)")
+STATE_EVERY_S = 60.0  # how often a streamed Lloyd pass (or a long fit) records its state
+SAMPLE_FILE = "kmeans-sample.npy"  # the scratch sample's name in the work directory
 
 
 @dataclass
@@ -352,8 +803,8 @@ def sample_plan(n: int, k: int, d: int, sample: int | None = None) -> SamplePlan
     The size comes from the data's shape and the options only, never from the memory
     budget or the machine, so a laptop and a cluster fit the same sample; a budget too
     small for it is refused (:func:`check_sample_fits`). The default is
-    :func:`default_sample_rows`; fewer than all rows are drawn uniformly without
-    replacement with the stream keyed by (seed, ``"kmeans-sample"``) (:func:`kmeans_streamed`).
+    :func:`default_sample_rows`; fewer than all rows are drawn chunk by chunk
+    (:func:`draw_sample`).
     """
     if sample is None:
         rows = default_sample_rows(n, k, d)
@@ -368,24 +819,148 @@ def sample_plan(n: int, k: int, d: int, sample: int | None = None) -> SamplePlan
     return SamplePlan(rows, n, "all rows" if rows >= n else SAMPLE_DRAWN, rule)
 
 
-def sample_bytes(rows: int, k: int, d: int, itemsize: int) -> int:
-    """Memory of the in-memory fit: the rows as read and as float32, per-row labels and
-    distances (24 bytes), the centroids in float64."""
-    return rows * (d * (4 + itemsize) + 24) + 8 * k * d
+def sample_bytes(rows: int, k: int, d: int, *, in_memory: bool = True,
+                 seeding: str = "parallel") -> int:
+    """What the fit holds on the driver: the sample as float32 when it is held in memory
+    (:func:`sample_in_memory`), 24 bytes a row (labels and distances; k-means||'s nearest
+    candidate), k-means||'s candidates, the centroids and their float64 sums."""
+    held = rows * (24 + (4 * d if in_memory else 0)) + 12 * k * d
+    if seeding == "parallel":
+        held += 4 * d * min(rows, expected_candidates(k))
+    return held
 
 
-def check_sample_fits(plan: SamplePlan, k: int, d: int, itemsize: int, budget: int) -> None:
-    """Refuse (PrunekitError, with the number and the fix) a sample the budget cannot hold."""
-    need = sample_bytes(plan.rows, k, d, itemsize)
-    if need > budget:
-        held = "all" if plan.rows >= plan.of else f"a sample of {plan.rows:,} of"
+def check_sample_fits(plan: SamplePlan, k: int, d: int, budget: int, *, backend: str = "auto",
+                      seeding: str = "parallel") -> None:
+    """Refuse (PrunekitError, with the number and the fix) a fit the budget cannot hold."""
+    in_memory = sample_in_memory(plan.rows, d, backend)
+    need = sample_bytes(plan.rows, k, d, in_memory=in_memory, seeding=seeding)
+    if need <= budget:
+        return
+    held = "all" if plan.rows >= plan.of else f"a sample of {plan.rows:,} of"
+    where = (f"holds {held} {plan.of:,} rows in memory ({d} dimensions as float32)" if in_memory
+             else f"keeps {held} {plan.of:,} rows in a scratch file, and its seeding and "
+             f"centroids ({d} dimensions) on the driver")
+    raise PrunekitError(
+        f"k-means {where}: {human(need)}, more than the memory budget of {human(budget)}. "
+        f"Raise --memory to at least {human(need)}, or give a smaller --sample (at least "
+        f"--k {k}); the sample never shrinks to fit the budget, so that the clusters do not "
+        "depend on the machine."
+    )
+
+
+def sample_quotas(counts: np.ndarray, s: int) -> np.ndarray:
+    """Rows to draw from each chunk: ``s`` apportioned over the chunks' usable ``counts``
+    by largest remainder (``floor(s c / total)`` each, one more for the chunks with the
+    largest remainders, ties to the earlier chunk); all of them when ``s >= total``."""
+    counts = np.asarray(counts, dtype=np.int64)
+    total = int(counts.sum())
+    if s >= total:
+        return counts.copy()
+    parts = [divmod(int(c) * int(s), total) for c in counts]  # Python ints: no overflow
+    base = np.array([q for q, _ in parts], dtype=np.int64)
+    rem = np.array([r for _, r in parts], dtype=np.int64)
+    extra = int(s) - int(base.sum())
+    base[np.lexsort((np.arange(counts.size), -rem))[:extra]] += 1
+    return base
+
+
+def draw_sample(src, rows, s: int, *, seed: int, spherical: bool, engine=None,
+                path: str | os.PathLike | None = None, progress: bool = True
+                ) -> tuple[FitSample, str]:
+    """The fit's sample of ``s`` usable ``rows``, drawn by chunk tasks from the data alone.
+
+    Every chunk of the data (:func:`~prunekit.runtime.engine.chunk_rows_for`) gives its
+    share (:func:`sample_quotas` over its usable rows; all rows when ``s`` is every row),
+    drawn uniformly without replacement by ``role_rng(seed, "kmeans sample", chunk)``; the
+    task reads them, converts them to float32 (normalised when spherical) and returns them;
+    the driver concatenates them in chunk order: into memory, or into the .npy at ``path``
+    (written by the driver alone, never more than a few chunks' rows held). Returns the
+    sample and, for a file, the BLAKE2b digest of its rows.
+    """
+    engine = engine or current_engine()
+    chunk_rows = chunk_rows_for(src.dim)
+    chunks = src.chunks(chunk_rows)
+    dropped = _dropped(src.n_total, rows)
+    usable = np.array([ref.n_rows for ref in chunks], dtype=np.int64)
+    if dropped is not None:
+        ends = np.array([ref.global_stop for ref in chunks], dtype=np.int64)
+        usable -= np.diff(np.searchsorted(dropped, ends), prepend=0)
+    quotas = sample_quotas(usable, s)
+    items = [(ref, int(q)) for ref, q in zip(chunks, quotas, strict=True) if q > 0]
+    task = chunk_rows * src.dim * (src.dtype.itemsize + 8)
+    results = engine.map(_draw_chunk, items, (src, dropped, seed, spherical),
+                         desc="k-means sample", progress=progress, task_bytes=task)
+    with contextlib.closing(results):
+        if path is None:
+            out = np.empty((s, src.dim), dtype=np.float32)
+            at = 0
+            for x in results:
+                out[at : at + x.shape[0]] = x
+                at += x.shape[0]
+            return FitSample.of(out), ""
+        digest = hashlib.blake2b(digest_size=32)
+        offset = _write_sample(path, results, s, src.dim, digest)
+    return FitSample(s, src.dim, path=os.fspath(path), offset=offset), digest.hexdigest()
+
+
+def _draw_chunk(shared, item) -> np.ndarray:
+    """One chunk's share of the sample, float32 (normalised when spherical)."""
+    src, dropped, seed, spherical = shared
+    ref, quota = item
+    local = np.arange(ref.n_rows, dtype=np.int64)
+    if dropped is not None:
+        lo, hi = np.searchsorted(dropped, [ref.global_start, ref.global_stop])
+        local = np.delete(local, dropped[lo:hi] - ref.global_start)
+    if quota < local.size:
+        pick = role_rng(seed, "kmeans sample", ref.index).choice(local.size, quota, replace=False)
+        local = local[np.sort(pick)]
+    x = src.read_rows(local + ref.global_start, chunk_rows=chunk_rows_for(src.dim))
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    return normalize_rows(x) if spherical else x
+
+
+def _write_sample(path, results, s: int, d: int, digest) -> int:
+    """Write the sample's rows as they come into a new .npy at ``path``; returns the byte
+    offset of the rows. Refused before writing when the disk cannot hold it."""
+    path = os.fspath(path)
+    free = shutil.disk_usage(os.path.dirname(path) or ".").free
+    if s * d * 4 > free:
         raise PrunekitError(
-            f"k-means holds {held} {plan.of:,} rows in memory ({d} dimensions, "
-            f"{itemsize * 8}-bit as stored): {human(need)}, more than the memory budget of "
-            f"{human(budget)}. Raise --memory to at least {human(need)}, or give a smaller "
-            f"--sample (at least --k {k}); the sample never shrinks to fit the budget, so "
-            "that the clusters do not depend on the machine."
-        )
+            f"the k-means sample needs {human(s * d * 4)} of scratch space in "
+            f"{os.path.dirname(path)}, which has {human(free)} free; free some space, give a "
+            "smaller --sample, or write the output to a directory on a larger disk.")
+    head = io.BytesIO()
+    np.lib.format.write_array_header_1_0(
+        head, {"descr": "<f4", "fortran_order": False, "shape": (int(s), int(d))})
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0),
+                 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(head.getvalue())
+        for x in results:
+            data = np.ascontiguousarray(x, dtype="<f4").tobytes()
+            fh.write(data)
+            digest.update(data)
+    return len(head.getvalue())
+
+
+def _recorded_sample(path, work, s: int, d: int) -> FitSample | None:
+    """The scratch sample an earlier run of this command wrote, when its record says it is
+    complete and its rows still hash to the recorded digest."""
+    rec = work.load_json("sample-file")
+    if rec is None or (rec.get("rows"), rec.get("dim")) != (s, d) or not os.path.isfile(path):
+        return None
+    offset = int(rec["offset"])
+    if os.path.getsize(path) != offset + s * d * 4:
+        return None
+    digest = hashlib.blake2b(digest_size=32)
+    with open(path, "rb") as fh:
+        fh.seek(offset)
+        for block in iter(lambda: fh.read(16 << 20), b""):
+            digest.update(block)
+    if digest.hexdigest() != rec.get("digest"):
+        return None
+    return FitSample(s, d, path=os.fspath(path), offset=offset)
 
 
 def kmeans_streamed(
@@ -399,6 +974,7 @@ def kmeans_streamed(
     spherical: bool = True,
     backend: str = "auto",
     restarts: int | None = None,
+    seeding: str = "parallel",
     full_passes: int = 0,
     engine=None,
     work=None,
@@ -409,10 +985,12 @@ def kmeans_streamed(
 ) -> KMeansResult:
     """k-means over the usable ``rows`` of a chunked source, holding only a sample in memory.
 
-    When all rows fit (``plan.rows >= n``) and no streamed passes are asked for, this is
-    :func:`kmeans` on the rows read into memory. Otherwise:
+    When the sample is every row, held in memory (:func:`sample_in_memory`), and no
+    streamed passes are asked for, this is :func:`fit` on all rows. Otherwise:
 
-    1. Seed and run Lloyd (:func:`kmeans`) on ``plan.rows`` usable rows read into memory.
+    1. Draw the sample (:func:`draw_sample`: chunk tasks, into memory or a scratch .npy in
+       ``work``'s directory, else a temporary one), then seed and run Lloyd on it
+       (:func:`fit`, chunk tasks again).
     2. ``full_passes`` streamed Lloyd passes: each chunk adds up its rows per nearest
        centroid (float64), the chunk sums are added in chunk order, the centroids become
        the means (renormalised when spherical; an empty cluster keeps its centroid).
@@ -434,13 +1012,16 @@ def kmeans_streamed(
     """
     engine = engine or current_engine()
     work = work or WorkDir(None)
-    fit = {"iters": iters, "seed": seed, "spherical": spherical, "backend": backend,
-           "restarts": restarts, "progress": progress}
-    if plan.rows >= rows.size and full_passes == 0:
-        # Everything fits: in-memory k-means, whose last assignment is the answer (no
+    opts = {"iters": iters, "seed": seed, "spherical": spherical, "backend": backend,
+            "restarts": restarts, "seeding": seeding, "progress": progress}
+    if plan.rows >= rows.size and full_passes == 0 and sample_in_memory(plan.rows, src.dim,
+                                                                         backend):
+        # Everything fits: the fit on every row, whose last assignment is the answer (no
         # second pass over the data; the same on every engine, nothing worth recording).
-        return kmeans(_float32_rows(src, rows), k, copy=False, **fit)
-    cent, info = _sample_centroids(src, rows, k, plan, work, fit)
+        sample, _ = draw_sample(src, rows, plan.rows, seed=seed, spherical=spherical,
+                                engine=engine, progress=progress)
+        return fit(sample, k, engine=engine, **opts)
+    cent, info = _sample_centroids(src, rows, k, plan, work, opts, engine)
     dropped = _dropped(src.n_total, rows)
     chunk_rows = chunk_rows or chunk_rows_for(src.dim)
     chunks = src.chunks(chunk_rows)
@@ -474,15 +1055,9 @@ def _dropped(n_total: int, rows) -> np.ndarray | None:
     return dropped if dropped is not None else np.setdiff1d(np.arange(n_total), rows)
 
 
-def _float32_rows(src, rows: np.ndarray) -> np.ndarray:
-    """``rows`` of ``src`` read into one C-contiguous float32 array."""
-    return np.ascontiguousarray(src.read_rows(rows, chunk_rows=chunk_rows_for(src.dim)),
-                                dtype=np.float32)
-
-
-def _sample_centroids(src, rows: np.ndarray, k: int, plan: SamplePlan, work,
-                      fit: dict) -> tuple[np.ndarray, dict]:
-    """Step 1 of :func:`kmeans_streamed`: :func:`kmeans` (options ``fit``) on the sample,
+def _sample_centroids(src, rows, k: int, plan: SamplePlan, work, opts: dict,
+                      engine) -> tuple[np.ndarray, dict]:
+    """Step 1 of :func:`kmeans_streamed`: :func:`fit` (options ``opts``) on the sample,
     or the centroids and facts an earlier run with the same sample size recorded."""
     info = work.load_json("sample")
     if info is not None and info.get("sample_rows") != plan.rows:
@@ -491,19 +1066,40 @@ def _sample_centroids(src, rows: np.ndarray, k: int, plan: SamplePlan, work,
     cent = work.load("centroids-0")
     if cent is not None and info is not None:
         return cent, info
-    n = rows.size
-    if plan.rows >= n:
-        pick = rows
+    draw = {"seed": opts["seed"], "spherical": opts["spherical"], "engine": engine,
+            "progress": opts["progress"]}
+    if sample_in_memory(plan.rows, src.dim, opts["backend"]):
+        # The sample is only referenced by this call: freed before the streamed passes.
+        res = fit(draw_sample(src, rows, plan.rows, **draw)[0], k, engine=engine,
+                  labels=False, **opts)
     else:
-        rng = role_rng(fit["seed"], "kmeans-sample")
-        pick = rows[np.sort(rng.choice(n, size=plan.rows, replace=False))]
-    # The sample is only referenced by this call, so it is freed before the streamed passes.
-    res = kmeans(_float32_rows(src, pick), k, copy=False, **fit)
+        with _scratch_path(work) as path:
+            sample = _recorded_sample(path, work, plan.rows, src.dim)
+            if sample is None:
+                sample, digest = draw_sample(src, rows, plan.rows, path=path, **draw)
+                work.save_json("sample-file", {"rows": plan.rows, "dim": src.dim,
+                                               "offset": sample.offset, "digest": digest})
+            res = fit(sample, k, engine=engine, labels=False, work=work, **opts)
     info = {"backend": res.backend, "restart": res.restart, "restarts": res.restarts,
             "sample_inertia": res.inertia, "sample_rows": plan.rows}
     work.save("centroids-0", res.centroids)
     work.save_json("sample", info)
     return res.centroids, info
+
+
+@contextlib.contextmanager
+def _scratch_path(work) -> Iterator[str]:
+    """Where the scratch sample goes: the work directory (kept for ``--resume`` until the
+    run ends), else a private temporary directory removed afterwards (this machine only:
+    Ray workers on other nodes need a work directory on shared storage)."""
+    if work.enabled:
+        yield os.fspath(work.scratch(SAMPLE_FILE))
+        return
+    tmp = tempfile.mkdtemp(prefix="prunekit-kmeans-")
+    try:
+        yield os.path.join(tmp, SAMPLE_FILE)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _prepared(src, ref, dropped: np.ndarray | None,
@@ -529,18 +1125,12 @@ def _assign_chunk(shared, ref) -> tuple[np.ndarray, np.ndarray, float]:
     return labels, dist, float(sq[ok].sum())
 
 
-def _lloyd_chunk(shared, ref) -> tuple[np.ndarray, np.ndarray]:
+def _lloyd_chunk(shared, ref) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A chunk's clusters present, their float64 row sums and counts (:func:`_cluster_sums`)."""
     src, cent, spherical, dropped = shared
     x, ok = _prepared(src, ref, dropped, spherical)
-    labels = assign(x, cent, spherical=spherical)[0][ok]
-    x = x[ok]
-    k = cent.shape[0]
-    sums = np.zeros((k, x.shape[1]), dtype=np.float64)
-    order = np.argsort(labels, kind="stable")  # rows of one cluster together, in row order
-    present, starts = np.unique(labels[order], return_index=True)
-    if present.size:
-        sums[present] = np.add.reduceat(x[order], starts, axis=0, dtype=np.float64)
-    return sums, np.bincount(labels, minlength=k).astype(np.int64)
+    labels = nearest(x, cent, spherical=spherical)[ok]
+    return _cluster_sums(x[ok], labels)
 
 
 def chunk_task_bytes(chunk_rows: int, d: int, itemsize: int, k: int) -> int:
@@ -564,21 +1154,15 @@ def _lloyd_pass(src, chunks, cent, spherical, dropped, engine, work, p, limit,
     results = engine.map(_lloyd_chunk, todo, shared, desc=f"Lloyd pass {p + 1}",
                          progress=progress, limit=limit)
     with contextlib.closing(results):
-        for i, (s, c) in enumerate(results):
-            sums += s  # chunk order: the same additions on every engine
-            counts += c
+        for i, (present, s, c) in enumerate(results):
+            sums[present] += s  # chunk order: the same additions on every engine
+            counts[present] += c
             if work.enabled and (time.monotonic() - last >= STATE_EVERY_S or i == len(todo) - 1):
                 work.save(f"pass-{p}-sums", sums)
                 work.save(f"pass-{p}-counts", counts)
                 work.save_json(f"pass-{p}", {"next_chunk": done + i + 1})
                 last = time.monotonic()
-    new = cent.astype(np.float64).copy()
-    full = counts > 0
-    new[full] = sums[full] / counts[full, None]
-    new = new.astype(np.float32)
-    if spherical:
-        normalize_rows(new)
-    return new
+    return _means(cent, sums, counts, spherical)  # an empty cluster keeps its centroid
 
 
 def _assign_pass(src, chunks, cent, spherical, dropped, engine, work, limit, progress):

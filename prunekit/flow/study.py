@@ -17,13 +17,14 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from prunekit._dictlike import DictLike
 from prunekit._version import __version__
 from prunekit.errors import PrunekitError
 from prunekit.flow.assign import compare_subsets
@@ -315,7 +316,7 @@ def stability_bytes(shape: Sequence[int], n_subsets: int, n_sources: int, dtype:
 
 
 @dataclass(frozen=True, eq=False)
-class StabilityStudy(Mapping):
+class StabilityStudy(DictLike):
     """What :func:`stability` found: its ``settings`` and one row per subset.
 
     :meth:`to_json` is the document ``prunekit stability -o`` writes, :meth:`render` the
@@ -370,15 +371,6 @@ class StabilityStudy(Mapping):
         """Write :meth:`figure` to ``path`` atomically; returns the path."""
         write_bytes(path, self.figure())
         return Path(path)
-
-    def __getitem__(self, key: str) -> Any:
-        return self.to_dict()[key]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self.to_dict())
-
-    def __len__(self) -> int:
-        return len(self.to_dict())
 
     def __repr__(self) -> str:
         return (f"StabilityStudy({len(self.rows)} rows, data {self.settings.get('data')!r}, "

@@ -15,16 +15,19 @@ import numpy as np
 
 from prunekit.compute.cluster import (
     BACKENDS,
-    SEED_SAMPLE_MIN,
-    SEED_SAMPLE_PER_CLUSTER,
+    SEEDINGS,
     assign,
     auto_restarts,
     check_k,
     check_sample_fits,
+    fit_chunk_rows,
     kmeans,
     kmeans_streamed,
+    resolve_backend,
     sample_bytes,
+    sample_in_memory,
     sample_plan,
+    seeding_flops,
 )
 from prunekit.io.embeddings import Embeddings
 from prunekit.methods import MethodResult, Summary, register
@@ -45,14 +48,21 @@ PARAMS = (
     Param("spherical", "bool", True,
           "Spherical: rows L2-normalised, centroids renormalised, score = 1 - cos; "
           "Euclidean: score = ||x - c||.", negation="euclidean"),
-    Param("backend", "choice", "auto", "Lloyd implementation (auto = faiss when installed).",
+    Param("backend", "choice", "auto",
+          "Lloyd implementation: auto = chunked (chunk tasks on the engine: parallel, the same "
+          "bytes on any number of workers); faiss or sklearn on one thread of this machine.",
           choices=BACKENDS),
     Param("restarts", "int", None,
           "Independent seedings; the lowest inertia wins. Default: from the problem size "
           "(10 for small and medium data, down to 1 for large).", low=1, high=1000, nullable=True),
+    Param("seeding", "choice", "parallel",
+          "parallel: k-means|| over the whole sample (chunk tasks), then the best of up to 10 "
+          "weighted greedy k-means++ runs on its candidates; subsample: greedy k-means++ on "
+          "max(4096, 8 k) rows of the sample.", choices=SEEDINGS),
     Param("sample", "int", None,
-          "Rows held in memory for seeding and Lloyd. Default: max(256 k, 256 MiB of float32 "
-          "rows), at most all rows; never shrunk to fit --memory (refused instead).",
+          "Rows seeding and Lloyd run on. Default: max(256 k, 256 MiB of float32 rows), at "
+          "most all rows; never shrunk to fit --memory (refused instead). Above 1 GiB as "
+          "float32 they live in a scratch file, not in memory.",
           low=1, nullable=True),
     Param("full_passes", "int", 0,
           "Streamed Lloyd passes over all rows after the sample's Lloyd iterations.",
@@ -65,22 +75,28 @@ PROBE_K_MAX = 512
 
 
 def kmeans_probe(dim: int, n: int, p: dict) -> dict[str, float]:
-    """``kmeans_k``, and the flop/s of prunekit's k-means at that k: ``lloyd_flops`` (one
-    Lloyd iteration, 2 m k d flops, on the one thread the fit runs on), ``seeding_flops`` (k-means++ seeding,
-    2 m k d (2 + ln k) flops), ``assign_flops_1`` (assignment, one thread).
+    """``kmeans_k``, and the flop/s of one k-means task at that k (the fit's chunk tasks run
+    on one thread each): ``lloyd_flops`` (a Lloyd iteration, 2 m k d flops),
+    ``seeding_flops`` (the seeding, :func:`~prunekit.compute.cluster.seeding_flops`),
+    ``assign_flops_1`` (assignment).
 
-    Runs k-means with 1 and with 3 Lloyd iterations on ``m = max(2k, 4096)`` random rows:
-    the difference is two iterations; the rest, less the final assignment, is seeding.
+    Runs k-means with 1 and with 3 Lloyd iterations on ``m = max(2k, 4096)`` random rows on
+    one worker: the difference is two iterations; the rest, less the final assignment, is
+    seeding.
     """
     from threadpoolctl import threadpool_limits
 
+    from prunekit.runtime.engine import LocalEngine
+
     k = min(int(p["k"]), PROBE_K_MAX)  # a probe takes seconds; beyond it the GEMM rate serves
+    seeding = p.get("seeding", "parallel")
     m = max(2 * k, 4096)
     x = np.random.default_rng(0).standard_normal((m, dim), dtype=np.float32)
     times = []
     for iters in (1, 3):
         t0 = time.perf_counter()
-        res = kmeans(x, k, iters=iters, seed=0, restarts=1, progress=False)
+        res = kmeans(x, k, iters=iters, seed=0, restarts=1, seeding=seeding, progress=False,
+                     engine=LocalEngine(1))
         times.append(time.perf_counter() - t0)
     with threadpool_limits(limits=1):
         t0 = time.perf_counter()
@@ -88,57 +104,70 @@ def kmeans_probe(dim: int, n: int, p: dict) -> dict[str, float]:
         t_assign = time.perf_counter() - t0
     flops = 2.0 * m * k * dim
     per_iter = max((times[1] - times[0]) / 2, 1e-9)
-    seed_rows = min(m, max(SEED_SAMPLE_MIN, SEED_SAMPLE_PER_CLUSTER * k))
-    seeding = max(times[0] - per_iter - t_assign, 1e-9)
+    spread, one_try, tries = seeding_flops(m, k, dim, seeding)
+    seeding_time = max(times[0] - per_iter - t_assign, 1e-9)
     return {"kmeans_k": k, "lloyd_flops": flops / per_iter,
-            "seeding_flops": 2.0 * seed_rows * k * dim * (2 + math.log(k)) / seeding,
+            "seeding_flops": (spread + tries * one_try) / seeding_time,
             "assign_flops_1": flops / max(t_assign, 1e-9)}
 
 
 def kmeans_cost(m: CostModel, p: dict) -> Cost:
-    """Sample, Lloyd on the sample (one thread), optional streamed Lloyd passes, assign.
+    """Sample, fit on the sample, optional streamed Lloyd passes, assign.
 
     The sample is the one k-means will draw (:func:`~prunekit.compute.cluster.sample_plan`,
-    from the data and the options); a sorted gather of ``s`` of ``n`` rows reads
-    ``1 - exp(-s chunk / n)`` of every chunk. The Lloyd step's peak is the memory k-means
+    from the data and the options) by chunk tasks; a sorted gather of ``s`` of ``n`` rows
+    reads ``1 - exp(-s chunk / n)`` of every chunk. The fit's peak is the memory k-means
     checks against the budget (:func:`~prunekit.compute.cluster.sample_bytes`): a plan
-    that does not fit it is a run that is refused.
-    Lloyd costs ``restarts x (iters x 2 s k d + seeding + the sample's assignment)`` flops at
-    the probed k-means rates when the probe ran at this ``k``, else at the one-thread GEMM
-    rate (the fit runs on one thread, so that its result does not depend on the machine); a
-    streamed pass does ``2 n k d`` flops, one chunk (and its distances) per task.
+    that does not fit it is a run that is refused. A restart of the fit costs ``iters x
+    2 s k d`` flops of Lloyd and ``2 s k d`` of the sample's assignment, spread over its
+    chunks (:func:`~prunekit.compute.cluster.fit_chunk_rows`: at most one task a chunk; one
+    thread for faiss and scikit-learn), plus its seeding
+    (:func:`~prunekit.compute.cluster.seeding_flops`: k-means||'s distance passes spread over
+    the chunks, its re-clustering tries one task each), at the probed k-means rates when
+    the probe ran at this ``k``, else at the one-thread GEMM rate. A streamed pass does
+    ``2 n k d`` flops, one chunk (and its distances) per task.
     """
     check_k(int(p["k"]), m.n)
     k, iters, full = int(p["k"]), int(p["iters"]), int(p["full_passes"])
+    seeding, backend = p["seeding"], resolve_backend(p["backend"])
     sp = sample_plan(m.n, k, m.d, p["sample"])
     s = sp.rows
-    restarts = int(p["restarts"] or auto_restarts(s, k, m.d, iters))
+    restarts = int(p["restarts"] or auto_restarts(s, k, m.d, iters, seeding))
+    in_memory = sample_in_memory(s, m.d, backend)
     r = m.rates
     if s >= m.n:
         frac_read, sample_note = 1.0, "the sample is every row: read them once"
     else:
         frac_read = 1.0 - math.exp(-s / m.n * m.chunk)  # share of each chunk a sorted gather spans
-        sample_note = f"{s:,} of {m.n:,} rows, uniform without replacement"
-    t_sample = frac_read * m.read()
-    seed_rows = min(s, max(SEED_SAMPLE_MIN, SEED_SAMPLE_PER_CLUSTER * k))
+        sample_note = f"{s:,} of {m.n:,} rows, drawn chunk by chunk"
+    if not in_memory:
+        sample_note += f"; {human(4 * s * m.d)} scratch file in the work directory"
     measured = m.kernel("kmeans_k") == k  # the probe's k-means rates hold at its k only
     lloyd_rate = (measured and m.kernel("lloyd_flops")) or r.gemm_flops_1
     seed_rate = (measured and m.kernel("seeding_flops")) or r.gemm_flops_1
     assign_rate = (measured and m.kernel("assign_flops_1")) or r.gemm_flops_1
     one = 2.0 * s * k * m.d  # flops of one Lloyd iteration (and of assigning the sample)
-    t_lloyd = restarts * (iters * one / lloyd_rate
-                          + 2.0 * seed_rows * k * m.d * (2 + math.log(k)) / seed_rate
-                          + one / assign_rate)
-    held = s * m.d * (4 + m.item)  # the sample as read and as float32
-    fit = sample_bytes(s, k, m.d, m.item)
+    chunks = math.ceil(s / fit_chunk_rows(m.d, k))
+    spread, one_try, tries = seeding_flops(s, k, m.d, seeding)
+
+    def fit_seconds(workers: int) -> float:
+        tasks = min(workers, chunks)
+        lloyd = iters * one / (lloyd_rate * (tasks if backend == "chunked" else 1))
+        seed = spread / (seed_rate * tasks) + math.ceil(tries / min(workers, tries)) * one_try / seed_rate
+        return restarts * (lloyd + seed + one / (assign_rate * tasks))
+
+    fit = sample_bytes(s, k, m.d, in_memory=in_memory, seeding=seeding)
+    held = s * m.d * 4 if in_memory else 0  # the sample as float32
     pass_flops = 2.0 * m.n * k * m.d
     task = m.chunk_bytes(4.0 * k)  # plus the chunk's distances to every centroid
     local_peak = task * m.local * m.in_flight
+    where = "chunk tasks" if backend == "chunked" else f"{backend} on one thread"
     steps = [
-        Step("sample", frac_read, t_sample, t_sample, int(held + m.chunk_bytes()),
-             sample_note),
-        Step("lloyd on sample", 0, t_lloyd, t_lloyd, fit,
-             f"k={k}, {iters} iterations x {restarts} restart(s), one thread"),
+        Step("sample", frac_read, frac_read * m.read(), frac_read * m.read(m.ray),
+             int(held + m.chunk_bytes()), sample_note),
+        Step("lloyd on sample", 0, fit_seconds(m.local), fit_seconds(m.ray), fit,
+             f"k={k}, {seeding} seeding, {iters} iterations x {restarts} restart(s), "
+             f"{where} ({chunks} chunk(s))"),
     ]
     if full:
         steps.append(Step("full lloyd passes", full,
@@ -152,8 +181,8 @@ def kmeans_cost(m: CostModel, p: dict) -> Cost:
                       f"{human(task)} per Ray worker"))
     notes = [] if s >= m.n else [f"k-means sample: {sp.drawn}."]
     if fit > m.budget:
-        notes.append(f"k-means would refuse: its {s:,} rows need {human(fit)}; raise --memory "
-                     "to that, or give a smaller --sample.")
+        notes.append(f"k-means would refuse: its fit on {s:,} rows needs {human(fit)}; raise "
+                     "--memory to that, or give a smaller --sample.")
     return Cost(steps, 8 * m.n * 4, notes)  # score, cluster, distance, positions
 
 
@@ -173,6 +202,7 @@ def kmeans_scores(
     spherical: bool = True,
     backend: str = "auto",
     restarts: int | None = None,
+    seeding: str = "parallel",
     sample: int | None = None,
     full_passes: int = 0,
     parts: ScoresPartSink | None = None,
@@ -180,17 +210,17 @@ def kmeans_scores(
     """Spherical (default) or Euclidean k-means; score = distance to the own centroid.
 
     The distance is 1 - cos(x, c) when spherical, ||x - c|| otherwise. Seeding and Lloyd
-    run on a sample held in memory (all rows when they fit), then every row is assigned in
+    run on a sample (all rows when they fit) as chunk tasks, then every row is assigned in
     one streamed pass (see :func:`prunekit.compute.cluster.kmeans_streamed`). Writes ``cluster``,
     ``centroids`` and ``centroid_distance`` too. With ``parts`` (a folder output), the
     assignment pass writes each part where it is computed and the result carries the parts'
     records and the rows per cluster instead of per-row arrays.
     """
     plan = sample_plan(emb.n, int(k), emb.dim, sample)  # from the data and options alone
-    check_sample_fits(plan, int(k), emb.dim, emb.dtype.itemsize, memory_budget())
+    check_sample_fits(plan, int(k), emb.dim, memory_budget(), backend=backend, seeding=seeding)
     res = kmeans_streamed(
         emb.reader, emb.usable_rows, int(k), plan=plan, iters=int(iters), seed=seed,
-        spherical=bool(spherical), backend=backend, restarts=restarts,
+        spherical=bool(spherical), backend=backend, restarts=restarts, seeding=seeding,
         full_passes=int(full_passes), engine=current_engine(), work=current_work_dir(),
         progress=progress, sink=None if parts is None else KMeansParts(parts),
     )
@@ -203,7 +233,8 @@ def kmeans_scores(
         counts=res.counts,
         params={
             "k": int(k), "iters": int(iters), "spherical": bool(spherical), "backend": backend,
-            "restarts": restarts, "restarts_used": res.restarts, "sample": sample,
+            "restarts": restarts, "restarts_used": res.restarts, "seeding": seeding,
+            "sample": sample,
             "full_passes": int(full_passes),
             "backend_used": res.backend, "inertia": res.inertia, "best_restart": res.restart,
             **plan.params(),

@@ -9,12 +9,13 @@ an :class:`MMDBlock`, the method's entries), ``to_dict()`` (what ``--json`` prin
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
 import numpy as np
 
+from prunekit._dictlike import DictLike
 from prunekit.errors import PrunekitError
 from prunekit.io.embeddings import Embeddings, load_embeddings
 from prunekit.methods import REGISTRY, Summary
@@ -73,20 +74,19 @@ def inspect(
     the report is the same as for the loaded objects.
     """
     names = (_named(selection, "selection"), _named(scores, "scores"), _named(embeddings, "embeddings"))
+    opts = dict(random_draws=random_draws, seed=seed, rff_dim=rff_dim, mmd_sample=mmd_sample,
+                progress=progress)
+    folder = _is_folder(selection) and (scores is None or _is_folder(scores))
+    sel, sc = selection, scores
+    if not folder:  # loaded before the embeddings, so a bad selection is named first
+        sel = selection if isinstance(selection, Selection) else load_selection(selection)
+        sc = scores if isinstance(scores, Scores) or scores is None else load_scores(scores)
     emb = embeddings
-    if _is_folder(selection) and (scores is None or _is_folder(scores)):
-        if emb is not None and not isinstance(emb, Embeddings):
-            emb = load_embeddings(emb, key=key, id_key=id_key, drop_nonfinite=drop_nonfinite)
-        return inspect_folder(selection, scores=scores, emb=emb, names=names,
-                              random_draws=random_draws, seed=seed, rff_dim=rff_dim,
-                              mmd_sample=mmd_sample, progress=progress)
-    sel = selection if isinstance(selection, Selection) else load_selection(selection)
-    sc = scores if isinstance(scores, Scores) or scores is None else load_scores(scores)
     if emb is not None and not isinstance(emb, Embeddings):
         emb = load_embeddings(emb, key=key, id_key=id_key, drop_nonfinite=drop_nonfinite)
-    return inspect_selection(sel, scores=sc, emb=emb, names=names, random_draws=random_draws,
-                             seed=seed, rff_dim=rff_dim, mmd_sample=mmd_sample,
-                             progress=progress)
+    if folder:
+        return _inspect_folder(selection, scores, emb, names, opts)
+    return inspect_selection(sel, scores=sc, emb=emb, names=names, **opts)
 
 
 def inspect_selection(
@@ -119,10 +119,9 @@ def inspect_selection(
         rows = resolve_rows(sel, emb.n_total, emb.ids, selection_name=names[0], target_name=names[2])
         if labels is None and emb.labels is not None:
             labels = (emb.labels, emb.rows, rows)
-        mmd = mmd_report(emb, rows, random_draws=random_draws, seed=seed,
-                         n_features=rff_dim, sample=mmd_sample, progress=progress)
-        same = not sel.source_fingerprint or sel.source_fingerprint == emb.fingerprint
-        found["mmd"] = MMDBlock(**mmd, same_embeddings=same)
+        found["mmd"] = _mmd_block(emb, rows, sel.source_fingerprint, random_draws=random_draws,
+                                  seed=seed, rff_dim=rff_dim, mmd_sample=mmd_sample,
+                                  progress=progress)
     if labels is not None:
         found["labels"] = GroupTable(**group_counts(*labels))
     draws = None if sel.counts is None else int(sel.counts.sum())
@@ -141,18 +140,18 @@ def _is_folder(obj: Any) -> bool:
     return isinstance(obj, (str, os.PathLike)) and os.path.isdir(obj)
 
 
-def inspect_folder(
-    selection: PathOr,
-    *,
-    scores: PathOr | None = None,
-    emb: Embeddings | None = None,
-    names: tuple[str, str, str] = ("selection", "scores", "embeddings"),
-    random_draws: int = 5,
-    seed: int = 0,
-    rff_dim: int = 512,
-    mmd_sample: int | None = MMD_SAMPLE,
-    progress: bool = True,
-) -> InspectionReport:
+def _mmd_block(emb: Embeddings, rows, source_fingerprint: str, *, random_draws: int, seed: int,
+               rff_dim: int, mmd_sample: int | None, progress: bool) -> MMDBlock:
+    """The MMD of the kept ``rows`` (positions, or a :class:`~prunekit.selection.quality.KeptFile`)
+    to the full set; whether ``emb`` are the embeddings the selection was made from."""
+    mmd = mmd_report(emb, rows, random_draws=random_draws, seed=seed, n_features=rff_dim,
+                     sample=mmd_sample, progress=progress)
+    same = not source_fingerprint or source_fingerprint == emb.fingerprint
+    return MMDBlock(**mmd, same_embeddings=same)
+
+
+def _inspect_folder(selection: PathOr, scores: PathOr | None, emb: Embeddings | None,
+                    names: tuple[str, str, str], opts: dict[str, Any]) -> InspectionReport:
     """:func:`inspect` of a selection folder (and a scores folder), streamed: the counts come
     from one pass over both folders side by side, the MMD's kept rows from a scratch file
     its chunk tasks read (:class:`~prunekit.selection.quality.KeptFile`), so memory holds
@@ -166,8 +165,6 @@ def inspect_folder(
 
     r = PartsReader(selection, kind="selection")
     meta = selection_meta(r, selection)
-    opts = dict(random_draws=random_draws, seed=seed, rff_dim=rff_dim, mmd_sample=mmd_sample,
-                progress=progress)
     found: dict[str, Any] = {"extra": {}}
     try:
         if scores is not None:
@@ -333,13 +330,9 @@ def _emb_blocks(r, meta: Selection, emb: Embeddings, names, want_labels: bool,
     tmp = tempfile.mkdtemp(prefix="prunekit-inspect-")
     try:
         kept = write_kept(emb, rows(), os.path.join(tmp, "kept.rows"))
-        mmd = mmd_report(emb, kept, random_draws=opts["random_draws"], seed=opts["seed"],
-                         n_features=opts["rff_dim"], sample=opts["mmd_sample"],
-                         progress=opts["progress"])
+        out: dict[str, Any] = {"mmd": _mmd_block(emb, kept, meta.source_fingerprint, **opts)}
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    same = not meta.source_fingerprint or meta.source_fingerprint == emb.fingerprint
-    out: dict[str, Any] = {"mmd": MMDBlock(**mmd, same_embeddings=same)}
     if labels is not None:
         out["labels"] = labels.table(n_draws[0] != r.n_rows)
     return out
@@ -429,7 +422,7 @@ _BASE = ("selection", "n_total", "n_kept", "pr", "method", "params", "draws")
 
 
 @dataclass(frozen=True, eq=False)
-class InspectionReport(Mapping):
+class InspectionReport(DictLike):
     """What :func:`inspect` found: counts, per-group tables, MMD and the method's entries.
 
     :meth:`to_dict` is the JSON-ready report (``prunekit inspect --json``), :meth:`render`
@@ -501,15 +494,6 @@ class InspectionReport(Mapping):
         if self.mmd is not None:
             lines += self.mmd.render()
         return "\n".join(lines)
-
-    def __getitem__(self, key: str) -> Any:
-        return self.to_dict()[key]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self.to_dict())
-
-    def __len__(self) -> int:
-        return len(self.to_dict())
 
     def __repr__(self) -> str:
         parts = [k for k in ("clusters", "labels", "mmd") if getattr(self, k) is not None]
