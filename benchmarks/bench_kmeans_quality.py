@@ -17,6 +17,11 @@ min over the seeds, and the mean time of one fit.
 
     python benchmarks/bench_kmeans_quality.py                       # 1e5 x 64, k = 200
     python benchmarks/bench_kmeans_quality.py --stds 2 --seeds 3    # one data set, quick
+    python benchmarks/bench_kmeans_quality.py --speed 100000,64,200 --speed 50000,128,2000
+
+``--speed N,D,K`` (repeatable) times Lloyd iterations instead, from the same starting
+centroids on blobs of that size: faiss on one thread against the chunked Lloyd on 1 and 2
+local workers (median of ``--repeats`` runs of 5 iterations each).
 """
 
 from __future__ import annotations
@@ -26,7 +31,16 @@ import time
 
 import numpy as np
 
-from prunekit.compute.cluster import assign, kmeans
+from prunekit.compute.cluster import (
+    FitSample,
+    _Fit,
+    _lloyd_faiss,
+    assign,
+    kmeans,
+    lloyd_step,
+    one_thread,
+)
+from prunekit.runtime.engine import LocalEngine
 
 CONFIGS = {
     "subsample + faiss": {"seeding": "subsample", "backend": "faiss"},
@@ -54,6 +68,32 @@ def reference(x: np.ndarray, k: int) -> tuple[float, float]:
     return inertia(x, km.cluster_centers_.astype(np.float32)), time.perf_counter() - t0
 
 
+def lloyd_speed(n: int, d: int, k: int, repeats: int, iters: int = 5) -> None:
+    """Seconds per Lloyd iteration: faiss on one thread, chunked on 1 and 2 workers."""
+    x = blobs(n, d, k, 2.0)
+    init = x[np.random.default_rng(0).choice(n, k, replace=False)]
+
+    def chunked(workers):
+        run = _Fit(FitSample.of(x), k, False, LocalEngine(workers), 0, None)
+        cent = init
+        for _ in range(iters):
+            cent = lloyd_step(run, cent)
+
+    def faiss_one_thread():
+        with one_thread("faiss"):
+            _lloyd_faiss(x, init, iters, 0, False)
+
+    runs = {"faiss, 1 thread": faiss_one_thread,
+            "chunked, 1 worker": lambda: chunked(1), "chunked, 2 workers": lambda: chunked(2)}
+    for name, fn in runs.items():
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - t0) / iters)
+        print(f"{n:>8} x {d:<4} | {k:>5} | {name:<19} | {np.median(times):>9.4f}", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=100_000)
@@ -62,7 +102,17 @@ def main() -> None:
     ap.add_argument("--iters", type=int, default=25)
     ap.add_argument("--seeds", type=int, default=10)
     ap.add_argument("--stds", default="1,2,4", help="cluster standard deviations, one data set each")
+    ap.add_argument("--speed", action="append", default=[], metavar="N,D,K",
+                    help="time Lloyd iterations at this size instead (repeatable)")
+    ap.add_argument("--repeats", type=int, default=3)
     a = ap.parse_args()
+    if a.speed:
+        print(f"{'data':>15} | {'k':>5} | {'Lloyd':<19} | {'s / iter':>9}")
+        print("-" * 58)
+        for spec in a.speed:
+            n, d, k = (int(v) for v in spec.split(","))
+            lloyd_speed(n, d, k, a.repeats)
+        return
     print(f"{a.n} x {a.d}, k = {a.k}, {a.iters} Lloyd iterations, seeds 0..{a.seeds - 1}; "
           "ratio = inertia / scikit-learn KMeans(n_init=10)")
     print(f"{'blobs std':>9} | {'configuration':<19} | {'mean':>7} | {'max':>7} | {'min':>7} | "

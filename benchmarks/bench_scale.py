@@ -34,22 +34,11 @@ from pathlib import Path
 
 import h5py
 import numpy as np
+from _common import WRAP, peak_rss_kib
 
 D = 256
 BLOCK = 1 << 16  # rows generated at a time
 CENTRES = 64
-# Peak RSS: VmHWM of this process (ru_maxrss would include the memory of the benchmark
-# process it was forked from), and ru_maxrss of the processes it started (Ray workers).
-WRAP = """
-import json, resource, sys
-from prunekit.cli import main
-try:
-    main(sys.argv[1:], standalone_mode=False)
-finally:
-    hwm = [int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM:")]
-    kids_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    print("BENCH-RSS " + json.dumps(max(hwm + [kids_kib])), file=sys.stderr)
-"""
 ENGINES = {"local": [], "ray1": ["--engine", "ray", "--workers", "1"],
            "ray2": ["--engine", "ray", "--workers", "2"]}
 
@@ -127,11 +116,11 @@ def run(args: list[str], cwd: Path) -> tuple[float, float, str]:
     res = subprocess.run([sys.executable, "-c", WRAP, *args], cwd=cwd, env=env,
                          capture_output=True, text=True)
     wall = time.perf_counter() - t0
-    rss = [ln for ln in res.stderr.splitlines() if ln.startswith("BENCH-RSS ")]
+    rss = peak_rss_kib(res.stderr)
     if res.returncode != 0:
         tail = "\n".join(res.stderr.splitlines()[-5:])
         raise RuntimeError(f"prunekit {' '.join(args)} failed ({res.returncode}):\n{tail}")
-    return wall, (int(rss[-1].split()[1]) / 1024 if rss else float("nan")), res.stdout
+    return wall, (max(rss) / 1024 if rss else float("nan")), res.stdout
 
 
 def predicted(args: list[str], cwd: Path, engine: str = "local") -> tuple[float, dict]:

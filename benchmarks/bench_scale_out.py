@@ -29,21 +29,12 @@ import time
 from pathlib import Path
 
 import numpy as np
+from _common import WRAP, peak_rss_kib
 
 D = 64
 BLOCK = 1 << 20
 CENTRES = 256
 ROOT = Path(__file__).resolve().parents[1]
-WRAP = """
-import json, resource, sys
-from prunekit.cli import main
-try:
-    main(sys.argv[1:], standalone_mode=False)
-finally:
-    hwm = [int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM:")]
-    kids_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    print("BENCH-RSS " + json.dumps([max(hwm), kids_kib]), file=sys.stderr)
-"""
 
 
 def write_shard(path: Path, rows: int, seed: int = 0) -> None:
@@ -80,8 +71,7 @@ def run(args: list[str], cwd: Path, pythonpath: str | None = None) -> dict:
     if res.returncode != 0:
         tail = "\n".join(res.stderr.splitlines()[-5:])
         raise RuntimeError(f"prunekit {' '.join(args)} failed ({res.returncode}):\n{tail}")
-    rss = [json.loads(ln.split(" ", 1)[1]) for ln in res.stderr.splitlines()
-           if ln.startswith("BENCH-RSS ")][-1]
+    rss = peak_rss_kib(res.stderr)
     return {"seconds": wall, "driver_mib": rss[0] / 1024, "children_mib": rss[1] / 1024,
             "stdout": res.stdout}
 

@@ -37,6 +37,7 @@ import numpy as np
 
 from prunekit.errors import PrunekitError
 
+from ._renamed import renamed
 from .demo_results import (
     C2FRow,
     C2FStage,
@@ -665,10 +666,4 @@ def safe(name: str) -> str:
     return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name)
 
 
-def __getattr__(name: str) -> Any:
-    """``Plan``, the old name of :class:`DemoScale`, for one release with a warning."""
-    if name == "Plan":
-        warnings.warn("prunekit_lfm.demo.Plan is now DemoScale (prunekit_lfm.demo_scale); the old "
-                      "name goes in the next release.", DeprecationWarning, stacklevel=2)
-        return DemoScale
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = renamed(__name__, "Plan", DemoScale, "DemoScale (prunekit_lfm.demo_scale)")

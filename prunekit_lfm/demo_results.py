@@ -11,10 +11,10 @@ a feature space); the core's "quality" of a selection is its MMD to the full set
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from ._renamed import renamed
 from .demo_scale import DemoScale
 
 
@@ -198,10 +198,4 @@ class DemoResults:
         return {**asdict(self), "settings": self.settings.to_dict()}
 
 
-def __getattr__(name: str) -> Any:
-    """``QualityRow``, the old name of :class:`FidelityRow`, for one release with a warning."""
-    if name == "QualityRow":
-        warnings.warn("prunekit_lfm.demo_results.QualityRow is now FidelityRow; the old name "
-                      "goes in the next release.", DeprecationWarning, stacklevel=2)
-        return FidelityRow
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = renamed(__name__, "QualityRow", FidelityRow, "FidelityRow")

@@ -19,7 +19,6 @@ Images are float arrays in [0, 1] here; the plug-in's [-1, 1] images go through
 
 from __future__ import annotations
 
-import warnings
 from typing import Any
 
 import numpy as np
@@ -27,6 +26,7 @@ import numpy as np
 from prunekit.params import ParamError
 
 from . import metrics
+from ._renamed import renamed
 from .features import FeatureExtractor
 from .generate import DecodedSamples, to_unit
 
@@ -131,10 +131,4 @@ def fidelity(
     }
 
 
-def __getattr__(name: str) -> Any:
-    """``quality``, the old name of :func:`fidelity`, for one release with a warning."""
-    if name == "quality":
-        warnings.warn("prunekit_lfm.evaluate.quality is now fidelity (FD, precision, recall); "
-                      "the old name goes in the next release.", DeprecationWarning, stacklevel=2)
-        return fidelity
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = renamed(__name__, "quality", fidelity, "fidelity (FD, precision, recall)")

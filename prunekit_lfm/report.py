@@ -12,7 +12,6 @@ from __future__ import annotations
 import html
 import io
 import json
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ from prunekit.flow.plot import stability_figure as core_stability_figure
 from prunekit.io.atomic import write_bytes, write_text
 from prunekit.io.provenance import jsonable
 
+from ._renamed import renamed
 from .demo_results import DemoResults
 
 Table = tuple[list[str], list[list[str]]]
@@ -329,10 +329,4 @@ def _html(results: DemoResults, sections) -> str:
     return "\n".join(parts)
 
 
-def __getattr__(name: str) -> Any:
-    """``quality_table``, the old name of :func:`fidelity_table`, for one release."""
-    if name == "quality_table":
-        warnings.warn("prunekit_lfm.report.quality_table is now fidelity_table; the old name goes "
-                      "in the next release.", DeprecationWarning, stacklevel=2)
-        return fidelity_table
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = renamed(__name__, "quality_table", fidelity_table, "fidelity_table")

@@ -114,7 +114,7 @@ def test_atomic_write_leaves_nothing_on_failure(tmp_path, monkeypatch):
     def crash(*args, **kwargs):
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr("prunekit.selection.subset.stamp", crash)
+    monkeypatch.setattr("prunekit.selection.scores.stamp", crash)  # the shared HDF5 writer
     with pytest.raises(RuntimeError, match="disk full"):
         Selection(indices=[0, 3], n_total=4, pr=0.5).save(target)
     assert target.read_bytes() == before

@@ -198,24 +198,34 @@ def nearest(data: np.ndarray, centroids: np.ndarray, *, spherical: bool,
             chunk: int | None = None) -> np.ndarray:
     """Nearest centroid (int64) of every row: the labels of :func:`assign`, without the
     distances. Blocks of ``chunk`` rows (default :func:`block_rows`)."""
-    c = np.ascontiguousarray(centroids, dtype=np.float32)
-    c_sq = np.einsum("ij,ij->i", c, c)
+    c = _scoring(centroids, spherical)
     chunk = chunk or block_rows(c.shape[0])
     labels = np.empty(data.shape[0], dtype=np.int64)
     for a in range(0, data.shape[0], chunk):
-        labels[a : a + chunk] = _nearest_block(data[a : a + chunk], c, c_sq, spherical)
+        labels[a : a + chunk] = _nearest_block(data[a : a + chunk], c)
     return labels
 
 
-def _nearest_block(block: np.ndarray, c: np.ndarray, c_sq: np.ndarray,
-                   spherical: bool) -> np.ndarray:
-    """Largest inner product (spherical) or smallest ``|c|^2 - 2 x.c``, in float32."""
-    prod = block @ c.T
+def _scoring(centroids: np.ndarray, spherical: bool) -> np.ndarray:
+    """float32 rows whose largest product with a row (extended by a 1 when Euclidean) is its
+    nearest centroid: the centroids (spherical), or ``[c, -|c|^2 / 2]`` (Euclidean)."""
+    c = np.ascontiguousarray(centroids, dtype=np.float32)
     if spherical:
-        return np.argmax(prod, axis=1)
-    prod *= -2.0
-    prod += c_sq[None, :]
-    return np.argmin(prod, axis=1)
+        return c
+    half = np.einsum("ij,ij->i", c, c, dtype=np.float64) / 2
+    return np.ascontiguousarray(np.hstack([c, -half[:, None]]), dtype=np.float32)
+
+
+def _nearest_block(block: np.ndarray, scoring: np.ndarray) -> np.ndarray:
+    """Argmax of one float32 product: ``x.c`` (spherical) or ``x.c - |c|^2 / 2`` (the
+    smallest ``|x - c|``), the bias folded into the product as an extra column."""
+    d = block.shape[1]
+    if scoring.shape[1] > d:
+        ext = np.empty((block.shape[0], d + 1), dtype=np.float32)
+        ext[:, :d] = block
+        ext[:, d] = 1.0
+        block = ext
+    return np.argmax(block @ scoring.T, axis=1)
 
 
 def assign(
@@ -231,7 +241,7 @@ def assign(
     """
     n = data.shape[0]
     c = np.ascontiguousarray(centroids, dtype=np.float32)
-    c_sq = np.einsum("ij,ij->i", c, c)
+    scoring = _scoring(c, spherical)
     c64 = c.astype(np.float64)
     chunk = chunk or block_rows(c.shape[0])
     labels = np.empty(n, dtype=np.int64)
@@ -239,7 +249,7 @@ def assign(
     sqd = np.empty(n, dtype=np.float64)
     for a in range(0, n, chunk):
         block = data[a : a + chunk]
-        lab = _nearest_block(block, c, c_sq, spherical)
+        lab = _nearest_block(block, scoring)
         diff = block.astype(np.float64) - c64[lab]
         d2 = np.einsum("ij,ij->i", diff, diff)
         labels[a : a + chunk] = lab
@@ -442,7 +452,7 @@ def fit(
     """k-means on the rows of ``sample`` (prepared: float32, normalised when spherical).
 
     Each restart ``r`` seeds (:func:`seed_parallel`, or :func:`kmeanspp` on a subsample),
-    runs ``iters`` Lloyd iterations (:func:`lloyd_chunks`, or faiss / scikit-learn on one
+    runs ``iters`` Lloyd iterations (:func:`lloyd_step`, or faiss / scikit-learn on one
     thread) and assigns the sample; the lowest inertia wins. Chunk tasks run on ``engine``
     (default: the run context's). ``labels=False`` keeps only the inertia (the result's
     ``labels``/``distance`` are None). With a scratch-file sample and an enabled ``work``

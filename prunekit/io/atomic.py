@@ -26,7 +26,7 @@ import signal
 import socket
 import stat
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 from prunekit.errors import PrunekitError
@@ -393,24 +393,46 @@ def remove_stale_temps(directory: str | os.PathLike) -> list[Path]:
     carries the name is left alone.
     """
     removed = []
-    with contextlib.suppress(OSError):
-        for entry in os.scandir(directory):
-            pid = temp_pid(entry.name)
-            if pid is None or not _own_file(entry):
-                continue
-            if not pid_alive(pid):
-                with contextlib.suppress(OSError):
-                    os.unlink(entry.path)
-                    removed.append(Path(entry.path))
+    for entry in stale_temps(directory, stat.S_ISREG):
+        with contextlib.suppress(OSError):
+            os.unlink(entry.path)
+            removed.append(Path(entry.path))
     return removed
 
 
-def _own_file(entry: os.DirEntry) -> bool:
+def stale_temps(directory: str | os.PathLike,
+                is_kind: Callable[[int], bool]) -> Iterator[os.DirEntry]:
+    """The entries of ``directory`` named by :func:`temp_name` for a process that no longer
+    runs, of this user and of the kind ``is_kind`` says (``stat.S_ISREG``, ``stat.S_ISDIR``);
+    a directory that cannot be listed has none."""
+    with contextlib.suppress(OSError):
+        for entry in os.scandir(directory):
+            pid = temp_pid(entry.name)
+            if pid is not None and owned_entry(entry, is_kind) and not pid_alive(pid):
+                yield entry
+
+
+def owned_entry(entry: os.DirEntry, is_kind: Callable[[int], bool]) -> bool:
+    """Whether ``entry`` itself (a link is not followed) is of the kind ``is_kind`` says
+    (``stat.S_ISREG``, ``stat.S_ISDIR``) and belongs to this user."""
     try:
         st = entry.stat(follow_symlinks=False)
     except OSError:
         return False
-    return stat.S_ISREG(st.st_mode) and (not hasattr(os, "geteuid") or st.st_uid == os.geteuid())
+    return is_kind(st.st_mode) and (not hasattr(os, "geteuid") or st.st_uid == os.geteuid())
+
+
+def swap_dir(new: Path, final: Path) -> Path:
+    """Rename the directory ``new`` onto the existing ``final``: ``final`` is moved aside first
+    (and put back when the rename fails). Returns where it went, for the caller to delete."""
+    aside = temp_name(final.parent)
+    os.rename(final, aside)
+    try:
+        os.rename(new, final)
+    except BaseException:
+        os.rename(aside, final)
+        raise
+    return aside
 
 
 def pid_alive(pid: int) -> bool:

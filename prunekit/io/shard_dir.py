@@ -36,10 +36,10 @@ from prunekit.io.atomic import (
     check_output,
     interrupts_deferred,
     make_dirs,
-    pid_alive,
     remove_dirs,
+    stale_temps,
+    swap_dir,
     temp_name,
-    temp_pid,
 )
 
 SHARD_FILE = re.compile(r"part_(\d{5,})\.h5")
@@ -143,14 +143,7 @@ def _swap(tmp: Path, final: Path) -> None:
     if not (final.is_dir() and any(final.iterdir())):
         os.rename(tmp, final)  # onto nothing or an empty directory: one atomic rename
         return
-    old = temp_name(final.parent)
-    os.rename(final, old)
-    try:
-        os.rename(tmp, final)
-    except BaseException:
-        os.rename(old, final)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
+    shutil.rmtree(swap_dir(tmp, final), ignore_errors=True)
 
 
 def remove_stale_dirs(parent: str | os.PathLike) -> list[Path]:
@@ -160,21 +153,10 @@ def remove_stale_dirs(parent: str | os.PathLike) -> list[Path]:
     another user's directory that merely carries the name is left alone.
     """
     removed = []
-    with contextlib.suppress(OSError):
-        for entry in os.scandir(parent):
-            pid = temp_pid(entry.name)
-            if pid is not None and _own_dir(entry) and not pid_alive(pid):
-                shutil.rmtree(entry.path, ignore_errors=True)
-                removed.append(Path(entry.path))
+    for entry in stale_temps(parent, stat.S_ISDIR):
+        shutil.rmtree(entry.path, ignore_errors=True)
+        removed.append(Path(entry.path))
     return removed
-
-
-def _own_dir(entry: os.DirEntry) -> bool:
-    try:
-        st = entry.stat(follow_symlinks=False)
-    except OSError:
-        return False
-    return stat.S_ISDIR(st.st_mode) and (not hasattr(os, "geteuid") or st.st_uid == os.geteuid())
 
 
 __all__ = ["SHARD_FILE", "atomic_dir", "check_shard_dir", "is_shard_output", "remove_stale_dirs",

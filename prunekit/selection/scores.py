@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -22,6 +23,8 @@ from prunekit.io.h5io import (
     write_ids,
 )
 from prunekit.io.provenance import read_params, stamp
+
+T = TypeVar("T")
 
 _OPTIONAL = ("cluster", "centroids", "centroid_distance", "order", "labels")
 
@@ -107,26 +110,52 @@ class Scores:
         A path ending in ``/``, an existing folder or a path without suffix gets a
         partitioned folder (:func:`prunekit.io.dataset.wants_dataset`), any other one HDF5.
         """
-        from prunekit.io.dataset import wants_dataset
+        from prunekit.selection.partitioned import save_scores_parts
 
-        if wants_dataset(path):
-            from prunekit.selection.partitioned import save_scores_parts
+        return save_h5_or_parts(self, path, command, save_scores_parts, self._write_h5)
 
-            return save_scores_parts(self, path, command)
-        with atomic_h5(path) as f:
-            f.create_dataset("score", data=self.score.astype(np.float64))
-            for name in _OPTIONAL:
-                value = getattr(self, name)
-                if value is not None:
-                    f.create_dataset(name, data=value)
-            if self.ids is not None:
-                write_ids(f, "ids", self.ids)
-            f.attrs["method"] = self.method
-            f.attrs["n_total"] = int(self.n_total)
-            f.attrs["source"] = self.source
-            f.attrs["source_fingerprint"] = self.source_fingerprint
-            stamp(f.attrs, self.params, command)
-        return Path(path)
+    def _write_h5(self, f) -> None:
+        f.create_dataset("score", data=self.score.astype(np.float64))
+        for name in _OPTIONAL:
+            value = getattr(self, name)
+            if value is not None:
+                f.create_dataset(name, data=value)
+        if self.ids is not None:
+            write_ids(f, "ids", self.ids)
+        f.attrs["method"] = self.method
+        f.attrs["n_total"] = int(self.n_total)
+        f.attrs["source"] = self.source
+        f.attrs["source_fingerprint"] = self.source_fingerprint
+
+
+def save_h5_or_parts(obj: Any, path: str | os.PathLike, command: list[str] | None,
+                     save_parts: Callable[..., Path], write_h5: Callable[[Any], None]) -> Path:
+    """Write a scores or selection ``obj`` atomically: ``save_parts(obj, path, command)`` when
+    ``path`` asks for a partitioned folder, else one HDF5 file that ``write_h5(f)`` fills and
+    the provenance (``obj.params``, ``command``) stamps. Returns the path."""
+    from prunekit.io.dataset import wants_dataset
+
+    if wants_dataset(path):
+        return save_parts(obj, path, command)
+    with atomic_h5(path) as f:
+        write_h5(f)
+        stamp(f.attrs, obj.params, command)
+    return Path(path)
+
+
+def load_h5_or_parts(path: str | os.PathLike, kind: str, cls: Callable[..., T],
+                     load_parts: Callable[[Any], T], read_h5: Callable[[Any, str], dict]) -> T:
+    """Read a ``kind`` file ("scores", "selection"): a folder with ``load_parts(path)``, HDF5
+    as ``cls(**read_h5(f, where))``, the checks' errors naming the file (``where``)."""
+    if os.path.isdir(path):
+        return load_parts(path)
+    where = f"{kind} file {path}"
+    with open_h5(path, kind) as f:
+        kwargs = read_h5(f, where)
+    try:
+        return cls(**kwargs)
+    except PrunekitError as exc:
+        raise PrunekitError(f"{where}: {exc}") from exc
 
 
 def _check_order(order: np.ndarray, n: int) -> np.ndarray:
@@ -146,28 +175,25 @@ def load_scores(path: str | os.PathLike) -> Scores:
 
     A folder is read as partitioned scores (:mod:`prunekit.selection.partitioned`).
     """
-    if os.path.isdir(path):
-        from prunekit.selection.partitioned import load_scores_parts
+    from prunekit.selection.partitioned import load_scores_parts
 
-        return load_scores_parts(path)
-    where = f"scores file {path}"
-    with open_h5(path, "scores") as f:
-        score = read_dataset(f, "score", "scores")
-        if score.ndim != 1:
-            raise PrunekitError(f"{where} ['score'] must be 1-D, got shape {score.shape}.")
-        n = attr_int(f.attrs, "n_total", where, score.shape[0])
-        extras = {name: read_optional(f, name, "scores") for name in _OPTIONAL}
-        kwargs = dict(
-            score=score,
-            method=attr_str(f.attrs, "method", "unknown"),
-            n_total=n,
-            ids=read_ids(f, "scores"),
-            source=attr_str(f.attrs, "source", "") or "",
-            source_fingerprint=attr_str(f.attrs, "source_fingerprint", "") or "",
-            params=read_params(f.attrs, where),
-            **extras,
-        )
-    try:
-        return Scores(**kwargs)
-    except PrunekitError as exc:
-        raise PrunekitError(f"{where}: {exc}") from exc
+    return load_h5_or_parts(path, "scores", Scores, load_scores_parts, _read_scores)
+
+
+def _read_scores(f, where: str) -> dict[str, Any]:
+    """The :class:`Scores` arguments an HDF5 scores file holds."""
+    score = read_dataset(f, "score", "scores")
+    if score.ndim != 1:
+        raise PrunekitError(f"{where} ['score'] must be 1-D, got shape {score.shape}.")
+    n = attr_int(f.attrs, "n_total", where, score.shape[0])
+    extras = {name: read_optional(f, name, "scores") for name in _OPTIONAL}
+    return dict(
+        score=score,
+        method=attr_str(f.attrs, "method", "unknown"),
+        n_total=n,
+        ids=read_ids(f, "scores"),
+        source=attr_str(f.attrs, "source", "") or "",
+        source_fingerprint=attr_str(f.attrs, "source_fingerprint", "") or "",
+        params=read_params(f.attrs, where),
+        **extras,
+    )

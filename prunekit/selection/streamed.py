@@ -720,6 +720,21 @@ def _in_memory(path, pr, why: str, **opts) -> Selection:
     return select(load_scores(path), pr, **opts)
 
 
+def _plan_or_select(scores, pr, labels, progress: bool,
+                    **opts) -> tuple[_Plan | None, Selection | None, str | None]:
+    """The streamed plan of select()'s rule ``opts``, or (when the rule needs the rows in
+    memory) the selection made that way and why."""
+    if labels is not None:
+        why = "labels given as an array"
+        return None, _in_memory(scores, pr, why, labels=labels, **opts), why
+    opts["seed"] = _check_options(pr, opts["balance"], opts["fill"], opts["oversample"],
+                                  opts["seed"])
+    try:
+        return _plan(scores, pr, progress=progress, **opts), None, None
+    except _InMemory as why:
+        return None, _in_memory(scores, pr, str(why), **opts), str(why)
+
+
 def _note(path, why: str) -> str:
     return f"{path}: selected in memory: {why}."
 
@@ -763,16 +778,10 @@ def select_streamed(
 
     The arguments are select()'s; the result equals ``select(load_scores(scores), ...)``.
     """
-    opts = dict(balance=balance, invert=invert, drop_clusters=drop_clusters,
-                oversample=oversample, seed=seed, fill=fill)
-    if labels is not None:
-        return _in_memory(scores, pr, "labels given as an array", labels=labels, **opts)
-    opts["seed"] = _check_options(pr, balance, fill, oversample, seed)
-    try:
-        plan = _plan(scores, pr, progress=progress, **opts)
-    except _InMemory as why:
-        return _in_memory(scores, pr, str(why), **opts)
-    return _gather(plan, None, progress)
+    plan, sel, _ = _plan_or_select(scores, pr, labels, progress, balance=balance, invert=invert,
+                                   drop_clusters=drop_clusters, oversample=oversample, seed=seed,
+                                   fill=fill)
+    return sel if plan is None else _gather(plan, None, progress)
 
 
 def select_folder(
@@ -800,19 +809,11 @@ def select_folder(
     equals ``select(load_scores(scores), ...)``; rules that need per-row state of the whole
     set run that way, after a memory check, and say so in the result's ``note``.
     """
-    opts = dict(balance=balance, invert=invert, drop_clusters=drop_clusters,
-                oversample=oversample, seed=seed, fill=fill)
     folder_out = wants_dataset(output)
-    note, sel, plan = None, None, None
-    if labels is not None:
-        why = "labels given as an array"
-        sel, note = _in_memory(scores, pr, why, labels=labels, **opts), _note(scores, why)
-    else:
-        opts["seed"] = _check_options(pr, balance, fill, oversample, seed)
-        try:
-            plan = _plan(scores, pr, progress=progress, **opts)
-        except _InMemory as why:
-            sel, note = _in_memory(scores, pr, str(why), **opts), _note(scores, str(why))
+    plan, sel, why = _plan_or_select(scores, pr, labels, progress, balance=balance, invert=invert,
+                                     drop_clusters=drop_clusters, oversample=oversample,
+                                     seed=seed, fill=fill)
+    note = None if why is None else _note(scores, why)
     if plan is not None and folder_out:
         path = _write(plan, output, command, params, progress)
         return FolderSelection(path, plan.n_total, plan.n_kept, plan.draws,

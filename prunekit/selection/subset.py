@@ -14,22 +14,20 @@ import numpy as np
 from prunekit.errors import PrunekitError
 from prunekit.io.embeddings import Embeddings
 from prunekit.io.h5io import (
-    atomic_h5,
     attr_float,
     attr_int,
     attr_str,
     normalize_ids,
-    open_h5,
     read_dataset,
     read_ids,
     read_optional,
     write_ids,
 )
 from prunekit.io.ids import id_positions
-from prunekit.io.provenance import read_params, stamp
+from prunekit.io.provenance import read_params
 from prunekit.seeds import check_seed, role_rng
 from prunekit.selection import quotas as q
-from prunekit.selection.scores import Scores
+from prunekit.selection.scores import Scores, load_h5_or_parts, save_h5_or_parts
 
 MAX_NAMED = 5
 
@@ -138,26 +136,22 @@ class Selection:
         A path ending in ``/``, an existing folder or a path without suffix gets a
         partitioned folder (:func:`prunekit.io.dataset.wants_dataset`), any other one HDF5.
         """
-        from prunekit.io.dataset import wants_dataset
+        from prunekit.selection.partitioned import save_selection_parts
 
-        if wants_dataset(path):
-            from prunekit.selection.partitioned import save_selection_parts
+        return save_h5_or_parts(self, path, command, save_selection_parts, self._write_h5)
 
-            return save_selection_parts(self, path, command)
-        with atomic_h5(path) as f:
-            f.create_dataset("indices", data=self.indices)
-            if self.ids is not None:
-                write_ids(f, "ids", self.ids)
-            if self.counts is not None:
-                f.create_dataset("counts", data=self.counts)
-            f.attrs["pr"] = float(self.pr)
-            f.attrs["n_total"] = int(self.n_total)
-            f.attrs["n_kept"] = self.n_kept
-            f.attrs["method"] = self.method
-            f.attrs["seed"] = -1 if self.seed is None else int(self.seed)
-            f.attrs["source_fingerprint"] = self.source_fingerprint
-            stamp(f.attrs, self.params, command)
-        return Path(path)
+    def _write_h5(self, f) -> None:
+        f.create_dataset("indices", data=self.indices)
+        if self.ids is not None:
+            write_ids(f, "ids", self.ids)
+        if self.counts is not None:
+            f.create_dataset("counts", data=self.counts)
+        f.attrs["pr"] = float(self.pr)
+        f.attrs["n_total"] = int(self.n_total)
+        f.attrs["n_kept"] = self.n_kept
+        f.attrs["method"] = self.method
+        f.attrs["seed"] = -1 if self.seed is None else int(self.seed)
+        f.attrs["source_fingerprint"] = self.source_fingerprint
 
 
 def first_duplicate(ids: np.ndarray) -> Any:
@@ -172,36 +166,33 @@ def load_selection(path: str | os.PathLike) -> Selection:
 
     A folder is read as a partitioned selection (:mod:`prunekit.selection.partitioned`).
     """
-    if os.path.isdir(path):
-        from prunekit.selection.partitioned import load_selection_parts
+    from prunekit.selection.partitioned import load_selection_parts
 
-        return load_selection_parts(path)
-    where = f"selection file {path}"
-    with open_h5(path, "selection") as f:
-        indices = read_dataset(f, "indices", "selection")
-        if indices.dtype.kind not in "iu":
-            raise PrunekitError(f"{where} ['indices'] must be integers, got {indices.dtype}.")
-        if "n_total" not in f.attrs:
-            raise PrunekitError(f"{where} lacks the 'n_total' attribute; rewrite it with prunekit.")
-        seed = attr_int(f.attrs, "seed", where, -1)
-        n_kept = attr_int(f.attrs, "n_kept", where, indices.size)
-        if n_kept != indices.size:
-            raise PrunekitError(f"{where}: attribute n_kept={n_kept} but 'indices' has {indices.size} rows.")
-        kwargs = dict(
-            indices=indices,
-            n_total=attr_int(f.attrs, "n_total", where),
-            pr=attr_float(f.attrs, "pr", where, 0.0),
-            method=attr_str(f.attrs, "method", "unknown"),
-            seed=None if seed < 0 else seed,
-            ids=read_ids(f, "selection"),
-            counts=read_optional(f, "counts", "selection"),
-            source_fingerprint=attr_str(f.attrs, "source_fingerprint", "") or "",
-            params=read_params(f.attrs, where),
-        )
-    try:
-        return Selection(**kwargs)
-    except PrunekitError as exc:
-        raise PrunekitError(f"{where}: {exc}") from exc
+    return load_h5_or_parts(path, "selection", Selection, load_selection_parts, _read_selection)
+
+
+def _read_selection(f, where: str) -> dict[str, Any]:
+    """The :class:`Selection` arguments an HDF5 selection file holds."""
+    indices = read_dataset(f, "indices", "selection")
+    if indices.dtype.kind not in "iu":
+        raise PrunekitError(f"{where} ['indices'] must be integers, got {indices.dtype}.")
+    if "n_total" not in f.attrs:
+        raise PrunekitError(f"{where} lacks the 'n_total' attribute; rewrite it with prunekit.")
+    seed = attr_int(f.attrs, "seed", where, -1)
+    n_kept = attr_int(f.attrs, "n_kept", where, indices.size)
+    if n_kept != indices.size:
+        raise PrunekitError(f"{where}: attribute n_kept={n_kept} but 'indices' has {indices.size} rows.")
+    return dict(
+        indices=indices,
+        n_total=attr_int(f.attrs, "n_total", where),
+        pr=attr_float(f.attrs, "pr", where, 0.0),
+        method=attr_str(f.attrs, "method", "unknown"),
+        seed=None if seed < 0 else seed,
+        ids=read_ids(f, "selection"),
+        counts=read_optional(f, "counts", "selection"),
+        source_fingerprint=attr_str(f.attrs, "source_fingerprint", "") or "",
+        params=read_params(f.attrs, where),
+    )
 
 
 def resolve_rows(

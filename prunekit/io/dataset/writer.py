@@ -39,8 +39,10 @@ from prunekit.io.atomic import (
     check_output,
     create_temp,
     interrupts_deferred,
+    owned_entry,
     read_set,
     refuse_link,
+    swap_dir,
     temp_name,
 )
 from prunekit.io.dataset.layout import (
@@ -509,7 +511,7 @@ def remove_stale_staging(parent: Path) -> list[Path]:
     removed = []
     with contextlib.suppress(OSError):
         for entry in os.scandir(parent):
-            if not entry.name.startswith(TMP_PREFIX) or not _own_dir(entry):
+            if not entry.name.startswith(TMP_PREFIX) or not owned_entry(entry, stat.S_ISDIR):
                 continue
             try:
                 mark = json.loads(Path(entry.path, STAGING_MARK).read_text(encoding="utf-8"))
@@ -541,14 +543,6 @@ def _remove_temps(staging: Path) -> None:
                 os.unlink(entry.path)
 
 
-def _own_dir(entry: os.DirEntry) -> bool:
-    try:
-        st = entry.stat(follow_symlinks=False)
-    except OSError:
-        return False
-    return stat.S_ISDIR(st.st_mode) and (not hasattr(os, "geteuid") or st.st_uid == os.geteuid())
-
-
 def _mark(folder: Path) -> None:
     (folder / STAGING_MARK).write_text(
         json.dumps({"host": socket.gethostname(), "pid": os.getpid()}), encoding="utf-8"
@@ -566,13 +560,7 @@ def _replace_dir(staging: Path, final: Path) -> None:
             f"{final} changed while the dataset was written; it is no longer "
             "an earlier dataset or an empty folder. Nothing was replaced."
         )
-    aside = temp_name(final.parent)
-    os.rename(final, aside)
-    try:
-        os.rename(staging, final)
-    except BaseException:
-        os.rename(aside, final)
-        raise
+    aside = swap_dir(staging, final)
     with contextlib.suppress(OSError):
         _mark(aside)  # if the deletion below is cut short, a later write removes the rest
     shutil.rmtree(aside, ignore_errors=True)

@@ -89,11 +89,15 @@ class Format:
     name: ClassVar[str] = ""
     suffixes: ClassVar[tuple[str, ...]] = ()
     label: ClassVar[str] = ""  # how errors and docs name the format
+    magic: ClassVar[bytes] = b""  # the bytes a file of the format starts with, when fixed
 
     def sniff(self, path: str | os.PathLike, head: bytes | None = None) -> bool:
         """Whether ``path`` holds this format, from its content (``head``: its first bytes
-        when the caller has read them already from the regular file)."""
-        raise NotImplementedError
+        when the caller has read them already from the regular file). By default: whether
+        it starts with :attr:`magic`."""
+        if not self.magic:
+            raise NotImplementedError
+        return (read_head(path) if head is None else head)[:len(self.magic)] == self.magic
 
     def describe(self, path: Path, key: str, id_key: str | None = None, *,
                  allow_external: bool = False) -> Description:

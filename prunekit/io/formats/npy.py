@@ -18,7 +18,6 @@ from prunekit.io.formats.base import (
     Format,
     Shard,
     check_matrix,
-    read_head,
 )
 from prunekit.io.formats.parquet import id_column
 from prunekit.io.npzio import read_npy_header
@@ -83,9 +82,7 @@ class NpyFormat(Format):
     name = "npy"
     suffixes = (".npy",)
     label = ".npy"
-
-    def sniff(self, path: str | os.PathLike, head: bytes | None = None) -> bool:
-        return (read_head(path) if head is None else head)[:6] == MAGIC
+    magic = MAGIC
 
     def describe(self, path: Path, key: str, id_key: str | None = None, *,
                  allow_external: bool = False) -> Description:

@@ -20,7 +20,6 @@ from prunekit.io.formats.base import (
     check_matrix,
     checked_ids,
     checked_labels,
-    read_head,
 )
 from prunekit.io.h5io import normalize_ids
 from prunekit.io.npzio import load_npz_array, npz_header, npz_names, npz_shape
@@ -48,9 +47,7 @@ class NpzFormat(Format):
     name = "npz"
     suffixes = (".npz",)
     label = ".npz"
-
-    def sniff(self, path: str | os.PathLike, head: bytes | None = None) -> bool:
-        return (read_head(path) if head is None else head)[:4] == MAGIC
+    magic = MAGIC
 
     def describe(self, path: Path, key: str, id_key: str | None = None, *,
                  allow_external: bool = False) -> Description:

@@ -26,7 +26,6 @@ from prunekit.io.formats.base import (
     check_matrix,
     checked_ids,
     checked_labels,
-    read_head,
 )
 from prunekit.io.h5io import normalize_ids
 
@@ -232,9 +231,7 @@ class ParquetFormat(Format):
     name = "parquet"
     suffixes = (".parquet",)
     label = "Parquet"
-
-    def sniff(self, path: str | os.PathLike, head: bytes | None = None) -> bool:
-        return (read_head(path) if head is None else head)[:4] == MAGIC
+    magic = MAGIC
 
     def describe(self, path: Path, key: str, id_key: str | None = None, *,
                  allow_external: bool = False) -> Description:
