@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 import tempfile
-import tracemalloc
 
 import h5py
 import numpy as np
@@ -284,13 +285,14 @@ def test_ray_workers_write_the_same_parts(tmp_path, small_chunks):
 # -- the driver's memory ----------------------------------------------------------------------
 
 
-def test_kmeans_to_a_folder_holds_no_per_row_array_on_the_driver(tmp_path, monkeypatch):
+def test_kmeans_to_a_folder_holds_no_per_row_array_on_the_driver(tmp_path):
     """``score -m kmeans`` over 2^21 x 16 float16 rows in 10 shards (ids and labels) into a
     folder, on one worker: the peak of traced memory (numpy arrays included) stays under
     4 bytes a row, where one int64 or float32 per row (positions, ids, norms) would exceed
     it. Chunks of 4 096 rows and parts of 65 536 keep one task small; the 4 MiB budget
-    makes the id check bucketed. A first run on 20 000 rows imports what the command
-    imports (module code is traced memory too)."""
+    makes the id check bucketed. It runs in a fresh interpreter (tracemalloc counts every
+    thread's allocations, a Ray client's of an earlier test too), after a first run on
+    20 000 rows that imports what the command imports (module code is traced memory too)."""
     n, dim = 1 << 21, 16
     rng = np.random.default_rng(0)
 
@@ -304,23 +306,29 @@ def test_kmeans_to_a_folder_holds_no_per_row_array_on_the_driver(tmp_path, monke
                 f["labels"] = np.arange(a, b, dtype=np.int64) % 7
         return d
 
-    def score(d, out):
-        return CliRunner().invoke(main, [
-            "score", str(d), "-m", "kmeans", "--k", "8", "--sample", "8192", "--iters", "5",
-            "--restarts", "1", "--memory", "4M", "--workers", "1", "-q", "-o", str(out)])
-
-    monkeypatch.setattr(engine_mod, "CHUNK_BYTES", 4096 * 4 * dim)
-    monkeypatch.setattr(ds, "PART_ROWS", 1 << 16)
-    assert score(shards(tmp_path / "warm", 20_000), tmp_path / "warm-out").exit_code == 0
+    shards(tmp_path / "warm", 20_000)
     d, out = shards(tmp_path / "d", n), tmp_path / "scores"
-    tracemalloc.start()
-    try:
-        res = score(d, out)
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
-    assert res.exit_code == 0, res.output
-    assert peak < n * 4, f"peak {peak / 2**20:.1f} MiB"
+    code = f"""
+import tracemalloc
+from click.testing import CliRunner
+import prunekit.io.dataset as ds
+from prunekit.cli import main
+from prunekit.runtime import engine
+engine.CHUNK_BYTES = 4096 * 4 * {dim}
+ds.PART_ROWS = 1 << 16
+def score(d, out):
+    return CliRunner().invoke(main, ["score", d, "-m", "kmeans", "--k", "8", "--sample", "8192",
+        "--iters", "5", "--restarts", "1", "--memory", "4M", "--workers", "1", "-q", "-o", out])
+assert score({str(tmp_path / "warm")!r}, {str(tmp_path / "warm-out")!r}).exit_code == 0
+tracemalloc.start()
+res = score({str(d)!r}, {str(out)!r})
+print(res.exit_code, tracemalloc.get_traced_memory()[1], repr(res.output))
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    code_, peak, output = proc.stdout.strip().split(" ", 2)
+    assert code_ == "0", output
+    assert int(peak) < n * 4, f"peak {int(peak) / 2**20:.1f} MiB"
     r = ds.PartsReader(out, kind="scores")
     assert r.n_rows == n and sum(r.manifest["cluster_counts"]) == n
     for batch in r.iter_batches(["id", "label", "cluster"]):
