@@ -34,7 +34,8 @@ FREE_300M, FREE_16G = 300 << 20, 16 << 30
 PROVENANCE = ("created", "command")  # when and how a file was written: differ by design
 
 # (arguments, the smallest --memory that holds the run) per method, on 6000 x 16 float32:
-# k-means holds its 6000 rows (6000 x (16 x 8 + 24) + 30 x 16 x 8 bytes = 0.87 MiB);
+# k-means holds its 6000 rows (6000 x (16 x 4 + 24) bytes, 301 k-means|| candidates and
+# 30 centroids as float32 and float64: 0.53 MiB);
 # SemDeDup its largest cluster (800 rows twice, 0.1 MiB) and that cluster's 800 x 800
 # similarity block (3.1 MiB); herding all rows and their 64 Fourier features (3.8 MiB).
 METHODS = {
@@ -120,8 +121,8 @@ def _same(a, b) -> bool:
 
 
 def test_a_budget_below_the_sample_is_refused_with_the_fix(tmp_path):
-    data = tmp_path / "emb.npy"  # 12 000 x 16: all rows are the default sample, 1.7 MiB
-    np.save(data, np.random.default_rng(1).standard_normal((12_000, 16)).astype(np.float32))
+    data = tmp_path / "emb.npy"  # 24 000 x 16: all rows are the default sample, 2.0 MiB
+    np.save(data, np.random.default_rng(1).standard_normal((24_000, 16)).astype(np.float32))
     env = {k: v for k, v in os.environ.items() if k != "PRUNEKIT_MEMORY"}
     score = [sys.executable, "-m", "prunekit", "score", str(data), "-m", "kmeans", "--k", "30",
              "--memory", "1M", "-q"]
@@ -130,17 +131,18 @@ def test_a_budget_below_the_sample_is_refused_with_the_fix(tmp_path):
     assert res.returncode == 2 and "Traceback" not in res.stderr
     lines = [ln for ln in (res.stdout + res.stderr).splitlines() if ln.startswith("Error:")]
     assert len(lines) == 1
-    assert "k-means holds all 12,000 rows in memory (16 dimensions, 32-bit as stored): 1.7 MiB, " \
-           "more than the memory budget of 1.0 MiB. Raise --memory to at least 1.7 MiB, or " \
+    assert "k-means holds all 24,000 rows in memory (16 dimensions as float32): 2.0 MiB, " \
+           "more than the memory budget of 1.0 MiB. Raise --memory to at least 2.0 MiB, or " \
            "give a smaller --sample" in lines[0]
     assert not (tmp_path / "x.h5").exists()
-    # The fix it names: half the rows, 6000 x (16 x 8 + 24) + 30 x 16 x 8 bytes, fit 1 MiB.
+    # The fix it names: a quarter of the rows, 6000 x (16 x 4 + 24) + 301 x 16 x 4
+    # + 30 x 16 x 12 bytes, fit 1 MiB.
     res = subprocess.run([*score, "--sample", "6000", "-o", "y.h5"], env=env, cwd=tmp_path,
                          capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr
     with h5py.File(tmp_path / "y.h5") as f:
         params = json.loads(f.attrs["params"])
-    assert (params["sample"], params["sample_rows"], params["sample_of"]) == (6000, 6000, 12_000)
+    assert (params["sample"], params["sample_rows"], params["sample_of"]) == (6000, 6000, 24_000)
     assert params["sample_drawn"].startswith("uniform without replacement")
 
 

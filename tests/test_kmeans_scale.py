@@ -296,3 +296,19 @@ def test_interrupted_scratch_fit_resumes_to_the_same_bytes(small_fit_chunks, tmp
     path.write_bytes(bytes(data))
     work = WorkDir(tmp_path / "work")
     assert cluster._recorded_sample(path, work, 1500, 8) is None
+
+
+def test_ray_workers_fit_from_the_scratch_sample_to_the_local_bytes(small_fit_chunks,
+                                                                    monkeypatch):
+    pytest.importorskip("ray")
+    from prunekit.runtime.engine import RayEngine
+
+    monkeypatch.setattr(cluster, "SAMPLE_MEMORY_MAX", 1000)  # workers read the sample file
+    x, _ = blobs(n=2000, k=8, spread=2.0)
+    emb = pk.Embeddings.from_array(x)
+    kw = dict(plan=SamplePlan(900, emb.n, "u"), seed=2, spherical=True, progress=False)
+    local = kmeans_streamed(emb.reader, emb.usable_rows, 8, engine=LocalEngine(1), **kw)
+    with RayEngine(2, quiet=True) as eng:
+        far = kmeans_streamed(emb.reader, emb.usable_rows, 8, engine=eng, **kw)
+    for name in ("centroids", "labels", "distance"):
+        assert same(getattr(far, name), getattr(local, name)), name

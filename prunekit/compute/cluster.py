@@ -415,9 +415,12 @@ class FitSample:
         """Rows ``a:b``."""
         if self.array is not None:
             return self.array[a:b]
-        n = (b - a) * self.dim * 4
         with open(self.path, "rb") as fh:
-            data = os.pread(fh.fileno(), n, self.offset + a * self.dim * 4)
+            return self._pread(fh.fileno(), a, b)
+
+    def _pread(self, fd: int, a: int, b: int) -> np.ndarray:
+        n = (b - a) * self.dim * 4
+        data = os.pread(fd, n, self.offset + a * self.dim * 4)
         if len(data) != n:
             raise PrunekitError(f"the k-means sample file {self.path} is shorter than its "
                                 "header says; run the command again without --resume.")
@@ -429,8 +432,9 @@ class FitSample:
         if self.array is not None:
             return self.array[idx]
         out = np.empty((idx.size, self.dim), dtype=np.float32)
-        for j, i in enumerate(idx):
-            out[j] = self.read(int(i), int(i) + 1)[0]
+        with open(self.path, "rb") as fh:
+            for j, i in enumerate(idx):
+                out[j] = self._pread(fh.fileno(), int(i), int(i) + 1)[0]
         return out
 
 
@@ -497,8 +501,9 @@ class _Fit:
         self.chunks = fit_chunks(sample.rows, sample.dim, k)
         rows = self.chunks[0][2] - self.chunks[0][1]
         d = sample.dim
-        # a task: its rows (a copy when read from a file), a distance block, the sums
-        self.task_bytes = (rows * (8 * d + 16) + block_rows(k) * k * 4
+        # a task: its rows (as read, extended by a column, sorted by label), a distance
+        # block, the sums and counts of the clusters present
+        self.task_bytes = (rows * (12 * d + 24) + block_rows(k) * k * 4
                            + min(rows, k) * (8 * d + 16))
 
     def map(self, fn, items, shared):
