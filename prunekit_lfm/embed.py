@@ -279,8 +279,8 @@ def _load_hf(kind: str, weights: str, device: Any) -> Encoder:
             )
         try:
             cls = getattr(transformers, MODEL_CLASSES[kind])
-            model, info = cls.from_pretrained(weights, local_files_only=True, output_loading_info=True,
-                                              use_safetensors=True)  # never a pickled .bin
+            model, info = cls.from_pretrained(weights, use_safetensors=True,  # never a pickled .bin
+                                              local_files_only=True, output_loading_info=True)
             processor = transformers.AutoImageProcessor.from_pretrained(weights, local_files_only=True)
         except (OSError, ValueError) as exc:
             raise PrunekitError(f"{where}: cannot load the {kind} model ({_first_line(exc)}). {hint}") from exc

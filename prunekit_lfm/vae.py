@@ -178,10 +178,9 @@ def load_vae(directory: str | os.PathLike, device: str | torch.device = "cpu") -
     level = diffusers_logging.get_verbosity()
     diffusers_logging.set_verbosity_error()  # its warnings are ours to raise, as one line
     try:
-        vae, info = AutoencoderKL.from_pretrained(
-            str(d), local_files_only=True, low_cpu_mem_usage=False, use_safetensors=True,
-            output_loading_info=True,
-        )
+        vae, info = AutoencoderKL.from_pretrained(str(d), use_safetensors=True,  # never a .bin
+                                                  local_files_only=True, low_cpu_mem_usage=False,
+                                                  output_loading_info=True)
     except (OSError, ValueError, RuntimeError) as exc:
         raise PrunekitError(f"cannot load the VAE from {d}: {_first_line(exc)}") from exc
     finally:
