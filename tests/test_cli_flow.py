@@ -240,3 +240,30 @@ def test_nonfinite_rows_are_dropped_on_request(tmp_path):
     pk.Selection(indices=np.array([3, 7, 9]), n_total=N, pr=0.9).save(sel)
     res = run("stability", data, "--selection", sel, "--drop-nonfinite", "-o", tmp_path / "t.json")
     assert res.exit_code == 2 and "row 7" in res.output
+
+
+def test_dimension_sweep_honours_block_and_sample_and_refuses_balance(tmp_path):
+    """--block only splits the work (the same rows up to float32 rounding); --sample represents a larger mixture by a
+    seeded sample, exactly as stability on those points as data does; --balance/--invert
+    need scores, which a sweep has none of."""
+    common = ("--pr", "0.5", "--n", 40, "--components", 3, "--n-sources", 12, "--steps", 6,
+              "--quiet")
+    docs = {}
+    for name, extra in (("plain", ()), ("block", ("--block", 7)), ("sample", ("--sample", 25))):
+        out = tmp_path / f"{name}.json"
+        res = run("stability", "gmm", "--dims", "3", *common, *extra, "-o", out)
+        assert res.exit_code == 0, res.output
+        docs[name] = json.loads(out.read_text())
+    blocked, plain = docs["block"]["rows"][0], docs["plain"]["rows"][0]
+    assert blocked["n_retained"] == plain["n_retained"]  # float32 sums differ in rounding only
+    assert blocked == {k: v if isinstance(v, str) else pytest.approx(v, rel=1e-5)
+                       for k, v in plain.items()}
+    row = docs["sample"]["rows"][0]
+    assert row["n_kept_data"] == 20 and row["n_kept"] < 20
+    gmm = gaussian_mixture(40, 3, 3, spread=0.5, seed=0).points
+    ref = pk.stability(gmm, prs=[0.5], n_sources=12, steps=6, sample=25, seed=0)
+    assert {k: v for k, v in row.items() if k != "dim"} == ref.rows[0]
+    for flag in (("--balance", "clusters"), ("--invert",)):
+        res = run("stability", "gmm", "--dims", "3", *common, *flag, "-o", tmp_path / "x.json")
+        assert res.exit_code == 2 and "--dims sweep takes random subsets" in res.output
+        assert not (tmp_path / "x.json").exists()

@@ -277,12 +277,15 @@ def dimension_study(
     steps: int = 100,
     solver: str = "euler",
     dtype: str = "float32",
+    block: int | None = None,
+    sample: int | None = None,
     progress: bool = True,
 ) -> list[dict]:
     """The stability curve of a Gaussian mixture for each dimension (random subsets).
 
     Data, subsets and sources come from ``seed`` in every dimension (each from its own
-    stream); rows carry ``dim``.
+    stream); rows carry ``dim``. ``block`` and ``sample`` act as in :func:`stability`: a
+    mixture of more than ``sample`` points is represented by a seeded sample of them.
     """
     prs = check_prs(prs)
     seed = check_seed(seed)
@@ -292,7 +295,8 @@ def dimension_study(
     if not dims:
         raise PrunekitError("give at least one dimension to sweep.")
     top = max(int(d) for d in dims)
-    check_fits(20.0 * n * top + stability_bytes((n, top), len(prs), n_sources, dtype),
+    n_train = n if not sample else min(n, sample)
+    check_fits(20.0 * n * top + stability_bytes((n_train, top), len(prs), n_sources, dtype),
                f"the largest dimension of the sweep ({top})")
     rows: list[dict] = []
     for dim in track(list(dims), desc="dimensions", progress=progress):
@@ -300,9 +304,9 @@ def dimension_study(
         emb = Embeddings.from_array(gmm.points, labels=gmm.labels, name=f"gmm(dim={dim})")
         subsets = random_pruned_subsets(emb, prs, seed=seed)
         x0 = draw_sources(n_sources, int(dim), seed)
-        found = stability_rows(
-            gmm.points, subsets, x0, steps=steps, solver=solver, dtype=dtype, progress=progress
-        )
+        x1, subsets = _training_set(emb, subsets, sample or None, seed)
+        found = stability_rows(x1, subsets, x0, steps=steps, solver=solver, dtype=dtype,
+                               block=block, progress=progress)
         rows.extend({"dim": int(dim), **r} for r in found)
     return rows
 
@@ -442,7 +446,7 @@ def check_study(
     """Refuse options of :func:`stability` that do not go together (StudyOptionError),
     before any work: what a ``dims`` sweep takes, then how the subsets are given."""
     if dims:
-        _check_sweep(data, selections, prs, scores, sources)
+        _check_sweep(data, selections, prs, scores, sources, balance, invert)
         return
     if isinstance(data, str) and data == GMM:
         raise StudyOptionError(
@@ -461,7 +465,7 @@ def check_study(
 
 
 def _check_sweep(data: Any, selections: Sequence[Any], prs: Sequence[float], scores: Any,
-                 sources: Any) -> None:
+                 sources: Any, balance: str = "none", invert: bool = False) -> None:
     """A dims sweep draws its data: DATA 'gmm', pr values, nothing read from files."""
     if not (isinstance(data, str) and data == GMM):
         raise StudyOptionError(
@@ -472,6 +476,11 @@ def _check_sweep(data: Any, selections: Sequence[Any], prs: Sequence[float], sco
         if _given(value):
             why = "does not apply to a {}dims sweep (the data are drawn per dimension)."
             raise StudyOptionError(f"{name} {why.format('')}", f"--{flag} {why.format('--')}")
+    if balance != "none" or invert:
+        raise StudyOptionError(
+            "balance and invert choose from a scores file; a dims sweep takes random subsets.",
+            "--balance and --invert choose from a scores file; a --dims sweep takes random "
+            "subsets.")
     if not prs:
         raise StudyOptionError(
             "dims needs the pruned fractions: give prs, e.g. prs=[0.25, 0.5, 0.75].",
@@ -556,6 +565,7 @@ def stability(
     if dims:
         gmm = {k: GMM_DEFAULTS[k] if v is None else v
                for k, v in (("n", n), ("components", components), ("spread", spread))}
+        run.update(block=block, sample=sample)
         return _dimension_sweep(list(dims), prs, gmm, n_sources, seed, run, progress)
     emb = _as_embeddings(data, key, drop_nonfinite, id_key)
     subsets, how = _subsets(emb, selections, prs, scores, balance, invert, seed)
