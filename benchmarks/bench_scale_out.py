@@ -113,7 +113,8 @@ def main() -> None:
         table = []
         work = scratch / "new"
         work.mkdir()
-        planned = run(["plan", str(data), "-m", "kmeans", "--k", str(a.k), "--json"], work)
+        planned = run(["plan", str(data), "-m", "kmeans", "--k", str(a.k), "-o", "km/",
+                       "--json"], work)
         plan = json.loads(planned["stdout"])
         table.append({"version": "new", "command": "plan (incl. load pass)", **planned})
         for name, args in pipeline(data, a.k, work, folders=True):

@@ -351,7 +351,7 @@ def test_interrupted_cli_run_resumes_to_the_same_bytes(tmp_path, monkeypatch):
     args = ["score", str(tmp_path / "emb.h5"), "-m", "semdedup", "--within", str(tmp_path / "km.h5"),
             "-q"]
     assert runner.invoke(main, [*args, "-o", str(tmp_path / "ref.h5")]).exit_code == 0
-    with killed_after(1 + 1 + 2):  # grouping (1 chunk, 1 bucket), then 2 of 4 clusters
+    with killed_after(1 + 1 + 1 + 2):  # cluster ids, grouping (1 chunk, 1 bucket), 2 of 4 clusters
         r = runner.invoke(main, [*args, "-o", str(tmp_path / "out.h5")])
     assert isinstance(r.exception, InjectedFailure) and not (tmp_path / "out.h5").exists()
     calls = []

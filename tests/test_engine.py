@@ -80,6 +80,31 @@ def test_limit_caps_concurrent_calls():
     assert peak[0] <= 2
 
 
+def leaf(shared, item):
+    return str(item)
+
+
+def bracket(parts):
+    return "(" + " ".join(parts) + ")"
+
+
+def test_reduce_is_a_fixed_tree_whatever_the_workers():
+    # 10 leaves, fan-in 3: runs of three (the last shorter), then runs of three of those.
+    want = "(((0 1 2) (3 4 5) (6 7 8)) ((9)))"
+    assert engine_mod.tree_sizes(10, 3) == [10, 4, 2, 1]
+    for workers in (1, 2, 3):
+        eng = LocalEngine(workers)
+        assert eng.reduce(leaf, range(10), combine=bracket, fan_in=3, progress=False) == want
+        assert eng.reduce(leaf, range(3), combine=bracket, fan_in=3, progress=False) == "(0 1 2)"
+        assert eng.reduce(leaf, [7], combine=bracket, fan_in=2, progress=False) == "(7)"
+        with eng.share([1, 2]) as handle:  # local engines share the object itself
+            assert handle == [1, 2]
+    assert engine_mod.tree_sizes(64, 8) == [64, 8, 1] and engine_mod.tree_sizes(65, 8) == [
+        65, 9, 2, 1]
+    with pytest.raises(ValueError, match="fan_in >= 2"):
+        engine_mod.tree_sizes(5, 1)
+
+
 def test_engine_errors_and_choices():
     with pytest.raises(pk.PrunekitError, match=r"workers must be in \[1, 4096\] \(got 0\)"):
         LocalEngine(0)

@@ -4,6 +4,7 @@ as chunk tasks, the same bytes on any number of workers, and the memory rules.""
 from __future__ import annotations
 
 import hashlib
+import os
 
 import numpy as np
 import pytest
@@ -161,6 +162,55 @@ def test_lloyd_step_adds_chunk_sums_in_chunk_order(small_fit_chunks):
                                     cent))
 
 
+def test_lloyd_tree_equals_the_flat_sum_for_any_workers(small_fit_chunks, monkeypatch):
+    # Small integers: every float64 sum is exact, so any order of additions gives the same
+    # bytes and the tree must equal a plain sum over all rows. 40 chunks of 128 rows, three
+    # chunks a task: 14 tasks whose sums a tree of fan-in 8 adds in two levels.
+    rng = np.random.default_rng(5)
+    x = rng.integers(-50, 50, (5000, 8)).astype(np.float32)
+    cent = x[:6].copy()
+    monkeypatch.setattr(cluster, "LLOYD_ROWS_PER_CLUSTER", 64)  # 384 rows: 3 chunks
+    monkeypatch.setattr(cluster, "LLOYD_FLAT_BYTES", 0)
+    assert cluster.lloyd_tree(5000, 8, 6) == (3, 8)
+    assert engine_mod.tree_sizes(14, 8) == [14, 2, 1]
+    lab = np.argmin(((x[:, None, :].astype(np.float64) - cent[None]) ** 2).sum(-1), 1)
+    sums = np.zeros((6, 8))
+    np.add.at(sums, lab, x.astype(np.float64))
+    ref = (sums / np.bincount(lab, minlength=6)[:, None]).astype(np.float32)
+    for workers in (1, 2, 3):
+        run = _Fit(FitSample.of(x), 6, False, LocalEngine(workers), 0, None)
+        assert [len(g) for g in run.groups] == [3] * 13 + [1] and run.fan_in == 8
+        assert same(lloyd_step(run, cent), ref)
+
+
+def test_lloyd_tree_same_bytes_for_any_workers_on_real_numbers(small_fit_chunks, monkeypatch):
+    x, _ = blobs(n=6000, k=12, spread=2.0, seed=3)
+    monkeypatch.setattr(cluster, "LLOYD_FLAT_BYTES", 0)
+    monkeypatch.setattr(cluster, "LLOYD_FAN_IN", 3)
+    group, fan_in = cluster.lloyd_tree(6000, 8, 12)
+    assert (group, fan_in) == (1, 3)  # 47 chunks, one a task: 47 -> 16 -> 6 -> 2 -> 1
+    runs = [kmeans(x, 12, seed=4, spherical=False, restarts=1, iters=5,
+                   engine=LocalEngine(w), progress=False) for w in (1, 2, 3)]
+    for r in runs[1:]:
+        for name in ("centroids", "labels", "distance"):
+            assert same(getattr(r, name), getattr(runs[0], name)), name
+    # The flat combine (one run of every task's sums) gives the same clusters.
+    monkeypatch.setattr(cluster, "LLOYD_FLAT_BYTES", 1 << 30)
+    flat = kmeans(x, 12, seed=4, spherical=False, restarts=1, iters=5, engine=LocalEngine(1),
+                  progress=False)
+    np.testing.assert_array_equal(flat.labels, runs[0].labels)
+    np.testing.assert_allclose(flat.centroids, runs[0].centroids, rtol=1e-6)
+
+
+def test_lloyd_tree_follows_the_sample_and_k_only():
+    # Wide rows, k = 1000: 1024-row chunks, four a task (4 k rows); the tasks' sums exceed
+    # LLOYD_FLAT_BYTES, so a tree of fan-in 8 adds them. Small k: one chunk a task, one run.
+    assert cluster.fit_chunk_rows(768, 1000) == 1024
+    assert cluster.lloyd_tree(256_000, 768, 1000) == (4, 8)
+    assert cluster.lloyd_tree(1_000_000, 64, 100) == (1, 62)
+    assert cluster.lloyd_tree(100, 64, 100) == (1, 2)
+
+
 def test_empty_cluster_takes_the_farthest_row_ties_to_the_lower_position():
     # Two groups and a third centroid far away that no row is nearest to. The rows farthest
     # from their centroids are 3 and 5 (the same distance): row 3, the lower position, moves
@@ -201,6 +251,58 @@ def test_weighted_greedy_pp_never_picks_a_row_of_weight_zero():
     assert np.all(w[chosen] > 0) and len(set(chosen.tolist())) == 10
     d2 = ((x[:, None, :].astype(np.float64) - x[chosen][None]) ** 2).sum(-1).min(1)
     assert potential == pytest.approx(float(w @ d2), rel=1e-5)
+
+
+def greedy_reference(s, k, rng, trials, w):
+    """Weighted greedy k-means++ in float64, one row at a time in spirit: the same draws."""
+    s64 = s.astype(np.float64)
+    m = s.shape[0]
+    cum = np.cumsum(w)
+    chosen = [min(int(np.searchsorted(cum, rng.random() * cum[-1], side="right")), m - 1)]
+    closest = ((s64 - s64[chosen[0]]) ** 2).sum(1)
+    for _ in range(1, k):
+        cum = np.cumsum(closest * w)
+        cand = np.minimum(np.searchsorted(cum, rng.random(trials) * cum[-1], side="right"),
+                          m - 1)
+        d2 = np.minimum(closest[:, None], ((s64[:, None, :] - s64[cand][None]) ** 2).sum(-1))
+        best = int(np.argmin((d2 * w[:, None]).sum(0)))
+        chosen.append(int(cand[best]))
+        closest = d2[:, best]
+    return np.array(chosen)
+
+
+def test_threaded_greedy_pp_same_bytes_as_one_thread(monkeypatch):
+    # 1000 weighted candidates in blocks of 64 rows: 16 blocks shared out over the threads.
+    monkeypatch.setattr(cluster, "GREEDY_BLOCK_ROWS", 64)
+    x, _ = blobs(n=1000, k=25, seed=6)
+    w = np.random.default_rng(1).integers(1, 9, 1000).astype(np.float64)
+    runs = [_greedy_pp(x, 25, np.random.default_rng(3), weights=w, threads=t) for t in (1, 2, 3)]
+    for chosen, potential in runs[1:]:
+        assert same(chosen, runs[0][0]) and potential == runs[0][1]
+    ref = greedy_reference(x, 25, np.random.default_rng(3), 2 + int(np.log(25)), w)
+    np.testing.assert_array_equal(runs[0][0], ref)
+    unweighted = [_greedy_pp(x, 25, np.random.default_rng(3), threads=t) for t in (1, 3)]
+    assert same(unweighted[0][0], unweighted[1][0]) and unweighted[0][1] == unweighted[1][1]
+
+
+def test_one_reclustering_try_runs_on_every_worker_to_the_same_bytes(small_fit_chunks,
+                                                                     monkeypatch):
+    monkeypatch.setattr(cluster, "GREEDY_BLOCK_ROWS", 64)
+    monkeypatch.setattr(cluster, "RECLUSTER_WORK", 1.0)  # one try: it gets every worker
+    seen = []
+    real = cluster._greedy_pp
+
+    def spy(*args, **kw):
+        seen.append(kw.get("threads", 1))
+        return real(*args, **kw)
+
+    monkeypatch.setattr(cluster, "_greedy_pp", spy)
+    x, _ = blobs(n=2000, k=20)
+    picks = [seed_parallel(_Fit(FitSample.of(x), 20, False, LocalEngine(w), 7, None), 0)
+             for w in (1, 2, 3)]
+    cores = len(os.sched_getaffinity(0))
+    assert seen == [min(w, cores) for w in (1, 2, 3)]  # the workers, at most the cores
+    assert same(picks[0], picks[1]) and same(picks[0], picks[2])
 
 
 def test_fewer_distinct_rows_than_k_still_gives_k_centroids():

@@ -616,3 +616,38 @@ def test_docs_examples_join_the_parts_with_user_metadata_by_id(tmp_path, monkeyp
     exec(compile(blocks["pandas"], "formats.md", "exec"), ns)  # noqa: S102 - our own docs
     order = np.argsort(-np.nan_to_num(make_scores().score, nan=-np.inf), kind="stable")[:3]
     assert ns["top"]["caption"].tolist() == [f"caption {i}" for i in order]
+
+
+def test_a_range_of_a_part_reads_only_the_row_groups_that_meet_it(tmp_path, monkeypatch):
+    """iter_part_range skips row groups by the position statistics: a range read returns
+    every row of the range (as a full read masked to it does) and decodes only the groups
+    that meet it, so reading a part range by range costs the part once."""
+    monkeypatch.setattr(writer_mod, "ROW_GROUP_ROWS", 10)
+    monkeypatch.setattr(ds, "PART_ROWS", 100)
+    n = 250
+    score = np.random.default_rng(4).random(n)
+    score[[5, 37, 38, 120]] = np.nan  # a part holds every position of its range
+    out = Scores(score=score, method="m", n_total=n, cluster=np.arange(n) % 7).save(tmp_path / "s")
+    r = ds.PartsReader(out)
+    decoded = []
+    real = pq.ParquetFile.iter_batches
+    monkeypatch.setattr(pq.ParquetFile, "iter_batches", lambda self, *a, **kw: (
+        decoded.append(tuple(kw["row_groups"])) or real(self, *a, **kw)))
+    full = r.read_columns(["cluster"])
+    for start, stop in ((0, 100), (33, 57), (40, 41), (95, 100), (130, 131), (101, 199)):
+        part = start // 100
+        decoded.clear()
+        got = [b for b in r.iter_part_range(part, start, stop, ["cluster"])]
+        pos = np.concatenate([b["position"] for b in got])
+        inside = (pos >= start) & (pos < stop)
+        want = (full["position"] >= start) & (full["position"] < stop)
+        assert np.array_equal(pos[inside], full["position"][want])
+        assert np.array_equal(np.concatenate([b["cluster"] for b in got])[inside],
+                              full["cluster"][want])
+        # row group g of the part holds its positions 10 g .. 10 g + 9
+        first = part * 100
+        meets = [(g,) for g in range(10) if first + 10 * g < stop and first + 10 * g + 10 > start]
+        assert decoded == meets
+    decoded.clear()
+    assert sum(b["position"].size for b in r.iter_part(1, ["cluster"])) == 100
+    assert len(decoded) == 10  # the whole part: every group

@@ -23,6 +23,7 @@ from prunekit.runtime.probe import Probe, probe
 RATES = Probe(read_bytes_per_s=1e6, scan_bytes_per_s=2e6, gemm_flops_1=1e9, gemm_flops_all=2e9,
               gemv_flops_1=1e8, threads=2, bytes_read=0, seconds=0.0)
 B = 1000 * 8 * 2  # 1000 rows x 8 float16 values
+G = 1000 * (8 * 2 + 8)  # the rows grouped by cluster, and their positions
 
 
 @pytest.fixture
@@ -152,17 +153,18 @@ def test_greedy_within_clusters_uses_their_sizes(shards, tmp_path):
              local_workers=2, ray_workers=4, budget=1 << 30)
     picks = p.step("per-cluster picks")
     work = np.array([600 * 100 * 24.0, 400 * 100 * 24.0])  # s x picks x 3d flops
-    assert picks.seconds_local == pytest.approx(max(work.sum() / 2, work.max()) / 1e8 + B / 1e6)
-    assert picks.seconds_ray == pytest.approx(max(work.sum() / 4, work.max()) / 1e8 + B / 4e6)
+    assert picks.seconds_local == pytest.approx(max(work.sum() / 2, work.max()) / 1e8 + G / 1e6)
+    assert picks.seconds_ray == pytest.approx(max(work.sum() / 4, work.max()) / 1e8 + G / 4e6)
     probed = dataclasses.replace(RATES, kernels={"kcenter_pick_s": 1e-3,
                                                  "kcenter_pick_per_value": 1e-8})
     p2 = plan(shards, "kcenter", within=str(within), max_keep=100, rates=probed,
               local_workers=2, ray_workers=4, budget=1 << 30)
     per_cluster = 100 * (1e-3 + 1e-8 * np.array([600, 400]) * 8)
     assert p2.step("per-cluster picks").seconds_local == pytest.approx(
-        max(per_cluster.sum() / 2, per_cluster.max()) + B / 1e6)
+        max(per_cluster.sum() / 2, per_cluster.max()) + G / 1e6)
     assert picks.peak_bytes == 2 * 600 * (8 * (4 + 2) + 8)  # two tasks, largest cluster each
-    assert p.step("group by cluster").passes == 2
+    assert [s.name for s in p.steps][-3:] == ["group: scatter", "group: gather",
+                                              "per-cluster picks"]
 
 
 def test_probe_times_the_kernels_the_method_declares(shards):
@@ -170,8 +172,8 @@ def test_probe_times_the_kernels_the_method_declares(shards):
     spec = REGISTRY["semdedup"]
     r = probe(src, spec.probe, validate("semdedup", spec.params, {"k": 4}))
     assert 0 < r.bytes_read <= B and r.kernels["kmeans_k"] == 4
-    assert sorted(r.kernels) == ["assign_flops_1", "kmeans_k", "lloyd_flops", "seeding_flops",
-                                 "semdedup_flops_1"]
+    assert sorted(r.kernels) == ["assign_flops_1", "kmeans_k", "lloyd_flops", "recluster_flops",
+                                 "seeding_flops", "semdedup_flops_1"]
     assert min(r.read_bytes_per_s, r.scan_bytes_per_s, r.gemm_flops_1, r.gemm_flops_all,
                r.gemv_flops_1, *r.kernels.values()) > 0
     kc = probe(src, REGISTRY["kcenter"].probe, {})  # its own kernels only
@@ -210,15 +212,25 @@ def test_semdedup_within_follows_its_cost_model(shards, two_clusters):
     rates = dataclasses.replace(RATES, kernels={"semdedup_flops_1": 1e7})
     p = plan(shards, "semdedup", within=str(two_clusters), rates=rates, local_workers=2,
              ray_workers=4, budget=1 << 30)
-    assert [s.name for s in p.steps] == ["load + check", "group by cluster", "per-cluster dedup"]
-    group = p.step("group by cluster")  # read and write every row once, one chunk held
-    assert (group.passes, group.peak_bytes) == (2, 1000 * 8 * (2 + 4))
-    assert group.seconds_local == group.seconds_ray == pytest.approx(2 * B / 1e6)
+    assert [s.name for s in p.steps] == ["load + check", "group: scatter", "group: gather",
+                                         "per-cluster dedup"]
+    # Two chunks (the shards: 600 and 400 rows; a chunk holds up to 1000) and one bucket.
+    # Scratch: pieces of 1000 x (16 + 16) bytes, grouped rows of 1000 x (16 + 8); the
+    # scatter reads the rows and their cluster ids (8 bytes each) and writes the pieces,
+    # the gather reads the pieces (and their ids first) and writes the grouped rows; no
+    # write rate probed: the read rate. The driver holds 8 x (2 chunks x 1 bucket + 3 x 2).
+    scatter, gather = p.step("group: scatter"), p.step("group: gather")
+    assert scatter.seconds_local == pytest.approx((B + 8000 + 32000) / 1e6)
+    assert scatter.seconds_ray == pytest.approx((B + 8000 + 32000) / 2e6)  # 2 chunks: 2 tasks
+    assert gather.seconds_local == gather.seconds_ray == pytest.approx((32000 + 8000 + G) / 1e6)
+    assert scatter.peak_bytes == 64 + 2 * 1000 * (3 * 16 + 48)  # two tasks of a chunk each
+    assert gather.peak_bytes == 64 + 2 * 1000 * (16 + 16)  # one bucket: one task
+    assert "31.2 KiB of pieces" in scatter.note and "54.7 KiB of scratch at the peak" in gather.note
     dedup = p.step("per-cluster dedup")  # s^2 d flops a cluster at the probed rate
     work = np.array([600 * 600 * 8, 400 * 400 * 8]) / 1e7  # 0.288 s and 0.128 s
     assert dedup.passes == 1
-    assert dedup.seconds_local == pytest.approx(0.288 + B / 1e6)  # the largest cluster bounds
-    assert dedup.seconds_ray == pytest.approx(max(work.sum() / 4, 0.288) + B / 4e6)
+    assert dedup.seconds_local == pytest.approx(0.288 + G / 1e6)  # the largest cluster bounds
+    assert dedup.seconds_ray == pytest.approx(max(work.sum() / 4, 0.288) + G / 4e6)
     # a task: 600 rows as read (2 bytes) and twice as float32, plus 1.25 x its 600 x 600
     # float32 similarities (the block and its mask); two tasks at once
     task = 600 * 8 * (2 + 8) + 1.25 * 4 * 600 * 600
@@ -228,7 +240,7 @@ def test_semdedup_within_follows_its_cost_model(shards, two_clusters):
     one = plan(shards, "semdedup", within=str(two_clusters), rates=rates, local_workers=2,
                ray_workers=4, budget=3_000_000)
     assert one.step("per-cluster dedup").peak_bytes == task and one.fits
-    assert one.step("per-cluster dedup").seconds_local == pytest.approx(work.sum() + B / 1e6)
+    assert one.step("per-cluster dedup").seconds_local == pytest.approx(work.sum() + G / 1e6)
 
 
 def test_semdedup_clusters_with_kmeans_first(shards):
@@ -238,15 +250,15 @@ def test_semdedup_clusters_with_kmeans_first(shards):
     km = plan(shards, "kmeans", k=4, iters=10, rates=RATES, local_workers=2, ray_workers=4,
               budget=1 << 30)
     assert [s.name for s in p.steps] == ["load + check", "sample", "lloyd on sample", "assign",
-                                         "group by cluster", "per-cluster dedup"]
+                                         "group: scatter", "group: gather", "per-cluster dedup"]
     assert [vars(s) for s in p.steps[:4]] == [vars(s) for s in km.steps]
     # sizes unknown before k-means: 4 clusters of 250; no probed rate: the one-thread GEMM
     dedup = p.step("per-cluster dedup")
     each = 250 * 250 * 8 / 1e9
-    assert dedup.seconds_local == pytest.approx(max(4 * each / 2, each) + B / 1e6)
+    assert dedup.seconds_local == pytest.approx(max(4 * each / 2, each) + G / 1e6)
     assert dedup.peak_bytes == 2 * (250 * 8 * 10 + 1.25 * 4 * 250 * 250)
     assert any("taken as equal (250 rows)" in n for n in p.notes)
-    assert p.passes == 0 + 1 + 0 + 1 + 2 + 1
+    assert p.passes == 0 + 1 + 0 + 1 + 1 + 1 + 1
 
 
 def test_plan_and_dry_run_cover_semdedup(shards, tmp_path, monkeypatch):
@@ -254,8 +266,8 @@ def test_plan_and_dry_run_cover_semdedup(shards, tmp_path, monkeypatch):
     res = CliRunner().invoke(main, ["plan", str(shards), "-m", "semdedup", "--k", "4", "--json"])
     assert res.exit_code == 0, res.output
     names = [s["name"] for s in json.loads(res.output)["steps"]]
-    assert names == ["load + check", "sample", "lloyd on sample", "assign", "group by cluster",
-                     "per-cluster dedup"]
+    assert names == ["load + check", "sample", "lloyd on sample", "assign", "group: scatter",
+                     "group: gather", "per-cluster dedup"]
     res = CliRunner().invoke(main, ["score", str(shards), "-m", "semdedup", "--k", "4",
                                     "--dry-run"])
     assert res.exit_code == 0, res.output
@@ -276,3 +288,105 @@ def test_plan_refuses_more_clusters_than_rows_before_a_long_probe(tmp_path):
     from prunekit.methods.kmeans import PROBE_K_MAX, kmeans_probe
 
     assert kmeans_probe(4, 10**9, {"k": 10**6})["kmeans_k"] == PROBE_K_MAX
+
+
+def test_folder_output_adds_its_parts_write(shards):
+    # k-means writes a folder's parts from its assignment tasks, one task a part (the two
+    # shards: two parts), at the probed Parquet rate; an HDF5 output has no such step.
+    rates = dataclasses.replace(RATES, part_rows_per_s=1e4)
+    h5 = plan(shards, "kmeans", k=4, rates=rates, local_workers=2, ray_workers=4,
+              budget=1 << 30)
+    folder = plan(shards, "kmeans", k=4, rates=rates, local_workers=2, ray_workers=4,
+                  budget=1 << 30, output="km/")
+    assert "write parts" not in [s.name for s in h5.steps]
+    write = folder.step("write parts")
+    assert [s.name for s in folder.steps][-2:] == ["assign", "write parts"]
+    assert write.seconds_local == write.seconds_ray == pytest.approx(1000 / (1e4 * 2))
+    assert "2 Parquet part(s) written by the tasks" in write.note
+    # so does every method that writes parts from its workers
+    rnd = plan(shards, "random", rates=rates, local_workers=2, budget=1 << 30, output="r/")
+    assert REGISTRY["random"].writes_parts
+    assert rnd.step("write parts").seconds_local == pytest.approx(1000 / (1e4 * 2))
+    # without pyarrow the probe cannot time it: said, not guessed
+    none = plan(shards, "random", rates=RATES, budget=1 << 30, output="r/")
+    assert none.step("write parts").seconds_local == 0 and any("pyarrow" in n for n in none.notes)
+
+
+def test_hard_linked_shards_are_read_from_the_cache_after_the_first(tmp_path):
+    # Three shards, two of them hard links of one file: 1/3 of the bytes are read again
+    # from the page cache. The chunk tasks' float32 copies add B / (prepare x tasks).
+    d = tmp_path / "d"
+    d.mkdir()
+    x = np.random.default_rng(0).standard_normal((500, 8)).astype(np.float16)
+    np.save(d / "a.npy", x)
+    np.save(d / "b.npy", x)
+    (d / "c.npy").hardlink_to(d / "a.npy")
+    b = 3 * 500 * 16
+    rates = dataclasses.replace(RATES, cache_bytes_per_s=4e6)
+    p = plan(d, "kmeans", k=4, rates=rates, local_workers=2, ray_workers=4, budget=1 << 30)
+    read = (2 * b / 3) / 1e6 + (b / 3) / 4e6
+    assert p.step("sample").seconds_local == pytest.approx(read)
+    assert p.step("sample").seconds_ray == pytest.approx(read / 4)
+    fast = dataclasses.replace(rates, prepare_bytes_per_s=1e4)  # the copies dominate
+    q = plan(d, "kmeans", k=4, rates=fast, local_workers=2, ray_workers=4, budget=1 << 30)
+    assign_flops = 2.0 * 1500 * 4 * 8
+    assert q.step("assign").seconds_local == pytest.approx(assign_flops / 2e9 + b / 2e4)
+
+
+def test_plan_total_grows_with_the_rows(tmp_path):
+    # The same data in 1, 2 and 4 hard-linked shards: every step's time and the total grow
+    # (or stay: the cached load pass) with the rows; on the grouping too.
+    x = np.random.default_rng(0).standard_normal((1000, 8)).astype(np.float16)
+    totals, scratch = [], []
+    for shards in (1, 2, 4):
+        d = tmp_path / f"d{shards}"
+        d.mkdir()
+        np.save(d / "s_0.npy", x)
+        for i in range(1, shards):
+            (d / f"s_{i}.npy").hardlink_to(d / "s_0.npy")
+        rates = dataclasses.replace(RATES, cache_bytes_per_s=4e6, prepare_bytes_per_s=5e6,
+                                    write_bytes_per_s=2e6, part_rows_per_s=1e5)
+        p = plan(d, "semdedup", k=4, iters=5, rates=rates, local_workers=2, ray_workers=4,
+                 budget=1 << 30, output="s/")
+        totals.append((p.seconds_local, p.seconds_ray))
+        scratch.append(p.step("group: scatter").seconds_local)
+    assert totals[0][0] < totals[1][0] < totals[2][0]
+    assert totals[0][1] < totals[1][1] < totals[2][1]
+    assert scratch[0] < scratch[1] < scratch[2]
+
+
+def test_grouping_buckets_follow_the_grouping_module(shards, monkeypatch):
+    # With buckets of 300 rows the 1000 rows of 4 clusters are 4 buckets of one cluster
+    # each (bucket_plan): four gather tasks, two at a time here, each 2 x 1000 x 32 bytes.
+    from prunekit.compute import grouping
+
+    monkeypatch.setattr(grouping, "BUCKET_ROWS", 300)
+    assert grouping.bucket_plan(3, 1000) == (4, 1)
+    p = plan(shards, "semdedup", k=4, rates=RATES, local_workers=2, ray_workers=4,
+             budget=1 << 30)
+    gather = p.step("group: gather")
+    assert gather.peak_bytes == 8 * (2 * 4 + 3 * 4) + 2 * (2 * 1000 * 32)
+    assert gather.seconds_ray == pytest.approx((32000 + 8000 + G) / 4e6)  # 4 buckets, 4 streams
+    assert "4 task(s)" in gather.note
+
+
+def test_within_cluster_sizes_come_streamed_or_from_the_manifest(tmp_path, monkeypatch):
+    """A plan counts the --within clusters chunk by chunk (h5), from the manifest's counts
+    (folder), never by loading the scores; the sizes equal a bincount of the column."""
+    pytest.importorskip("pyarrow")
+    import importlib
+
+    costs = importlib.import_module("prunekit.runtime.costs")
+    scores_mod = importlib.import_module("prunekit.selection.scores")
+
+    cluster = np.random.default_rng(3).integers(-1, 6, 5000)
+    cluster[cluster == 4] = -1  # an empty cluster id is no cluster
+    sc = pk.Scores(score=np.zeros(5000), method="kmeans", n_total=5000, cluster=cluster)
+    sc.save(tmp_path / "km.h5")
+    sc.save(tmp_path / "km")
+    monkeypatch.setattr(scores_mod, "load_scores", lambda *a, **k: pytest.fail("loaded"))
+    want = np.bincount(cluster[cluster >= 0])
+    want = want[want > 0]
+    for path in (tmp_path / "km.h5", tmp_path / "km"):
+        assert np.array_equal(costs.cluster_sizes(path), want)
+    assert np.array_equal(costs.cluster_sizes(sc), want)

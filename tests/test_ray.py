@@ -125,6 +125,43 @@ def test_failures_become_clean_errors(monkeypatch):
         list(RayEngine(1).map(always_die, [1], progress=False))
 
 
+def leaf(shared, item):
+    if item == shared:
+        raise pk.PrunekitError(f"leaf {item} is broken")
+    return str(item)
+
+
+def bracket(parts):
+    return "(" + " ".join(parts) + ")"
+
+
+def test_sample_put_once_and_sums_added_by_a_tree_of_tasks(monkeypatch):
+    from prunekit.compute import cluster
+    from prunekit.compute.cluster import FitSample
+
+    eng = RayEngine(2)
+    assert eng.reduce(leaf, range(10), -1, combine=bracket, fan_in=3,
+                      progress=False) == "(((0 1 2) (3 4 5) (6 7 8)) ((9)))"
+    with pytest.raises(pk.PrunekitError, match="leaf 4 is broken"):
+        eng.reduce(leaf, range(10), 4, combine=bracket, fan_in=3, progress=False)
+    # 12 chunks of 128 rows, their sums added by tasks (12 -> 2 -> 1): the local bytes, and
+    # the in-memory sample put into the object store once for two restarts' maps.
+    monkeypatch.setattr(cluster, "FIT_CHUNK_BYTES", 128 * 4 * 8)
+    monkeypatch.setattr(cluster, "FIT_MIN_CHUNK_ROWS", 128)
+    monkeypatch.setattr(cluster, "LLOYD_FLAT_BYTES", 0)
+    x = np.random.default_rng(2).standard_normal((1500, 8)).astype(np.float32)
+    kw = dict(seed=1, spherical=False, restarts=2, iters=3, progress=False)
+    local = pk.compute.cluster.kmeans(x, 6, engine=LocalEngine(1), **kw)
+    puts, real_put = [], ray.put
+    monkeypatch.setattr(ray, "put", lambda obj, **opt: puts.append(obj) or real_put(obj, **opt))
+    far = pk.compute.cluster.kmeans(x, 6, engine=eng, **kw)
+    assert sum(isinstance(obj, FitSample) for obj in puts) == 1 and len(puts) > 10
+    assert not any(isinstance(e, FitSample) for obj in puts if isinstance(obj, tuple)
+                   for e in obj)  # every map's shared tuple holds the handle only
+    for name in ("centroids", "labels", "distance"):
+        assert getattr(far, name).tobytes() == getattr(local, name).tobytes(), name
+
+
 # ------------------------------------------------------------- listeners and a two-node cluster
 
 LOOPBACK_ADDRESSES = ("127.0.0.1", "[::ffff:127.0.0.1]", "[::1]")

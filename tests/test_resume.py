@@ -89,7 +89,7 @@ def test_interrupted_herding_within_resumes_per_cluster_batch(emb_file, tmp_path
     assert n_batches >= 4
     calls.clear()
     out = tmp_path / "out.h5"
-    with killed_after(16 + 1 + 2):  # grouping: 16 chunks scattered, 1 bucket; then 2 batches
+    with killed_after(1 + 16 + 1 + 2):  # cluster ids, 16 chunks, 1 bucket; then 2 batches
         assert isinstance(score([*args, "-o", out]).exception, InjectedFailure)
     calls.clear()
     assert score([*args, "-o", out, "--resume"]).exit_code == 0

@@ -227,7 +227,7 @@ def test_kmeans_parts_equal_the_h5_arrays_on_one_and_two_workers(tmp_path, small
             for p in m1["parts"]] == [2, 2, 2, 2, 2, 2, 1]
 
 
-def test_other_methods_write_the_same_parts_from_the_driver(tmp_path, small_chunks):
+def test_other_methods_write_the_same_parts_as_in_memory(tmp_path, small_chunks):
     write_shards(tmp_path / "d", labels=False)
     emb = pk.load_embeddings(tmp_path / "d", drop_nonfinite=True)
     for method, kw in (("random", {}), ("herding", {"max_keep": 30})):

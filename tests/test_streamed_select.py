@@ -36,6 +36,7 @@ def small_parts(monkeypatch):
 def narrow(monkeypatch, cells: int = 64, collect: int = 1) -> None:
     """Tiny histograms and (almost) no early collection: the search takes many passes."""
     monkeypatch.setattr(st, "HIST_CELLS", cells)
+    monkeypatch.setattr(st, "FIRST_CELLS", cells)
     monkeypatch.setattr(st, "COLLECT_ROWS", collect)
 
 
@@ -208,6 +209,137 @@ def test_a_pick_order_that_is_not_the_scored_rows_is_selected_in_memory(tmp_path
     res = st.select_folder(tmp_path / "o", tmp_path / "sel/", 0.97, progress=False)
     assert "pick order" in res.note
     same(load_selection(tmp_path / "sel"), select(sc, 0.97))
+
+
+# -- the first histogram, the fallback and the manifest's counts ------------------------------
+
+
+def spread_scores(seed: int, n: int = 400, k: int = 6, signs: bool = False) -> Scores:
+    """Distinct continuous scores on scales that differ per cluster (keys far apart); with
+    ``signs`` every other cluster's scores are negative."""
+    rng = np.random.default_rng(seed)
+    cluster = rng.integers(0, k, n)
+    score = (1.0 + rng.random(n)) * 4.0 ** cluster * np.where(signs & (cluster % 2 == 1), -1, 1)
+    score[rng.random(n) < 0.05] = np.nan
+    return Scores(score=score, method="kmeans", n_total=n, cluster=cluster, source="emb.h5",
+                  source_fingerprint="cd" * 16, params={"k": k})
+
+
+def _key_bits(sc: Scores, row: int, invert: bool = False) -> int:
+    s = np.array([sc.score[row]])
+    return int(st._Rule(None, None, invert, False, None, None).key(s)[0])
+
+
+def test_a_window_that_misses_some_or_all_cuts_finds_the_same_cut(tmp_path, monkeypatch):
+    sc = spread_scores(0, signs=True)
+    sc.save(tmp_path / "s/")
+    rows = np.flatnonzero(~np.isnan(sc.score))
+    inside = []  # per start of a search: its cuts inside the window, all its cuts
+    real = st._Search.window
+
+    def spy(self, first, win, at):
+        real(self, first, win, at)
+        inside.append((int((self.depth[at] > 0).sum()), at.size))
+
+    monkeypatch.setattr(st._Search, "window", spy)
+    for shift, bits in ((63, 1), (59, 5), (50, 2), (48, 4), (30, 8), (0, 6)):
+        for row, back in ((rows[0], 0), (rows[7], 1 << (bits - 1)), (rows[50], 1 << bits)):
+            run = (_key_bits(sc, row) >> shift) - back  # the row's bin first, mid or past
+            start = min(max(run, 0), (1 << (64 - shift)) - (1 << bits))
+            win = st._Window(shift, start, bits)
+            monkeypatch.setattr(st, "_window", lambda *a, w=win: w)
+            for rule in (dict(balance="clusters"), dict(balance="none", invert=True)):
+                for pr in (0.1, 0.6):
+                    same(st.select_streamed(tmp_path / "s", pr, progress=False, **rule),
+                         select(sc, pr, **rule))
+    assert {(i == 0, i == n) for i, n in inside} == {(True, False), (False, True), (False, False)}
+
+
+def _passes(monkeypatch) -> list[tuple[str, int]]:
+    """Each pass's name and the sum over its tasks of the largest array each returned (in
+    a pass that only gathers: the rows gathered)."""
+    seen: list[tuple[str, int]] = []
+    real_map = LocalEngine.map
+
+    def spy(self, fn, items, shared=None, **kw):
+        results = list(real_map(self, fn, items, shared, **kw))
+        seen.append((kw.get("desc"), sum(_largest(r) for r in results)))
+        yield from results
+
+    monkeypatch.setattr(LocalEngine, "map", spy)
+    return seen
+
+
+def test_an_overflowing_cut_bin_falls_back_to_a_radix_pass(tmp_path, monkeypatch):
+    sc = spread_scores(1, n=600, k=3)
+    sc.save(tmp_path / "s/")
+    for collect, want in ((1 << 20, ["select: count", "select: pass 2"]),
+                          (2, ["select: count", "select: pass 2", "select: pass 3"])):
+        monkeypatch.setattr(st, "FIRST_CELLS", 3 * (4 + 2))  # a 2-bit window: wide bins
+        monkeypatch.setattr(st, "COLLECT_ROWS", collect)
+        seen = _passes(monkeypatch)
+        got = st.select_streamed(tmp_path / "s", 0.5, balance="clusters", progress=False)
+        monkeypatch.undo()
+        same(got, select(sc, 0.5, balance="clusters"))
+        assert [d for d, _ in seen][:len(want)] == want and (collect > 2) == (len(seen) == 3)
+
+
+def test_the_manifest_counts_start_the_search_inside_the_cut_bin(tmp_path, monkeypatch):
+    sc = spread_scores(2, n=2000, k=4)
+    sc.save(tmp_path / "with/")
+    shutil.copytree(tmp_path / "with", tmp_path / "without")
+    _edit_manifest(tmp_path / "without", lambda m: m.pop("cluster_counts"))
+    want = select(sc, 0.5, balance="clusters")
+    gathered = {}
+    for name in ("with", "without"):
+        seen = _passes(monkeypatch)
+        same(st.select_streamed(tmp_path / name, 0.5, balance="clusters", progress=False), want)
+        monkeypatch.undo()
+        assert [d for d, _ in seen] == ["select: count", "select: pass 2", "select: gather"]
+        gathered[name] = seen[1][1]
+    # without the counts pass 2 gathers whole clusters; with them, the rows of the cut bins
+    assert gathered["without"] == int((~np.isnan(sc.score)).sum())
+    assert 4 <= gathered["with"] <= gathered["without"] // 20
+
+
+def test_ids_the_counts_do_not_announce_met_inside_a_part(tmp_path, monkeypatch):
+    import prunekit.io.dataset.writer as writer
+
+    sc = spread_scores(3, n=230, k=4)
+    sc.cluster[np.arange(230) % 23 >= 20] = -1  # the last rows of every part: no cluster
+    monkeypatch.setattr(writer, "ROW_GROUP_ROWS", 5)  # a few batches per part
+    sc.save(tmp_path / "s/")
+    monkeypatch.undo()
+    assert json.loads((tmp_path / "s" / "manifest.json").read_text())["cluster_counts"] == \
+        np.bincount(sc.cluster[sc.cluster >= 0]).tolist()
+    for rule in (dict(balance="clusters"), dict(balance="proportional", invert=True),
+                 dict(balance="clusters", drop_clusters=[-1, 2])):
+        same(st.select_streamed(tmp_path / "s", 0.4, progress=False, **rule),
+             select(sc, 0.4, **rule))
+
+
+@pytest.mark.parametrize("edit, before_reading", [
+    (lambda c: [c[0] + 1000, *c[1:]], True),  # more rows than the parts hold
+    (lambda c: c[:-1], False),  # an id the counts do not announce
+    (lambda c: [c[0] - 3, c[1] + 3, *c[2:]], False),  # the right total, the wrong clusters
+    (lambda c: [*c[:-1], "7"], True),  # not a count
+])
+def test_counts_that_disagree_with_the_parts_are_a_clean_error(tmp_path, monkeypatch, edit,
+                                                               before_reading):
+    sc = spread_scores(4, n=200, k=5)
+    sc.save(tmp_path / "s/")
+    _edit_manifest(tmp_path / "s", lambda m: m.update(cluster_counts=edit(m["cluster_counts"])))
+    seen = _passes(monkeypatch)
+    with pytest.raises(PrunekitError, match=r"manifest.json: 'cluster_counts' disagrees with "
+                                            r"the rows of the parts"):
+        st.select_folder(tmp_path / "s", tmp_path / "sel/", 0.5, balance="clusters",
+                         progress=False)
+    assert (seen == []) == before_reading and not (tmp_path / "sel").exists()
+    monkeypatch.undo()
+    monkeypatch.chdir(tmp_path)
+    r = _run("select", "s/", "--pr", "0.5", "--balance", "clusters", "-o", "sel/")
+    assert r.exit_code == 2 and r.stderr.startswith("Error: ") and "Traceback" not in r.stderr
+    assert len(r.stderr.splitlines()) == 1 and not (tmp_path / "sel").exists()
 
 
 # -- bounded memory ------------------------------------------------------------------------------

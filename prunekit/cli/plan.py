@@ -19,10 +19,13 @@ from prunekit.runtime.plan import DEFAULT_RAY_WORKERS, plan
 @click.option("--workers", "-w", "ray_workers", type=click.IntRange(1, INT64_MAX), default=DEFAULT_RAY_WORKERS,
               show_default=True, help="Size of the Ray cluster to predict for.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of the table.")
+@click.option("--output", "-o", default="scores.h5", show_default=True,
+              help="The output score would write: a folder (ends in '/', no suffix) adds the "
+                   "writing of its parts.")
 @key_option
 @click.pass_context
 def plan_command(ctx: click.Context, emb: str, method: str, ray_workers: int, as_json: bool,
-                 key: str, **options) -> None:
+                 output: str, key: str, **options) -> None:
     """Predict each step of `score EMB --method M` here and on a Ray cluster.
 
     A few seconds' probe of this machine (reading EMB, GEMM speed) gives the rates; the
@@ -35,7 +38,7 @@ def plan_command(ctx: click.Context, emb: str, method: str, ray_workers: int, as
     """
     get_method(method)
     params = _method_params(ctx, method, options)
-    p = plan(emb, method, ray_workers=ray_workers, key=key, **params)  # --id-key: run context
+    p = plan(emb, method, ray_workers=ray_workers, key=key, output=output, **params)  # --id-key: run context
     click.echo(json.dumps(p.to_dict(), indent=2) if as_json else p.table())
 
 

@@ -105,7 +105,7 @@ def _input_files(emb: str, params: dict) -> list[str]:
 @click.option("--output", "-o", default="scores.h5", show_default=True, type=click.Path(),
               help="Scores to write, atomically: an HDF5 file, or a folder of Parquet parts "
                    "when the path ends in '/', is a folder or has no suffix (scores/): "
-                   "k-means then writes each part where it is computed (docs/formats.md).")
+                   "each part is written by the task that computed it (docs/formats.md).")
 @key_option
 @drop_option
 @quiet_option
@@ -144,7 +144,7 @@ def score(ctx: click.Context, emb: str, method: str, output: str, key: str, drop
         from prunekit.runtime.plan import DEFAULT_RAY_WORKERS, plan
 
         click.echo(plan(emb, method, ray_workers=workers or DEFAULT_RAY_WORKERS, key=key,
-                        **params).table())
+                        output=output, **params).table())
         return
     try:
         with running_on(engine, workers, ray_address):  # the load pass runs on the engine too

@@ -15,14 +15,17 @@ single-threaded, whose results the driver combines in chunk order:
   probability ``min(1, 2k D^2(x) / phi)``, drawn per (seed, restart, round, chunk); each
   candidate weighs the rows nearest to it, and the best (lowest weighted potential) of up
   to RECLUSTER_TRIES_MAX weighted greedy k-means++ runs over the candidates (one task
-  each, ``2 + ln k`` local trials as in scikit-learn) gives the k centroids. A sample of at
-  most :func:`expected_candidates` rows is its own candidate set. ``seeding="subsample"``
+  each, ``2 + ln k`` local trials as in scikit-learn; a task's distance updates run on the
+  threads the workers leave it, over fixed blocks of candidates) gives the k centroids. A
+  sample of at most :func:`expected_candidates` rows is its own candidate set. ``seeding="subsample"``
   is greedy k-means++ on a seeded subsample of ``max(SEED_SAMPLE_MIN,
   SEED_SAMPLE_PER_CLUSTER k)`` rows, on one thread.
-* **Lloyd** (``backend="chunked"``, what ``auto`` means): each chunk task returns the
-  float64 row sums and counts of the clusters present in it, added in chunk order; a
-  cluster left without rows takes the row farthest from its centroid (ties to the lower
-  position); the iterations stop early once one changes no centroid. ``faiss``
+* **Lloyd** (``backend="chunked"``, what ``auto`` means): each task adds up the float64
+  row sums and counts of a fixed run of chunks in chunk order, and the tasks' sums are
+  added in task order, by a tree of tasks at large k (:func:`lloyd_tree`: the driver gets
+  O(k d) bytes an iteration); a cluster left without rows takes the row farthest from its
+  centroid (ties to the lower position); the iterations stop early once one changes no
+  centroid. ``faiss``
   (``faiss.Clustering`` from our centroids, every row taking part) and ``sklearn``
   (``KMeans(init=our centroids, n_init=1, tol=0)``, one ``max_iter=1`` fit per iteration
   and renormalisation when spherical) run Lloyd on one thread of the driver instead.
@@ -31,7 +34,8 @@ single-threaded, whose results the driver combines in chunk order:
 
 So the result is the same bytes for any number of workers or threads, on any engine: the
 chunks, the random draws (keyed by seed, role, restart, round, chunk) and the order of
-every sum come from the data and the options. ``restarts=None`` picks the number of
+every sum come from the data and the options; an in-memory sample goes to the workers
+once a fit (:meth:`~prunekit.runtime.engine.Engine.share`). ``restarts=None`` picks the number of
 restarts from the problem size (:func:`auto_restarts`): ten for small and medium
 problems, one for large ones.
 
@@ -45,13 +49,15 @@ optional streamed Lloyd passes over every row, and one streamed assignment pass.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import io
 import os
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -59,7 +65,7 @@ from threadpoolctl import threadpool_limits
 
 from prunekit.errors import PrunekitError
 from prunekit.runtime.context import current_engine
-from prunekit.runtime.engine import chunk_rows_for, tasks_fitting
+from prunekit.runtime.engine import chunk_rows_for, resolve_workers, tasks_fitting
 from prunekit.runtime.memory import human
 from prunekit.runtime.progress import counter
 from prunekit.runtime.resume import WorkDir
@@ -185,12 +191,14 @@ def kmeanspp(
     return cent
 
 
-def _sqdist_to(s: np.ndarray, sq: np.ndarray, c: np.ndarray) -> np.ndarray:
-    """Squared Euclidean distances (m, len(c)) float32 from rows of ``s`` to rows of ``c``."""
+def _sqdist_to(s: np.ndarray, sq: np.ndarray, c: np.ndarray,
+               cc: np.ndarray | None = None) -> np.ndarray:
+    """Squared Euclidean distances (m, len(c)) float32 from rows of ``s`` to rows of ``c``
+    (``cc``: the squared norms of ``c``, when known)."""
     d2 = s @ c.T
     d2 *= -2.0
     d2 += sq[:, None]
-    d2 += np.einsum("ij,ij->i", c, c)[None, :]
+    d2 += (np.einsum("ij,ij->i", c, c) if cc is None else cc)[None, :]
     return np.maximum(d2, 0.0, out=d2)
 
 
@@ -333,6 +341,10 @@ PAR_ROUNDS = 5  # k-means|| oversampling rounds (Bahmani et al. 2012) ...
 PAR_OVERSAMPLING = 2  # ... each drawing 2 k candidates in expectation
 RECLUSTER_TRIES_MAX = 10  # best-of re-clusterings of the candidates, as many as fit in ...
 RECLUSTER_WORK = 3e10  # ... this many multiply-adds (like AUTO_RESTARTS_WORK)
+GREEDY_BLOCK_ROWS = 2048  # candidate rows a thread updates at a time in a greedy step
+LLOYD_ROWS_PER_CLUSTER = 4  # a Lloyd task's chunks hold at least this many rows a centroid
+LLOYD_FLAT_BYTES = 64 << 20  # the tasks' sums up to this size are added by one combine ...
+LLOYD_FAN_IN = 8  # ... larger ones by a tree of this fan-in (lloyd_tree)
 SEEDINGS = ("parallel", "subsample")
 
 
@@ -480,7 +492,9 @@ def fit(
                work if work is not None and sample.path is not None else None)
     best: KMeansResult | None = None
     bar = counter(restarts * (iters + 1), desc="k-means fit", progress=progress)
-    with contextlib.closing(bar):
+    # An in-memory sample goes to the workers once for all the fit's maps (a file: a path).
+    shared = run.engine.share(sample) if sample.array is not None else contextlib.nullcontext(sample)
+    with contextlib.closing(bar), shared as run.shared:
         for r in range(restarts):
             cent = run.restart(r, iters, backend, seeding, bar)
             lab, dist, inertia = run.assign(cent, labels)
@@ -498,6 +512,7 @@ class _Fit:
                  work) -> None:
         self.sample, self.k, self.spherical, self.engine = sample, k, spherical, engine
         self.seed, self.work = seed, work
+        self.shared = sample  # what tasks are given: the engine's handle while fit() runs
         self.chunks = fit_chunks(sample.rows, sample.dim, k)
         rows = self.chunks[0][2] - self.chunks[0][1]
         d = sample.dim
@@ -505,6 +520,10 @@ class _Fit:
         # block, the sums and counts of the clusters present
         self.task_bytes = (rows * (12 * d + 24) + block_rows(k) * k * 4
                            + min(rows, k) * (8 * d + 16))
+        group, self.fan_in = lloyd_tree(sample.rows, d, k)
+        self.groups = [self.chunks[a : a + group] for a in range(0, len(self.chunks), group)]
+        # a Lloyd task adds its chunks' sums into one array of its clusters (at most k)
+        self.group_bytes = self.task_bytes + min(k, group * rows) * (8 * d + 8)
 
     def map(self, fn, items, shared):
         return contextlib.closing(self.engine.map(fn, items, shared, progress=False,
@@ -564,7 +583,7 @@ class _Fit:
         lab = np.empty(self.sample.rows, dtype=np.int64) if labels else None
         dist = np.empty(self.sample.rows, dtype=np.float64) if labels else None
         sse = np.zeros(len(self.chunks))
-        with self.map(_fit_assign_chunk, self.chunks, (self.sample, cent, self.spherical,
+        with self.map(_fit_assign_chunk, self.chunks, (self.shared, cent, self.spherical,
                                                         labels)) as results:
             for (i, a, b), (la, di, sq) in zip(self.chunks, results, strict=True):
                 sse[i] = sq
@@ -625,7 +644,7 @@ def _absorb(run: _Fit, centres: np.ndarray, first: int, closest: np.ndarray,
             owner: np.ndarray) -> None:
     """Lower each row's ``closest`` squared distance with the new candidates ``centres``
     (numbered from ``first``), and point ``owner`` at the nearest; ties keep the earlier."""
-    with run.map(_nearest_chunk, run.chunks, (run.sample, centres)) as results:
+    with run.map(_nearest_chunk, run.chunks, (run.shared, centres)) as results:
         for (_, a, b), (d2, j) in zip(run.chunks, results, strict=True):
             better = d2 < closest[a:b]
             closest[a:b][better] = d2[better]
@@ -634,31 +653,48 @@ def _absorb(run: _Fit, centres: np.ndarray, first: int, closest: np.ndarray,
 
 def recluster(run: _Fit, cand: np.ndarray, weight: np.ndarray, r: int) -> np.ndarray:
     """k centroids among weighted candidates: :func:`recluster_tries` weighted greedy
-    k-means++ runs as tasks, each keyed by (seed, restart, try); the lowest potential
-    sum(w D^2) wins, ties to the earlier try."""
+    k-means++ runs as tasks, each keyed by (seed, restart, try) and each on
+    :func:`recluster_threads` threads; the lowest potential sum(w D^2) wins, ties to the
+    earlier try."""
     tries = recluster_tries(run.sample.rows, run.k, run.sample.dim)
-    shared = (cand, weight, run.k, run.seed, r)
+    threads = recluster_threads(run.engine.workers, tries, run.engine.max_task_cpus)
+    shared = (cand, weight, run.k, run.seed, r, threads)
     with contextlib.closing(run.engine.map(_recluster_try, range(tries), shared,
-                                           progress=False)) as results:
+                                           progress=False, cpus=threads)) as results:
         best = min(((pot, t, chosen) for t, (pot, chosen) in enumerate(results)),
                    key=lambda x: (x[0], x[1]))
     return np.array(cand[best[2]], dtype=np.float32)
 
 
+def recluster_threads(workers: int, tries: int, max_cpus: int | None = None) -> int:
+    """Threads of one re-clustering try: the workers shared out over the tries (at most
+    ``max_cpus``, one node's). They change no byte of the result (:func:`_greedy_pp`)."""
+    threads = max(1, int(workers) // max(1, int(tries)))
+    return threads if max_cpus is None else max(1, min(threads, int(max_cpus)))
+
+
 def _recluster_try(shared, t: int) -> tuple[float, np.ndarray]:
-    cand, weight, k, seed, r = shared
+    cand, weight, k, seed, r, threads = shared
+    threads = min(threads, resolve_workers(None))  # this node's cores
     chosen, potential = _greedy_pp(cand, k, role_rng(seed, "kmeans|| recluster", r, t),
-                                   weights=weight)
+                                   weights=weight, threads=threads)
     return potential, chosen
 
 
 def _greedy_pp(s: np.ndarray, k: int, rng: np.random.Generator, trials: int | None = None,
-               weights: np.ndarray | None = None) -> tuple[np.ndarray, float]:
+               weights: np.ndarray | None = None,
+               threads: int = 1) -> tuple[np.ndarray, float]:
     """Greedy k-means++ over the rows of ``s`` (optionally weighted): chosen rows, potential.
 
     Each step samples ``trials`` (default ``2 + ln k``) rows with probability proportional
     to ``w D^2`` (the squared distance to the nearest chosen row) and keeps the one that
     lowers the potential ``sum(w D^2)`` most. Without weights the first row is uniform.
+
+    The distance updates, the expensive part, run over fixed blocks of GREEDY_BLOCK_ROWS
+    rows on ``threads`` threads: a row's new distances are an elementwise minimum that no
+    other row takes part in, each block sums its rows' potential per trial, and this thread
+    adds the blocks' sums in block order; the cumulative mass the draws search runs over the
+    whole array on this thread. So the result is the same bytes for any ``threads``.
     """
     m = s.shape[0]
     sq = np.einsum("ij,ij->i", s, s, dtype=np.float64).astype(np.float32)
@@ -669,23 +705,59 @@ def _greedy_pp(s: np.ndarray, k: int, rng: np.random.Generator, trials: int | No
     else:
         cum = np.cumsum(weights, dtype=np.float64)
         chosen[0] = min(int(np.searchsorted(cum, rng.random() * cum[-1], side="right")), m - 1)
-    closest = _sqdist_to(s, sq, s[chosen[:1]])[:, 0]
-    for i in range(1, k):
-        mass = closest if weights is None else closest * weights
-        cum = np.cumsum(mass, dtype=np.float64)
-        if cum[-1] <= 0:  # fewer distinct (weighted) rows than k: take unused rows in order
-            unused = np.setdiff1d(np.arange(m), chosen[:i])
-            chosen[i:] = unused[: k - i]
-            break
-        cand = np.searchsorted(cum, rng.random(trials) * cum[-1], side="right")
-        np.minimum(cand, m - 1, out=cand)
-        d2 = np.minimum(closest[:, None], _sqdist_to(s, sq, s[cand]))
-        pot = d2 if weights is None else d2 * weights[:, None]
-        best = int(np.argmin(pot.sum(axis=0, dtype=np.float64)))
-        chosen[i] = cand[best]
-        closest = d2[:, best].copy()
+    closest = np.empty(m, dtype=np.float32)
+    d2 = np.empty((m, trials), dtype=np.float32)
+    blocks = [(a, min(a + GREEDY_BLOCK_ROWS, m)) for a in range(0, m, GREEDY_BLOCK_ROWS)]
+    part = np.empty((len(blocks), trials))  # each block's potential per trial
+
+    def first(i: int, a: int, b: int, c: np.ndarray) -> None:
+        closest[a:b] = _sqdist_to(s[a:b], sq[a:b], c)[:, 0]
+
+    def update(i: int, a: int, b: int, c: np.ndarray, cc: np.ndarray) -> None:
+        np.minimum(closest[a:b, None], _sqdist_to(s[a:b], sq[a:b], c, cc), out=d2[a:b])
+        pot = d2[a:b] if weights is None else d2[a:b] * weights[a:b, None]
+        part[i] = pot.sum(axis=0, dtype=np.float64)
+
+    with _on_threads(blocks, threads) as each:
+        each(first, s[chosen[:1]])
+        for i in range(1, k):
+            mass = closest if weights is None else closest * weights
+            cum = np.cumsum(mass, dtype=np.float64)
+            if cum[-1] <= 0:  # fewer distinct (weighted) rows than k: take unused rows in order
+                unused = np.setdiff1d(np.arange(m), chosen[:i])
+                chosen[i:] = unused[: k - i]
+                break
+            cand = np.searchsorted(cum, rng.random(trials) * cum[-1], side="right")
+            np.minimum(cand, m - 1, out=cand)
+            c = s[cand]
+            each(update, c, np.einsum("ij,ij->i", c, c))
+            best = int(np.argmin(part.sum(axis=0)))  # the blocks' sums in block order
+            chosen[i] = cand[best]
+            closest = d2[:, best].copy()
     w = 1.0 if weights is None else weights
     return chosen, float(np.sum(closest * w, dtype=np.float64))
+
+
+@contextlib.contextmanager
+def _on_threads(blocks: list[tuple[int, int]], threads: int) -> Iterator[Callable]:
+    """``each(fn, *args)``: ``fn(i, a, b, *args)`` for every block ``i`` of rows ``a:b``, on up
+    to ``threads`` threads (BLAS on one thread each); returns when all are done."""
+    threads = max(1, min(int(threads), len(blocks)))
+    if threads == 1:
+        with threadpool_limits(limits=1):
+            yield lambda fn, *args: [fn(i, a, b, *args) for i, (a, b) in enumerate(blocks)]
+        return
+    numbered = list(enumerate(blocks))
+
+    def share(j: int, fn, args) -> None:  # thread j: blocks j, j + threads, ...
+        for i, (a, b) in numbered[j::threads]:
+            fn(i, a, b, *args)
+
+    with ThreadPoolExecutor(threads) as pool, threadpool_limits(limits=1):
+        def each(fn, *args):
+            for fut in [pool.submit(share, j, fn, args) for j in range(threads)]:
+                fut.result()
+        yield each
 
 
 def _nearest_chunk(shared, item) -> tuple[np.ndarray, np.ndarray]:
@@ -704,16 +776,38 @@ def _nearest_chunk(shared, item) -> tuple[np.ndarray, np.ndarray]:
     return d2, j
 
 
+def lloyd_tree(rows: int, d: int, k: int) -> tuple[int, int]:
+    """How a Lloyd iteration on ``rows`` sample rows adds up its per-centroid sums:
+    ``(chunks per task, fan-in)``.
+
+    A task takes a run of consecutive chunks holding at least LLOYD_ROWS_PER_CLUSTER k rows
+    (so that its sums, at most k x d, are small next to its rows) and adds their sums in
+    chunk order. The tasks' sums are then added in task order by one combine when they
+    are at most LLOYD_FLAT_BYTES in all, else by a tree of fan-in LLOYD_FAN_IN
+    (:meth:`~prunekit.runtime.engine.Engine.reduce`), so that the driver receives O(k d)
+    bytes whatever the number of chunks. Both follow the sample's shape and k only, never
+    the workers: every engine adds the same numbers in the same order.
+    """
+    step = fit_chunk_rows(d, k)
+    chunks = -(-int(rows) // step)
+    group = min(chunks, max(1, -(-LLOYD_ROWS_PER_CLUSTER * int(k) // step)))
+    tasks = -(-chunks // group)
+    sums = tasks * min(int(k), group * step) * (d + 1) * 8
+    return group, (max(2, tasks) if sums <= LLOYD_FLAT_BYTES else LLOYD_FAN_IN)
+
+
 def lloyd_step(run: _Fit, cent: np.ndarray) -> np.ndarray:
-    """One Lloyd update: per-centroid float64 sums and counts of every chunk, added in
-    chunk order; a centroid left without rows takes the farthest row (:func:`_refill`)."""
+    """One Lloyd update: per-centroid float64 sums and counts, each task's chunks added in
+    chunk order, the tasks' sums added by :func:`lloyd_tree`'s fixed tree; a centroid left
+    without rows takes the farthest row (:func:`_refill`)."""
     k, d = cent.shape
+    present, part, c = run.engine.reduce(
+        _fit_lloyd_group, run.groups, (run.shared, cent, run.spherical),
+        combine=functools.partial(_add_sums, k), fan_in=run.fan_in, progress=False,
+        task_bytes=run.group_bytes)
     sums = np.zeros((k, d))
     counts = np.zeros(k, dtype=np.int64)
-    with run.map(_fit_lloyd_chunk, run.chunks, (run.sample, cent, run.spherical)) as results:
-        for present, s, c in results:
-            sums[present] += s
-            counts[present] += c
+    sums[present], counts[present] = part, c
     empty = np.flatnonzero(counts == 0)
     if empty.size:
         _refill(run, cent, empty, sums, counts)
@@ -726,7 +820,7 @@ def _refill(run: _Fit, cent: np.ndarray, empty: np.ndarray, sums: np.ndarray,
     squared distance, ties to the lower position), which leave their own clusters."""
     e = empty.size
     found = [[], [], []]
-    with run.map(_farthest_chunk, run.chunks, (run.sample, cent, run.spherical, e)) as results:
+    with run.map(_farthest_chunk, run.chunks, (run.shared, cent, run.spherical, e)) as results:
         for part in results:
             for acc, v in zip(found, part, strict=True):
                 acc.append(v)
@@ -764,6 +858,25 @@ def _fit_lloyd_chunk(shared, item):
     _, a, b = item
     x = sample.read(a, b)
     return _cluster_sums(x, nearest(x, cent, spherical=spherical))
+
+
+def _fit_lloyd_group(shared, group) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A Lloyd task: its chunks' clusters present, sums and counts, added in chunk order."""
+    k = shared[1].shape[0]
+    return _add_sums(k, [_fit_lloyd_chunk(shared, item) for item in group])
+
+
+def _add_sums(k: int, parts: list) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Partial ``(present, sums, counts)`` added in list order: each cluster's float64 sum
+    is ``0 + part_0 + part_1 + ...``, as a running sum over the parts would be."""
+    d = parts[0][1].shape[1]
+    sums = np.zeros((k, d))
+    counts = np.zeros(k, dtype=np.int64)
+    for present, s, c in parts:
+        sums[present] += s
+        counts[present] += c
+    present = np.flatnonzero(counts)
+    return present, sums[present], counts[present]
 
 
 def _farthest_chunk(shared, item) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -61,6 +61,7 @@ BATCH_ROWS = 8192  # a task handles consecutive clusters until it holds this man
 BUCKET_ROWS = 1 << 22  # usable rows per bucket on average: the gather tasks' share
 DENSE_IDS = 1 << 16  # a gather task counts a bucket this wide in an array, wider in a _Tally
 POSITION = np.dtype("<i8")  # compact positions and cluster ids in the scratch files
+VALUE = np.dtype("<f8")  # a carried column in the scratch files
 EMPTY = np.zeros(0, dtype=np.int64)
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
 
@@ -71,7 +72,8 @@ class GroupedRows:
 
     ``clusters[g]`` is the id of group g, its rows are file rows ``offsets[g]:offsets[g+1]``,
     and the same entries of the file ``members_path`` (int64) are their compact positions,
-    ascending. Holds O(groups); rows and positions are read from the files on demand.
+    ascending; ``values_path`` (float64), when a column was carried, their values. Holds
+    O(groups); rows, positions and values are read from the files on demand.
     """
 
     path: str
@@ -80,6 +82,7 @@ class GroupedRows:
     clusters: np.ndarray
     offsets: np.ndarray
     members_path: str
+    values_path: str | None = None
 
     @property
     def n_groups(self) -> int:
@@ -112,6 +115,14 @@ class GroupedRows:
         """Compact positions of group ``g``'s rows, in their source order."""
         return self.members[self.offsets[g] : self.offsets[g + 1]]
 
+    def values_of(self, g: int) -> np.ndarray | None:
+        """The carried values (float64) of group ``g``'s rows, or None when none were."""
+        if self.values_path is None:
+            return None
+        a, b = int(self.offsets[g]), int(self.offsets[g + 1])
+        data = _pread(self.values_path, (b - a) * VALUE.itemsize, a * VALUE.itemsize)
+        return np.frombuffer(data, dtype=VALUE).astype(np.float64)
+
 
 @dataclass(frozen=True)
 class Positions:
@@ -140,35 +151,49 @@ class ClusterColumn:
     position range at a time by the tasks that need it (the driver never holds it).
 
     Make one with :func:`cluster_column`, which checks the column without reading it;
-    ``where`` is how messages name it.
+    ``where`` is how messages name it. ``carry``: a float column of the same scores (e.g.
+    ``centroid_distance``) whose values travel with the rows through the grouping
+    (:meth:`GroupedRows.values_of`); None for none.
     """
 
     path: str
     where: str
     folder: bool
+    carry: str | None = None
 
     def read(self, start: int, stop: int) -> np.ndarray:
         """Cluster ids (int64) of positions ``start:stop``; -1 where the scores have none."""
+        return self._read("cluster", start, stop, -1, np.int64)
+
+    def read_carry(self, start: int, stop: int) -> np.ndarray:
+        """The carried column (float64) at positions ``start:stop``; NaN where absent."""
+        return self._read(self.carry, start, stop, np.nan, np.float64)
+
+    def _read(self, name: str, start: int, stop: int, fill: Any, dtype: Any) -> np.ndarray:
         if not self.folder:
             from prunekit.io.h5io import open_h5
 
             with open_h5(self.path, "scores") as f:
-                return np.asarray(f["cluster"][start:stop], dtype=np.int64)
-        return _read_parts(self.path, start, stop)
+                return np.asarray(f[name][start:stop], dtype=dtype)
+        return _read_parts(self.path, start, stop, name, fill, dtype)
 
 
-def cluster_column(path: str | os.PathLike, n_total: int, *,
-                   where: str | None = None) -> ClusterColumn:
+def cluster_column(path: str | os.PathLike, n_total: int, *, where: str | None = None,
+                   carry: str | None = None) -> ClusterColumn:
     """The ``cluster`` column of the scores at ``path`` (HDF5 file or partitioned folder),
-    checked to hold one integer per row of an input of ``n_total`` rows (metadata only)."""
+    checked to hold one integer per row of an input of ``n_total`` rows (metadata only).
+    ``carry``: a float column to carry through the grouping when the scores have it (one
+    number per row); left out (``carry`` None) when they do not."""
     where = where or f"scores {path}"
     folder = os.path.isdir(path)
+    has_carry = False
     if folder:
         from prunekit.io.dataset import PartsReader
 
         r = PartsReader(path, kind="scores")
         kind, rows = r.columns.get("cluster"), r.n_total
         integer = str(kind).startswith(("int", "uint"))
+        has_carry = str(r.columns.get(carry, "")).startswith("float")
     else:
         from prunekit.io.h5io import open_h5
 
@@ -177,26 +202,33 @@ def cluster_column(path: str | os.PathLike, n_total: int, *,
             kind = None if ds is None else ds.dtype
             integer = kind is not None and ds.dtype.kind in "iu" and ds.ndim == 1
             rows = None if ds is None else ds.shape[0]
+            c = f.get(carry) if carry else None
+            has_carry = (c is not None and getattr(c, "shape", None) == (rows,)
+                         and c.dtype.kind in "iuf")
     if kind is None:
         raise PrunekitError(f"{where} has no 'cluster' dataset; give the scores of "
                             "'prunekit score EMB --method kmeans'.")
     if not integer or rows != n_total:
         raise PrunekitError(f"{where} ['cluster'] must hold one integer per row of the "
                             f"{n_total} embeddings; score k-means on these embeddings again.")
-    return ClusterColumn(os.fspath(path), where, folder)
+    # Absolute: the tasks that read it may run in another working directory (Ray workers).
+    return ClusterColumn(os.path.abspath(path), where, folder, carry if has_carry else None)
 
 
-def _read_parts(path: str, start: int, stop: int) -> np.ndarray:
-    """Cluster ids of positions ``start:stop`` from the parts of a scores folder that hold
-    them, read in the reader's bounded batches (a part is left once it is past ``stop``)."""
+def _read_parts(path: str, start: int, stop: int, name: str = "cluster", fill: Any = -1,
+                dtype: Any = np.int64) -> np.ndarray:
+    """Column ``name`` at positions ``start:stop`` from the parts of a scores folder that
+    hold them, read in the reader's bounded batches: only the row groups that meet the
+    range (a chunk's read costs the chunk, not the part before it); ``fill`` where no part
+    has a row."""
     from prunekit.io.dataset import PartsReader
 
     r = PartsReader(path, kind="scores")
-    out = np.full(stop - start, -1, dtype=np.int64)
+    out = np.full(stop - start, fill, dtype=dtype)
     for i, part in enumerate(r.manifest["parts"]):
         if part["stop"] <= start or part["start"] >= stop:
             continue
-        with contextlib.closing(r.iter_part(i, ["cluster"])) as batches:
+        with contextlib.closing(r.iter_part_range(i, start, stop, [name])) as batches:
             for batch in batches:
                 pos = batch["position"]
                 if pos.size == 0 or pos[-1] < start:
@@ -204,7 +236,7 @@ def _read_parts(path: str, start: int, stop: int) -> np.ndarray:
                 if pos[0] >= stop:
                     break
                 inside = (pos >= start) & (pos < stop)
-                out[pos[inside] - start] = batch["cluster"][inside]
+                out[pos[inside] - start] = batch[name][inside]
     return out
 
 
@@ -215,7 +247,8 @@ def _read_parts(path: str, start: int, stop: int) -> np.ndarray:
 class Chunk:
     """A scatter task: chunk ``ref`` of the source, whose usable rows are the compact
     indices ``first:first + n``, at positions ``rows`` (None: all but ``dropped``), with
-    cluster ids ``labels`` (None: read from the :class:`ClusterColumn`)."""
+    cluster ids ``labels`` (None: read from the :class:`ClusterColumn`) and carried
+    ``values`` (None: from the column's ``carry``, or nothing carried)."""
 
     ref: Any
     first: int
@@ -223,6 +256,7 @@ class Chunk:
     rows: np.ndarray | None
     dropped: np.ndarray
     labels: np.ndarray | None
+    values: np.ndarray | None = None
 
     def local(self) -> np.ndarray:
         """Indices of the usable rows inside the chunk, ascending."""
@@ -233,7 +267,7 @@ class Chunk:
 
 
 def _chunks(src, usable: tuple[np.ndarray | None, np.ndarray], labels: np.ndarray | None,
-            chunk_rows: int) -> list[Chunk]:
+            chunk_rows: int, values: np.ndarray | None = None) -> list[Chunk]:
     """The scatter tasks, one per chunk of ``src`` (slices of the usable rows, no copies)."""
     rows, dropped = usable
     out, first = [], 0
@@ -246,7 +280,8 @@ def _chunks(src, usable: tuple[np.ndarray | None, np.ndarray], labels: np.ndarra
             lo, hi = (int(v) for v in np.searchsorted(dropped, [a, b]))
             n, sel, drop = (b - a) - (hi - lo), None, dropped[lo:hi] if hi > lo else EMPTY
         out.append(Chunk(ref, first, n, sel, drop,
-                         None if labels is None else labels[first : first + n]))
+                         None if labels is None else labels[first : first + n],
+                         None if values is None else values[first : first + n]))
         first += n
     return out
 
@@ -276,6 +311,11 @@ class _Files:
     rows: Path
     members: Path
     pieces: Path
+
+    @property
+    def values(self) -> Path:
+        """The carried values, beside the positions."""
+        return self.members.with_name(self.members.name[: -len("members")] + "values")
 
     @staticmethod
     def in_dir(work: WorkDir, tmp: Path | None, name: str) -> _Files:
@@ -309,31 +349,43 @@ def group_rows(src, rows: np.ndarray, clusters: np.ndarray, path: str | os.PathL
 
 def _group(src, usable, n: int, clusters: np.ndarray | ClusterColumn, files: _Files, *,
            work: WorkDir, record: str, chunk_rows: int, progress: bool,
-           desc: str) -> GroupedRows:
-    """The two passes (see the module docstring), each unit recorded as ``record.*``."""
+           desc: str, values: np.ndarray | None = None) -> GroupedRows:
+    """The two passes (see the module docstring), each unit recorded as ``record.*``.
+
+    ``values``: one float per usable row to carry (else the column's ``carry``, if any)."""
     column = clusters if isinstance(clusters, ClusterColumn) else None
     labels = None if column is not None else _checked_labels(clusters, n)
-    chunks = _chunks(src, usable, labels, chunk_rows)
+    if values is not None and np.shape(values) != (n,):
+        raise PrunekitError(f"carried values must hold one number per usable row ({n}), got "
+                            f"shape {np.shape(values)}.")
+    carry = values is not None or (column is not None and column.carry is not None)
+    chunks = _chunks(src, usable, labels, chunk_rows,
+                     None if values is None else np.asarray(values, dtype=np.float64))
     row_bytes = src.dim * src.dtype.itemsize
+    val = VALUE.itemsize if carry else 0
     top = _top_id(column, labels, chunks, work, f"{record}.shuffle/top", chunk_rows, progress,
                   desc)
     n_buckets, width = bucket_plan(top, n)
     key = hashlib.blake2b(json.dumps([n, len(chunks), chunk_rows, n_buckets, width, row_bytes,
-                                      src.dtype.str]).encode(), digest_size=8).hexdigest()
+                                      src.dtype.str] + ([val] if val else [])).encode(),
+                          digest_size=8).hexdigest()
     prefix = f"{record}.shuffle/{key}"
     fresh = not (_allocated(files.rows, n * row_bytes)
-                 and _allocated(files.members, n * POSITION.itemsize))
+                 and _allocated(files.members, n * POSITION.itemsize)
+                 and (not carry or _allocated(files.values, n * val)))
     done = [None if fresh else _bucket_record(work, f"{prefix}/bucket-{b:08d}")
             for b in range(n_buckets)]
     if any(d is None for d in done):
-        grouped_bytes = n * (row_bytes + POSITION.itemsize) if fresh else 0
+        grouped_bytes = n * (row_bytes + POSITION.itemsize + val) if fresh else 0
         counts = _scatter(src, column, chunks, files, work, prefix, n_buckets, width,
-                          chunk_rows, grouped_bytes, progress, desc)
+                          chunk_rows, grouped_bytes, progress, desc, val)
         if fresh:
             _allocate(files.rows, n * row_bytes)
             _allocate(files.members, n * POSITION.itemsize)
+            if carry:
+                _allocate(files.values, n * val)
         _gather(counts, done, files, work, prefix, row_bytes, width, chunk_rows, progress,
-                desc)
+                desc, val)
     shutil.rmtree(files.pieces, ignore_errors=True)
     ids = np.concatenate([EMPTY, *(d[0] for d in done)])
     sizes = np.concatenate([EMPTY, *(d[1] for d in done)])
@@ -342,7 +394,7 @@ def _group(src, usable, n: int, clusters: np.ndarray | ClusterColumn, files: _Fi
         raise PrunekitError(f"the grouped rows in {files.rows.parent} hold {int(offsets[-1])} "
                             f"rows, not {n}; run the command again without --resume.")
     return GroupedRows(str(files.rows), src.dim, np.dtype(src.dtype), ids, offsets,
-                       str(files.members))
+                       str(files.members), str(files.values) if carry else None)
 
 
 def _checked_labels(clusters: np.ndarray, n: int) -> np.ndarray:
@@ -425,10 +477,11 @@ def _bucket_record(work: WorkDir, name: str) -> tuple[np.ndarray, np.ndarray] | 
 
 
 def _scatter(src, column, chunks, files, work, prefix, n_buckets, width, chunk_rows,
-             grouped_bytes, progress, desc) -> np.ndarray:
+             grouped_bytes, progress, desc, val=0) -> np.ndarray:
     """Rows per (chunk, bucket); the scatter tasks run for the chunks not recorded (after a
-    check that their pieces and ``grouped_bytes`` still to allocate fit on the disk)."""
-    rec_bytes = src.dim * src.dtype.itemsize + 2 * POSITION.itemsize
+    check that their pieces and ``grouped_bytes`` still to allocate fit on the disk).
+    ``val``: bytes of a carried value per row (0: none)."""
+    rec_bytes = src.dim * src.dtype.itemsize + 2 * POSITION.itemsize + val
     counts = np.zeros((len(chunks), n_buckets), dtype=np.int64)
     todo = []
     for i, chunk in enumerate(chunks):
@@ -439,8 +492,9 @@ def _scatter(src, column, chunks, files, work, prefix, n_buckets, width, chunk_r
         else:
             todo.append((i, chunk))
     _check_space(files.pieces, sum(c.n for _, c in todo) * rec_bytes + grouped_bytes)
-    shared = (src, column, str(files.pieces), n_buckets, width)
-    task_bytes = chunk_rows * (3 * src.dim * src.dtype.itemsize + 6 * POSITION.itemsize)
+    shared = (src, column, str(files.pieces), n_buckets, width, bool(val))
+    task_bytes = chunk_rows * (3 * src.dim * src.dtype.itemsize + 6 * POSITION.itemsize
+                               + 3 * val)
     results = current_engine().map(_scatter_task, todo, shared, progress=progress,
                                    desc=f"{desc}: grouping rows (1/2)", task_bytes=task_bytes)
     with contextlib.closing(results):
@@ -457,8 +511,9 @@ def _piece(folder: str | Path, i: int) -> str:
 
 def _scatter_task(shared: tuple, item: tuple[int, Chunk]) -> np.ndarray:
     """Engine task: write chunk i's usable rows sorted by cluster id (stable) to its piece,
-    bucket after bucket: rows, compact positions, cluster ids. Returns rows per bucket."""
-    src, column, pieces, n_buckets, width = shared
+    bucket after bucket: rows, compact positions, [carried values,] cluster ids. Returns
+    rows per bucket."""
+    src, column, pieces, n_buckets, width, carry = shared
     i, chunk = item
     if chunk.n == 0:
         return np.zeros(n_buckets, dtype=np.int64)
@@ -467,6 +522,12 @@ def _scatter_task(shared: tuple, item: tuple[int, Chunk]) -> np.ndarray:
     labels = labels[order].astype(POSITION)
     rows = np.ascontiguousarray(src.read(chunk.ref)[chunk.local()[order]], dtype=src.dtype)
     members = (chunk.first + order).astype(POSITION)
+    fields = [rows, members]
+    if carry:
+        values = chunk.values if chunk.values is not None else column.read_carry(
+            chunk.ref.global_start, chunk.ref.global_stop)[chunk.local()]
+        fields.append(np.asarray(values, dtype=np.float64)[order].astype(VALUE))
+    fields.append(labels)
     counts = np.bincount(labels // width, minlength=n_buckets).astype(np.int64)
     if counts.size > n_buckets:  # the column changed since its largest id was read
         where = "clusters" if column is None else f"{column.where} ['cluster']"
@@ -477,8 +538,8 @@ def _scatter_task(shared: tuple, item: tuple[int, Chunk]) -> np.ndarray:
     try:
         with os.fdopen(fd, "wb") as fh:
             for a, b in zip(bounds[:-1], bounds[1:], strict=True):
-                for part in (rows[a:b], members[a:b], labels[a:b]):
-                    fh.write(part.data)
+                for part in fields:
+                    fh.write(np.ascontiguousarray(part[a:b]).data)
         os.replace(tmp, _piece(pieces, i))
     except BaseException:
         with contextlib.suppress(OSError):
@@ -501,9 +562,10 @@ def _check_space(folder: Path, need: int) -> None:
 
 
 def _gather(counts: np.ndarray, done: list, files: _Files, work: WorkDir, prefix: str,
-            row_bytes: int, width: int, chunk_rows: int, progress: bool, desc: str) -> None:
+            row_bytes: int, width: int, chunk_rows: int, progress: bool, desc: str,
+            val: int = 0) -> None:
     """The gather tasks of the buckets not recorded; fills ``done[b]`` = (ids, sizes)."""
-    rec_bytes = row_bytes + 2 * POSITION.itemsize
+    rec_bytes = row_bytes + 2 * POSITION.itemsize + val
     starts = np.concatenate(([0], np.cumsum(counts.sum(axis=0))))  # bucket b's first row
     before = np.cumsum(counts, axis=1) - counts  # rows of earlier buckets in each piece
     todo = [b for b, d in enumerate(done) if d is None]
@@ -513,7 +575,8 @@ def _gather(counts: np.ndarray, done: list, files: _Files, work: WorkDir, prefix
             have = np.flatnonzero(counts[:, b])
             yield b, int(starts[b]), have, before[have, b] * rec_bytes, counts[have, b]
 
-    shared = (str(files.pieces), str(files.rows), str(files.members), row_bytes, width)
+    shared = (str(files.pieces), str(files.rows), str(files.members),
+              str(files.values) if val else None, row_bytes, width)
     results = current_engine().map(_gather_task, items(), shared, progress=progress,
                                    desc=f"{desc}: grouping rows (2/2)",
                                    task_bytes=2 * chunk_rows * rec_bytes)
@@ -526,35 +589,39 @@ def _gather(counts: np.ndarray, done: list, files: _Files, work: WorkDir, prefix
 def _gather_task(shared: tuple, item: tuple) -> np.ndarray:
     """Engine task: bucket b's stretch of every piece, in chunk order, written to its
     clusters' places; returns ``[ids, sizes]`` of the bucket's clusters (2 x m, int64)."""
-    pieces, rows_path, members_path, row_bytes, width = shared
+    pieces, rows_path, members_path, values_path, row_bytes, width = shared
     b, start, chunks, offsets, counts = item
     pos = POSITION.itemsize
+    val = VALUE.itemsize if values_path else 0
+    head = row_bytes + pos + val  # bytes a row has before its cluster id
     tally = _Tally(b * width, width)
     for c, off, n in zip(chunks, offsets, counts, strict=True):  # sweep 1: the cluster sizes
-        ids = np.frombuffer(_pread(_piece(pieces, c), int(n) * pos,
-                                   int(off) + int(n) * (row_bytes + pos)), dtype=POSITION)
+        ids = np.frombuffer(_pread(_piece(pieces, c), int(n) * pos, int(off) + int(n) * head),
+                            dtype=POSITION)
         tally.add(*_runs(ids)[::2])
     ids, sizes = tally.result()
     cursor = start + np.concatenate(([0], np.cumsum(sizes)[:-1])).astype(np.int64)
-    fd_rows = os.open(rows_path, os.O_WRONLY | _NOFOLLOW)
+    paths = [rows_path, members_path] + ([values_path] if val else [])
+    widths = [row_bytes, pos] + ([val] if val else [])
+    fds: list[int] = []
     try:
-        fd_members = os.open(members_path, os.O_WRONLY | _NOFOLLOW)
-        try:
-            for c, off, n in zip(chunks, offsets, counts, strict=True):  # sweep 2: the rows
-                n = int(n)
-                data = memoryview(_pread(_piece(pieces, c), n * (row_bytes + 2 * pos), int(off)))
-                run_ids, run_at, run_n = _runs(np.frombuffer(data[n * (row_bytes + pos):],
-                                                             dtype=POSITION))
-                members = data[n * row_bytes : n * (row_bytes + pos)]
-                for g, a, m in zip(np.searchsorted(ids, run_ids), run_at, run_n, strict=True):
-                    _pwrite(fd_rows, data[a * row_bytes : (a + m) * row_bytes],
-                            int(cursor[g]) * row_bytes)
-                    _pwrite(fd_members, members[a * pos : (a + m) * pos], int(cursor[g]) * pos)
-                    cursor[g] += m
-        finally:
-            os.close(fd_members)
+        for path in paths:
+            fds.append(os.open(path, os.O_WRONLY | _NOFOLLOW))
+        for c, off, n in zip(chunks, offsets, counts, strict=True):  # sweep 2: the rows
+            n = int(n)
+            data = memoryview(_pread(_piece(pieces, c), n * (head + pos), int(off)))
+            run_ids, run_at, run_n = _runs(np.frombuffer(data[n * head:], dtype=POSITION))
+            at, fields = 0, []
+            for w in widths:  # the piece's stretch: rows, positions, values, ids
+                fields.append(data[at : at + n * w])
+                at += n * w
+            for g, a, m in zip(np.searchsorted(ids, run_ids), run_at, run_n, strict=True):
+                for fd, field, w in zip(fds, fields, widths, strict=True):
+                    _pwrite(fd, field[a * w : (a + m) * w], int(cursor[g]) * w)
+                cursor[g] += m
     finally:
-        os.close(fd_rows)
+        for fd in fds:
+            os.close(fd)
     return np.stack([ids, sizes]).astype(np.int64)
 
 
@@ -650,9 +717,12 @@ def batches(sizes: np.ndarray, batch_rows: int | None = None) -> list[list[int]]
 
 
 def map_clusters(emb, clusters: np.ndarray | ClusterColumn,
-                 task: Callable[[tuple, tuple[int, list[int]]], Any], shared: Any, *,
-                 task_bytes: int, desc: str, progress: bool, members: bool = False,
-                 name: str = "groups") -> tuple[GroupedRows, list[tuple[list[int], Any]]]:
+                 task: Callable[[tuple, tuple[int, list[int]]], Any], shared: Any = None, *,
+                 task_bytes: int = 0, desc: str, progress: bool, members: bool = False,
+                 name: str = "groups", values: np.ndarray | None = None,
+                 prepare: Callable[[GroupedRows, Path], tuple[Any, int]] | None = None,
+                 valid: Callable[[int, Any], bool] | None = None,
+                 ) -> tuple[GroupedRows, list[tuple[list[int], Any]]]:
     """Run ``task`` over the clusters of ``emb``'s usable rows, a batch of clusters a call.
 
     ``clusters``: one cluster id per usable row (compact order), or the
@@ -668,6 +738,14 @@ def map_clusters(emb, clusters: np.ndarray | ClusterColumn,
     recorded in the work directory when it finishes (a batch's result as ``name/<batch>``),
     and ``--resume`` computes only what is not recorded.
 
+    ``values``: one float per usable row carried with the rows (a column's ``carry`` is
+    carried without it), read back with ``grouped.values_of(g)``. ``prepare(grouped,
+    scratch)``, when given, runs once the rows are grouped and returns ``(shared,
+    task_bytes)`` in place of the arguments: it sees the cluster sizes, and ``scratch`` is a
+    private folder (in the work directory, else removed with the grouped rows) where tasks
+    may write what they leave for the caller (see :func:`write_keyed`). ``valid(i,
+    result)`` says whether a recorded batch may be reused (say, its files are still there).
+
     Returns the grouped rows and ``(batch, result)`` for every batch, in batch order, so
     the caller combines them the same way on every engine.
     """
@@ -677,9 +755,19 @@ def map_clusters(emb, clusters: np.ndarray | ClusterColumn,
     try:
         grouped = _group(src, _usable(emb), int(emb.n), clusters,
                          _Files.in_dir(work, tmp, name), work=work, record=name,
-                         chunk_rows=chunk_rows_for(src.dim), progress=progress, desc=desc)
+                         chunk_rows=chunk_rows_for(src.dim), progress=progress, desc=desc,
+                         values=values)
+        if prepare is not None:
+            if tmp is not None:
+                scratch = tmp / "out"
+                scratch.mkdir(mode=0o700)
+            else:
+                scratch = work.scratch(f"{name}.out/-").parent  # made 0700 and checked
+            shared, task_bytes = prepare(grouped, scratch)
         plan = list(enumerate(batches(grouped.sizes)))
         done = {i: work.load(f"{name}/{i:08d}") for i, _ in plan}
+        if valid is not None:
+            done = {i: r if r is None or valid(i, r) else None for i, r in done.items()}
         todo = [item for item in plan if done[item[0]] is None]
         results = engine.map(task, todo, (grouped.for_tasks(), shared), desc=desc,
                              progress=progress, task_bytes=int(task_bytes))
@@ -694,3 +782,57 @@ def map_clusters(emb, clusters: np.ndarray | ClusterColumn,
     if tmp is not None:  # the caller reads positions after the return: removed with them
         weakref.finalize(grouped, shutil.rmtree, str(tmp), True)
     return grouped, [(batch, done[i]) for i, batch in plan]
+
+
+# --------------------------------------------------------------- results keyed by position
+
+
+def write_keyed(folder: str | os.PathLike, name: str, records: np.ndarray,
+                bounds: np.ndarray) -> int:
+    """Leave a task's results for :func:`read_keyed`: ``records`` (a structured array with
+    an int64 field ``key``, distinct keys) sorted by key, preceded by the offsets where each range
+    ``bounds[r]:bounds[r + 1]`` of keys starts, in the file ``folder/name`` (written to a
+    temporary name and renamed). Returns the file's size, for the caller's record.
+
+    The first pass of a shuffle by key: a task that computed rows scattered over the output
+    (one batch of clusters) writes them once, and each range's reader later takes its
+    stretch of every file with two reads, so nothing per row passes through the driver.
+    """
+    data = np.ascontiguousarray(records[np.argsort(records["key"], kind="stable")])
+    offsets = np.searchsorted(data["key"], bounds).astype(POSITION)
+    fd, tmp = create_temp(folder)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(offsets.data)
+            fh.write(data.tobytes())
+        os.replace(tmp, os.path.join(folder, name))
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    return offsets.nbytes + data.nbytes
+
+
+def keyed_size(folder: str | os.PathLike, name: str) -> int:
+    """The size of the file :func:`write_keyed` left as ``name`` (-1 when it is missing)."""
+    try:
+        st = os.lstat(os.path.join(folder, name))
+    except FileNotFoundError:
+        return -1
+    return st.st_size if (st.st_mode & 0o170000) == 0o100000 else -1
+
+
+def read_keyed(folder: str | os.PathLike, names: list[str], r: int, n_ranges: int,
+               dtype: np.dtype) -> np.ndarray:
+    """Range ``r``'s records of every file in ``names`` (in that order), concatenated: the
+    second pass of the shuffle, two reads a file."""
+    out = []
+    head = (n_ranges + 1) * POSITION.itemsize
+    for name in names:
+        path = os.path.join(folder, name)
+        a, b = np.frombuffer(_pread(path, 2 * POSITION.itemsize, r * POSITION.itemsize),
+                             dtype=POSITION)
+        if b > a:
+            out.append(np.frombuffer(_pread(path, int(b - a) * dtype.itemsize,
+                                            head + int(a) * dtype.itemsize), dtype=dtype))
+    return np.concatenate(out) if out else np.zeros(0, dtype=dtype)

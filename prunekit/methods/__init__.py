@@ -22,9 +22,10 @@ with everything the rest of prunekit asks of it::
 :class:`~prunekit.selection.scores.Scores`; :func:`score_to_folder` writes a partitioned
 folder instead: a method whose function takes ``parts`` (a
 :class:`~prunekit.selection.partitioned.ScoresPartSink`) writes the parts from its workers
-and returns their records (k-means); any other method's result is gathered and written
-from the driver in the same parts. Adding a method is adding one module (and importing it
-below).
+and returns their records (every method here: k-means, random, loss from a position-aligned
+file, and the per-cluster methods); a result without records (herding or k-center's one
+global order, loss joined by id) is gathered and written from the driver in the same parts. Adding a method is adding one module (and
+importing it below).
 """
 
 from __future__ import annotations
@@ -115,6 +116,9 @@ class MethodResult:
     # per-row arrays above are then None.
     parts: list | None = None
     counts: np.ndarray | None = None
+    # Side tables whose parts the workers wrote (a greedy ``order``): name -> the arguments
+    # of ``PartWriter.add_table_parts`` (``types``, ``rows``, ``parts``).
+    tables: dict | None = None
 
 
 def register(name: str, params: tuple[Param, ...] = (), *, cost: CostFn | None = None,
@@ -238,11 +242,11 @@ def score_to_folder(
 
     The parts line up with the input's shards (split every ``PART_ROWS`` positions at
     chunk boundaries: :func:`prunekit.io.dataset.chunk_parts`) and hold the columns the
-    HDF5 file would. A method that writes parts from its workers (k-means) sends each row
-    range's scores, ids and labels straight to its part, so the driver holds O(k D +
-    parts); any other method is gathered and written from the driver. The run id comes
-    from the inputs (:func:`~prunekit.selection.partitioned.scores_run_id`), so the same
-    command gives the same parts on every engine. The folder may not be, hold or lie in
+    HDF5 file would. A method that writes parts from its workers sends each row range's
+    scores, ids and labels straight to its part, so the driver holds O(k D + parts); a
+    result that comes back without records is gathered and written from the driver. The
+    run id comes from the inputs (:func:`~prunekit.selection.partitioned.scores_run_id`),
+    so the same command gives the same parts on every engine. The folder may not be, hold or lie in
     an input (the embeddings, a file a parameter names).
     """
     from prunekit.io.dataset import PartWriter, chunk_parts
@@ -280,6 +284,8 @@ def score_to_folder(
                 attrs["cluster_counts"] = [int(c) for c in res.counts]
             if res.centroids is not None:
                 w.add_array("centroids", res.centroids)
+            for name, table in (res.tables or {}).items():
+                w.add_table_parts(name, table["types"], table["rows"], table["parts"])
         out = w.finalize(infos, n_total=emb.n_total, attrs=attrs, params=kept, command=command)
     return ScoresFolder(out, method, emb.n_total, emb.n, kept)
 

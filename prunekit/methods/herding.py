@@ -14,7 +14,8 @@ matrix-vector product over the (n, D) float32 feature matrix per pick.
 cluster's own mean embedding); the per-cluster orders are merged round by round
 (:func:`prunekit.methods.greedy.interleave`). The clusters run as tasks on the current
 engine, reading their rows from a copy grouped by cluster on disk, so memory is bounded by
-the largest cluster (:func:`prunekit.methods.greedy.per_cluster_orders`).
+the largest cluster (:func:`prunekit.methods.greedy.per_cluster_orders`); a scores file is
+read column-wise by the tasks, and a folder output is written by them too.
 Output: ``order`` (the picks) and score = N - position (first pick N, unpicked -inf),
 N = number of scored rows.
 """
@@ -34,12 +35,11 @@ from prunekit.methods.greedy import (
     MAX_KEEP,
     WITHIN,
     check_in_memory,
-    interleave,
-    order_scores,
+    greedy_result,
     per_cluster_orders,
     resolve_max_keep,
     row_dots,
-    within_clusters,
+    within_column,
     within_param,
 )
 from prunekit.params import Param, ParamError
@@ -120,25 +120,33 @@ def herding_scores(
     sigma: float | str = "auto",
     max_keep: int | None = None,
     within: str | os.PathLike | Scores | None = None,
+    parts=None,
 ) -> MethodResult:
     """Kernel-herding order of the rows (or of each cluster's rows with ``within``).
 
     ``max_keep`` stops after that many picks (per cluster with ``within``); the rest
     score -inf. ``sigma="auto"`` is the median heuristic on <= 4096 rows drawn with
-    ``seed``, which also seeds the random Fourier features.
+    ``seed``, which also seeds the random Fourier features. With ``within`` and ``parts``
+    (a folder output) the workers write the parts and the order; without ``within`` the
+    one order over all rows is gathered here.
     """
     if kernel not in KERNELS:
         raise PrunekitError(f"unknown herding kernel '{kernel}'; choose one of: {', '.join(KERNELS)}.")
     if int(rff_dim) < 1:
         raise ParamError("{rff_dim} must be >= 1 (got {}).", rff_dim)
     n, d = emb.n, emb.dim
-    clusters = None if within is None else within_clusters(emb, within)
-    largest = n if clusters is None else int(np.bincount(clusters - clusters.min()).max())
-    if kernel == "exact" and largest > EXACT_MAX_ROWS:
-        raise PrunekitError(
-            f"the exact herding kernel needs O(N^2) work and is limited to {EXACT_MAX_ROWS} rows "
-            f"per herd; this one has {largest}. Use --kernel rff (random Fourier features)."
-        )
+    clusters = None if within is None else within_column(emb, within)
+
+    def check(largest: int) -> None:
+        if kernel == "exact" and largest > EXACT_MAX_ROWS:
+            raise PrunekitError(
+                f"the exact herding kernel needs O(N^2) work and is limited to {EXACT_MAX_ROWS} "
+                f"rows per herd; this one has {largest}. Use --kernel rff (random Fourier "
+                "features)."
+            )
+
+    if clusters is None:
+        check(n)
     sig = _resolve_sigma(emb, sigma, seed)
     rff = RandomFourierFeatures(d, sig, int(rff_dim), seed) if kernel == "rff" else None
     if clusters is None:
@@ -147,16 +155,20 @@ def herding_scores(
         bar = counter(resolve_max_keep(max_keep, n), desc="herding", progress=progress)
         order = _herd(x, kernel, sig, rff, resolve_max_keep(max_keep, n), bar.update)
         bar.close()
+        picks = None
     else:
-        order = interleave(per_cluster_orders(
+        picks = per_cluster_orders(
             emb, clusters, _herd_batch, (kernel, sig, rff), max_keep=max_keep,
-            row_bytes=_row_bytes(emb, kernel, int(rff_dim)), desc="herding", progress=progress))
-    params = {"kernel": kernel, "sigma": sig, "max_keep": max_keep, "n_picked": int(order.size)}
+            row_bytes=_row_bytes(emb, kernel, int(rff_dim)), desc="herding", progress=progress,
+            parts=parts, check=check)
+        order = picks.order
+    params = {"kernel": kernel, "sigma": sig, "max_keep": max_keep,
+              "n_picked": int(order.size) if picks is None else picks.n_picked}
     if kernel == "rff":
         params["rff_dim"] = int(rff_dim)
     if within is not None:
         params["within"] = within_param(within)
-    return MethodResult(score=order_scores(order, n), cluster=clusters, order=order, params=params)
+    return greedy_result(order, n, picks, params)
 
 
 def _herd(x: np.ndarray, kernel: str, sigma: float, rff, m: int, tick=None) -> np.ndarray:

@@ -29,12 +29,11 @@ from prunekit.methods.greedy import (
     MAX_KEEP,
     WITHIN,
     check_in_memory,
-    interleave,
-    order_scores,
+    greedy_result,
     per_cluster_orders,
     resolve_max_keep,
     row_sqdist,
-    within_clusters,
+    within_column,
     within_param,
 )
 from prunekit.params import Param
@@ -81,10 +80,13 @@ def kcenter_scores(
     max_keep: int | None = None,
     metric: str = "euclidean",
     within: str | os.PathLike | Scores | None = None,
+    parts=None,
 ) -> MethodResult:
     """Farthest-first order of the rows, or of each cluster's rows with ``within``.
 
     ``max_keep`` stops after that many picks (per cluster with ``within``; default all).
+    With ``within`` and ``parts`` (a folder output) the workers write the parts and the
+    order; without ``within`` the one order over all rows is gathered here.
     """
     if metric not in METRICS:
         raise PrunekitError(f"unknown k-center metric '{metric}'; choose one of: {', '.join(METRICS)}.")
@@ -98,16 +100,17 @@ def kcenter_scores(
         bar = counter(m, desc="k-center", progress=progress)
         order = farthest_first(x, m, bar.update)
         bar.close()
-        clusters = None
+        picks = None
     else:
-        clusters = within_clusters(emb, within)
-        order = interleave(per_cluster_orders(
-            emb, clusters, _kcenter_batch, metric, max_keep=max_keep, row_bytes=_row_bytes(emb),
-            desc="k-center", progress=progress))
-    params = {"metric": metric, "max_keep": max_keep, "n_picked": int(order.size)}
+        picks = per_cluster_orders(
+            emb, within_column(emb, within), _kcenter_batch, metric, max_keep=max_keep,
+            row_bytes=_row_bytes(emb), desc="k-center", progress=progress, parts=parts)
+        order = picks.order
+    params = {"metric": metric, "max_keep": max_keep,
+              "n_picked": int(order.size) if picks is None else picks.n_picked}
     if within is not None:
         params["within"] = within_param(within)
-    return MethodResult(score=order_scores(order, n), cluster=clusters, order=order, params=params)
+    return greedy_result(order, n, picks, params)
 
 
 def _kcenter_batch(shared, item) -> np.ndarray:

@@ -8,7 +8,6 @@ Together with ``select --balance clusters`` this is the paper's balanced cluster
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -21,8 +20,8 @@ from prunekit.compute.cluster import (
     check_k,
     check_sample_fits,
     fit_chunk_rows,
-    kmeans,
     kmeans_streamed,
+    recluster_threads,
     resolve_backend,
     sample_bytes,
     sample_in_memory,
@@ -75,40 +74,39 @@ PROBE_K_MAX = 512
 
 
 def kmeans_probe(dim: int, n: int, p: dict) -> dict[str, float]:
-    """``kmeans_k``, and the flop/s of one k-means task at that k (the fit's chunk tasks run
-    on one thread each): ``lloyd_flops`` (a Lloyd iteration, 2 m k d flops),
-    ``seeding_flops`` (the seeding, :func:`~prunekit.compute.cluster.seeding_flops`),
-    ``assign_flops_1`` (assignment).
-
-    Runs k-means with 1 and with 3 Lloyd iterations on ``m = max(2k, 4096)`` random rows on
-    one worker: the difference is two iterations; the rest, less the final assignment, is
-    seeding.
+    """``kmeans_k``, and the flop/s of one k-means task at that k on one thread, each timed
+    on the kernel the run's tasks call, on one fit chunk of random unit rows
+    (:func:`~prunekit.compute.cluster.fit_chunk_rows`): ``lloyd_flops`` (a Lloyd chunk:
+    nearest centroid and per-cluster sums, ``2 m k d``), ``assign_flops_1`` (labels and
+    distances), ``seeding_flops`` (a k-means|| round: distances to ``2k`` new candidates,
+    ``2 m d 2k``) and ``recluster_flops`` (one weighted greedy k-means++ over the expected
+    candidates, :func:`~prunekit.compute.cluster.seeding_flops`).
     """
     from threadpoolctl import threadpool_limits
 
-    from prunekit.runtime.engine import LocalEngine
+    from prunekit.compute import cluster as kc
+    from prunekit.runtime.probe import repeat
 
     k = min(int(p["k"]), PROBE_K_MAX)  # a probe takes seconds; beyond it the GEMM rate serves
-    seeding = p.get("seeding", "parallel")
-    m = max(2 * k, 4096)
-    x = np.random.default_rng(0).standard_normal((m, dim), dtype=np.float32)
-    times = []
-    for iters in (1, 3):
-        t0 = time.perf_counter()
-        res = kmeans(x, k, iters=iters, seed=0, restarts=1, seeding=seeding, progress=False,
-                     engine=LocalEngine(1))
-        times.append(time.perf_counter() - t0)
+    m = fit_chunk_rows(dim, k)  # at least k rows
+    rng = np.random.default_rng(0)
+    x = kc.normalize_rows(rng.standard_normal((m, dim), dtype=np.float32))
+    cent = x[rng.choice(m, k, replace=False)]
+    new = x[: min(m, 2 * k)]
+    c = kc.expected_candidates(k)
+    cand = kc.normalize_rows(rng.standard_normal((c, dim), dtype=np.float32))
+    sample, chunk = kc.FitSample.of(x), (0, 0, m)
     with threadpool_limits(limits=1):
-        t0 = time.perf_counter()
-        assign(x, res.centroids, spherical=True)
-        t_assign = time.perf_counter() - t0
+        lloyd = repeat(lambda: kc._fit_lloyd_chunk((sample, cent, True), chunk))
+        t_assign = repeat(lambda: assign(x, cent, spherical=True))
+        spread = repeat(lambda: kc._nearest_chunk((sample, new), chunk))
+        greedy = repeat(lambda: kc._greedy_pp(cand, k, np.random.default_rng(0),
+                                              weights=np.ones(c)), 0.1)
     flops = 2.0 * m * k * dim
-    per_iter = max((times[1] - times[0]) / 2, 1e-9)
-    spread, one_try, tries = seeding_flops(m, k, dim, seeding)
-    seeding_time = max(times[0] - per_iter - t_assign, 1e-9)
-    return {"kmeans_k": k, "lloyd_flops": flops / per_iter,
-            "seeding_flops": (spread + tries * one_try) / seeding_time,
-            "assign_flops_1": flops / max(t_assign, 1e-9)}
+    one_try = seeding_flops(c + 1, k, dim, "parallel")[1]
+    return {"kmeans_k": k, "lloyd_flops": flops / lloyd, "assign_flops_1": flops / t_assign,
+            "seeding_flops": 2.0 * m * dim * new.shape[0] / spread,
+            "recluster_flops": one_try / greedy}
 
 
 def kmeans_cost(m: CostModel, p: dict) -> Cost:
@@ -124,8 +122,10 @@ def kmeans_cost(m: CostModel, p: dict) -> Cost:
     thread for faiss and scikit-learn), plus its seeding
     (:func:`~prunekit.compute.cluster.seeding_flops`: k-means||'s distance passes spread over
     the chunks, its re-clustering tries one task each), at the probed k-means rates when
-    the probe ran at this ``k``, else at the one-thread GEMM rate. A streamed pass does
-    ``2 n k d`` flops, one chunk (and its distances) per task.
+    the probe ran at this ``k``, else at the one-thread GEMM rate (``iters`` is a bound:
+    Lloyd stops once it converges). A streamed pass does ``2 n k d`` flops after each
+    task's float32 copy of its rows, one chunk (and its distances) per task; for a folder
+    output the assignment is one task a part.
     """
     check_k(int(p["k"]), m.n)
     k, iters, full = int(p["k"]), int(p["iters"]), int(p["full_passes"])
@@ -146,6 +146,7 @@ def kmeans_cost(m: CostModel, p: dict) -> Cost:
     lloyd_rate = (measured and m.kernel("lloyd_flops")) or r.gemm_flops_1
     seed_rate = (measured and m.kernel("seeding_flops")) or r.gemm_flops_1
     assign_rate = (measured and m.kernel("assign_flops_1")) or r.gemm_flops_1
+    recluster_rate = (measured and m.kernel("recluster_flops")) or seed_rate
     one = 2.0 * s * k * m.d  # flops of one Lloyd iteration (and of assigning the sample)
     chunks = math.ceil(s / fit_chunk_rows(m.d, k))
     spread, one_try, tries = seeding_flops(s, k, m.d, seeding)
@@ -153,7 +154,9 @@ def kmeans_cost(m: CostModel, p: dict) -> Cost:
     def fit_seconds(workers: int) -> float:
         tasks = min(workers, chunks)
         lloyd = iters * one / (lloyd_rate * (tasks if backend == "chunked" else 1))
-        seed = spread / (seed_rate * tasks) + math.ceil(tries / min(workers, tries)) * one_try / seed_rate
+        threads = recluster_threads(workers, tries) if seeding == "parallel" else 1
+        seed = (spread / (seed_rate * tasks)
+                + math.ceil(tries / min(workers, tries)) * one_try / (recluster_rate * threads))
         return restarts * (lloyd + seed + one / (assign_rate * tasks))
 
     fit = sample_bytes(s, k, m.d, in_memory=in_memory, seeding=seeding)
@@ -175,8 +178,10 @@ def kmeans_cost(m: CostModel, p: dict) -> Cost:
                           full * m.stream(pass_flops, m.ray, m.ray, assign_rate),
                           int(local_peak + m.local * k * m.d * 8),
                           f"{full} streamed pass(es) of per-centroid sums"))
-    steps.append(Step("assign", 1, m.stream(pass_flops, m.local, 1, assign_rate),
-                      m.stream(pass_flops, m.ray, m.ray, assign_rate),
+    # a folder output: one task a part, which writes it (plan adds its "write parts" step)
+    here, there = (min(m.local, m.parts), min(m.ray, m.parts)) if m.folder else (m.local, m.ray)
+    steps.append(Step("assign", 1, m.stream(pass_flops, here, 1, assign_rate),
+                      m.stream(pass_flops, there, there, assign_rate),
                       int(local_peak), f"every row to its nearest of {k} centroids; "
                       f"{human(task)} per Ray worker"))
     notes = [] if s >= m.n else [f"k-means sample: {sp.drawn}."]

@@ -10,6 +10,11 @@ Larger score = kept first, so the natural order keeps the highest-loss items (th
 
 Scores are matched to the embeddings by id when both sides have ids, by position
 otherwise (then the file needs exactly one score per embedding row).
+
+Written as a folder (``score -o DIR/``), a position-aligned ``.npy`` or HDF5 file without
+``ids`` streams: each task reads its part's slice (a memory map, an HDF5 slice) and writes
+the part, so the driver holds no per-row array. A file joined by id, and any ``.json`` or
+``.csv``, is read whole on the driver as for a single file.
 """
 
 from __future__ import annotations
@@ -28,14 +33,17 @@ from prunekit.io.embeddings import Embeddings
 from prunekit.io.h5io import decode_ids, open_h5, require
 from prunekit.io.ids import id_positions
 from prunekit.methods import MethodResult, Summary, register
+from prunekit.methods.partwise import RowRange, write_score_parts
 from prunekit.params import Param
 from prunekit.runtime.costs import Cost, CostModel, Step
+from prunekit.selection.partitioned import ScoresPartSink
 
 NAMED = 5
 
 
 def loss_cost(m: CostModel, p: dict) -> Cost:
-    """No pass over the embeddings: the score file is read (about 20 ns a row)."""
+    """No pass over the embeddings: the score file is read (about 20 ns a row); the scores
+    and positions (none on the driver for a folder output from a position-aligned file)."""
     return Cost([Step("read score file", 0, m.n * 2e-8, m.n * 2e-8, 0)], 8 * m.n * 2)
 
 
@@ -54,11 +62,20 @@ def loss_scores(
     seed: int = 0,
     progress: bool = True,
     from_file: str | os.PathLike | None = None,
+    parts: ScoresPartSink | None = None,
 ) -> MethodResult:
     """The imported score of every usable row (non-finite imported scores are an error)."""
     if from_file is None:
         raise PrunekitError("method 'loss' needs the file of scores to import: --from FILE.")
     name = str(from_file)
+    source = None if parts is None else position_source(from_file, emb)
+    if source is not None:  # each task reads its part's slice of the file
+        written = write_score_parts(emb, parts, _read_part, source, desc="loss import",
+                                    progress=progress)
+        if written.n_nonfinite:
+            raise _nonfinite(name, written.n_nonfinite, written.nonfinite)
+        return MethodResult(score=None, parts=written.records,  # type: ignore[arg-type]
+                            params={"from_file": name, "matched_by": "position"})
     values, ids = read_score_file(from_file)
     if ids is not None and emb.ids is not None:
         full = _by_id(values, ids, emb, name)
@@ -73,21 +90,76 @@ def loss_scores(
     used = full[emb.rows]
     bad = np.flatnonzero(~np.isfinite(used))
     if bad.size:
-        rows = ", ".join(map(str, emb.rows[bad[:NAMED]]))
-        raise PrunekitError(
-            f"{name} has {bad.size} non-finite scores (NaN/inf) for embedding rows {rows}"
-            f"{', ...' if bad.size > NAMED else ''}. Fix them in the file."
-        )
+        raise _nonfinite(name, bad.size, emb.rows[bad[:NAMED]])
     return MethodResult(score=used, params={"from_file": name, "matched_by": "id" if (
         ids is not None and emb.ids is not None) else "position"})
 
 
-def read_score_file(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray | None]:
-    """``(scores float64, ids or None)`` from an HDF5, .npy, .json or .csv file."""
+def _nonfinite(name: str, count: int, rows: np.ndarray) -> PrunekitError:
+    """The error for ``count`` non-finite scores, naming the first embedding ``rows``."""
+    return PrunekitError(
+        f"{name} has {count} non-finite scores (NaN/inf) for embedding rows "
+        f"{', '.join(map(str, rows[:NAMED]))}{', ...' if count > NAMED else ''}. "
+        "Fix them in the file."
+    )
+
+
+def position_source(path: str | os.PathLike, emb: Embeddings) -> tuple[str, str] | None:
+    """``(kind, path)`` when the file can be read in slices by position: a ``.npy`` (memory
+    mapped, no pickles) or an HDF5 file without ``ids``, whose ``score`` is a 1-D array of
+    numbers with one value per embedding row. None otherwise: the whole file is then read
+    by :func:`read_score_file`, which also gives the errors of a file that does not fit."""
+    p = _checked(path)
+    if h5py.is_hdf5(p):
+        with open_h5(p, "scores") as f:
+            d = f.get("score")
+            if "ids" in f or not isinstance(d, h5py.Dataset) or d.shape is None \
+                    or not _aligned(d.shape, d.dtype, emb):
+                return None
+        return "h5", str(p)
+    if p.suffix.lower() != ".npy":
+        return None
+    try:
+        values = np.load(p, mmap_mode="r", allow_pickle=False)
+    except (ValueError, OSError):
+        return None
+    ok = isinstance(values, np.ndarray) and _aligned(values.shape, values.dtype, emb)
+    del values  # the tasks map the file themselves
+    return ("npy", str(p)) if ok else None
+
+
+def _aligned(shape: tuple, dtype: np.dtype, emb: Embeddings) -> bool:
+    return len(shape) == 1 and shape[0] == emb.n_total and (
+        np.issubdtype(dtype, np.number) or np.issubdtype(dtype, np.bool_))
+
+
+def _read_part(source: tuple[str, str], ranges: list[RowRange]):
+    """Engine task's reader (:func:`~prunekit.methods.partwise.write_score_parts`): the
+    file's scores at each range's positions, as :func:`read_score_file` converts them."""
+    kind, path = source
+    if kind == "npy":
+        values = np.load(path, mmap_mode="r", allow_pickle=False)
+        for r in ranges:
+            yield np.asarray(values[r.start : r.stop]).astype(np.float64)
+        return
+    with open_h5(path, "scores") as f:
+        d = f["score"]
+        for r in ranges:
+            yield np.asarray(d[r.start : r.stop]).astype(np.float64)
+
+
+def _checked(path: str | os.PathLike) -> Path:
+    """``path`` as a Path once it is an existing regular file."""
     p = Path(path)
     if not p.exists() or p.is_dir():
         raise PrunekitError(f"scores file to import not found: {p}. Check the --from path.")
     check_input(p, "scores file to import")  # a FIFO would block the read forever
+    return p
+
+
+def read_score_file(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray | None]:
+    """``(scores float64, ids or None)`` from an HDF5, .npy, .json or .csv file."""
+    p = _checked(path)
     if h5py.is_hdf5(p):
         with open_h5(p, "scores") as f:
             values = np.asarray(require(f, "score", "scores")[()])

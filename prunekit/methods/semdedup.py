@@ -8,19 +8,41 @@ first, easy = nearest first, random = seeded), and score
 
 SemDeDup at threshold eps removes exactly the items with score < eps (``select --eps``);
 ``select --pr P`` removes the most redundant items first. See :mod:`prunekit.methods.dedup`.
+
+A ``within`` file or folder is read column-wise by the tasks (its ``centroid_distance``
+travels with the rows through the grouping). With a folder output the workers write the
+parts (:func:`prunekit.methods.greedy.write_parts`); clustering itself, semdedup then writes
+its k-means to a scratch folder first and groups by that, so no per-row array reaches the
+driver either way.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
+from pathlib import Path
 
 import numpy as np
 
-from prunekit.compute.grouping import map_clusters
+from prunekit.compute.grouping import (
+    ClusterColumn,
+    GroupedRows,
+    cluster_column,
+    map_clusters,
+    write_keyed,
+)
 from prunekit.errors import PrunekitError
 from prunekit.io.embeddings import Embeddings
 from prunekit.methods import REGISTRY, MethodResult, Summary, dedup, register
-from prunekit.methods.greedy import within_clusters, within_param
+from prunekit.methods.greedy import (
+    Out,
+    cluster_counts,
+    grouped_clusters,
+    within_column,
+    within_param,
+    write_parts,
+)
 from prunekit.methods.kmeans import DEFAULT_ITERS, DEFAULT_K
 from prunekit.params import Param, validate
 from prunekit.runtime.budget import memory_budget
@@ -41,8 +63,8 @@ PARAMS = (
           "Which item of a group of near-duplicates survives: hard = furthest from the "
           "centroid, easy = nearest, random = seeded.", choices=dedup.KEEPS),
     Param("within", "path", None,
-          "Use the clusters of this k-means scores file instead of clustering again.",
-          nullable=True, objects=(Scores,)),
+          "Use the clusters of this k-means scores file (or folder) instead of clustering "
+          "again.", nullable=True, objects=(Scores,), dir_okay=True),
 )
 
 PROBE_ROWS = 2048  # the cluster the probe deduplicates
@@ -131,12 +153,17 @@ def semdedup_scores(
     iters: int = DEFAULT_ITERS,
     keep: str = "hard",
     within: str | os.PathLike | Scores | None = None,
+    parts=None,
 ) -> MethodResult:
     """SemDeDup: score = cosine distance to the nearest item earlier in its cluster's keep order.
 
     Writes ``cluster`` (and, when it clusters itself, ``centroids`` and
     ``centroid_distance``), so ``select --balance clusters`` works on the result too.
+    With ``parts`` (a folder output) the workers write the parts.
     """
+    if parts is not None:
+        return _scores_to_parts(emb, parts, seed=seed, progress=progress, k=k, iters=iters,
+                                keep=keep, within=within)
     params: dict = {"keep": keep}
     if within is None:
         km = REGISTRY["kmeans"].fn(emb, seed=seed, progress=progress, k=k, iters=iters)
@@ -145,14 +172,59 @@ def semdedup_scores(
                               centroid_distance=distance)
         params.update(k=k, iters=iters, kmeans_inertia=km.params.get("inertia"))
     else:
-        clusters = within_clusters(emb, within)
-        distance = _within_distance(emb, within)
-        result = MethodResult(score=None, cluster=clusters)
+        clusters = within_column(emb, within, carry="centroid_distance")
+        distance = _within_distance(emb, within) if isinstance(within, Scores) else None
+        result = MethodResult(score=None)
         params["within"] = within_param(within)
-    result.score = cluster_scores(emb, clusters, distance, keep=keep, seed=seed, progress=progress)
-    params["duplicates"] = dedup.duplicate_counts(result.score, clusters=clusters)
+    result.score, result.cluster = cluster_scores(emb, clusters, distance, keep=keep, seed=seed,
+                                                  progress=progress)
+    params["duplicates"] = dedup.duplicate_counts(result.score, clusters=result.cluster)
     result.params = params
     return result
+
+
+def _scores_to_parts(emb: Embeddings, parts, *, seed: int, progress: bool, k: int,
+                     iters: int, keep: str, within) -> MethodResult:
+    """SemDeDup written by the workers: the clusters of ``within``, or of a k-means written
+    to a scratch folder first (its distances carried as the ``centroid_distance`` column)."""
+    from prunekit.io.dataset import PartsReader
+    from prunekit.methods import score_to_folder
+    from prunekit.runtime.context import current_work_dir
+
+    params: dict = {"keep": keep}
+    centroids, own, tmp = None, within is None, None
+    try:
+        if own:
+            work = current_work_dir()
+            if work.enabled:
+                km_dir = work.scratch("semdedup.kmeans")
+                shutil.rmtree(km_dir, ignore_errors=True)
+            else:
+                tmp = Path(tempfile.mkdtemp(prefix="prunekit-semdedup-"))
+                km_dir = tmp / "kmeans"
+            km = score_to_folder(emb, "kmeans", km_dir, seed=seed, progress=progress, k=k,
+                                 iters=iters)
+            centroids = PartsReader(km.path, kind="scores").array("centroids")
+            params.update(k=k, iters=iters, kmeans_inertia=km.params.get("inertia"))
+            clusters = cluster_column(km.path, emb.n_total, where="semdedup's k-means",
+                                      carry="centroid_distance")
+        else:
+            clusters = within_column(emb, within, carry="centroid_distance")
+            params["within"] = within_param(within)
+        distance = _within_distance(emb, within) if isinstance(within, Scores) else None
+        infos, counts, dup = _cluster_parts(emb, clusters, distance, parts, keep=keep,
+                                            seed=seed, progress=progress, own=own,
+                                            k=0 if centroids is None else centroids.shape[0])
+    finally:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+    n = emb.n
+    params["duplicates"] = [
+        {"eps": float(e), "removed": int(r), "kept": n - int(r),
+         "fraction": float(r / n) if n else 0.0, "clusters_affected": int(a)}
+        for e, r, a in zip(dedup.DEFAULT_EPS, dup[0], dup[1], strict=True)]
+    return MethodResult(score=None, centroids=centroids, parts=infos, counts=counts,
+                        params=params)
 
 
 def _within_distance(emb: Embeddings, within: str | os.PathLike | Scores) -> np.ndarray | None:
@@ -164,47 +236,117 @@ def _within_distance(emb: Embeddings, within: str | os.PathLike | Scores) -> np.
     return d if np.isfinite(d).all() else None
 
 
-def cluster_scores(emb: Embeddings, clusters: np.ndarray, distance: np.ndarray | None, *,
-                   keep: str, seed: int, progress: bool) -> np.ndarray:
-    """SemDeDup scores of the usable rows, one batch of clusters per engine task.
+def cluster_scores(emb: Embeddings, clusters: np.ndarray | ClusterColumn,
+                   distance: np.ndarray | None, *, keep: str, seed: int,
+                   progress: bool) -> tuple[np.ndarray, np.ndarray]:
+    """SemDeDup scores of the usable rows and their cluster ids, one batch of clusters per
+    engine task.
 
     The rows are grouped by cluster on disk once and the batches mapped on the engine
     (:func:`prunekit.compute.grouping.map_clusters`), so a task reads its clusters' rows
     with one read each and memory is bounded by the largest cluster; each finished batch
-    is recorded for ``--resume``. ``distance`` None: the
-    cosine distance to the cluster's normalised mean orders the items. The scores equal
-    :func:`prunekit.methods.dedup.semdedup_cluster` run on each cluster's rows in memory.
+    is recorded for ``--resume``. ``clusters``: an array, or a scores file's column whose
+    carried ``centroid_distance`` orders the items; ``distance`` (an array) orders them
+    otherwise, and with neither the cosine distance to the cluster's normalised mean does.
+    The scores equal :func:`prunekit.methods.dedup.semdedup_cluster` run on each cluster's
+    rows in memory.
     """
-    sizes = np.unique(clusters, return_counts=True)[1]
-    largest = int(sizes.max())
-    src = emb.reader
-    block, _ = _plan(largest, src.dim)
-    grouped, results = map_clusters(
-        emb, clusters, _batch_task, (distance, keep, int(seed), MAX_BLOCK_BYTES),
-        task_bytes=8 * largest * src.dim + block,  # see _plan
-        desc="semdedup", progress=progress, members=True)
+    grouped, results = map_clusters(emb, clusters, _batch_task, desc="semdedup",
+                                    progress=progress, members=True,
+                                    prepare=_prepare(emb, distance, keep, seed, None, False))
     score = np.empty(emb.n, dtype=np.float64)
     offsets = grouped.offsets
     for batch, done in results:
         score[grouped.members[offsets[batch[0]] : offsets[batch[-1] + 1]]] = done
-    return score
+    return score, grouped_clusters(grouped, emb.n)
+
+
+def _cluster_parts(emb: Embeddings, clusters, distance, parts, *, keep: str, seed: int,
+                   progress: bool, own: bool, k: int) -> tuple[list, np.ndarray, np.ndarray]:
+    """SemDeDup scores written as parts by the workers (see :func:`cluster_scores`):
+    the parts' records, rows per cluster, and per eps of ``dedup.DEFAULT_EPS`` the rows
+    removed and the clusters affected (2 x eps)."""
+    state: dict = {}
+    grouped, results = map_clusters(
+        emb, clusters, _batch_task, desc="semdedup", progress=progress,
+        prepare=_prepare(emb, distance, keep, seed, state, own),
+        valid=lambda i, rec: state["out"].present(i, rec))
+    dtype = _records(own)
+    infos, _ = write_parts(state["out"], parts, len(results), dtype, "semdedup", progress)
+    eps = len(dedup.DEFAULT_EPS)
+    dup = np.zeros((2, eps), dtype=np.int64)
+    for _, rec in results:  # batch order; integer sums
+        dup += np.asarray(rec[1:], dtype=np.int64).reshape(2, eps)
+    return infos, cluster_counts(grouped, k), dup
+
+
+def _records(own: bool) -> np.dtype:
+    """What a batch task leaves per row for the parts (with its own k-means' distance)."""
+    fields = [("key", "<i8"), ("score", "<f8"), ("cluster", "<i8")]
+    return np.dtype(fields + ([("centroid_distance", "<f8")] if own else []))
+
+
+def _prepare(emb, distance, keep, seed, state, own):
+    """``map_clusters``'s ``prepare``: the budget check and the tasks' shared part, with
+    an :class:`~prunekit.methods.greedy.Out` when ``state`` (a dict to fill) is given."""
+
+    def prepare(grouped: GroupedRows, scratch: Path) -> tuple[tuple, int]:
+        largest = int(grouped.sizes.max())
+        block, _ = _plan(largest, emb.reader.dim)
+        out = None
+        if state is not None:
+            out = state["out"] = Out.plan(emb, scratch)
+        shared = (distance, keep, int(seed), MAX_BLOCK_BYTES, out, own)
+        return shared, 8 * largest * emb.reader.dim + block  # see _plan
+
+    return prepare
 
 
 def _batch_task(shared: tuple, item: tuple[int, list[int]]) -> np.ndarray:
-    """Scores of one batch of clusters, concatenated in group order (a pure function)."""
-    grouped, (distance, keep, seed, block) = shared
-    out = []
+    """Scores of one batch of clusters, concatenated in group order (a pure function); with
+    an ``Out``, left in its folder instead: the file's size, then per eps the rows removed
+    and the clusters affected."""
+    grouped, (distance, keep, seed, block, out, own) = shared
+    scores = []
     for g in item[1]:
         x = dedup.normalized(grouped.read(g), names=grouped.rows_of(g))
-        if distance is None:
-            mean = x.mean(axis=0, dtype=np.float64)
-            norm = np.linalg.norm(mean)
-            d = 1.0 - x @ (mean / norm if norm > 0 else mean)
-        else:
-            d = distance[grouped.rows_of(g)]
+        d = _keep_distance(grouped, g, x, distance)
         order = dedup.keep_order(d, keep, seed=seed, cluster=int(grouped.clusters[g]))
-        out.append(dedup.semdedup_cluster(x, order, block_bytes=block))
-    return np.concatenate(out)
+        scores.append(dedup.semdedup_cluster(x, order, block_bytes=block))
+    if out is None:
+        return np.concatenate(scores)
+    recs = []
+    removed = np.zeros((2, len(dedup.DEFAULT_EPS)), dtype=np.int64)
+    for g, score in zip(item[1], scores, strict=True):
+        rec = np.zeros(score.size, dtype=_records(own))
+        rec["key"] = out.positions(grouped.rows_of(g))
+        rec["score"], rec["cluster"] = score, grouped.clusters[g]
+        if own:
+            rec["centroid_distance"] = grouped.values_of(g)
+        recs.append(rec)
+        gone = score[:, None] < np.asarray(dedup.DEFAULT_EPS)[None, :]
+        removed[0] += gone.sum(axis=0)
+        removed[1] += gone.any(axis=0)
+    size = write_keyed(out.folder, f"scores-{item[0]:08d}", np.concatenate(recs), out.bounds)
+    return np.concatenate(([size], removed.ravel())).astype(np.int64)
+
+
+def _keep_distance(grouped: GroupedRows, g: int, x: np.ndarray,
+                   distance: np.ndarray | None) -> np.ndarray:
+    """What orders cluster g's items: the caller's distances, the carried k-means ones, or
+    the cosine distance to the cluster's normalised mean."""
+    if distance is not None:
+        return distance[grouped.rows_of(g)]
+    carried = grouped.values_of(g)
+    if carried is not None:
+        if not np.isfinite(carried).all():
+            raise PrunekitError(
+                "the --within scores' 'centroid_distance' is not finite for rows that have a "
+                "cluster; give the scores of 'prunekit score EMB --method kmeans'.")
+        return carried
+    mean = x.mean(axis=0, dtype=np.float64)
+    norm = np.linalg.norm(mean)
+    return 1.0 - x @ (mean / norm if norm > 0 else mean)
 
 
 def _plan(largest: int, dim: int) -> tuple[int, int]:

@@ -3,13 +3,17 @@
 The counts and the MMD come from :func:`prunekit.inspect`; the score distributions, the
 eps curve, the 2-D map, the duplicate groups and the thumbnails are computed here, each
 reading only what it shows (see :mod:`prunekit.report.data`, :mod:`~prunekit.report.views`
-and :mod:`~prunekit.report.thumbs`).
+and :mod:`~prunekit.report.thumbs`). A selection folder and a scores folder are streamed
+part by part beside each pass, never loaded: the page holds per-group counts, a window of
+rows, the map's sample and the rows shown, and equals the page of the same HDF5 files.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
+import shutil
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,6 +23,7 @@ import numpy as np
 from prunekit.errors import PrunekitError
 from prunekit.io.embeddings import Embeddings, load_embeddings
 from prunekit.report import data, thumbs, views
+from prunekit.runtime.memory import check_fits
 from prunekit.selection.quality import MMD_SAMPLE
 from prunekit.selection.scores import Scores
 from prunekit.selection.subset import Selection, load_selection
@@ -37,6 +42,38 @@ class Thumb:
     png: bytes | None = None
     size: tuple[int, int] = (0, 0)
     gap: str | None = None
+
+
+@dataclass(frozen=True)
+class FolderMeta:
+    """A selection folder's attributes, without its rows (which are streamed when needed)."""
+
+    path: str
+    n_total: int
+    n_kept: int
+    pr: float
+    method: str
+    params: dict[str, Any]
+    source_fingerprint: str
+
+
+def folder_meta(path: PathOr) -> FolderMeta:
+    """The attributes of the selection folder ``path``, checked as loading it checks them."""
+    from prunekit.io.dataset import PartsReader
+    from prunekit.selection.streamed import selection_meta
+
+    r = PartsReader(path, kind="selection")
+    m = selection_meta(r, path)
+    return FolderMeta(os.fspath(path), m.n_total, r.n_rows, m.pr, m.method, m.params,
+                      m.source_fingerprint)
+
+
+def _loaded(sel: Selection | FolderMeta, why: str) -> Selection:
+    """The selection in memory (a folder whose positions do not name the rows: by ids)."""
+    if isinstance(sel, Selection):
+        return sel
+    check_fits(96.0 * sel.n_kept, f"matching the rows of {sel.path} to {why} by id in memory")
+    return load_selection(sel.path)
 
 
 @dataclass
@@ -161,7 +198,10 @@ def build(
     if images is not None:
         thumbs.require_pillow()
         provider = thumbs.open_provider(images)
-    sel = selection if isinstance(selection, Selection) else load_selection(selection)
+    if isinstance(selection, (str, os.PathLike)) and os.path.isdir(selection):
+        sel: Selection | FolderMeta = folder_meta(selection)
+    else:
+        sel = selection if isinstance(selection, Selection) else load_selection(selection)
     emb = embeddings
     if emb is not None and not isinstance(emb, Embeddings):
         emb = load_embeddings(emb, key=key, drop_nonfinite=drop_nonfinite)
@@ -173,7 +213,7 @@ def build(
                            images=None if provider is None else provider.name)
     report.inputs, report.input_dirs = input_paths(selection, scores, embeddings, images, compare)
     if emb is not None:
-        kept_emb = views.kept_in(emb, sel, report.name)
+        kept_emb = _kept_in_emb(emb, sel, report.name)
         if map != "none":
             report.map = views.project(emb, kept_emb, method=map, sample=map_sample, seed=seed)
         report.compare = _compare(report, sel, emb, compare, opts)
@@ -210,30 +250,56 @@ def input_paths(*items: Any) -> tuple[list[str], list[str]]:
     return files, dirs
 
 
-def _compare(report: InspectReport, sel: Selection, emb: Embeddings, compare: Any,
+def _kept_in_emb(emb: Embeddings, sel: Selection | FolderMeta, name: str) -> data.KeptRows:
+    """The kept rows in the embeddings' row space (a folder's positions name them when the
+    sizes agree, as ``pk.inspect`` checks; otherwise they are matched by id in memory)."""
+    if isinstance(sel, FolderMeta) and sel.n_total == emb.n_total:
+        return data.KeptRows(folder=sel.path, n=sel.n_kept)
+    return data.KeptRows(views.kept_in(emb, _loaded(sel, "the embeddings"), name))
+
+
+def _kept_in_scores(sel: Selection | FolderMeta, rows: data.RowArrays) -> data.KeptRows:
+    """The kept rows in the scores' row space (see :func:`_kept_in_emb`)."""
+    if isinstance(sel, FolderMeta) and sel.n_total == rows.n_total:
+        return data.KeptRows(folder=sel.path, n=sel.n_kept)
+    return data.KeptRows(data.kept_positions(_loaded(sel, "the scores"), rows))
+
+
+def _compare(report: InspectReport, sel: Selection | FolderMeta, emb: Embeddings, compare: Any,
              opts: dict[str, Any]) -> list[dict[str, Any]]:
-    """The MMD row of this selection and of each item of ``compare`` (same embeddings, seed)."""
+    """The MMD row of this selection and of each item of ``compare`` (same embeddings, seed).
+
+    A scores folder is selected part by part into a scratch folder, removed at the end.
+    """
     rows = []
     if "mmd" in report.summary:
         rows.append(_mmd_row(report.name, "this selection", sel, report.summary["mmd"]))
-    for item in compare:
-        name, other, how = views.compare_selection(item, sel, opts["seed"])
-        res = as_dict(_inspect()(other, embeddings=emb, **opts))
-        rows.append(_mmd_row(name, how, other, res["mmd"]))
+    work = tempfile.mkdtemp(prefix="prunekit-report-") if compare else None
+    try:
+        for item in compare:
+            name, other, how = views.compare_selection(item, sel, opts["seed"], work)
+            res = as_dict(_inspect()(other, embeddings=emb, **opts))
+            meta = folder_meta(other) if isinstance(other, (str, os.PathLike)) else other
+            rows.append(_mmd_row(name, how, meta, res["mmd"]))
+    finally:
+        if work is not None:
+            shutil.rmtree(work, ignore_errors=True)
     return rows
 
 
-def _mmd_row(name: str, how: str, sel: Selection, mmd: dict[str, Any]) -> dict[str, Any]:
+def _mmd_row(name: str, how: str, sel: Selection | FolderMeta,
+             mmd: dict[str, Any]) -> dict[str, Any]:
     return {"name": name, "how": how, "method": sel.method, "pr": sel.pr, "n_kept": sel.n_kept,
             "balance": sel.params.get("balance", "-"), **mmd}
 
 
-def _from_scores(report: InspectReport, sel: Selection, scores: Any, emb: Embeddings | None,
+def _from_scores(report: InspectReport, sel: Selection | FolderMeta, scores: Any,
+                 emb: Embeddings | None,
                  provider: thumbs.ImageProvider | None, clusters_shown: int, per_strip: int,
                  dup_groups: int, max_pixels: int, seed: int) -> None:
     """Score distributions, eps curve, thumbnails per cluster and duplicate groups."""
     with data.RowArrays(scores) as rows:
-        kept = data.kept_positions(sel, rows)
+        kept = _kept_in_scores(sel, rows)
         groups = report.summary.get("clusters")
         shown = [] if provider is None else \
             _largest(groups, clusters_shown) if rows.has("cluster") else [data.ALL_ROWS]
@@ -270,8 +336,8 @@ def _ids(rows: data.RowArrays, emb: Embeddings | None):
             return []
         if rows.has("ids"):
             return rows.take("ids", np.array(pos)).tolist()
-        if emb is not None and emb.ids is not None:
-            return emb.ids[np.array(pos)].tolist()
+        if emb is not None and emb.has_ids:  # only the rows shown are read
+            return np.concatenate([emb.side_for("ids", p, p + 1) for p in pos]).tolist()
         return list(pos)
 
     return lookup

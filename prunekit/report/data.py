@@ -1,10 +1,13 @@
 """The numbers of the page that ``pk.inspect`` does not give: streamed over the scores.
 
-The per-row arrays of a scores file (score, cluster, centroid distance) are read one chunk
-of :data:`CHUNK_ROWS` rows at a time, straight from the HDF5 file, so a 10^8-row selection
-is summarised in memory bounded by a chunk and a few small per-cluster candidate lists.
-Two passes: the first finds the score range (and, for semdedup, how many rows each eps
-removes), the second fills the histograms and picks the rows whose images are shown.
+The per-row arrays of a scores file (score, cluster, centroid distance) are read one window
+of :data:`CHUNK_ROWS` positions at a time, straight from the HDF5 file or from the parts of
+a scores folder (re-cut into the same windows), and the kept rows likewise from the
+selection's indices or its folder (:class:`KeptRows`); so a 10^8-row selection is
+summarised in memory bounded by a window and a few small per-cluster candidate lists, and
+a folder gives the numbers of the equal HDF5 file. Two passes: the first finds the score
+range (and, for semdedup, how many rows each eps removes), the second fills the histograms
+and picks the rows whose images are shown.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from typing import Any
 import h5py
 import numpy as np
 
+from prunekit.errors import PrunekitError
 from prunekit.io.h5io import decode_ids, open_h5
 from prunekit.io.provenance import read_params
 from prunekit.seeds import role_rng
@@ -23,23 +27,40 @@ from prunekit.selection.quotas import water_level
 from prunekit.selection.scores import Scores
 from prunekit.selection.subset import Selection, resolve_rows
 
-CHUNK_ROWS = 1 << 20  # rows of the per-row arrays per read (a fixed number: same picks anywhere)
+CHUNK_ROWS = 1 << 18  # positions per window of a pass (a fixed number: same picks anywhere)
 HIST_BINS = 60
 EPS_GRID = np.geomspace(1e-4, 1.0, 41)
 
 
 class RowArrays:
-    """The per-row arrays of a scores file or a :class:`Scores`, read by slices.
+    """The per-row arrays of a scores file, a scores folder or a :class:`Scores`, read by
+    windows of positions (:meth:`windows`) or at given positions (:meth:`take`).
 
-    A path stays open (h5py datasets, nothing read until asked); close it with
-    :meth:`close` or a ``with`` block.
+    A file stays open (h5py datasets, nothing read until asked); close it with
+    :meth:`close` or a ``with`` block. A folder is read part by part, never whole.
     """
 
     NAMES = ("score", "cluster", "centroid_distance", "labels", "ids")
+    COLUMNS = {"score": "score", "cluster": "cluster", "centroid_distance": "centroid_distance",
+               "labels": "label", "ids": "id"}  # array name -> column of a scores folder
 
     def __init__(self, scores: Scores | str | os.PathLike) -> None:
         self._file: h5py.File | None = None
-        if isinstance(scores, Scores):
+        self._parts = None
+        if isinstance(scores, (str, os.PathLike)) and os.path.isdir(scores):
+            from prunekit.io.dataset import PartsReader
+
+            self._parts = r = PartsReader(scores, kind="scores")
+            m = r.manifest
+            self.method, self.n_total = str(m.get("method") or "unknown"), r.n_total
+            self.params, self.fingerprint = m.get("params", {}), str(m.get("source_fingerprint") or "")
+            self._arrays = {n: self.COLUMNS[n] if self.COLUMNS[n] in r.columns else None
+                            for n in self.NAMES}
+            if r.n_rows != r.n_total:
+                raise PrunekitError(f"scores folder {scores} holds {r.n_rows} of its {r.n_total} "
+                                    "positions; a scores folder has every row: rewrite it with "
+                                    "prunekit score.")
+        elif isinstance(scores, Scores):
             self.method, self.n_total, self.params = scores.method, scores.n_total, scores.params
             self.fingerprint = scores.source_fingerprint
             self._arrays = {n: getattr(scores, n) for n in self.NAMES}
@@ -65,8 +86,14 @@ class RowArrays:
     def has(self, name: str) -> bool:
         return self._arrays.get(name) is not None
 
+    @property
+    def is_folder(self) -> bool:
+        return self._parts is not None
+
     def get(self, name: str, a: int, b: int) -> np.ndarray:
-        """Rows ``a:b`` of one array."""
+        """Rows ``a:b`` of one array (a folder reads the parts that hold them)."""
+        if self._parts is not None:
+            return self.take(name, np.arange(a, b, dtype=np.int64))
         out = np.asarray(self._arrays[name][a:b])
         return decode_ids(out) if name == "ids" else out
 
@@ -74,13 +101,65 @@ class RowArrays:
         """The values at ``positions`` (any order; read in ascending order)."""
         pos = np.asarray(positions, dtype=np.int64)
         uniq, back = np.unique(pos, return_inverse=True)
+        if self._parts is not None:
+            return self._take_parts(self._arrays[name], uniq)[back]
         arr = self._arrays[name]
         got = np.asarray(arr[uniq]) if uniq.size else np.asarray(arr[0:0])
         got = decode_ids(got) if name == "ids" else got
         return got[back]
 
+    def _take_parts(self, col: str, uniq: np.ndarray) -> np.ndarray:
+        """Values of column ``col`` at ascending ``uniq``, reading only the parts holding them."""
+        r = self._parts
+        out = np.empty(uniq.size, dtype=object if r.columns[col] == "string" else r.columns[col])
+        for i, part in enumerate(r.manifest["parts"]):
+            lo, hi = np.searchsorted(uniq, [part["start"], part["stop"]])
+            if lo == hi:
+                continue
+            want = uniq[lo:hi]
+            for b in r.iter_part(i, [col]):
+                pos = b["position"]
+                a, z = np.searchsorted(want, [pos[0], pos[-1] + 1]) if pos.size else (0, 0)
+                out[lo + a : lo + z] = b[col][np.searchsorted(pos, want[a:z])]
+        return out
+
     def chunks(self) -> list[tuple[int, int]]:
         return [(a, min(a + CHUNK_ROWS, self.n_total)) for a in range(0, self.n_total, CHUNK_ROWS)]
+
+    def windows(self, names: list[str]):
+        """``(a, b, {name: rows a:b})`` for the windows of :meth:`chunks`, in order.
+
+        A folder's batches are re-cut into these windows, so every pass sees the same rows
+        per window (and draws the same random keys) as over the HDF5 file.
+        """
+        names = [n for n in names if self.has(n)]
+        if self._parts is None:
+            for a, b in self.chunks():
+                yield a, b, {n: self.get(n, a, b) for n in names}
+            return
+        cols = [self._arrays[n] for n in names]
+        buf: list[dict[str, np.ndarray]] = []
+        held = 0
+        bounds = iter(self.chunks())
+        a, b = next(bounds, (0, 0))
+        for batch in self._parts.iter_batches(cols):
+            buf.append(batch)
+            held += batch["position"].size
+            while held >= b - a and b > a:
+                win = {c: np.concatenate([x[c] for x in buf]) for c in ["position", *cols]}
+                self._check_window(win["position"][: b - a], a, b)
+                yield a, b, {n: win[c][: b - a] for n, c in zip(names, cols, strict=True)}
+                buf = [{c: v[b - a:] for c, v in win.items()}]
+                held -= b - a
+                a, b = next(bounds, (b, b))
+        if held or b > a:
+            self._check_window(np.zeros(0, dtype=np.int64), a, max(b, a + 1))
+
+    def _check_window(self, pos: np.ndarray, a: int, b: int) -> None:
+        """Every position of the window, once, in order (a scores folder holds each row)."""
+        if pos.size != b - a or (pos.size and (pos[0] != a or pos[-1] != b - 1)):
+            raise PrunekitError(f"scores folder {self._parts.path} does not hold positions "
+                                f"{a}..{b} in order; rewrite it with prunekit score.")
 
 
 def kept_positions(sel: Selection, rows: RowArrays) -> np.ndarray:
@@ -89,6 +168,62 @@ def kept_positions(sel: Selection, rows: RowArrays) -> np.ndarray:
         return sel.indices  # the selection was made from these scores (inspect checked it)
     ids = rows.get("ids", 0, rows.n_total) if rows.has("ids") else None
     return np.unique(resolve_rows(sel, rows.n_total, ids, target_name="the scores"))
+
+
+class KeptRows:
+    """The kept rows as ascending positions: held (an array) or a selection folder streamed.
+
+    Passes over the rows ask :meth:`cursor` for one mask per window, windows ascending;
+    a folder is then read batch by batch beside them, never whole.
+    """
+
+    def __init__(self, positions: np.ndarray | None = None, folder: str | os.PathLike | None = None,
+                 n: int | None = None) -> None:
+        self.positions, self.folder = positions, folder
+        self.n = int(positions.size) if positions is not None else int(n or 0)
+
+    def cursor(self) -> _Cursor:
+        return _Cursor(self)
+
+    def contains(self, positions: np.ndarray) -> np.ndarray:
+        """Whether each of the ascending ``positions`` is kept."""
+        pos = np.asarray(positions, dtype=np.int64)
+        if self.positions is not None:
+            return np.isin(pos, self.positions)
+        out = np.zeros(pos.size, dtype=bool)
+        for batch in _sel_batches(self.folder):
+            out |= np.isin(pos, batch)
+        return out
+
+
+def _sel_batches(folder: str | os.PathLike):
+    from prunekit.io.dataset import PartsReader
+
+    for b in PartsReader(folder, kind="selection").iter_batches(["position"]):
+        yield b["position"]
+
+
+class _Cursor:
+    """Masks of the kept rows of ascending windows ``a:b`` (see :class:`KeptRows`)."""
+
+    def __init__(self, kept: KeptRows) -> None:
+        self.kept = kept
+        self._it = None if kept.positions is not None else _sel_batches(kept.folder)
+        self._rest = np.zeros(0, dtype=np.int64)
+
+    def mask(self, a: int, b: int) -> np.ndarray:
+        if self._it is None:
+            return chunk_mask(self.kept.positions, a, b)
+        held = [self._rest]
+        while held[-1].size == 0 or held[-1][-1] < b:
+            nxt = next(self._it, None)
+            if nxt is None:
+                break
+            held.append(nxt)
+        pos = np.concatenate(held)
+        cut = int(np.searchsorted(pos, b))
+        self._rest = pos[cut:]
+        return chunk_mask(pos[:cut], a, b)
 
 
 def chunk_mask(kept: np.ndarray, a: int, b: int) -> np.ndarray:
@@ -155,7 +290,7 @@ def _range(lo: float, hi: float) -> tuple[float, float] | None:
 ALL_ROWS = -1  # the one strip of scores without clusters
 
 
-def scan(rows: RowArrays, kept: np.ndarray, *, shown: list[int], per_strip: int,
+def scan(rows: RowArrays, kept: KeptRows, *, shown: list[int], per_strip: int,
          n_duplicates: int, seed: int) -> tuple[ScoreStats, Candidates]:
     """Both passes over the per-row arrays (see the module docstring).
 
@@ -174,9 +309,12 @@ def scan(rows: RowArrays, kept: np.ndarray, *, shown: list[int], per_strip: int,
     near = {(c, k): TopK(per_strip) for c in shown for k in (True, False)}
     far = {(c, k): TopK(per_strip if by != "random" else 0) for c in shown for k in (True, False)}
     dups = TopK(n_duplicates if rows.method == "semdedup" else 0)
-    for i, (a, b) in enumerate(rows.chunks()):
-        s = rows.get("score", a, b)
-        keep = chunk_mask(kept, a, b)
+    names = ["score", *(["cluster"] if shown and by != "score" else []),
+             *(["centroid_distance"] if shown and by == "centroid distance" else [])]
+    masks = kept.cursor()
+    for i, (a, b, got) in enumerate(rows.windows(names)):
+        s = got["score"]
+        keep = masks.mask(a, b)
         ok = ~np.isnan(s)
         for side in (True, False):
             m = ok & (keep if side else ~keep)
@@ -186,7 +324,7 @@ def scan(rows: RowArrays, kept: np.ndarray, *, shown: list[int], per_strip: int,
         dups.push(s[gone], pos[gone])
         if not shown:
             continue
-        cl, d = _strip_keys(rows, by, s, a, b, seed, i)
+        cl, d = _strip_keys(got, by, s, a, b, seed, i)
         for c in shown:
             in_c = ok & (cl == c)
             for side in (True, False):
@@ -216,15 +354,15 @@ def _strip_order(rows: RowArrays) -> str:
     return "centroid distance" if rows.has("centroid_distance") else "random"
 
 
-def _strip_keys(rows: RowArrays, by: str, score: np.ndarray, a: int, b: int, seed: int,
-                chunk: int) -> tuple[np.ndarray, np.ndarray]:
+def _strip_keys(got: dict[str, np.ndarray], by: str, score: np.ndarray, a: int, b: int,
+                seed: int, chunk: int) -> tuple[np.ndarray, np.ndarray]:
     """Each row's strip (cluster) and sort key (smallest first) in rows ``a:b``."""
     if by == "score":
         return np.full(b - a, ALL_ROWS), -score  # highest scores first
-    cl = rows.get("cluster", a, b)
+    cl = got["cluster"]
     if by == "random":
         return cl, role_rng(seed, "report thumbnails", chunk).random(b - a)
-    return cl, rows.get("centroid_distance", a, b).astype(np.float64)
+    return cl, got["centroid_distance"].astype(np.float64)
 
 
 def _ends(near: TopK, far: TopK) -> list[tuple[int, float]]:
@@ -235,17 +373,18 @@ def _ends(near: TopK, far: TopK) -> list[tuple[int, float]]:
     return picked + tail[::-1]
 
 
-def _first_pass(rows: RowArrays, kept: np.ndarray) -> dict[str, Any]:
+def _first_pass(rows: RowArrays, kept: KeptRows) -> dict[str, Any]:
     """Counts, finite score range, kept/removed ranges, semdedup removals on EPS_GRID."""
     inf = np.inf
     out = {"n": 0, "kept": 0, "finite": [inf, -inf], "kept_range": [inf, -inf],
            "removed_range": [inf, -inf]}
     grid = np.unique(np.concatenate([EPS_GRID, [0.001, 0.01, 0.05, 0.1]]))
     below = np.zeros(grid.size + 1, dtype=np.int64)
-    for a, b in rows.chunks():
-        s = rows.get("score", a, b)
+    masks = kept.cursor()
+    for a, b, got in rows.windows(["score"]):
+        s = got["score"]
         ok = ~np.isnan(s)
-        keep = chunk_mask(kept, a, b) & ok
+        keep = masks.mask(a, b) & ok
         out["n"] += int(ok.sum())
         out["kept"] += int(keep.sum())
         for name, m in (("finite", ok & np.isfinite(s)), ("kept_range", keep),

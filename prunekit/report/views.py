@@ -1,7 +1,8 @@
 """The page's views that read embedding rows: the 2-D map, duplicate groups, comparisons.
 
-Only a seeded sample (the map), a few candidate rows and one streamed pass of chunks (the
-duplicate groups) are read; nothing holds N x D.
+Only a seeded sample (the map), a few candidate rows and one streamed pass of windows (the
+duplicate groups) are read; nothing holds N x D, and the kept rows may stay a selection
+folder (:class:`~prunekit.report.data.KeptRows`) streamed beside each pass.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import numpy as np
 from prunekit.errors import PrunekitError
 from prunekit.io.embeddings import Embeddings
 from prunekit.io.h5io import open_h5
-from prunekit.report.data import RowArrays, chunk_mask
+from prunekit.report.data import KeptRows, RowArrays
 from prunekit.runtime.engine import chunk_rows_for
 from prunekit.seeds import role_rng
 from prunekit.selection.scores import Scores, load_scores
@@ -42,15 +43,20 @@ def kept_in(emb: Embeddings, sel: Selection, name: str) -> np.ndarray:
                                   target_name="the embeddings"))
 
 
-def project(emb: Embeddings, kept: np.ndarray, *, method: str, sample: int, seed: int) -> MapData:
-    """PCA (or t-SNE) of at most ``sample`` usable rows drawn with ``seed``."""
+def project(emb: Embeddings, kept: KeptRows, *, method: str, sample: int, seed: int) -> MapData:
+    """PCA (or t-SNE) of at most ``sample`` usable rows drawn with ``seed``.
+
+    The rows are drawn by compact index among the usable rows (no per-row array is made)
+    and read in position order; ``kept`` says which of them the selection keeps.
+    """
     if method not in MAPS or method == "none":
         raise PrunekitError(f"unknown map '{method}'; choose pca or tsne.")
     if method == "tsne" and sample > TSNE_MAX:
         raise PrunekitError(f"--map tsne on {sample} rows would take long; use --map-sample "
                             f"{TSNE_MAX} or less, or --map pca.")
     size = min(int(sample), emb.n)
-    pick = np.sort(role_rng(seed, "report map").choice(emb.rows, size=size, replace=False))
+    compact = role_rng(seed, "report map").choice(emb.n, size=size, replace=False)
+    pick = np.sort(emb.positions(compact))
     x = np.asarray(emb.reader.read_rows(pick), dtype=np.float64)
     if method == "pca" or size < 5:
         xy = _pca(x)
@@ -63,9 +69,7 @@ def project(emb: Embeddings, kept: np.ndarray, *, method: str, sample: int, seed
         with threadpool_limits(1):
             xy = TSNE(n_components=2, init="pca", random_state=rs,
                       perplexity=float(min(30.0, (size - 1) / 3))).fit_transform(x)
-    at = np.minimum(np.searchsorted(kept, pick), max(kept.size - 1, 0))
-    is_kept = kept[at] == pick if kept.size else np.zeros(size, dtype=bool)
-    return MapData(method, pick, np.asarray(xy, dtype=np.float64), is_kept, emb.n)
+    return MapData(method, pick, np.asarray(xy, dtype=np.float64), kept.contains(pick), emb.n)
 
 
 def _pca(x: np.ndarray) -> np.ndarray:
@@ -91,12 +95,13 @@ class DupLink:
     cosine: float | None
 
 
-def nearest_kept(emb: Embeddings, rows: RowArrays, kept: np.ndarray,
+def nearest_kept(emb: Embeddings, rows: RowArrays, kept: KeptRows,
                  candidates: list[tuple[int, float]]) -> list[DupLink]:
     """For each removed candidate row, its most similar kept row of the same cluster.
 
-    One pass over the chunks of ``emb`` that hold kept rows of the candidates' clusters;
-    per chunk only those rows are read. Ties go to the lower row.
+    One pass over the windows of the scores' clusters; of each, only the kept rows of the
+    candidates' clusters are read from ``emb``, a bounded batch at a time. Ties go to the
+    lower row.
     """
     if not candidates:
         return []
@@ -107,20 +112,20 @@ def nearest_kept(emb: Embeddings, rows: RowArrays, kept: np.ndarray,
     best = np.full(pos.size, -np.inf)
     anchor = np.full(pos.size, -1, dtype=np.int64)
     wanted = np.unique(clusters)
-    for ref in emb.reader.chunks(chunk_rows_for(emb.dim)):
-        a, b = ref.global_start, ref.global_stop
-        cl = rows.get("cluster", a, b)
-        m = chunk_mask(kept, a, b) & np.isin(cl, wanted)
-        if not m.any():
-            continue
-        at = np.flatnonzero(m)
-        x = _unit(emb.reader.read_rows(at + a))
-        sim = q @ x.T
-        sim[clusters[:, None] != cl[at][None, :]] = -np.inf
-        j = sim.argmax(axis=1)
-        top = sim[np.arange(pos.size), j]
-        better = top > best  # strict: an equal later row never replaces an earlier one
-        best[better], anchor[better] = top[better], at[j[better]] + a
+    step = chunk_rows_for(emb.dim)
+    masks = kept.cursor()
+    for a, b, got in rows.windows(["cluster"]):
+        m = masks.mask(a, b) & np.isin(got["cluster"], wanted)
+        hits = np.flatnonzero(m)
+        for lo in range(0, hits.size, step):
+            at = hits[lo : lo + step]
+            x = _unit(emb.reader.read_rows(at + a))
+            sim = q @ x.T
+            sim[clusters[:, None] != got["cluster"][at][None, :]] = -np.inf
+            j = sim.argmax(axis=1)
+            top = sim[np.arange(pos.size), j]
+            better = top > best  # strict: an equal later row never replaces an earlier one
+            best[better], anchor[better] = top[better], at[j[better]] + a
     return [DupLink(int(p), float(s), int(c), None if an < 0 else int(an),
                     None if an < 0 else float(bs))
             for (p, s), c, an, bs in zip(candidates, clusters, anchor, best, strict=True)]
@@ -145,7 +150,11 @@ def group_links(links: list[DupLink], max_groups: int, per_group: int) -> list[d
 
 
 def file_kind(path: str | os.PathLike) -> str:
-    """'selection' or 'scores', from the datasets an HDF5 file holds."""
+    """'selection' or 'scores', from the datasets an HDF5 file holds (or a folder's kind)."""
+    if os.path.isdir(path):
+        from prunekit.io.dataset import PartsReader
+
+        return PartsReader(path).kind
     with open_h5(path, "compare") as f:
         if "indices" in f:
             return "selection"
@@ -155,20 +164,28 @@ def file_kind(path: str | os.PathLike) -> str:
                         "scores file (dataset 'score'); give files written by prunekit.")
 
 
-def compare_selection(item: Any, main: Selection, seed: int) -> tuple[str, Selection, str]:
+def compare_selection(item: Any, main: Any, seed: int,
+                      workdir: str | os.PathLike | None = None) -> tuple[str, Any, str]:
     """(name, selection, how it was made) for a selection or a scores file to compare.
 
     ``item``: a path, a :class:`Selection` or :class:`Scores`, or a (name, one of those) pair.
+    A selection folder is returned as its path (streamed by ``pk.inspect``); a scores folder
+    is selected part by part into a folder under ``workdir``, returned as its path too.
     """
     if isinstance(item, tuple) and len(item) == 2:
-        label, (_, sel, how) = str(item[0]), compare_selection(item[1], main, seed)
+        label, (_, sel, how) = str(item[0]), compare_selection(item[1], main, seed, workdir)
         return label, sel, how
     name = str(item) if isinstance(item, (str, os.PathLike)) else getattr(item, "method", "item")
     kind = "selection" if isinstance(item, Selection) else "scores" if isinstance(item, Scores) \
         else file_kind(item)
+    folder = isinstance(item, (str, os.PathLike)) and os.path.isdir(item)
     if kind == "selection":
+        if folder:
+            return name, item, "selection folder"
         sel = item if isinstance(item, Selection) else load_selection(item)
         return name, sel, "selection file"
+    if folder:
+        return name, *_select_folder(item, main, seed, workdir)
     sc = item if isinstance(item, Scores) else load_scores(item)
     balance = main.params.get("balance", "none")
     if (balance in ("clusters", "proportional") and sc.cluster is None) or \
@@ -176,3 +193,21 @@ def compare_selection(item: Any, main: Selection, seed: int) -> tuple[str, Selec
         balance = "none"
     sel = select(sc, main.pr, balance=balance, seed=seed)
     return name, sel, f"selected here at pr {main.pr:g}, balance {balance}"
+
+
+def _select_folder(path: str | os.PathLike, main: Any, seed: int,
+                   workdir: str | os.PathLike | None) -> tuple[str, str]:
+    """A scores folder selected at ``main``'s pr and balance, streamed into ``workdir``."""
+    from prunekit.io.dataset import PartsReader
+    from prunekit.selection.streamed import select_folder
+
+    if workdir is None:
+        raise PrunekitError(f"comparing the scores folder {path} needs a work folder.")
+    cols = PartsReader(path, kind="scores").columns
+    balance = main.params.get("balance", "none")
+    if (balance in ("clusters", "proportional") and "cluster" not in cols) or \
+            (balance == "labels" and "label" not in cols):
+        balance = "none"
+    out = os.path.join(os.fspath(workdir), f"compare-{len(os.listdir(workdir))}")
+    select_folder(path, out + os.sep, main.pr, balance=balance, seed=seed, progress=False)
+    return out, f"selected here at pr {main.pr:g}, balance {balance}"

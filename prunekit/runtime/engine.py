@@ -10,8 +10,13 @@ implementations:
   GIL; h5py serialises its reads, the computation still overlaps); ``workers=1`` runs
   inline.
 * :class:`RayEngine` -- tasks on a Ray cluster. ``shared`` is put into the object store
-  once; each task opens the shards it reads itself (a source object is a few paths and
-  offsets), so the matrix never travels through the driver.
+  once per map; each task opens the shards it reads itself (a source object is a few paths
+  and offsets), so the matrix never travels through the driver. Data that many maps use
+  (an in-memory k-means sample) is put once with :meth:`Engine.share`.
+
+:meth:`Engine.reduce` adds the results up by a fixed tree instead of returning them: on
+Ray the partial results stay in the object store and are combined by tasks, so the driver
+receives the root only (k-means' per-centroid sums at large k).
 
 Determinism contract: chunk boundaries come from the data (never from ``workers``), every
 task runs its BLAS single-threaded (so a chunk's floating-point result does not depend on
@@ -61,22 +66,60 @@ class Engine:
 
     def map(self, fn: Fn, items: Iterable[Any], shared: Any = None, *, desc: str = "",
             progress: bool = True, limit: int | None = None,
-            task_bytes: int | None = None) -> Iterator[Any]:
+            task_bytes: int | None = None, cpus: int = 1) -> Iterator[Any]:
         """``fn(shared, item)`` for every item, yielded in item order.
 
         ``fn`` must be a module-level function (it is pickled for Ray). ``task_bytes`` is
         the peak memory of one call: then only as many calls run at a time as fit in the
         memory budget (:func:`tasks_fitting`), at least one. ``limit`` caps the calls at a
-        time further. Neither changes the results, only how many are computed at once.
+        time further. ``cpus``: threads one call runs (its own pool; at most
+        :attr:`max_task_cpus`), reserved for it so that calls do not oversubscribe the
+        cores. None of them changes the results, only how many are computed at once.
         Close the iterator (``contextlib.closing``) when stopping early: outstanding calls
         are then cancelled at once rather than when the iterator is garbage-collected.
         """
         raise NotImplementedError
 
+    def reduce(self, fn: Fn, items: Iterable[Any], shared: Any = None, *,
+               combine: Callable[[list], Any], fan_in: int, desc: str = "",
+               progress: bool = True, limit: int | None = None,
+               task_bytes: int | None = None) -> Any:
+        """``fn(shared, item)`` for every item, added up by a fixed tree; returns the root.
+
+        Consecutive runs of ``fan_in`` results (in item order; the last run may be shorter)
+        are combined by ``combine(list)`` (a module-level function), then consecutive runs
+        of ``fan_in`` of those, and so on until one value is left; ``combine`` runs at least
+        once, also on a single item. The tree follows ``len(items)`` and ``fan_in`` only, so
+        the result is the same on every engine and worker count. Here the combines run on
+        the caller's thread as the results come in (memory: ``fan_in`` values per level);
+        Ray combines in tasks next to the results and sends the driver the root alone.
+        """
+        items = list(items)
+        fold = _TreeFold(len(items), fan_in, combine)
+        results = self.map(fn, items, shared, desc=desc, progress=progress, limit=limit,
+                           task_bytes=task_bytes)
+        with contextlib.closing(results):
+            for value in results:
+                fold.push(value)
+        return fold.root()
+
+    @contextlib.contextmanager
+    def share(self, obj: Any) -> Iterator[Any]:
+        """A handle to pass (alone, or as an element of a ``shared`` tuple) to many maps:
+        ``obj`` is sent to the workers once, not with every map. Tasks receive ``obj``
+        itself. Here the handle is ``obj``; Ray puts it into the object store once and
+        releases it when the block ends."""
+        yield obj
+
+    @property
+    def max_task_cpus(self) -> int:
+        """The most threads one call may run (``cpus`` of :meth:`map`)."""
+        return self.workers
+
     in_flight_per_worker = IN_FLIGHT_PER_WORKER
 
-    def _window(self, limit: int | None, task_bytes: int | None = None) -> int:
-        window = self.workers * self.in_flight_per_worker
+    def _window(self, limit: int | None, task_bytes: int | None = None, cpus: int = 1) -> int:
+        window = max(1, self.workers // max(1, int(cpus))) * self.in_flight_per_worker
         if task_bytes is not None:
             window = min(window, tasks_fitting(task_bytes))
         return window if limit is None else max(1, min(window, int(limit)))
@@ -93,7 +136,58 @@ class Engine:
 
 def _single_threaded(fn: Fn, shared: Any, item: Any) -> Any:
     with threadpool_limits(limits=1):
-        return fn(shared, item)
+        return fn(_resolved(shared), item)
+
+
+def _combined(combine: Callable[[list], Any], *parts: Any) -> Any:
+    """A Ray task of :meth:`Engine.reduce`: ``combine`` on the parts (passed as arguments,
+    so that Ray hands the task their values)."""
+    with threadpool_limits(limits=1):
+        return combine(list(parts))
+
+
+def tree_sizes(n: int, fan_in: int) -> list[int]:
+    """Values on each level of :meth:`Engine.reduce`'s tree: ``n`` leaves, then
+    ``ceil(previous / fan_in)`` until one (at least one level above the leaves)."""
+    if n < 1 or (fan_in < 2 and n > 1):
+        raise ValueError(f"a tree needs n >= 1 items and fan_in >= 2 (got {n}, {fan_in})")
+    sizes = [n]
+    while len(sizes) == 1 or sizes[-1] > 1:
+        sizes.append(-(-sizes[-1] // max(1, fan_in)))
+    return sizes
+
+
+class _TreeFold:
+    """The fixed tree of :meth:`Engine.reduce`, fed leaf by leaf in item order.
+
+    Each level keeps at most ``fan_in`` values; a full run (or the last, shorter one of its
+    level) is combined at once and moves up. ``combine`` may return a placeholder (a Ray
+    reference) as well as a value.
+    """
+
+    def __init__(self, n: int, fan_in: int, combine: Callable[[list], Any]) -> None:
+        self.sizes = tree_sizes(n, fan_in)
+        self.fan_in, self.combine = fan_in, combine
+        self.runs: list[list] = [[] for _ in self.sizes]
+        self.seen = [0] * len(self.sizes)
+
+    def push(self, value: Any) -> None:
+        level = 0
+        while True:
+            run = self.runs[level]
+            run.append(value)
+            self.seen[level] += 1
+            if level == len(self.sizes) - 1:
+                return  # the root
+            if len(run) < self.fan_in and self.seen[level] < self.sizes[level]:
+                return
+            value, self.runs[level] = self.combine(run), []
+            level += 1
+
+    def root(self) -> Any:
+        if self.seen[-1] != 1:
+            raise RuntimeError("the tree has not received all its leaves")
+        return self.runs[-1][0]
 
 
 class LocalEngine(Engine):
@@ -105,10 +199,10 @@ class LocalEngine(Engine):
         self.workers = resolve_workers(workers)
 
     def map(self, fn, items, shared=None, *, desc="", progress=True, limit=None,
-            task_bytes=None):
+            task_bytes=None, cpus=1):
         items = list(items)
         total = len(items)
-        window = self._window(limit, task_bytes)
+        window = self._window(limit, task_bytes, cpus)
         if self.workers == 1 or window == 1:
             with threadpool_limits(limits=1):
                 for item in track(items, total=total, desc=desc, progress=progress):
@@ -187,18 +281,20 @@ class RayEngine(Engine):
         self.workers = max(1, int(workers)) if workers else max(1, cpus)
         self._ray = ray
         self._task = ray.remote(num_cpus=1, max_retries=RAY_MAX_RETRIES)(_single_threaded)
+        self._combine = ray.remote(num_cpus=1, max_retries=RAY_MAX_RETRIES)(_combined)
 
     def map(self, fn, items, shared=None, *, desc="", progress=True, limit=None,
-            task_bytes=None):
+            task_bytes=None, cpus=1):
         ray = self._ray
         items = list(items)
         total = len(items)
         shared_ref = ray.put(shared)
-        window = self._window(limit, task_bytes)
+        task = self._task_for(cpus)
+        window = self._window(limit, task_bytes, cpus)
         pending: deque = deque()
         it = iter(items)
         for item in it:
-            pending.append(self._task.remote(fn, shared_ref, item))
+            pending.append(task.remote(fn, shared_ref, item))
             if len(pending) >= window:
                 break
         try:
@@ -206,12 +302,60 @@ class RayEngine(Engine):
                 result = self._get(pending.popleft())
                 nxt = next(it, _END)
                 if nxt is not _END:
-                    pending.append(self._task.remote(fn, shared_ref, nxt))
+                    pending.append(task.remote(fn, shared_ref, nxt))
                 yield result
         finally:
-            for ref in pending:  # a failure or an early stop: do not leave work running
-                with contextlib.suppress(Exception):
-                    ray.cancel(ref, force=True)
+            self._cancel(pending)  # a failure or an early stop: do not leave work running
+
+    def reduce(self, fn, items, shared=None, *, combine, fan_in, desc="", progress=True,
+               limit=None, task_bytes=None):
+        """As :meth:`Engine.reduce`; the leaves and the combines are tasks that pass
+        references, and only the root comes to the driver."""
+        ray = self._ray
+        items = list(items)
+        shared_ref = ray.put(shared)
+        # Only the references not yet handed to a combine are held here (pending leaves, the
+        # tree's open runs): a combined part is freed once its combine has run.
+        fold = _TreeFold(len(items), fan_in,
+                         lambda refs: self._combine.remote(combine, *refs))
+        window = self._window(limit, task_bytes)
+        pending: deque = deque()
+        try:
+            for item in track(items, total=len(items), desc=desc, progress=progress):
+                if len(pending) >= window:  # bounded leaves at a time: wait for the oldest
+                    ray.wait([pending[0]], num_returns=1, fetch_local=False)
+                    fold.push(pending.popleft())
+                pending.append(self._task.remote(fn, shared_ref, item))
+            while pending:
+                fold.push(pending.popleft())
+            return self._get(fold.root())
+        except BaseException:  # a failure or an interrupt: do not leave work running
+            self._cancel([*pending, *(ref for run in fold.runs for ref in run)])
+            raise
+
+    def _cancel(self, refs: Iterable[Any]) -> None:
+        for ref in refs:
+            with contextlib.suppress(Exception):
+                self._ray.cancel(ref, force=True)
+
+    @contextlib.contextmanager
+    def share(self, obj):
+        handle = _Shared(self._ray.put(obj))
+        try:
+            yield handle
+        finally:
+            handle.ref = None  # Ray frees the object once no task holds it either
+
+    @property
+    def max_task_cpus(self) -> int:
+        """The CPUs of the largest live node (a task cannot span nodes)."""
+        cpus = [node.get("Resources", {}).get("CPU", 0) for node in self._ray.nodes()
+                if node.get("Alive")]
+        return max(1, int(max(cpus, default=1)))
+
+    def _task_for(self, cpus: int):
+        cpus = max(1, min(int(cpus), self.max_task_cpus)) if cpus > 1 else 1
+        return self._task if cpus == 1 else self._task.options(num_cpus=cpus)
 
     def _get(self, ref: Any) -> Any:
         ray = self._ray
@@ -234,6 +378,31 @@ class RayEngine(Engine):
         if self._owns and self._ray.is_initialized():
             self._ray.shutdown()
         self._owns = False
+
+
+class _Shared:
+    """A Ray engine's handle of :meth:`RayEngine.share`: the object's reference, which a task
+    exchanges for the object (:func:`_resolved`)."""
+
+    def __init__(self, ref: Any) -> None:
+        self.ref = ref
+
+    def get(self) -> Any:
+        if self.ref is None:
+            raise RuntimeError("a shared object was used after its share() block ended")
+        import ray
+
+        return ray.get(self.ref)
+
+
+def _resolved(shared: Any) -> Any:
+    """``shared`` with :class:`_Shared` handles (itself, or elements of a tuple) replaced by
+    their objects, as a task sees it."""
+    if isinstance(shared, _Shared):
+        return shared.get()
+    if type(shared) is tuple and any(isinstance(x, _Shared) for x in shared):
+        return tuple(x.get() if isinstance(x, _Shared) else x for x in shared)
+    return shared
 
 
 LOOPBACK = "127.0.0.1"

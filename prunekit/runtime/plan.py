@@ -9,7 +9,9 @@ Nothing here knows a method: each method declares its cost model and the kernels
 probe times (``register(..., cost=, probe=)``, :mod:`prunekit.methods`), in the words of
 :mod:`prunekit.runtime.costs`. This module adds the load pass (hash, NaN check, norms:
 ``B / read + B / (scan x tasks)`` with shards scanned in parallel, or free when cached)
-and prints the table.
+and, for a folder output, the writing of its parts (``n / (part rows/s x tasks)``: one task
+a part when the method writes parts from its workers, else the driver alone), and prints
+the table. An HDF5 output's writing from the driver is not modelled.
 
 Peak memory counts what a step holds beyond the per-row arrays (scores, clusters, ids,
 positions), which are reported on their own line; a plan fits when every step's peak is
@@ -24,6 +26,7 @@ from typing import Any
 
 from prunekit.errors import PrunekitError
 from prunekit.io import scan
+from prunekit.io.dataset import wants_dataset
 from prunekit.io.embeddings import Embeddings
 from prunekit.io.source import DEFAULT_KEY, EmbeddingSource, open_source
 from prunekit.methods import get_method
@@ -103,6 +106,9 @@ class Plan:
             f"probe ({p.seconds:.1f} s): read {human(p.read_bytes_per_s)}/s, load-pass work "
             f"{human(p.scan_bytes_per_s)}/s, GEMM {p.gemm_flops_1 / 1e9:.0f} GFLOP/s per thread "
             f"({p.gemm_flops_all / 1e9:.0f} on {p.threads}), GEMV {p.gemv_flops_1 / 1e9:.1f} GFLOP/s",
+            f"  float32 copies {human(p.prepare_bytes_per_s)}/s, scratch writes "
+            f"{human(p.write_bytes_per_s)}/s, Parquet {p.part_rows_per_s / 1e6:.1f} M rows/s "
+            "(a task each)",
         ]
         head = ("step", "passes", f"here ({self.local_workers} tasks)",
                 f"ray ({self.ray_workers} workers)", "peak memory")
@@ -145,10 +151,12 @@ def plan(
     rates: Probe | None = None,
     key: str = DEFAULT_KEY,
     id_key: str | None = None,
+    output: str | os.PathLike | None = None,
     **params: Any,
 ) -> Plan:
-    """Predict the steps of ``score --method method`` on ``emb`` (an Embeddings, a source or a
-    path; a path is opened without the load pass). ``rates`` defaults to a fresh probe."""
+    """Predict the steps of ``score --method method -o output`` on ``emb`` (an Embeddings,
+    a source or a path; a path is opened without the load pass). ``output`` (default an HDF5
+    file) decides whether parts are written. ``rates`` defaults to a fresh probe."""
     spec = get_method(method)
     values = validate(method, spec.params, params)
     if isinstance(emb, Embeddings):
@@ -160,8 +168,9 @@ def plan(
         raise PrunekitError(f"--workers must be >= 1 (got {ray_workers}).")
     if rates is None:
         rates = probe(src, spec.probe, values)
+    folder = output is not None and wants_dataset(output)
     m = CostModel(src, n_usable, rates, budget or memory_budget(),
-                  resolve_workers(local_workers), int(ray_workers))
+                  resolve_workers(local_workers), int(ray_workers), folder=folder)
     steps = [_load(m, cached)]
     if spec.cost is None:
         notes = [f"no cost model for method '{method}': only the load pass is shown."]
@@ -170,9 +179,28 @@ def plan(
         cost = spec.cost(m, values)
         steps += cost.steps
         per_row, notes = cost.per_row_bytes, list(cost.notes)
+    if folder:
+        steps.append(_write_parts(m, spec.writes_parts))
+        if m.rates.part_rows_per_s <= 0:
+            notes.append("writing parts not timed: pyarrow is missing (pip install "
+                         "'prunekit[parquet]').")
     return Plan(method, src.name, src.n_total, src.dim, str(src.dtype), src.nbytes,
                 len(src.shards), m.budget, m.local, m.ray, steps, per_row + m.ids_bytes(),
                 m.rates, notes)
+
+
+def _write_parts(m: CostModel, workers_write: bool) -> Step:
+    """A folder output's parts: written by one task a part where the method writes them
+    from its workers (at the same time as its last step), else by the driver alone."""
+    rate, parts = m.rates.part_rows_per_s, m.parts
+    here, there = (min(m.local, parts), min(m.ray, parts)) if workers_write else (1, 1)
+
+    def t(tasks: int) -> float:
+        return 0.0 if rate <= 0 else m.n / (rate * tasks)
+
+    who = "by the tasks that computed them" if workers_write else "from the driver"
+    return Step("write parts", 0, t(here), t(there), 0,
+                f"{parts:,} Parquet part(s) written {who}")
 
 
 def _load(m: CostModel, cached: bool) -> Step:

@@ -4,8 +4,14 @@ Every probe measures what every method uses:
 
 * reading: chunks spread evenly through the source, read as a command reads them (the
   first read of a file that is still in the page cache measures memory, not the disk:
-  the probe reports what it saw, and a plan is only as right as that);
+  the probe reports what it saw, and a plan is only as right as that), and one chunk
+  read again, from the page cache (shards that are hard links of one file are read from
+  the disk once, then from the cache);
 * the load pass's work per byte (hash, NaN check, norms) on those chunks;
+* what every chunk task does first with the rows it read (float32 copy, row norms);
+* writing a scores part (Parquet, one thread), when pyarrow is installed;
+* writing scratch (a file of ``WRITE_BYTES`` in the temporary directory, synced to disk:
+  the grouping's pieces of a large input outgrow the page cache);
 * float32 GEMM on one thread and on all threads, float32 matrix-vector on one thread.
 
 A method adds the kernels its cost model needs: it declares a probe
@@ -50,6 +56,10 @@ class Probe:
     threads: int
     bytes_read: int
     seconds: float
+    prepare_bytes_per_s: float = 0.0  # rows as read -> float32 and norms, one thread (0: unknown)
+    part_rows_per_s: float = 0.0  # a scores part written as Parquet, one thread (0: unknown)
+    write_bytes_per_s: float = 0.0  # scratch written and synced (0: unknown, the read rate)
+    cache_bytes_per_s: float = 0.0  # a chunk read again: from the page cache (0: unknown)
     # The method's own kernels, named by its probe (e.g. kmeans_k, lloyd_flops).
     kernels: dict[str, float] = field(default_factory=dict)
 
@@ -69,11 +79,13 @@ def repeat(fn: Callable[[], object], seconds: float = KERNEL_SECONDS) -> float:
             return elapsed / calls
 
 
-def measure_read(src: EmbeddingSource, chunk_rows: int = CHUNK_ROWS) -> tuple[float, float, int]:
-    """``(read bytes/s, scan bytes/s, bytes read)`` over chunks spread through ``src``."""
+def measure_read(src: EmbeddingSource,
+                 chunk_rows: int = CHUNK_ROWS) -> tuple[float, float, float, int]:
+    """``(read, scan, prepare bytes/s, bytes read)`` over chunks spread through ``src``;
+    prepare: the float32 copy and row norms a chunk task makes of what it read."""
     refs = src.chunks(chunk_rows)
     pick = np.unique(np.linspace(0, len(refs) - 1, min(READ_CHUNKS, len(refs))).round().astype(int))
-    read_s = scan_s = 0.0
+    read_s = scan_s = prep_s = 0.0
     nbytes = 0
     for i in pick:
         t0 = time.perf_counter()
@@ -83,12 +95,27 @@ def measure_read(src: EmbeddingSource, chunk_rows: int = CHUNK_ROWS) -> tuple[fl
         t2 = time.perf_counter()
         norms_into(block, np.empty(block.shape[0], np.float32))
         t3 = time.perf_counter()
+        x = np.array(block, dtype=np.float32, order="C")
+        norms_into(x, np.empty(x.shape[0], np.float32))
+        t4 = time.perf_counter()
         scan_s += max(t2 - t1, t3 - t2)  # the load pass hashes on a second thread
         read_s += t1 - t0
+        prep_s += t4 - t3
         nbytes += block.nbytes
-        if read_s + scan_s > READ_SECONDS or nbytes > READ_BYTES:
+        if read_s + scan_s + prep_s > READ_SECONDS or nbytes > READ_BYTES:
             break
-    return nbytes / max(read_s, 1e-9), nbytes / max(scan_s, 1e-9), nbytes
+    return (nbytes / max(read_s, 1e-9), nbytes / max(scan_s, 1e-9),
+            nbytes / max(prep_s, 1e-9), nbytes)
+
+
+def measure_cache(src: EmbeddingSource, chunk_rows: int = CHUNK_ROWS) -> float:
+    """Bytes a second of the first chunk read twice: the second read is the page cache's
+    (what a shard hard-linked to one already read costs)."""
+    ref = src.chunks(chunk_rows)[0]
+    src.read(ref)
+    t0 = time.perf_counter()
+    block = src.read(ref)
+    return block.nbytes / max(time.perf_counter() - t0, 1e-9)
 
 
 def measure_gemm(dim: int, threads: int | None) -> float:
@@ -109,6 +136,51 @@ def measure_gemv(dim: int) -> float:
     with threadpool_limits(limits=1):
         per_call = repeat(lambda: a @ v)
     return 2.0 * 32768 * dim / per_call
+
+
+WRITE_BYTES = 64 << 20  # the scratch file the probe writes
+
+
+def measure_write(nbytes: int = WRITE_BYTES) -> float:
+    """Bytes a second written to a new file in the temporary directory and synced."""
+    import tempfile
+
+    block = np.random.default_rng(0).integers(0, 255, 1 << 22, dtype=np.uint8).tobytes()
+    with tempfile.TemporaryFile(prefix="prunekit-probe-") as fh:
+        t0 = time.perf_counter()
+        for _ in range(max(1, nbytes // len(block))):
+            fh.write(block)
+        fh.flush()
+        os.fsync(fh.fileno())
+        return max(1, nbytes // len(block)) * len(block) / max(time.perf_counter() - t0, 1e-9)
+
+
+PART_ROWS_PROBED = 1 << 17  # rows of the scores part the probe writes
+
+
+def measure_part_write(rows: int = PART_ROWS_PROBED) -> float:
+    """Rows a second of one scores part written as Parquet (position, score, cluster,
+    centroid distance: the k-means columns), closed and hashed, on one thread; 0.0 when
+    pyarrow is not installed."""
+    import tempfile
+
+    from prunekit.errors import PrunekitError
+    from prunekit.io.dataset.writer import PartFile, PartSpec
+
+    rng = np.random.default_rng(0)
+    dist = rng.random(rows)
+    cols = {"position": np.arange(rows, dtype=np.int64), "score": dist,
+            "cluster": rng.integers(0, 1000, rows), "centroid_distance": dist}
+    with tempfile.TemporaryDirectory(prefix="prunekit-probe-") as tmp:
+        def write() -> None:
+            part = PartFile(PartSpec(tmp, "probe", "scores"), 0, 0, rows)
+            part.write(cols)
+            os.unlink(os.path.join(tmp, part.close().file))
+
+        try:
+            return rows / repeat(write, 0.2)
+        except PrunekitError:  # the parquet extra is missing: folders cannot be written
+            return 0.0
 
 
 GREEDY_ROWS = (512, 8192)  # candidates of the two timed greedy runs
@@ -136,17 +208,23 @@ def probe(src: EmbeddingSource, measure: ProbeFn | None = None,
     """Measure this machine on ``src`` (a few seconds), and the kernels ``measure`` (a
     method's probe) times for ``params``."""
     t0 = time.perf_counter()
-    read, scan, nbytes = measure_read(src)
+    read, scan, prepare, nbytes = measure_read(src)
     dim = max(16, src.dim)
     kernels = {} if measure is None else dict(measure(dim, src.n_total, dict(params or {})))
+    gemm_1, gemm_all, gemv = measure_gemm(dim, 1), measure_gemm(dim, None), measure_gemv(dim)
+    part_rows, write, cache = measure_part_write(), measure_write(), measure_cache(src)
     return Probe(
         read_bytes_per_s=read,
         scan_bytes_per_s=scan,
-        gemm_flops_1=measure_gemm(dim, 1),
-        gemm_flops_all=measure_gemm(dim, None),
-        gemv_flops_1=measure_gemv(dim),
+        gemm_flops_1=gemm_1,
+        gemm_flops_all=gemm_all,
+        gemv_flops_1=gemv,
         threads=os.cpu_count() or 1,
         bytes_read=nbytes,
         seconds=time.perf_counter() - t0,
+        prepare_bytes_per_s=prepare,
+        part_rows_per_s=part_rows,
+        write_bytes_per_s=write,
+        cache_bytes_per_s=cache,
         kernels=kernels,
     )

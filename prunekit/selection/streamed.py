@@ -6,16 +6,21 @@ in tasks on the run context's engine, and the result is exactly :func:`select`'s
 1. **Counting pass**: eligible rows (score not NaN) per group (cluster or label), and for
    greedy scores the rows never picked. The quotas follow from these counts alone
    (:mod:`prunekit.selection.quotas`), as do ``--drop-clusters`` and ``--oversample``'s
-   repeats.
+   repeats. When the groups are known before reading (no groups, or the clusters of the
+   manifest's ``cluster_counts``, which are checked against the rows counted), the same
+   pass makes the first histogram of each group's keys, over a window of bins placed
+   around the keys of the first batch of a few parts.
 2. **Cuts**: select() keeps, in each group, the first ``q`` rows in the order "key
    ascending, ties to the lower position", with key = -score (score with ``invert``) and
    rows a greedy method never picked last. That order is the order of one 128-bit number
    per row, ``sortable(key) << 64 | position`` (unique, as positions are), so the last
-   kept row of each group is the ``q``-th smallest such number in the group: found exactly
-   by a radix select, one digit of ``bits`` bits per pass, with one histogram of
-   ``groups x 2^bits`` counts per pass (at most ``HIST_CELLS``). A group whose candidates
-   (rows sharing the digits found so far) are few enough is finished by collecting them
-   in the next pass. Balance ``none`` is one cut over every row.
+   kept row of each group is the ``q``-th smallest such number in the group. The first
+   histogram names the bin holding it; the next pass gathers the rows of those bins (as
+   many groups as ``COLLECT_ROWS`` allows, the fewest rows first) and finds it among
+   them in memory. A group whose bin holds more, or whose row lies outside the window, is
+   narrowed by a radix select instead, one digit of ``bits`` bits per pass, with one
+   histogram of ``groups x 2^bits`` counts per pass (at most ``HIST_CELLS``), until its
+   candidates can be gathered. Balance ``none`` is one cut over every row.
 3. **Write pass**: one task per part reads scores part ``i`` and writes selection part
    ``i`` (same position range) with :class:`~prunekit.io.dataset.PartFile`; the driver
    finalises the folder from the parts' records.
@@ -62,13 +67,18 @@ from prunekit.selection.subset import (
 )
 
 HIST_CELLS = 1 << 22  # counters of one pass's histogram (groups searched x 2^bits): 32 MiB
-COLLECT_ROWS = 1 << 20  # candidate rows gathered in one pass to finish the searches
+FIRST_CELLS = 1 << 22  # counters of the first histogram (groups x (2^bits + 2)): 32 MiB
+FIRST_MAX_BITS = 24  # the first histogram's window: at most 2^24 bins per group
+SAMPLE_PARTS = 4  # parts whose first batch places that window
+MARGIN_BITS = 2  # the window spans at least 4x the range of the sampled keys
+COLLECT_ROWS = 1 << 22  # candidate rows gathered in one pass (24 B each) to finish searches
 DIGIT_BITS = (16, 8, 4, 2, 1)  # digit widths (each divides 64, so a digit never straddles)
 ROW_BYTES = 96  # what one row of a batch costs a task: columns, keys, masks
 MEMORY_ROW_BYTES = 96  # select() in memory: per-row arrays beyond the columns themselves
 ALL_BITS = np.uint64(2**64 - 1)
 INF_KEY = _sortable(np.array([np.inf]))[0]  # the key of a row a greedy method never picked
 NONE, ALL, SEARCH = 0, 1, 2  # what a cut keeps of its group: nothing, everything, a prefix
+NOT_GROUP = -2  # an id no eligible row has
 _WORD = 1 << 64  # hash sums wrap like uint64 (in Python ints: numpy scalars would warn)
 _MIX = (np.uint64(0x9E3779B97F4A7C15), np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB))
 
@@ -154,6 +164,7 @@ class _Rule:
     greedy: bool  # rows scored -inf were never picked: they go last
     gids: np.ndarray  # ascending ids of the groups with eligible rows
     cut_of: np.ndarray  # per group: the cut it belongs to, -1 when dropped
+    by_id: np.ndarray | None = None  # cut_of per id gids[0].. (NOT_GROUP: none), when dense
 
     def columns(self, *more: str) -> list[str]:
         return ["score", *([self.group_col] if self.group_col else []), *more]
@@ -169,17 +180,29 @@ class _Rule:
         if self.group_col is None:
             cut = np.zeros(where.size, dtype=np.int64)
         else:
-            g = batch[self.group_col][where]
-            at = np.minimum(np.searchsorted(self.gids, g), self.gids.size - 1)
-            if not np.array_equal(self.gids[at], g):
-                raise _changed(self.folder, f"a {self.group_col} id that was not counted")
-            cut = self.cut_of[at]
+            cut = self.cut_for(batch[self.group_col][where])
             kept = cut >= 0
-            where, cut = where[kept], cut[kept]
+            if not kept.all():
+                where, cut = where[kept], cut[kept]
         s = score[where]
         unpicked = (s == -np.inf) if self.greedy else np.zeros(s.size, dtype=bool)
         lo = batch["position"][where].astype(np.uint64)
         return where, cut, self.key(s), lo, unpicked
+
+    def cut_for(self, g: np.ndarray) -> np.ndarray:
+        """The cut of each group id ``g`` (-1: dropped); an id not counted is an error."""
+        if self.by_id is not None:
+            base = self.gids[0]
+            ok = not g.size or (g.min() >= base and g.max() - base < self.by_id.size)
+            cut = self.by_id[g - base] if ok else None
+            ok = ok and not np.any(cut == NOT_GROUP)
+        else:
+            at = np.minimum(np.searchsorted(self.gids, g), self.gids.size - 1)
+            ok = np.array_equal(self.gids[at], g)
+            cut = self.cut_of[at]
+        if not ok:
+            raise _changed(self.folder, f"a {self.group_col} id that was not counted")
+        return cut
 
     def key(self, s: np.ndarray) -> np.ndarray:
         """select()'s sort key of eligible scores ``s`` as sortable uint64 (smaller first)."""
@@ -187,6 +210,16 @@ class _Rule:
         if self.greedy:
             key = np.where(s == -np.inf, np.inf, key)
         return _sortable(key)
+
+
+def _id_table(gids: np.ndarray, cut_of: np.ndarray) -> np.ndarray | None:
+    """``cut_of`` by id (from ``gids[0]``) when the ids are dense enough for a table of
+    O(groups): a lookup per row instead of a binary search."""
+    if not gids.size or gids[-1] - gids[0] >= 4 * gids.size + 1024:
+        return None
+    table = np.full(int(gids[-1] - gids[0]) + 1, NOT_GROUP, dtype=np.int64)
+    table[gids - gids[0]] = cut_of
+    return table
 
 
 def _inside(cut, hi, lo, mode, top_hi, top_lo) -> np.ndarray:
@@ -204,7 +237,70 @@ def _mix(x: np.ndarray) -> np.ndarray:
     return z ^ (z >> np.uint64(31))
 
 
-# -- pass 1: counts ----------------------------------------------------------------------------
+# -- pass 1: counts and the first histogram ----------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Window:
+    """The first histogram's bins: ``2^bits`` runs of ``2^shift`` consecutive keys from the
+    run numbered ``start`` (bins 1..2^bits; a bin is the keys sharing their top ``64 - shift``
+    bits), one bin for the keys below them (0) and one for those above (2^bits + 1).
+
+    Placed around the keys the scores take, the bins go where the rows are: on k-means
+    distances, 16 bits placed so leave a hundred times fewer candidates in the cut bin than
+    the key's top 16 bits (a float's sign, its exponent and 4 bits of mantissa).
+    """
+
+    shift: int
+    start: int
+    bits: int
+
+    @property
+    def cells(self) -> int:
+        return (1 << self.bits) + 2
+
+    def bins(self, hi: np.ndarray) -> np.ndarray:
+        """Each key's bin."""
+        run = hi >> np.uint64(self.shift)
+        rel = np.minimum(run - np.uint64(self.start), np.uint64(1 << self.bits))  # wraps below
+        return np.where(run < np.uint64(self.start), 0, rel.astype(np.int64) + 1)
+
+    def bin_prefix(self, j: np.ndarray) -> np.ndarray:
+        """The top ``64 - shift`` bits (the rest zero) of the keys in bins ``j`` (1..2^bits)."""
+        return (np.uint64(self.start) + (j - 1).astype(np.uint64)) << np.uint64(self.shift)
+
+
+def _first_bits(n_groups: int, n_rows: int) -> int | None:
+    """The widest window whose histogram over ``n_groups`` fits ``FIRST_CELLS`` counters and
+    about four of them per row (more bins than rows would only cost time); None when not
+    even one bit fits."""
+    cells = min(FIRST_CELLS, max(64, 4 * n_rows))
+    return next((b for b in range(FIRST_MAX_BITS, 0, -1)
+                 if max(1, n_groups) * ((1 << b) + 2) <= cells), None)
+
+
+def _window(rule: _Rule, r: PartsReader, n_groups: int) -> _Window:
+    """Where the first histogram's bins go: around the keys of the first batch of a few parts
+    (read here: O(batch)), with ``MARGIN_BITS`` to spare. Only the speed depends on it: a
+    cut outside the window is searched from the top bit."""
+    bits = _first_bits(n_groups, r.n_rows)
+    n = len(r.manifest["parts"])
+    lo = hi = None
+    for i in sorted({j * n // SAMPLE_PARTS for j in range(min(n, SAMPLE_PARTS))}):
+        batches = r.iter_part(i, ["score"], verify=False)
+        b = next(batches, None)
+        batches.close()
+        s = np.zeros(0) if b is None else b["score"][np.isfinite(b["score"])]
+        if s.size:
+            key = rule.key(s)
+            lo = int(key.min()) if lo is None else min(lo, int(key.min()))
+            hi = int(key.max()) if hi is None else max(hi, int(key.max()))
+    if lo is None:
+        return _Window(64 - bits, 0, bits)
+    shift = min(max(0, (hi - lo + 1).bit_length() + MARGIN_BITS - bits), 64 - bits)
+    first, last = lo >> shift, hi >> shift
+    start = first - ((1 << bits) - (last - first + 1)) // 2  # the sample's runs centred
+    return _Window(shift, min(max(start, 0), (1 << (64 - shift)) - (1 << bits)), bits)
 
 
 def _merge(ids_a, vals_a, ids_b, vals_b):
@@ -217,48 +313,71 @@ def _merge(ids_a, vals_a, ids_b, vals_b):
 
 
 def _count_task(shared, i: int):
-    """Part ``i``: per group id the eligible rows and those scored -inf; for greedy scores the
-    count and hash sum of the positions of the others (the picked rows). With ``k`` groups
-    known (ids 0..k-1), also the histogram of the first digit per group (None when a row
-    has another id)."""
-    rule, k, bits = shared
-    ids, vals = np.zeros(0, dtype=np.int64), np.zeros((0, 2), dtype=np.int64)
-    n_picked, digest = 0, 0
-    hist = None if k is None else np.zeros(k << bits, dtype=np.int64)
+    """Part ``i``: per group id its eligible rows, those scored -inf and all its rows; for
+    greedy scores the count and hash sum of the positions of the others (the picked rows).
+    With ``k`` groups known (ids 0..k-1), also the first histogram per group (None when a
+    row has another id: the counts then go by the ids found)."""
+    rule, k, win = shared
     col = rule.group_col
+    dense = k is not None
+    ids = np.arange(k if dense else 0, dtype=np.int64)
+    vals = np.zeros((ids.size, 3), dtype=np.int64)
+    hist = np.zeros(k * win.cells, dtype=np.int64) if dense else None
+    n_picked, digest = 0, 0
     for b in rule.folder.reader().iter_part(i, rule.columns()):
-        ok = ~np.isnan(b["score"])
-        g = b[col][ok] if col else np.zeros(int(ok.sum()), dtype=np.int64)
-        ninf = b["score"][ok] == -np.inf
-        u, inv = np.unique(g, return_inverse=True)
-        v = np.stack([np.bincount(inv, minlength=u.size),
-                      np.bincount(inv, weights=ninf, minlength=u.size).astype(np.int64)], axis=1)
-        ids, vals = _merge(ids, vals, u, v)
+        score = b["score"]
+        g_all = b[col] if col else np.zeros(score.size, dtype=np.int64)
+        ok = ~np.isnan(score)
+        if dense and g_all.size and (g_all.min() < 0 or g_all.max() >= k):
+            dense, hist = False, None  # ids the manifest did not announce: counted as found
+            keep = vals[:, 2] > 0
+            ids, vals = ids[keep], vals[keep]
+        g, s = g_all[ok], score[ok]
+        ninf = s == -np.inf
+        if dense:
+            vals[:, 0] += np.bincount(g, minlength=k)
+            vals[:, 1] += np.bincount(g[ninf], minlength=k)
+            vals[:, 2] += np.bincount(g_all, minlength=k)
+            np.add.at(hist, g * win.cells + win.bins(rule.key(s)), 1)
+        else:
+            u, inv = np.unique(g_all, return_inverse=True)
+            v = np.stack([np.bincount(inv[ok], minlength=u.size),
+                          np.bincount(inv[ok][ninf], minlength=u.size),
+                          np.bincount(inv, minlength=u.size)], axis=1)
+            ids, vals = _merge(ids, vals, u, v)
         if rule.greedy:
             picked = b["position"][ok][~ninf]
             n_picked += int(picked.size)
             digest = (digest + int(np.sum(_mix(picked), dtype=np.uint64))) % _WORD
-        if hist is not None and u.size and (u[0] < 0 or u[-1] >= k):
-            hist = None  # ids the manifest did not announce: count first, search after
-        if hist is not None:
-            hi = rule.key(b["score"][ok])
-            digit = (hi >> np.uint64(64 - bits)).astype(np.int64)
-            counts = np.bincount((g << bits) + digit)
-            hist[: counts.size] += counts
-    return ids, vals, n_picked, digest, None if hist is None else hist.reshape(k, 1 << bits)
+    return ids, vals, n_picked, digest, None if hist is None else hist.reshape(k, win.cells)
 
 
-def _counts(rule: _Rule, r: PartsReader, k: int | None, progress: bool):
-    """Group ids (ascending), eligible rows and rows scored -inf per group, whether the greedy
-    order names exactly the rows not scored -inf, and with ``k`` known groups the first
-    digit's histogram per group id (or None) with its width."""
-    ids, vals = np.zeros(0, dtype=np.int64), np.zeros((0, 2), dtype=np.int64)
+@dataclass(frozen=True)
+class _Counts:
+    """What the first pass found: per group with eligible rows (``gids`` ascending) its
+    eligible rows and those scored -inf; per id seen, all its rows; the first histogram
+    (rows by group id, None when not made)."""
+
+    gids: np.ndarray
+    sizes: np.ndarray
+    neg_inf: np.ndarray
+    seen: np.ndarray
+    rows: np.ndarray
+    exact: bool  # greedy scores: the pick order names exactly the rows not scored -inf
+    first: np.ndarray | None
+    window: _Window | None
+
+
+def _counts(rule: _Rule, r: PartsReader, k: int | None, progress: bool) -> _Counts:
+    """The first pass: the counts per group and, with ``k`` known groups, the first
+    histogram (the search then starts inside its window)."""
+    win = None if k is None else _window(rule, r, k)
+    ids, vals = np.zeros(0, dtype=np.int64), np.zeros((0, 3), dtype=np.int64)
     n_picked, digest = 0, 0
-    bits = None if k is None else _digit_bits(k)
-    hist = None if k is None else np.zeros((k, 1 << bits), dtype=np.int64)
+    hist = None if k is None else np.zeros((k, win.cells), dtype=np.int64)
     parts = range(len(r.manifest["parts"]))
-    task = BATCH_ROWS * ROW_BYTES + (0 if k is None else 16 * (k << bits))
-    for u, v, n, d, h in current_engine().map(_count_task, parts, (rule, k, bits),
+    task = BATCH_ROWS * ROW_BYTES + (0 if k is None else 8 * hist.size)
+    for u, v, n, d, h in current_engine().map(_count_task, parts, (rule, k, win),
                                               desc="select: count", progress=progress,
                                               task_bytes=task):
         ids, vals = _merge(ids, vals, u, v)
@@ -266,36 +385,56 @@ def _counts(rule: _Rule, r: PartsReader, k: int | None, progress: bool):
         digest = (digest + d) % _WORD
         hist = None if h is None or hist is None else hist + h  # part order, as every sum
     exact = not rule.greedy or _order_matches(r, n_picked, digest)
-    return ids, vals[:, 0], vals[:, 1], exact, hist, bits
+    has = vals[:, 0] > 0
+    return _Counts(ids[has], vals[has, 0], vals[has, 1], ids, vals[:, 2], exact, hist,
+                   None if hist is None else win)
 
 
-def _known_groups(m: dict, group_col: str | None) -> int | None:
-    """How many groups there are before reading a part: one without groups; the clusters
-    the manifest's ``cluster_counts`` announces (ids 0..k-1); else None."""
-    if group_col is None:
-        return 1
-    counts = m.get("cluster_counts") if group_col == "cluster" else None
-    if not isinstance(counts, list) or not counts or len(counts) << DIGIT_BITS[-1] > HIST_CELLS:
-        return None
-    return len(counts)
-
-
-def _check_manifest_counts(m: dict, folder: _Folder, gids, sizes) -> None:
-    """Eligible rows per cluster may not exceed the rows the manifest counts for it (it
-    counts every row of the ids 0, 1, ...)."""
+def _manifest_counts(m: dict, folder: _Folder, n_rows: int) -> list[int] | None:
+    """The manifest's ``cluster_counts`` (rows per cluster id 0, 1, ...), checked against the
+    rows the parts hold before any part is read; None when it has none."""
     counts = m.get("cluster_counts")
-    if not isinstance(counts, list):
+    if counts is None:
+        return None
+    ok = isinstance(counts, list) and all(
+        isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in counts)
+    if not ok or sum(counts) > n_rows:
+        raise _counts_disagree(folder)
+    return counts
+
+
+def _known_groups(counts: list[int] | None, group_col: str | None, n_rows: int) -> int | None:
+    """How many groups there are before reading a part (None: unknown, or too many for a
+    first histogram): one without groups; the clusters the manifest's ``cluster_counts``
+    announces (ids 0..k-1)."""
+    k = 1 if group_col is None else len(counts or [])
+    if k == 0 or _first_bits(k, n_rows) is None:
+        return None
+    return k
+
+
+def _check_manifest_counts(counts: list[int] | None, folder: _Folder, c: _Counts) -> None:
+    """Each cluster id the manifest counts holds at least as many rows as it says and no
+    more eligible rows; it announces every id >= 0 found."""
+    if counts is None:
         return
-    ok = all(isinstance(c, int) and not isinstance(c, bool) for c in counts)
-    counted = gids >= 0
-    ok = ok and (not counted.any() or gids[-1] < len(counts))
-    if ok and counted.any():
-        ok = bool(np.all(sizes[counted] <= np.asarray(counts, dtype=np.int64)[gids[counted]]))
+    ok = not (c.seen >= 0).any() or c.seen[-1] < len(counts)
+    if ok:
+        want = np.asarray(counts, dtype=np.int64)
+        rows = np.zeros(want.size, dtype=np.int64)
+        rows[c.seen[c.seen >= 0]] = c.rows[c.seen >= 0]
+        eligible = np.zeros(want.size, dtype=np.int64)
+        eligible[c.gids[c.gids >= 0]] = c.sizes[c.gids >= 0]
+        ok = bool(np.all((eligible <= want) & (want <= rows)))
     if not ok:
-        raise Damaged(
-            f"{Path(folder.path) / 'manifest.json'}: 'cluster_counts' disagrees with the rows "
-            f"of the parts; {fix_line(Path(folder.path))}."
-        )
+        raise _counts_disagree(folder)
+
+
+def _counts_disagree(folder: _Folder) -> Damaged:
+    return Damaged(
+        f"{Path(folder.path) / 'manifest.json'}: 'cluster_counts' disagrees with the rows "
+        f"of the parts; {fix_line(Path(folder.path))}."
+    )
 
 
 def _order_matches(r: PartsReader, n_picked: int, digest: int) -> bool:
@@ -317,15 +456,21 @@ def _order_matches(r: PartsReader, n_picked: int, digest: int) -> bool:
 
 @dataclass(frozen=True)
 class _Step:
-    """One radix pass: the digits found so far and which cuts histogram or collect."""
+    """One pass: per cut, the bits found so far (``mask_*``/``prefix_*`` of the high and
+    low word), its histogram row (``slot``, -1: none) with the digit there (``word``,
+    ``shift``, ``digit_mask``), and whether its candidates are gathered."""
 
     rule: _Rule
-    depth: int  # bits of the 128-bit order number resolved
-    bits: int  # width of this pass's digit
-    slot: np.ndarray  # per cut: its histogram row, -1 when not histogrammed
-    collect: np.ndarray  # per cut: gather its candidates this pass
+    bits: int  # histogram rows of 2^bits counters
+    slot: np.ndarray
+    collect: np.ndarray
+    mask_hi: np.ndarray
+    mask_lo: np.ndarray
     prefix_hi: np.ndarray
     prefix_lo: np.ndarray
+    word: np.ndarray
+    shift: np.ndarray
+    digit_mask: np.ndarray
 
 
 def _digit_bits(n_groups: int) -> int:
@@ -333,17 +478,10 @@ def _digit_bits(n_groups: int) -> int:
     return next((b for b in DIGIT_BITS if max(1, n_groups) << b <= HIST_CELLS), DIGIT_BITS[-1])
 
 
-def _masks(depth: int) -> tuple[np.uint64, np.uint64]:
-    """The resolved (top ``depth``) bits of the high and low word."""
-    def top(n: int) -> np.uint64:
-        n = min(max(n, 0), 64)
-        return np.uint64(((1 << n) - 1) << (64 - n))
-    return top(depth), top(depth - 64)
-
-
-def _digit_at(depth: int, bits: int) -> tuple[int, int]:
-    """Which word (0 high, 1 low) holds the digit at ``depth`` and its shift."""
-    return (0, 64 - depth - bits) if depth < 64 else (1, 128 - depth - bits)
+def _top_bits(n: np.ndarray) -> np.ndarray:
+    """Masks of the top ``n`` (0..64) bits of a word."""
+    n = np.clip(n, 0, 64)
+    return np.where(n == 0, np.uint64(0), ALL_BITS << np.minimum(64 - n, 63).astype(np.uint64))
 
 
 def _radix_task(step: _Step, i: int):
@@ -351,16 +489,17 @@ def _radix_task(step: _Step, i: int):
     rule, nb = step.rule, 1 << step.bits
     n_slots = int((step.slot >= 0).sum())
     hist = np.zeros(n_slots * nb, dtype=np.int64)
-    mh, ml = _masks(step.depth)
-    word, shift = _digit_at(step.depth, step.bits)
     found = []
     for b in rule.folder.reader().iter_part(i, rule.columns(), verify=False):
         _, cut, hi, lo, _ = rule.rows(b)
-        match = ((hi & mh) == step.prefix_hi[cut]) & ((lo & ml) == step.prefix_lo[cut])
+        match = (((hi & step.mask_hi[cut]) == step.prefix_hi[cut])
+                 & ((lo & step.mask_lo[cut]) == step.prefix_lo[cut]))
         slot = step.slot[cut]
         a = match & (slot >= 0)
         if a.any():
-            digit = ((lo if word else hi)[a] >> np.uint64(shift)) & np.uint64(nb - 1)
+            ca = cut[a]
+            x = np.where(step.word[ca] == 1, lo[a], hi[a])
+            digit = (x >> step.shift[ca]) & step.digit_mask[ca]
             counts = np.bincount(slot[a] * nb + digit.astype(np.int64))
             hist[: counts.size] += counts
         c = match & step.collect[cut]
@@ -372,7 +511,8 @@ def _radix_task(step: _Step, i: int):
 
 
 class _Search:
-    """Per cut: the rank still wanted among the candidates sharing the digits found so far."""
+    """Per cut: the rank still wanted among the candidates sharing its top ``depth`` bits
+    (of the 128-bit order number) found so far."""
 
     def __init__(self, folder: _Folder, quota: np.ndarray, sizes: np.ndarray) -> None:
         k = quota.size
@@ -381,28 +521,51 @@ class _Search:
         self.need, self.cand = quota.astype(np.int64).copy(), sizes.astype(np.int64).copy()
         self.prefix_hi, self.prefix_lo = np.zeros(k, dtype=np.uint64), np.zeros(k, np.uint64)
         self.top_hi, self.top_lo = np.zeros(k, dtype=np.uint64), np.zeros(k, dtype=np.uint64)
-        self.depth = 0
-        n_search = int((self.mode == SEARCH).sum())
-        self.bits = _digit_bits(n_search)
-        self.limit = max(1, COLLECT_ROWS // max(1, n_search))
+        self.depth = np.zeros(k, dtype=np.int64)
 
-    def narrow(self, hist: np.ndarray, at: np.ndarray, bits: int) -> np.ndarray:
-        """Cuts ``at`` take the digit holding their wanted row; returns those still open."""
+    def _check(self, hist: np.ndarray, at: np.ndarray) -> None:
         if not np.array_equal(hist.sum(axis=1), self.cand[at]):
             raise _changed(self.folder, "its rows no longer add up to the counts of the first pass")
+
+    def _take(self, hist: np.ndarray, at: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Each cut's bin holding its wanted row, and the rank wanted inside it."""
         cum = np.cumsum(hist, axis=1)
-        digit = (cum < self.need[at][:, None]).sum(axis=1)
+        j = (cum < self.need[at][:, None]).sum(axis=1)
         rows = np.arange(at.size)
-        self.need[at] -= np.where(digit > 0, cum[rows, np.maximum(digit - 1, 0)], 0)
-        self.cand[at] = hist[rows, digit]
-        word, shift = _digit_at(self.depth, bits)
-        prefix = self.prefix_lo if word else self.prefix_hi
-        prefix[at] |= digit.astype(np.uint64) << np.uint64(shift)
-        self.depth += bits
-        if self.depth == 128:  # every digit known: the row itself
-            self.top_hi[at], self.top_lo[at] = self.prefix_hi[at], self.prefix_lo[at]
-            return np.zeros(0, dtype=np.int64)
-        return at
+        need = self.need[at] - np.where(j > 0, cum[rows, np.maximum(j - 1, 0)], 0)
+        self.cand[at] = hist[rows, j]
+        return j, need
+
+    def window(self, first: np.ndarray, win: _Window, at: np.ndarray) -> None:
+        """Cuts ``at`` whose wanted row lies inside the first histogram's window take its
+        bin; the others stay at the top bit."""
+        self._check(first, at)
+        cand = self.cand[at]
+        j, need = self._take(first, at)
+        inside = (j >= 1) & (j <= (1 << win.bits))
+        self.cand[at[~inside]] = cand[~inside]
+        at, j = at[inside], j[inside]
+        self.need[at] = need[inside]
+        self.prefix_hi[at] = win.bin_prefix(j)
+        self.depth[at] = 64 - win.shift
+
+    def step_bits(self, at: np.ndarray, bits: int) -> np.ndarray:
+        """Each cut's next digit: ``bits`` wide, but never across the two words."""
+        return np.minimum(bits, 64 - self.depth[at] % 64)
+
+    def narrow(self, hist: np.ndarray, at: np.ndarray, bits: np.ndarray) -> np.ndarray:
+        """Cuts ``at`` take the digit holding their wanted row; returns those still open."""
+        self._check(hist, at)
+        digit, self.need[at] = self._take(hist, at)
+        low = self.depth[at] >= 64
+        shift = np.where(low, 128, 64) - self.depth[at] - bits
+        put = digit.astype(np.uint64) << shift.astype(np.uint64)
+        self.prefix_lo[at[low]] |= put[low]
+        self.prefix_hi[at[~low]] |= put[~low]
+        self.depth[at] += bits
+        done = at[self.depth[at] == 128]  # every digit known: the row itself
+        self.top_hi[done], self.top_lo[done] = self.prefix_hi[done], self.prefix_lo[done]
+        return at[self.depth[at] < 128]
 
     def finish(self, collect: np.ndarray, found: list) -> None:
         """The collected candidates of each finishing cut, sorted: the wanted one is the cut."""
@@ -416,29 +579,45 @@ class _Search:
         pick = start + self.need[ids] - 1
         self.top_hi[ids], self.top_lo[ids] = hi[pick], lo[pick]
 
+    def step(self, rule: _Rule, active: np.ndarray, collect: np.ndarray, bits: int) -> _Step:
+        """The pass that histograms cuts ``active`` (digit ``bits`` wide at most) and gathers
+        the candidates of cuts ``collect`` (both boolean, per cut)."""
+        k = self.need.size
+        slot = np.full(k, -1, dtype=np.int64)
+        slot[active] = np.arange(int(active.sum()))
+        width = np.zeros(k, dtype=np.int64)
+        width[active] = self.step_bits(np.flatnonzero(active), bits)
+        low = self.depth >= 64
+        shift = np.maximum(np.where(low, 128, 64) - self.depth - width, 0)
+        return _Step(rule, bits, slot, collect, _top_bits(self.depth), _top_bits(self.depth - 64),
+                     self.prefix_hi, self.prefix_lo, low.astype(np.int64),
+                     shift.astype(np.uint64), ((np.uint64(1) << width.astype(np.uint64))
+                                               - np.uint64(1)))
+
 
 def _cuts(rule: _Rule, n_parts: int, quota: np.ndarray, sizes: np.ndarray, progress: bool,
-          first: np.ndarray | None = None, first_bits: int = 0):
+          first: np.ndarray | None = None, win: _Window | None = None):
     """``(mode, top_hi, top_lo)`` per cut: the last kept row of each searched cut.
 
-    ``first``: the histogram of the first ``first_bits`` bits per cut, when the counting
-    pass made it (the search then starts one digit down).
+    ``first``: the first pass's histogram per cut over ``win`` (the search then starts
+    inside the window). Each later pass gathers the candidates of as many cuts as
+    ``COLLECT_ROWS`` allows (the fewest first) and histograms the next digit of the others.
     """
     st = _Search(rule.folder, quota, sizes)
     k = quota.size
     open_ = np.flatnonzero(st.mode == SEARCH)
     if first is not None and open_.size:
-        open_ = st.narrow(first[open_], open_, first_bits)
+        st.window(first[open_], win, open_)
     passes = 1
     while open_.size:
-        nxt = np.zeros(k, dtype=bool)
-        nxt[open_] = True
-        collect = nxt & (st.cand <= st.limit)
-        active = nxt & ~collect
-        bits = min(st.bits, 64 - st.depth % 64)  # a digit never straddles the two words
-        slot = np.full(k, -1, dtype=np.int64)
-        slot[active] = np.arange(int(active.sum()))
-        step = _Step(rule, st.depth, bits, slot, collect, st.prefix_hi, st.prefix_lo)
+        by_size = open_[np.argsort(st.cand[open_], kind="stable")]
+        collect = np.zeros(k, dtype=bool)
+        collect[by_size[np.cumsum(st.cand[by_size]) <= COLLECT_ROWS]] = True
+        active = np.zeros(k, dtype=bool)
+        active[open_] = True
+        active &= ~collect
+        bits = _digit_bits(int(active.sum()))
+        step = st.step(rule, active, collect, bits)
         hist = np.zeros((int(active.sum()), 1 << bits), dtype=np.int64)
         found = []
         passes += 1
@@ -449,7 +628,8 @@ def _cuts(rule: _Rule, n_parts: int, quota: np.ndarray, sizes: np.ndarray, progr
             found.append(c)
         if collect.any():
             st.finish(collect, found)
-        open_ = st.narrow(hist, np.flatnonzero(active), bits) if active.any() else open_[:0]
+        at = np.flatnonzero(active)
+        open_ = st.narrow(hist, at, st.step_bits(at, bits)) if at.size else open_[:0]
     return st.mode, st.top_hi, st.top_lo
 
 
@@ -513,10 +693,10 @@ def _plan(path, pr, *, balance, invert, drop_clusters, oversample, seed, fill, p
     group_col = group_by if need_groups else None
     rule = _Rule(folder, group_col, bool(invert), "order" in m["tables"],
                  np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64))
-    gids, sizes, neg_inf, exact, first, first_bits = _counts(
-        rule, r, _known_groups(m, group_col), progress)
-    if group_col == "cluster":
-        _check_manifest_counts(m, folder, gids, sizes)
+    announced = _manifest_counts(m, folder, r.n_rows) if group_col == "cluster" else None
+    c = _counts(rule, r, _known_groups(announced, group_col, r.n_rows), progress)
+    _check_manifest_counts(announced, folder, c)
+    gids, sizes, neg_inf, exact, first = c.gids, c.sizes, c.neg_inf, c.exact, c.first
     n_eligible = int(sizes.sum())
     kept_target = q.kept_count(pr, n_eligible)
     if not exact:
@@ -544,9 +724,9 @@ def _plan(path, pr, *, balance, invert, drop_clusters, oversample, seed, fill, p
         cut_sizes, quota = np.array([n_rows]), np.array([kept])
         cut_unpicked = np.array([int(unpicked[keep].sum())])
         first = None if first is None else first[gids[keep]].sum(axis=0, keepdims=True)
-    rule = dataclasses.replace(rule, gids=gids, cut_of=cut_of)
+    rule = dataclasses.replace(rule, gids=gids, cut_of=cut_of, by_id=_id_table(gids, cut_of))
     n_parts = len(m["parts"])
-    mode, top_hi, top_lo = _cuts(rule, n_parts, quota, cut_sizes, progress, first, first_bits)
+    mode, top_hi, top_lo = _cuts(rule, n_parts, quota, cut_sizes, progress, first, c.window)
     n_filled = _check_fill(rule, n_parts, (mode, top_hi, top_lo), cut_unpicked, oversample,
                            fill, (method, n_rows, kept, balance), progress)
     n_kept = n_rows if oversample else int(quota.sum())
@@ -605,8 +785,9 @@ def _count_fill(rule, n_parts, mode, top_hi, top_lo, progress) -> int:
 # -- the write pass ----------------------------------------------------------------------------
 
 
-def _kept_batches(plan: _Plan, i: int, verify: bool | None = None):
-    """Part ``i``'s kept rows, batch by batch: ``position``, ``id``, ``count`` columns."""
+def _kept_batches(plan: _Plan, i: int, verify: bool | None = False):
+    """Part ``i``'s kept rows, batch by batch: ``position``, ``id``, ``count`` columns (not
+    hashed again by default: the first pass compared the parts with their hashes)."""
     rule = plan.rule
     cols = rule.columns("id") if plan.with_ids else rule.columns()
     for b in rule.folder.reader().iter_part(i, cols, verify=verify):

@@ -110,11 +110,27 @@ class PartsReader:
     ) -> Iterator[dict[str, np.ndarray]]:
         """The rows of part ``index`` alone, as :meth:`iter_batches` reads them (one worker's
         share of a pass over the parts)."""
+        yield from self.iter_part_range(index, None, None, columns, batch_rows, verify)
+
+    def iter_part_range(
+        self,
+        index: int,
+        start: int | None,
+        stop: int | None,
+        columns: Sequence[str] | None = None,
+        batch_rows: int = BATCH_ROWS,
+        verify: bool | None = None,
+    ) -> Iterator[dict[str, np.ndarray]]:
+        """The batches of part ``index`` whose row groups may hold positions in
+        ``start:stop`` (None: open-ended): the position column's statistics skip the other
+        row groups, so reading one range of a part costs that range, not the part up to it.
+        Batches may hold positions outside the range; the caller masks them."""
         cols = self._wanted(columns)
         entry = self.manifest["parts"][index]
         pf = self._open_part(index, entry, verify)
         try:
-            yield from self._part_batches(pf, entry, cols, batch_rows)
+            groups = _groups_overlapping(pf.metadata, start, stop)
+            yield from self._part_batches(pf, entry, cols, batch_rows, groups)
         finally:
             pf.close()
 
@@ -302,13 +318,16 @@ class PartsReader:
         if problem:
             raise Damaged(f"{f} disagrees with {MANIFEST}: {problem}; {fix_line(self.path)}.")
 
-    def _part_batches(self, pf, entry: dict, cols: list[str], batch_rows: int):
+    def _part_batches(self, pf, entry: dict, cols: list[str], batch_rows: int,
+                      groups: Sequence[int] | None = None):
         f = self.path / entry["file"]
         last = entry["start"] - 1
+        if groups is None:
+            groups = range(pf.metadata.num_row_groups)
         # One row group per read: a whole-file iterator pre-buffers every row group at once.
         batches = (
             b
-            for g in range(pf.metadata.num_row_groups)
+            for g in groups
             for b in pf.iter_batches(
                 batch_size=batch_rows, row_groups=[g], columns=cols, use_threads=False
             )
@@ -341,6 +360,24 @@ class PartsReader:
                 f"{f} is corrupt: cannot decode its Parquet data ({str(exc)[:120]}); "
                 f"{fix_line(self.path)}."
             ) from exc
+
+
+def _groups_overlapping(md, start: int | None, stop: int | None) -> list[int]:
+    """Row groups of a part whose ``position`` range (from the column statistics) meets
+    ``start:stop``; a group without statistics is kept (read and masked)."""
+    every = list(range(md.num_row_groups))
+    if start is None and stop is None:
+        return every
+    col = md.schema.to_arrow_schema().get_field_index("position")
+    out = []
+    for g in every:
+        st = md.row_group(g).column(col).statistics if col >= 0 else None
+        if st is not None and st.has_min_max and (
+            (start is not None and st.max < start) or (stop is not None and st.min >= stop)
+        ):
+            continue
+        out.append(g)
+    return out
 
 
 def _numpy(col, type_name: str, f: Path | None = None, name: str = "") -> np.ndarray:

@@ -187,7 +187,8 @@ class PartFile:
         with contextlib.suppress(Exception):
             if self._writer is not None:
                 self._writer.close()
-        self._sink.close()
+        with contextlib.suppress(OSError):  # a full disk fails the flush; the file goes anyway
+            self._sink.close()
         with contextlib.suppress(FileNotFoundError):
             self.tmp.unlink()
 
@@ -238,6 +239,42 @@ def write_part(
         with PartFile(spec, index, start, stop) as pf:
             pf.write(columns)
             return pf.close()
+
+
+def write_table_part(spec: PartSpec, name: str, index: int, columns: dict[str, np.ndarray]) -> dict:
+    """Write part ``index`` of side table ``name`` (``NAME-NNNNN.parquet``) into the staging
+    folder; returns its manifest entry. What :meth:`PartWriter.add_table` does per part, and
+    what a worker calls to write its part of a table."""
+    pa, pq = pyarrow_modules()
+    if not NAME_RE.match(name) or name == "part":
+        raise ValueError(f"table name {name!r} is not allowed")
+    cols = {k: np.asarray(v) for k, v in columns.items()}
+    types = {k: column_type(k, v, TABLE_TYPES) for k, v in cols.items()}
+    path = Path(spec.staging) / part_name(name, index)
+    table = pa.table({k: arrow_array(pa, v, types[k]) for k, v in cols.items()})
+    meta = {
+        "format": FORMAT,
+        "version": VERSION,
+        "kind": spec.kind,
+        "run_id": spec.run_id,
+        "table": name,
+        "part": index,
+    }
+    table = table.replace_schema_metadata({META_KEY: json.dumps(meta, sort_keys=True).encode()})
+    with disk_errors(path):
+        pq.write_table(
+            table,
+            path,
+            row_group_size=ROW_GROUP_ROWS,
+            compression="snappy",
+            write_page_checksum=True,
+        )
+    return {
+        "file": path.name,
+        "rows": table.num_rows,
+        "bytes": path.stat().st_size,
+        "blake2b": blake2b_file(path),
+    }
 
 
 class PartWriter:
@@ -314,51 +351,26 @@ class PartWriter:
         }
 
     def add_table(
-        self, name: str, columns: dict[str, np.ndarray], rows_per_part: int = TABLE_PART_ROWS
+        self, name: str, columns: dict[str, np.ndarray], rows_per_part: int | None = None
     ) -> None:
-        """A side table in row order (a greedy pick order) as ``NAME-NNNNN.parquet`` files."""
-        pa, pq = pyarrow_modules()
-        if not NAME_RE.match(name) or name == "part":
-            raise ValueError(f"table name {name!r} is not allowed")
+        """A side table in row order (a greedy pick order) as ``NAME-NNNNN.parquet`` files,
+        ``TABLE_PART_ROWS`` rows each unless ``rows_per_part`` says otherwise."""
+        rows_per_part = TABLE_PART_ROWS if rows_per_part is None else rows_per_part
         cols = {k: np.asarray(v) for k, v in columns.items()}
         types = {k: column_type(k, v, TABLE_TYPES) for k, v in cols.items()}
         lengths = {v.shape for v in cols.values()}
         if len(lengths) != 1 or len(next(iter(lengths))) != 1:
             raise ValueError(f"table {name!r}: columns must be 1-D of one length, got {lengths}")
         n = len(next(iter(cols.values())))
-        parts = []
-        for i, a in enumerate(range(0, max(n, 1), rows_per_part)):
-            path = self.staging / part_name(name, i)
-            table = pa.table(
-                {k: arrow_array(pa, v[a : a + rows_per_part], types[k]) for k, v in cols.items()}
-            )
-            meta = {
-                "format": FORMAT,
-                "version": VERSION,
-                "kind": self.kind,
-                "run_id": self.run_id,
-                "table": name,
-                "part": i,
-            }
-            table = table.replace_schema_metadata(
-                {META_KEY: json.dumps(meta, sort_keys=True).encode()}
-            )
-            pq.write_table(
-                table,
-                path,
-                row_group_size=ROW_GROUP_ROWS,
-                compression="snappy",
-                write_page_checksum=True,
-            )
-            parts.append(
-                {
-                    "file": path.name,
-                    "rows": table.num_rows,
-                    "bytes": path.stat().st_size,
-                    "blake2b": blake2b_file(path),
-                }
-            )
-        self._tables[name] = {"columns": types, "rows": n, "parts": parts}
+        parts = [
+            write_table_part(self.spec, name, i, {k: v[a : a + rows_per_part] for k, v in cols.items()})
+            for i, a in enumerate(range(0, max(n, 1), rows_per_part))
+        ]
+        self.add_table_parts(name, types, n, parts)
+
+    def add_table_parts(self, name: str, types: dict[str, str], rows: int, parts: list[dict]) -> None:
+        """Record a side table whose parts workers wrote (:func:`write_table_part`, in order)."""
+        self._tables[name] = {"columns": dict(types), "rows": int(rows), "parts": list(parts)}
 
     def finalize(
         self,
