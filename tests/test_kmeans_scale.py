@@ -414,3 +414,89 @@ def test_ray_workers_fit_from_the_scratch_sample_to_the_local_bytes(small_fit_ch
         far = kmeans_streamed(emb.reader, emb.usable_rows, 8, engine=eng, **kw)
     for name in ("centroids", "labels", "distance"):
         assert same(getattr(far, name), getattr(local, name)), name
+
+
+# ------------------------------------------------------------------ streamed Lloyd passes
+
+
+def counted(monkeypatch, name):
+    """Replace ``cluster.name`` (a task function) by a wrapper counting its calls."""
+    calls = []
+    fn = getattr(cluster, name)
+
+    def wrapper(*args):
+        calls.append(args[-1])
+        return fn(*args)
+
+    monkeypatch.setattr(cluster, name, wrapper)
+    return calls
+
+
+@pytest.mark.parametrize("recorded", [False, True])
+def test_full_pass_sends_the_driver_one_sum_a_group_added_by_the_tree(small_fit_chunks,
+                                                                      monkeypatch, tmp_path,
+                                                                      recorded):
+    # Small integers: every float64 sum is exact, so the pass must equal one plain Lloyd
+    # update from the fit's centroids. 79 data chunks of 64 rows; at most 8 groups: 10
+    # chunks a group (the last 9), whose sums a tree of fan-in 3 adds in two levels.
+    monkeypatch.setattr(cluster, "PASS_GROUPS_MAX", 8)
+    monkeypatch.setattr(cluster, "LLOYD_FAN_IN", 3)
+    rng = np.random.default_rng(7)
+    x = rng.integers(-50, 50, (5000, 8)).astype(np.float32)
+    emb = pk.Embeddings.from_array(x)
+    groups = cluster.pass_groups(emb.reader.chunks(64), 64, 6)
+    assert [len(g) for g in groups] == [10] * 7 + [9]
+    assert engine_mod.tree_sizes(8, 3) == [8, 3, 1]
+    chunks, tasks = counted(monkeypatch, "_lloyd_chunk"), counted(monkeypatch, "_lloyd_group")
+    combines = counted(monkeypatch, "_add_sums")  # the fit's Lloyd uses it too
+    kw = dict(plan=SamplePlan(1000, emb.n, "u"), seed=3, spherical=False, progress=False)
+    c0 = kmeans_streamed(emb.reader, emb.usable_rows, 6, engine=LocalEngine(1), **kw).centroids
+    fit_combines = len(combines)
+    lab = cluster.nearest(x, c0, spherical=False)
+    sums = np.zeros((6, 8))
+    np.add.at(sums, lab, x.astype(np.float64))
+    ref = (sums / np.bincount(lab, minlength=6)[:, None]).astype(np.float32)
+    for workers in (1, 2, 3):
+        for calls in (chunks, tasks, combines):
+            calls.clear()
+        work = WorkDir(tmp_path / f"w{workers}") if recorded else None
+        res = kmeans_streamed(emb.reader, emb.usable_rows, 6, full_passes=1, work=work,
+                              engine=LocalEngine(workers), **kw)
+        assert same(res.centroids, ref)
+        # 79 chunks read; the driver gets 8 group sums and adds them by 3 + 1 combines
+        assert len(chunks) == 79 and len(tasks) == 8
+        assert len(combines) - fit_combines == 3 + 1
+
+
+def test_full_passes_same_bytes_any_workers_recorded_or_not_and_resumed(small_fit_chunks,
+                                                                         monkeypatch, tmp_path):
+    monkeypatch.setattr(cluster, "PASS_GROUPS_MAX", 8)  # 79 chunks: 8 groups (10, ..., 9)
+    monkeypatch.setattr(cluster, "LLOYD_FAN_IN", 3)
+    x, _ = blobs(n=5000, k=10, spread=2.0, seed=4)
+    x[[11, 4000]] = np.nan
+    emb = pk.Embeddings.from_array(x.astype(np.float16), drop_nonfinite=True)
+    kw = dict(plan=SamplePlan(900, emb.n, "u"), seed=5, spherical=True, full_passes=2,
+              progress=False)
+
+    def run(workers, work=None):
+        return kmeans_streamed(emb.reader, emb.usable_rows, 10, engine=LocalEngine(workers),
+                               work=work, **kw)
+
+    ref = run(1)
+    runs = [run(w) for w in (2, 3)] + [run(w, WorkDir(tmp_path / f"w{w}")) for w in (1, 3)]
+    for r in runs:
+        for name in ("centroids", "labels", "distance"):
+            assert same(getattr(r, name), getattr(ref, name)), name
+    # Killed in the second pass: the sample (2 records), pass 1's 8 groups and its
+    # centroids, then 3 groups of pass 2.
+    work = tmp_path / "work"
+    with killed_after(2 + 8 + 1 + 3), pytest.raises(InjectedFailure):
+        run(2, WorkDir(work))
+    assert not (work / "pass-0").exists()  # folded into centroids-1
+    assert sorted(p.name for p in (work / "pass-1").iterdir()) == [
+        f"{i:08d}.npy" for i in range(3)]
+    chunks, tasks = counted(monkeypatch, "_lloyd_chunk"), counted(monkeypatch, "_lloyd_group")
+    again = run(3, WorkDir(work))
+    assert len(tasks) == 8 - 3 and len(chunks) == 4 * 10 + 9  # groups 3..7 only
+    for name in ("centroids", "labels", "distance"):
+        assert same(getattr(again, name), getattr(ref, name)), name

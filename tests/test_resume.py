@@ -63,8 +63,8 @@ def test_interrupted_kmeans_resumes_to_the_same_bytes(emb_file, tmp_path, monkey
     args = [emb_file, "-m", "kmeans", "--k", "6", "--sample", "300", "--full-passes", "2"]
     assert score([*args, "-o", tmp_path / "ref.h5"]).exit_code == 0
     out = tmp_path / "out.h5"
-    # Killed after the sample (2 records) and 5 of 16 chunks of the first Lloyd pass.
-    with killed_after(2 + 3 * 5):
+    # Killed after the sample (2 records) and 5 of 16 one-chunk groups of the first pass.
+    with killed_after(2 + 5):
         r = score([*args, "-o", out])
     assert isinstance(r.exception, InjectedFailure) and not out.exists()
     assert (tmp_path / ".prunekit-work").is_dir()
@@ -121,10 +121,11 @@ def test_work_dir_key_covers_inputs_method_and_params(tmp_path):
 
 
 def interrupted_kmeans(emb_file, tmp_path, monkeypatch, out):
-    """A k-means run killed after the sample (2 records) and 5 of 16 Lloyd chunks."""
+    """A k-means run killed after the sample (2 records) and 5 of 16 Lloyd groups (one
+    chunk each)."""
     args = [emb_file, "-m", "kmeans", "--k", "6", "--sample", "300", "--full-passes", "2"]
     assert score([*args, "-o", tmp_path / "ref.h5"]).exit_code == 0
-    with killed_after(2 + 3 * 5):
+    with killed_after(2 + 5):
         assert isinstance(score([*args, "-o", out]).exception, InjectedFailure)
     (work,) = (tmp_path / ".prunekit-work").glob("out.h5.*")
     return args, work
@@ -134,14 +135,14 @@ def test_a_tampered_record_is_recomputed_to_the_same_bytes(emb_file, tmp_path, m
                                                            caplog):
     out = tmp_path / "out.h5"
     args, work = interrupted_kmeans(emb_file, tmp_path, monkeypatch, out)
-    rec = work / "pass-0-sums.npy"
+    rec = work / "pass-0" / "00000004.npy"
     data = bytearray(rec.read_bytes())
-    data[-8:] = np.float64(1e6).tobytes()  # the last running sum, checksum left as it was
+    data[-8:] = np.float64(1e6).tobytes()  # the group's last sum, checksum left as it was
     rec.write_bytes(bytes(data))
     lloyd = counting(monkeypatch, cluster, "_lloyd_chunk")
     r = score([*args, "-o", out, "--resume"])
     assert r.exit_code == 0, r.output
-    assert len(lloyd) == 16 + 16  # the pass's sums did not verify: pass 1 restarts
+    assert len(lloyd) == (16 - 4) + 16  # group 4's sums did not verify: computed again
     names = ("score", "cluster", "centroids", "centroid_distance")
     assert arrays(out, names) == arrays(tmp_path / "ref.h5", names)
     assert "1 resume record(s)" in caplog.text and "did not verify" in caplog.text
@@ -164,7 +165,7 @@ def test_a_symlink_planted_as_a_record_is_never_followed(emb_file, tmp_path, mon
     args, work = interrupted_kmeans(emb_file, tmp_path, monkeypatch, out)
     victim = tmp_path / "victim.txt"
     victim.write_text("keep me")
-    rec = work / "pass-0-counts.npy"
+    rec = work / "pass-0" / "00000002.npy"
     rec.unlink()
     rec.symlink_to(victim)
     r = score([*args, "-o", out, "--resume"])
@@ -178,7 +179,9 @@ def test_the_work_directory_is_private(emb_file, tmp_path, monkeypatch):
     _, work = interrupted_kmeans(emb_file, tmp_path, monkeypatch, tmp_path / "out.h5")
     assert stat.S_IMODE(os.lstat(work.parent).st_mode) == 0o700
     assert stat.S_IMODE(os.lstat(work).st_mode) == 0o700
-    assert {stat.S_IMODE(p.stat().st_mode) for p in work.iterdir()} == {0o600}  # records
+    files = [p for p in work.rglob("*") if p.is_file()]
+    assert files and {stat.S_IMODE(p.stat().st_mode) for p in files} == {0o600}  # records
+    assert {stat.S_IMODE(p.stat().st_mode) for p in work.rglob("*") if p.is_dir()} == {0o700}
     assert not list(work.parent.glob("*.lock"))  # the lock goes with the run
 
 

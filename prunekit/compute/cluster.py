@@ -43,7 +43,9 @@ problems, one for large ones.
 its size follows the data and the options, never the memory budget) is drawn by chunk
 tasks, each chunk of the data giving its largest-remainder share (:func:`draw_sample`),
 held in memory up to SAMPLE_MEMORY_MAX and in a scratch file above; then the fit,
-optional streamed Lloyd passes over every row, and one streamed assignment pass.
+optional streamed Lloyd passes over every row (task groups of chunks whose sums are added
+by the fixed tree of the fit's Lloyd: :func:`pass_groups`, :func:`_lloyd_pass`), and one
+streamed assignment pass.
 """
 
 from __future__ import annotations
@@ -65,7 +67,7 @@ from threadpoolctl import threadpool_limits
 
 from prunekit.errors import PrunekitError
 from prunekit.runtime.context import current_engine
-from prunekit.runtime.engine import chunk_rows_for, resolve_workers, tasks_fitting
+from prunekit.runtime.engine import _TreeFold, chunk_rows_for, resolve_workers, tasks_fitting
 from prunekit.runtime.memory import human
 from prunekit.runtime.progress import counter
 from prunekit.runtime.resume import WorkDir
@@ -344,7 +346,8 @@ RECLUSTER_WORK = 3e10  # ... this many multiply-adds (like AUTO_RESTARTS_WORK)
 GREEDY_BLOCK_ROWS = 2048  # candidate rows a thread updates at a time in a greedy step
 LLOYD_ROWS_PER_CLUSTER = 4  # a Lloyd task's chunks hold at least this many rows a centroid
 LLOYD_FLAT_BYTES = 64 << 20  # the tasks' sums up to this size are added by one combine ...
-LLOYD_FAN_IN = 8  # ... larger ones by a tree of this fan-in (lloyd_tree)
+LLOYD_FAN_IN = 8  # ... larger ones by a tree of this fan-in (lloyd_tree, streamed passes)
+PASS_GROUPS_MAX = 256  # a streamed Lloyd pass has at most this many task groups
 SEEDINGS = ("parallel", "subsample")
 
 
@@ -1119,9 +1122,11 @@ def kmeans_streamed(
     1. Draw the sample (:func:`draw_sample`: chunk tasks, into memory or a scratch .npy in
        ``work``'s directory, else a temporary one), then seed and run Lloyd on it
        (:func:`fit`, chunk tasks again).
-    2. ``full_passes`` streamed Lloyd passes: each chunk adds up its rows per nearest
-       centroid (float64), the chunk sums are added in chunk order, the centroids become
-       the means (renormalised when spherical; an empty cluster keeps its centroid).
+    2. ``full_passes`` streamed Lloyd passes (:func:`_lloyd_pass`): each task takes a
+       group of consecutive chunks (:func:`pass_groups`) and adds up their rows per
+       nearest centroid (float64) in chunk order; the groups' sums are added by a fixed
+       tree of fan-in LLOYD_FAN_IN; the centroids become the means (renormalised when
+       spherical; an empty cluster keeps its centroid).
     3. One streamed assignment pass: labels and distances of every row, chunk by chunk.
 
     ``src`` has ``chunks``/``read``/``read_rows`` (:class:`prunekit.io.source.EmbeddingSource`);
@@ -1154,12 +1159,18 @@ def kmeans_streamed(
     chunk_rows = chunk_rows or chunk_rows_for(src.dim)
     chunks = src.chunks(chunk_rows)
     limit = tasks_fitting(chunk_task_bytes(chunk_rows, src.dim, src.dtype.itemsize, k), budget)
+    groups = pass_groups(chunks, chunk_rows, k)
+    # a group task also holds its float64 sums and counts of every cluster
+    pass_limit = tasks_fitting(chunk_task_bytes(chunk_rows, src.dim, src.dtype.itemsize, k)
+                               + k * (src.dim + 1) * 16, budget)
     for p in range(full_passes):
         nxt = work.load(f"centroids-{p + 1}")
         if nxt is None:
-            nxt = _lloyd_pass(src, chunks, cent, spherical, dropped, engine, work, p, limit,
-                              progress)
+            nxt = _lloyd_pass(src, groups, cent, spherical, dropped, engine, work, p,
+                              pass_limit, progress)
             work.save(f"centroids-{p + 1}", nxt)
+            if work.enabled:  # the pass's group records are no longer needed
+                shutil.rmtree(work.scratch(f"pass-{p}"), ignore_errors=True)
         cent = nxt
     if sink is not None:
         parts, counts, inertia = assign_parts(src, chunks, cent, spherical, dropped, engine,
@@ -1266,31 +1277,84 @@ def chunk_task_bytes(chunk_rows: int, d: int, itemsize: int, k: int) -> int:
     return chunk_rows * (d * (itemsize + 12) + 32) + ASSIGN_CHUNK * (4 * k + 16 * d)
 
 
-def _lloyd_pass(src, chunks, cent, spherical, dropped, engine, work, p, limit,
+def pass_groups(chunks: list, chunk_rows: int, k: int) -> list[list]:
+    """The task groups of a streamed Lloyd pass: runs of consecutive chunks.
+
+    A group holds at least LLOYD_ROWS_PER_CLUSTER k rows (so that its sums, at most k x d,
+    are small next to its rows) and there are at most PASS_GROUPS_MAX groups, so the
+    driver receives at most that many sums a pass whatever the number of rows. Both
+    follow the data's chunks and ``k`` only, never the workers.
+    """
+    n = len(chunks)
+    per = max(1, -(-LLOYD_ROWS_PER_CLUSTER * int(k) // max(1, int(chunk_rows))),
+              -(-n // PASS_GROUPS_MAX))
+    return [chunks[a : a + per] for a in range(0, n, per)]
+
+
+def _lloyd_group(shared, group) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A pass task: its chunks' clusters present, float64 sums and counts, added in chunk
+    order (the additions of :func:`_add_sums` over the chunks, without holding them all)."""
+    k, d = shared[1].shape
+    sums = np.zeros((k, d))
+    counts = np.zeros(k, dtype=np.int64)
+    for ref in group:
+        present, s, c = _lloyd_chunk(shared, ref)
+        sums[present] += s
+        counts[present] += c
+    present = np.flatnonzero(counts)
+    return present, sums[present], counts[present]
+
+
+def _lloyd_pass(src, groups, cent, spherical, dropped, engine, work, p, limit,
                 progress) -> np.ndarray:
-    """One streamed Lloyd update; the running sums are recorded every STATE_EVERY_S."""
+    """One streamed Lloyd update: a task per group (:func:`_lloyd_group`), the groups' sums
+    added by the tree of :meth:`~prunekit.runtime.engine.Engine.reduce` (fan-in
+    LLOYD_FAN_IN, the same on every engine). Without a work directory the engine adds
+    them (Ray in tasks: the driver receives the root alone); with one, each group's sums
+    reach the driver, are recorded (``pass-P/GROUP``, for ``--resume``) and folded into
+    the same tree, so the driver holds at most LLOYD_FAN_IN sums a level."""
     k, d = cent.shape
-    sums = work.load(f"pass-{p}-sums")
-    counts = work.load(f"pass-{p}-counts")
-    state = work.load_json(f"pass-{p}")
-    done = int(state["next_chunk"]) if state and sums is not None and counts is not None else 0
-    if not done:
-        sums, counts = np.zeros((k, d)), np.zeros(k, dtype=np.int64)
-    last = time.monotonic()
-    todo = chunks[done:]
     shared = (src, cent, spherical, dropped)
-    results = engine.map(_lloyd_chunk, todo, shared, desc=f"Lloyd pass {p + 1}",
-                         progress=progress, limit=limit)
-    with contextlib.closing(results):
-        for i, (present, s, c) in enumerate(results):
-            sums[present] += s  # chunk order: the same additions on every engine
-            counts[present] += c
-            if work.enabled and (time.monotonic() - last >= STATE_EVERY_S or i == len(todo) - 1):
-                work.save(f"pass-{p}-sums", sums)
-                work.save(f"pass-{p}-counts", counts)
-                work.save_json(f"pass-{p}", {"next_chunk": done + i + 1})
-                last = time.monotonic()
+    combine = functools.partial(_add_sums, k)
+    desc = f"Lloyd pass {p + 1}"
+    if work.enabled:
+        present, s, c = _recorded_tree(groups, shared, combine, engine, work, p, limit, desc,
+                                       progress)
+    else:
+        present, s, c = engine.reduce(_lloyd_group, groups, shared, combine=combine,
+                                      fan_in=LLOYD_FAN_IN, desc=desc, progress=progress,
+                                      limit=limit)
+    sums = np.zeros((k, d))
+    counts = np.zeros(k, dtype=np.int64)
+    sums[present], counts[present] = s, c
     return _means(cent, sums, counts, spherical)  # an empty cluster keeps its centroid
+
+
+def _recorded_tree(groups, shared, combine, engine, work, p, limit, desc, progress):
+    """:meth:`Engine.reduce`'s tree over the groups, fed on the driver in group order from
+    the records of an earlier run or from tasks for the other groups, each recorded."""
+    names = [f"pass-{p}/{i:08d}" for i in range(len(groups))]
+    todo = [i for i, name in enumerate(names) if work.load(name) is None]  # verified ones stay
+    fold = _TreeFold(len(groups), LLOYD_FAN_IN, combine)
+    results = engine.map(_lloyd_group, [groups[i] for i in todo], shared, desc=desc,
+                         progress=progress, limit=limit)
+    computed = set(todo)
+    with contextlib.closing(results):
+        it = iter(results)
+        for i, name in enumerate(names):
+            if i in computed:
+                present, s, c = next(it)
+                work.save(name, np.column_stack([present, c, s]).astype(np.float64))
+            else:
+                rec = work.load(name)  # [cluster, count, sums...] per cluster present
+                if rec is None:  # gone since the scan above: computed here, as a task would
+                    with threadpool_limits(limits=1):
+                        present, s, c = _lloyd_group(shared, groups[i])
+                else:
+                    present, c = rec[:, 0].astype(np.int64), rec[:, 1].astype(np.int64)
+                    s = np.ascontiguousarray(rec[:, 2:])
+            fold.push((present, s, c))
+    return fold.root()
 
 
 def _assign_pass(src, chunks, cent, spherical, dropped, engine, work, limit, progress):

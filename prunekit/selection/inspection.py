@@ -153,12 +153,14 @@ def _mmd_block(emb: Embeddings, rows, source_fingerprint: str, *, random_draws: 
 def _inspect_folder(selection: PathOr, scores: PathOr | None, emb: Embeddings | None,
                     names: tuple[str, str, str], opts: dict[str, Any]) -> InspectionReport:
     """:func:`inspect` of a selection folder (and a scores folder), streamed: the counts come
-    from one pass over both folders side by side, the MMD's kept rows from a scratch file
-    its chunk tasks read (:class:`~prunekit.selection.quality.KeptFile`), so memory holds
-    per-group counts and one batch. Rows are matched by position, which equals matching by
-    id when the selection's ids are those of the rows it names (checked as they stream);
-    when they are not, or the method adds entries of its own, the report is made from the
-    loaded objects (after a memory check) and is the same.
+    from one pass over both folders side by side (semdedup's ``duplicates`` too:
+    :class:`_DuplicateCounts`), the MMD's kept rows from a scratch file its chunk tasks
+    read (:class:`~prunekit.selection.quality.KeptFile`), so memory holds per-group counts,
+    one batch and one shard's ids. Rows are matched by position, which equals matching by
+    id when the selection's ids are those of the rows it names (checked as they stream:
+    the embeddings' fingerprint covers their vectors, not their ids); when they are not,
+    or another method adds entries of its own, the report is made from the loaded objects
+    (after a memory check) and is the same.
     """
     from prunekit.io.dataset import PartsReader
     from prunekit.selection.streamed import selection_meta
@@ -172,9 +174,9 @@ def _inspect_folder(selection: PathOr, scores: PathOr | None, emb: Embeddings | 
             method = str(rs.manifest.get("method") or "unknown")
             _check_scores(meta.source_fingerprint, str(rs.manifest.get("source_fingerprint") or ""),
                           names[0], names[1])
-            if _summary(method).inspect is not None:
+            if _summary(method).inspect is not None and method not in _STREAMED_ENTRIES:
                 raise _ByIds  # the method's entries need the scores and rows in memory
-            found.update(_score_tables(r, rs, meta, names))
+            found.update(_score_tables(r, rs, meta, names, method))
         if emb is not None:
             found.update(_emb_blocks(r, meta, emb, names, "labels" not in found, opts))
     except _ByIds:
@@ -267,8 +269,9 @@ def _aligned(sc_batches, sel_batches, sel_cols: list[str]):
                    for c in sel_cols}
 
 
-def _score_tables(r, rs, meta: Selection, names) -> dict[str, GroupTable]:
-    """Per-cluster and per-label tables of a selection folder over a scores folder."""
+def _score_tables(r, rs, meta: Selection, names, method: str = "") -> dict[str, Any]:
+    """Per-cluster and per-label tables of a selection folder over a scores folder (and
+    semdedup's ``duplicates`` in ``extra``)."""
     sel_ids = r.columns.get("id")
     by_id = _same_rows(meta, sel_ids, rs.n_total, rs.columns.get("id"), names[:2])
     groups = [c for c in ("cluster", "label") if c in rs.columns]
@@ -276,10 +279,13 @@ def _score_tables(r, rs, meta: Selection, names) -> dict[str, GroupTable]:
     sel_cols = ["position", *[c for c in ("id", "count") if c in r.columns]]
     sc_cols = ["score", *groups, *(["id"] if by_id else [])]
     n_draws = 0
+    dups = _DuplicateCounts("cluster" in groups) if method == "semdedup" else None
     for sb, kept in _aligned(rs.iter_batches(sc_cols), r.iter_batches(sel_cols), sel_cols):
         at = kept["position"] - (int(sb["position"][0]) if sb["position"].size else 0)
         if by_id and not _ids_equal(kept["id"], sb["id"][at]):
             raise _ByIds
+        if dups is not None:
+            dups.add(sb["score"], sb.get("cluster"), at)
         weight = kept["count"] if "count" in kept else np.ones(at.size, dtype=np.int64)
         n_draws += int(weight.sum())
         ok = ~np.isnan(sb["score"])
@@ -289,7 +295,53 @@ def _score_tables(r, rs, meta: Selection, names) -> dict[str, GroupTable]:
     out = {"clusters": counts["cluster"].table(repeated)} if "cluster" in counts else {}
     if "label" in counts:
         out["labels"] = counts["label"].table(repeated)
+    if dups is not None:
+        out["extra"] = {"duplicates": dups.rows()}
     return out
+
+
+_STREAMED_ENTRIES = ("semdedup",)  # methods whose inspect entries a folder streams
+
+
+class _DuplicateCounts:
+    """:func:`prunekit.methods.dedup.duplicate_counts` streamed over the scores' batches:
+    per eps the scored rows, the rows removed, the clusters they are in (O(k)) and how
+    many of the kept rows are removed; the same numbers as on the loaded scores."""
+
+    def __init__(self, clusters: bool) -> None:
+        from prunekit.methods.dedup import DEFAULT_EPS
+
+        self.eps = tuple(DEFAULT_EPS)
+        self.n = 0
+        self.removed = [0] * len(self.eps)
+        self.in_selection = [0] * len(self.eps)
+        self.clusters = [np.zeros(0, dtype=np.int64) for _ in self.eps] if clusters else None
+
+    def add(self, score: np.ndarray, cluster: np.ndarray | None, kept_at: np.ndarray) -> None:
+        """One batch: its scores, clusters and the kept rows in it (batch offsets)."""
+        from prunekit.methods.dedup import removed
+
+        s = np.asarray(score, dtype=np.float64)
+        self.n += int((~np.isnan(s)).sum())
+        at = np.unique(np.asarray(kept_at, dtype=np.int64))  # a row's repeats: one batch
+        for j, e in enumerate(self.eps):
+            gone = removed(s, e)
+            self.removed[j] += int(gone.sum())
+            self.in_selection[j] += int(gone[at].sum())
+            if self.clusters is not None and cluster is not None:
+                self.clusters[j] = np.union1d(self.clusters[j], np.asarray(cluster)[gone])
+
+    def rows(self) -> list[dict]:
+        out = []
+        for j, e in enumerate(self.eps):
+            gone, n = self.removed[j], self.n
+            row = {"eps": float(e), "removed": gone, "kept": n - gone,
+                   "fraction": float(gone / n) if n else 0.0}
+            if self.clusters is not None:
+                row["clusters_affected"] = int(self.clusters[j].size)
+            row["in_selection"] = self.in_selection[j]
+            out.append(row)
+        return out
 
 
 def _ids_equal(a: np.ndarray, b: np.ndarray) -> bool:
@@ -308,7 +360,9 @@ def _emb_blocks(r, meta: Selection, emb: Embeddings, names, want_labels: bool,
 
     from prunekit.selection.quality import write_kept
 
-    emb_ids = None if emb.ids is None else ("string" if emb.ids.dtype == object else "int64")
+    ids = _IdsByShard(emb) if emb.has_ids else None
+    emb_ids = None if ids is None else ("string" if ids.at(np.zeros(1, np.int64)).dtype == object
+                                        else "int64")
     by_id = _same_rows(meta, r.columns.get("id"), emb.n_total, emb_ids, (names[0], names[2]))
     labels = _GroupCounts() if want_labels and emb.labels is not None else None
     if labels is not None:
@@ -319,7 +373,7 @@ def _emb_blocks(r, meta: Selection, emb: Embeddings, names, want_labels: bool,
     def rows():
         for b in r.iter_batches(cols):
             pos = b["position"]
-            if by_id and not _ids_equal(b["id"], emb.ids[pos]):
+            if by_id and not _ids_equal(b["id"], ids.at(pos)):
                 raise _ByIds
             weight = b["count"] if "count" in b else np.ones(pos.size, dtype=np.int64)
             n_draws[0] += int(weight.sum())
@@ -336,6 +390,31 @@ def _emb_blocks(r, meta: Selection, emb: Embeddings, names, want_labels: bool,
     if labels is not None:
         out["labels"] = labels.table(n_draws[0] != r.n_rows)
     return out
+
+
+class _IdsByShard:
+    """The embeddings' ids at ascending positions, read one shard at a time (a held id
+    array is sliced): the check of the kept rows' ids never holds every row's."""
+
+    def __init__(self, emb: Embeddings) -> None:
+        self.sides = emb.sides()
+        self.starts = np.array([s.start for s in emb.reader.shards], dtype=np.int64)
+        self.stops = np.array([s.stop for s in emb.reader.shards], dtype=np.int64)
+        self.shard, self.ids = -1, None
+
+    def at(self, pos: np.ndarray) -> np.ndarray:
+        pos = np.asarray(pos, dtype=np.int64)
+        if not pos.size:
+            return np.zeros(0, dtype=np.int64)
+        shard = np.searchsorted(self.starts, pos, side="right") - 1
+        out = []
+        for i in np.unique(shard):  # ascending positions: shards in order, each read once
+            if i != self.shard:
+                self.shard, self.ids = -1, None  # the previous shard's ids are freed first
+                self.ids = self.sides.read("ids", int(self.starts[i]), int(self.stops[i]))
+                self.shard = int(i)
+            out.append(self.ids[pos[shard == i] - self.starts[i]])
+        return np.concatenate(out) if len(out) > 1 else out[0]
 
 
 def _summary(method: str) -> Summary:
