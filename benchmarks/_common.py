@@ -1,9 +1,11 @@
-"""What the scale benchmarks share: a prunekit command run in its own process, its peak
-memory taken inside."""
+"""What the benchmarks share: a prunekit command run in its own process, its peak memory
+taken inside; clustered test data."""
 
 from __future__ import annotations
 
 import json
+
+import numpy as np
 
 # Run as ``python -c WRAP ARGS...``. Peak RSS: VmHWM of this process (ru_maxrss would include
 # the memory of the benchmark process it was forked from), and ru_maxrss of the processes it
@@ -26,3 +28,12 @@ def peak_rss_kib(stderr: str) -> list[int] | None:
     rss = [json.loads(ln.split(" ", 1)[1]) for ln in stderr.splitlines()
            if ln.startswith("BENCH-RSS ")]
     return rss[-1] if rss else None
+
+
+def mixture(n: int, d: int, centres: int, seed: int = 0) -> np.ndarray:
+    """Clustered float32 data: Gaussian blobs around random centres (like embeddings)."""
+    rng = np.random.default_rng(seed)
+    c = rng.standard_normal((centres, d)).astype(np.float32)
+    x = c[rng.integers(0, centres, n)]
+    x += 0.7 * rng.standard_normal((n, d), dtype=np.float32)
+    return x

@@ -17,6 +17,7 @@ import statistics
 import time
 
 import numpy as np
+from _common import mixture
 
 import prunekit as pk
 from prunekit.compute.cluster import assign, kmeans
@@ -33,15 +34,6 @@ def median_time(fn, repeats: int):
         out = fn()
         times.append(time.perf_counter() - t0)
     return statistics.median(times), out
-
-
-def mixture(n: int, d: int, centres: int, seed: int = 0) -> np.ndarray:
-    """Clustered float32 data: Gaussian blobs around random centres (like embeddings)."""
-    rng = np.random.default_rng(seed)
-    c = rng.standard_normal((centres, d)).astype(np.float32)
-    x = c[rng.integers(0, centres, n)]
-    x += 0.7 * rng.standard_normal((n, d), dtype=np.float32)
-    return x
 
 
 def inertia(x: np.ndarray, centroids: np.ndarray) -> float:

@@ -19,19 +19,11 @@ import statistics
 import time
 
 import numpy as np
+from _common import mixture
 
 from prunekit.compute import cluster
 from prunekit.compute.cluster import FitSample, _Fit, seed_parallel
 from prunekit.runtime.engine import LocalEngine, tree_sizes
-
-
-def mixture(n: int, d: int, centres: int, seed: int = 0) -> np.ndarray:
-    """Clustered float32 data: Gaussian blobs around random centres (like embeddings)."""
-    rng = np.random.default_rng(seed)
-    c = rng.standard_normal((centres, d)).astype(np.float32)
-    x = c[rng.integers(0, centres, n)]
-    x += 0.7 * rng.standard_normal((n, d), dtype=np.float32)
-    return x
 
 
 def bench_seeding(n: int, d: int, k: int, repeats: int) -> None:

@@ -582,11 +582,15 @@ def test_streaming_reads_one_part_at_a_time_in_bounded_batches(tmp_path, monkeyp
 # -- reading the parts with other tools (docs/formats.md) -------------------------------------
 
 
+def docs_section() -> str:
+    """docs/formats.md's "Partitioned outputs" section."""
+    text = (Path(__file__).resolve().parents[1] / "docs" / "formats.md").read_text()
+    return text.split("## Partitioned outputs", 1)[1].split("\n## ", 1)[0]
+
+
 def docs_blocks() -> dict[str, str]:
     """The Python examples of docs/formats.md's "Partitioned outputs", by their first comment."""
-    text = (Path(__file__).resolve().parents[1] / "docs" / "formats.md").read_text()
-    section = text.split("## Partitioned outputs", 1)[1].split("\n## ", 1)[0]
-    blocks = re.findall(r"```python\n(.*?)```", section, re.S)
+    blocks = re.findall(r"```python\n(.*?)```", docs_section(), re.S)
     return {b.splitlines()[0].lstrip("# ").strip(): b for b in blocks}
 
 
@@ -616,6 +620,13 @@ def test_docs_examples_join_the_parts_with_user_metadata_by_id(tmp_path, monkeyp
     exec(compile(blocks["pandas"], "formats.md", "exec"), ns)  # noqa: S102 - our own docs
     order = np.argsort(-np.nan_to_num(make_scores().score, nan=-np.inf), kind="stable")[:3]
     assert ns["top"]["caption"].tolist() == [f"caption {i}" for i in order]
+    duckdb = pytest.importorskip("duckdb")
+    sql = re.search(r"```sql\n-- DuckDB\n(.*?)```", docs_section(), re.S).group(1)
+    rows = duckdb.connect().execute(sql).fetchall()
+    score = make_scores().score  # NaN at the unscored rows 2 and 15, -inf at row 9
+    scored = np.flatnonzero(~np.isnan(score))
+    assert [r[2] for r in rows] == [f"caption {i}" for i in scored[np.argsort(-score[scored])]]
+    assert len(rows) == N - 2 and rows[-1][1] == -np.inf
 
 
 def test_a_range_of_a_part_reads_only_the_row_groups_that_meet_it(tmp_path, monkeypatch):
