@@ -488,10 +488,11 @@ def test_full_passes_same_bytes_any_workers_recorded_or_not_and_resumed(small_fi
         for name in ("centroids", "labels", "distance"):
             assert same(getattr(r, name), getattr(ref, name)), name
     # Killed in the second pass: the sample (2 records), pass 1's 8 groups and its
-    # centroids, then 3 groups of pass 2.
+    # centroids, then 3 groups of pass 2. One worker: the group tasks record themselves, so
+    # with more the records present at a kill depend on which tasks were running.
     work = tmp_path / "work"
     with killed_after(2 + 8 + 1 + 3), pytest.raises(InjectedFailure):
-        run(2, WorkDir(work))
+        run(1, WorkDir(work))
     assert not (work / "pass-0").exists()  # folded into centroids-1
     assert sorted(p.name for p in (work / "pass-1").iterdir()) == [
         f"{i:08d}.npy" for i in range(3)]
@@ -500,3 +501,60 @@ def test_full_passes_same_bytes_any_workers_recorded_or_not_and_resumed(small_fi
     assert len(tasks) == 8 - 3 and len(chunks) == 4 * 10 + 9  # groups 3..7 only
     for name in ("centroids", "labels", "distance"):
         assert same(getattr(again, name), getattr(ref, name)), name
+
+
+class Receiving(LocalEngine):
+    """A local engine listing, by ``desc``, what each map or reduce hands its caller (the
+    driver); the leaves a reduce adds up by its tree are not handed over."""
+
+    def __init__(self, workers):
+        super().__init__(workers)
+        self.received, self._reducing = {}, False
+
+    def map(self, fn, items, shared=None, *, desc="", **kw):
+        for value in super().map(fn, items, shared, desc=desc, **kw):
+            if not self._reducing:
+                self.received.setdefault(desc, []).append(value)
+            yield value
+
+    def reduce(self, fn, items, shared=None, *, desc="", **kw):
+        self._reducing = True
+        try:
+            root = super().reduce(fn, items, shared, desc=desc, **kw)
+        finally:
+            self._reducing = False
+        self.received.setdefault(desc, []).append(root)
+        return root
+
+
+def test_with_a_work_dir_the_driver_receives_one_sum_a_pass(small_fit_chunks, monkeypatch,
+                                                            tmp_path):
+    # 79 chunks in 8 groups whose tasks record their own sums: the driver gets the tree's
+    # root alone, also when some groups come from the records of a killed run.
+    monkeypatch.setattr(cluster, "PASS_GROUPS_MAX", 8)
+    monkeypatch.setattr(cluster, "LLOYD_FAN_IN", 3)
+    x, _ = blobs(n=5000, k=6, spread=2.0, seed=9)
+    emb = pk.Embeddings.from_array(x)
+    kw = dict(plan=SamplePlan(900, emb.n, "u"), seed=2, spherical=False, full_passes=2,
+              progress=False)
+
+    def run(engine, work=None):
+        return kmeans_streamed(emb.reader, emb.usable_rows, 6, engine=engine, work=work, **kw)
+
+    ref = run(LocalEngine(1))
+    passes = ("Lloyd pass 1", "Lloyd pass 2")
+    for workers in (1, 2, 3):
+        eng = Receiving(workers)
+        res = run(eng, WorkDir(tmp_path / f"w{workers}"))
+        for desc in passes:
+            ((present, sums, counts),) = eng.received[desc]  # one value: the root
+            assert sums.shape == (present.size, 8) and counts.sum() == 5000
+        assert same(res.centroids, ref.centroids) and same(res.labels, ref.labels)
+    work = tmp_path / "killed"
+    with killed_after(2 + 3), pytest.raises(InjectedFailure):  # sample, 3 groups of pass 1
+        run(LocalEngine(1), WorkDir(work))
+    tasks = counted(monkeypatch, "_lloyd_group")
+    eng = Receiving(3)
+    again = run(eng, WorkDir(work))
+    assert len(tasks) == (8 - 3) + 8 and [len(eng.received[d]) for d in passes] == [1, 1]
+    assert same(again.centroids, ref.centroids) and same(again.labels, ref.labels)

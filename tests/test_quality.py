@@ -77,3 +77,25 @@ def test_pk_inspect_is_the_cli_in_one_call(tmp_path):
     # objects work as well as paths
     same = pk.inspect(pk.load_selection(tmp_path / "sel.h5"), scores=scores, embeddings=emb, random_draws=3, seed=4)
     assert same["mmd"] == report["mmd"] and same["clusters"] == report["clusters"]
+
+
+def test_mmd_with_dropped_rows_never_builds_the_usable_rows(monkeypatch):
+    """With non-finite rows dropped, the MMD (sigma by the median heuristic, a sample, the
+    random subsets) reads positions from the sparse dropped list, never the n-long rows
+    array, and equals the same report over the clean rows given as a plain array."""
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((400, 6))
+    bad = np.array([0, 17, 18, 250, 399])
+    x[bad, 1] = np.nan
+    clean = np.delete(x, bad, axis=0)
+    usable = np.setdiff1d(np.arange(400), bad)
+    kept = usable[::4]
+    ref = mmd_report(Embeddings.from_array(clean), np.searchsorted(usable, kept), random_draws=3,
+                     seed=2, sample=300, progress=False)
+    emb = Embeddings.from_array(x, drop_nonfinite=True)
+    monkeypatch.setattr(Embeddings, "rows", property(lambda self: pytest.fail("rows built")))
+    rep = mmd_report(emb, kept, random_draws=3, seed=2, sample=300, progress=False)
+    assert rep["n_full"] == 395 and rep["n_kept"] == kept.size
+    assert rep["sigma"] == pytest.approx(ref["sigma"], rel=1e-12)
+    with pytest.raises(PrunekitError, match=r"rows 17, 250"):
+        mmd_report(emb, np.array([1, 17, 250]), progress=False)

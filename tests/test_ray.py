@@ -82,12 +82,14 @@ def test_kmeans_and_within_same_bytes_local_ray1_ray2(shards):
 
 
 def test_cli_ray_engine_writes_the_local_arrays(shards, tmp_path):
+    # The full pass: 21 one-chunk groups whose Ray tasks record their sums in the CLI's work
+    # directory, added up by the tree in tasks.
     runner = CliRunner()
     outs = {}
     for name, extra in (("local", []), ("ray", ["--engine", "ray", "--workers", "2"])):
         out = tmp_path / f"{name}.h5"
         r = runner.invoke(main, ["score", str(shards), "-m", "kmeans", "--k", "4", "--sample",
-                                 "400", "-o", str(out), "-q", *extra])
+                                 "400", "--full-passes", "1", "-o", str(out), "-q", *extra])
         assert r.exit_code == 0, r.output
         with h5py.File(out) as f:
             outs[name] = {k: f[k][()].tobytes() for k in ("score", "cluster", "centroids")}

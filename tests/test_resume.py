@@ -63,9 +63,10 @@ def test_interrupted_kmeans_resumes_to_the_same_bytes(emb_file, tmp_path, monkey
     args = [emb_file, "-m", "kmeans", "--k", "6", "--sample", "300", "--full-passes", "2"]
     assert score([*args, "-o", tmp_path / "ref.h5"]).exit_code == 0
     out = tmp_path / "out.h5"
-    # Killed after the sample (2 records) and 5 of 16 one-chunk groups of the first pass.
+    # Killed after the sample (2 records) and 5 of 16 one-chunk groups of the first pass
+    # (one worker: group tasks record themselves, so with more a kill keeps what was running).
     with killed_after(2 + 5):
-        r = score([*args, "-o", out])
+        r = score([*args, "-o", out, "--workers", "1"])
     assert isinstance(r.exception, InjectedFailure) and not out.exists()
     assert (tmp_path / ".prunekit-work").is_dir()
     lloyd = counting(monkeypatch, cluster, "_lloyd_chunk")
@@ -122,11 +123,12 @@ def test_work_dir_key_covers_inputs_method_and_params(tmp_path):
 
 def interrupted_kmeans(emb_file, tmp_path, monkeypatch, out):
     """A k-means run killed after the sample (2 records) and 5 of 16 Lloyd groups (one
-    chunk each)."""
+    chunk each; one worker, so that exactly groups 0-4 are recorded)."""
     args = [emb_file, "-m", "kmeans", "--k", "6", "--sample", "300", "--full-passes", "2"]
     assert score([*args, "-o", tmp_path / "ref.h5"]).exit_code == 0
     with killed_after(2 + 5):
-        assert isinstance(score([*args, "-o", out]).exception, InjectedFailure)
+        r = score([*args, "-o", out, "--workers", "1"])
+        assert isinstance(r.exception, InjectedFailure)
     (work,) = (tmp_path / ".prunekit-work").glob("out.h5.*")
     return args, work
 

@@ -67,7 +67,7 @@ from threadpoolctl import threadpool_limits
 
 from prunekit.errors import PrunekitError
 from prunekit.runtime.context import current_engine
-from prunekit.runtime.engine import _TreeFold, chunk_rows_for, resolve_workers, tasks_fitting
+from prunekit.runtime.engine import chunk_rows_for, resolve_workers, tasks_fitting
 from prunekit.runtime.memory import human
 from prunekit.runtime.progress import counter
 from prunekit.runtime.resume import WorkDir
@@ -1281,9 +1281,9 @@ def pass_groups(chunks: list, chunk_rows: int, k: int) -> list[list]:
     """The task groups of a streamed Lloyd pass: runs of consecutive chunks.
 
     A group holds at least LLOYD_ROWS_PER_CLUSTER k rows (so that its sums, at most k x d,
-    are small next to its rows) and there are at most PASS_GROUPS_MAX groups, so the
-    driver receives at most that many sums a pass whatever the number of rows. Both
-    follow the data's chunks and ``k`` only, never the workers.
+    are small next to its rows) and there are at most PASS_GROUPS_MAX groups, so a pass
+    makes at most that many sums, whatever the number of rows, for its tree to add up.
+    Both follow the data's chunks and ``k`` only, never the workers.
     """
     n = len(chunks)
     per = max(1, -(-LLOYD_ROWS_PER_CLUSTER * int(k) // max(1, int(chunk_rows))),
@@ -1309,52 +1309,36 @@ def _lloyd_pass(src, groups, cent, spherical, dropped, engine, work, p, limit,
                 progress) -> np.ndarray:
     """One streamed Lloyd update: a task per group (:func:`_lloyd_group`), the groups' sums
     added by the tree of :meth:`~prunekit.runtime.engine.Engine.reduce` (fan-in
-    LLOYD_FAN_IN, the same on every engine). Without a work directory the engine adds
-    them (Ray in tasks: the driver receives the root alone); with one, each group's sums
-    reach the driver, are recorded (``pass-P/GROUP``, for ``--resume``) and folded into
-    the same tree, so the driver holds at most LLOYD_FAN_IN sums a level."""
+    LLOYD_FAN_IN, the same on every engine), so the driver receives the root alone. With a
+    work directory each group task records its own sums (``pass-P/GROUP``, for
+    ``--resume``) or loads them from an earlier run (:func:`_recorded_group`); the work
+    directory is then on storage every worker shares."""
     k, d = cent.shape
     shared = (src, cent, spherical, dropped)
-    combine = functools.partial(_add_sums, k)
-    desc = f"Lloyd pass {p + 1}"
+    fn, items = _lloyd_group, groups
     if work.enabled:
-        present, s, c = _recorded_tree(groups, shared, combine, engine, work, p, limit, desc,
-                                       progress)
-    else:
-        present, s, c = engine.reduce(_lloyd_group, groups, shared, combine=combine,
-                                      fan_in=LLOYD_FAN_IN, desc=desc, progress=progress,
-                                      limit=limit)
+        fn, shared = _recorded_group, (shared, work)
+        items = [(f"pass-{p}/{i:08d}", group) for i, group in enumerate(groups)]
+    present, s, c = engine.reduce(fn, items, shared, combine=functools.partial(_add_sums, k),
+                                  fan_in=LLOYD_FAN_IN, desc=f"Lloyd pass {p + 1}",
+                                  progress=progress, limit=limit)
     sums = np.zeros((k, d))
     counts = np.zeros(k, dtype=np.int64)
     sums[present], counts[present] = s, c
     return _means(cent, sums, counts, spherical)  # an empty cluster keeps its centroid
 
 
-def _recorded_tree(groups, shared, combine, engine, work, p, limit, desc, progress):
-    """:meth:`Engine.reduce`'s tree over the groups, fed on the driver in group order from
-    the records of an earlier run or from tasks for the other groups, each recorded."""
-    names = [f"pass-{p}/{i:08d}" for i in range(len(groups))]
-    todo = [i for i, name in enumerate(names) if work.load(name) is None]  # verified ones stay
-    fold = _TreeFold(len(groups), LLOYD_FAN_IN, combine)
-    results = engine.map(_lloyd_group, [groups[i] for i in todo], shared, desc=desc,
-                         progress=progress, limit=limit)
-    computed = set(todo)
-    with contextlib.closing(results):
-        it = iter(results)
-        for i, name in enumerate(names):
-            if i in computed:
-                present, s, c = next(it)
-                work.save(name, np.column_stack([present, c, s]).astype(np.float64))
-            else:
-                rec = work.load(name)  # [cluster, count, sums...] per cluster present
-                if rec is None:  # gone since the scan above: computed here, as a task would
-                    with threadpool_limits(limits=1):
-                        present, s, c = _lloyd_group(shared, groups[i])
-                else:
-                    present, c = rec[:, 0].astype(np.int64), rec[:, 1].astype(np.int64)
-                    s = np.ascontiguousarray(rec[:, 2:])
-            fold.push((present, s, c))
-    return fold.root()
+def _recorded_group(shared, item) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A pass task with a work directory: the group's record of an earlier run when it
+    verifies, else its sums (:func:`_lloyd_group`), recorded where they are computed."""
+    (pass_shared, work), (name, group) = shared, item
+    rec = work.load(name)  # [cluster, count, sums...] per cluster present
+    if rec is not None:
+        return (rec[:, 0].astype(np.int64), np.ascontiguousarray(rec[:, 2:]),
+                rec[:, 1].astype(np.int64))
+    present, s, c = _lloyd_group(pass_shared, group)
+    work.save(name, np.column_stack([present, c, s]).astype(np.float64))
+    return present, s, c
 
 
 def _assign_pass(src, chunks, cent, spherical, dropped, engine, work, limit, progress):

@@ -177,6 +177,16 @@ class WorkDir:
         with contextlib.suppress(OSError):
             os.unlink(path)
         self.discarded += 1
+        if self._task_copy:  # its count never reaches the driver's close(): say it here
+            log.warning("resume record %s did not verify (damaged, edited or from another "
+                        "run) and is computed again.", path)
+
+    _task_copy = False
+
+    def __getstate__(self) -> dict:
+        """A copy for engine tasks that record their own units (on storage every worker
+        shares): the same records and checks, without the driver's lock."""
+        return dict(self.__dict__, _lock=None, _made=[], _ready=False, _task_copy=True)
 
     def _count(self) -> None:
         """One more unit on disk: a run killed after this point resumes from here."""

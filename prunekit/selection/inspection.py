@@ -17,7 +17,7 @@ import numpy as np
 
 from prunekit._dictlike import DictLike
 from prunekit.errors import PrunekitError
-from prunekit.io.embeddings import Embeddings, load_embeddings
+from prunekit.io.embeddings import Embeddings, UsableRows, load_embeddings
 from prunekit.methods import REGISTRY, Summary
 from prunekit.selection.quality import MMD_SAMPLE, group_counts, mmd_report
 from prunekit.selection.scores import Scores, load_scores
@@ -156,7 +156,7 @@ def _inspect_folder(selection: PathOr, scores: PathOr | None, emb: Embeddings | 
     from one pass over both folders side by side (semdedup's ``duplicates`` too:
     :class:`_DuplicateCounts`), the MMD's kept rows from a scratch file its chunk tasks
     read (:class:`~prunekit.selection.quality.KeptFile`), so memory holds per-group counts,
-    one batch and one shard's ids. Rows are matched by position, which equals matching by
+    one batch and one shard's ids and labels (:class:`_LabelCounts`). Rows are matched by position, which equals matching by
     id when the selection's ids are those of the rows it names (checked as they stream:
     the embeddings' fingerprint covers their vectors, not their ids); when they are not,
     or another method adds entries of its own, the report is made from the loaded objects
@@ -360,13 +360,11 @@ def _emb_blocks(r, meta: Selection, emb: Embeddings, names, want_labels: bool,
 
     from prunekit.selection.quality import write_kept
 
-    ids = _IdsByShard(emb) if emb.has_ids else None
+    ids = _SideByShard(emb, "ids") if emb.has_ids else None
     emb_ids = None if ids is None else ("string" if ids.at(np.zeros(1, np.int64)).dtype == object
                                         else "int64")
     by_id = _same_rows(meta, r.columns.get("id"), emb.n_total, emb_ids, (names[0], names[2]))
-    labels = _GroupCounts() if want_labels and emb.labels is not None else None
-    if labels is not None:
-        labels.add(emb.labels[emb.rows], np.zeros(0, dtype=np.int64), np.zeros(0))
+    labels = _LabelCounts(emb) if want_labels and emb.has_labels else None
     cols = [c for c in ("id", "count") if c in r.columns and (c == "count" or by_id)]
     n_draws = [0]
 
@@ -378,7 +376,7 @@ def _emb_blocks(r, meta: Selection, emb: Embeddings, names, want_labels: bool,
             weight = b["count"] if "count" in b else np.ones(pos.size, dtype=np.int64)
             n_draws[0] += int(weight.sum())
             if labels is not None:
-                labels.add(np.zeros(0, dtype=np.int64), emb.labels[pos], weight)
+                labels.kept(pos, weight)
             yield pos, weight
 
     tmp = tempfile.mkdtemp(prefix="prunekit-inspect-")
@@ -392,15 +390,26 @@ def _emb_blocks(r, meta: Selection, emb: Embeddings, names, want_labels: bool,
     return out
 
 
-class _IdsByShard:
-    """The embeddings' ids at ascending positions, read one shard at a time (a held id
-    array is sliced): the check of the kept rows' ids never holds every row's."""
+class _SideByShard:
+    """The embeddings' ``ids`` or ``labels`` at ascending positions, read one shard at a
+    time (a held array is sliced): the kept rows' lookups never hold every row's.
+    ``on_read(i, values)`` sees each shard's array as it is read."""
 
-    def __init__(self, emb: Embeddings) -> None:
-        self.sides = emb.sides()
+    def __init__(self, emb: Embeddings, name: str, on_read=None) -> None:
+        self.sides, self.name, self.on_read = emb.sides(), name, on_read
         self.starts = np.array([s.start for s in emb.reader.shards], dtype=np.int64)
         self.stops = np.array([s.stop for s in emb.reader.shards], dtype=np.int64)
-        self.shard, self.ids = -1, None
+        self.shard, self.values = -1, None
+
+    def load(self, i: int) -> np.ndarray:
+        """Shard ``i``'s array (read unless it is the one held)."""
+        if i != self.shard:
+            self.shard, self.values = -1, None  # the previous shard's array is freed first
+            self.values = self.sides.read(self.name, int(self.starts[i]), int(self.stops[i]))
+            self.shard = int(i)
+            if self.on_read is not None:
+                self.on_read(self.shard, self.values)
+        return self.values  # type: ignore[return-value]
 
     def at(self, pos: np.ndarray) -> np.ndarray:
         pos = np.asarray(pos, dtype=np.int64)
@@ -409,12 +418,49 @@ class _IdsByShard:
         shard = np.searchsorted(self.starts, pos, side="right") - 1
         out = []
         for i in np.unique(shard):  # ascending positions: shards in order, each read once
-            if i != self.shard:
-                self.shard, self.ids = -1, None  # the previous shard's ids are freed first
-                self.ids = self.sides.read("ids", int(self.starts[i]), int(self.stops[i]))
-                self.shard = int(i)
-            out.append(self.ids[pos[shard == i] - self.starts[i]])
+            out.append(self.load(int(i))[pos[shard == i] - self.starts[i]])
         return np.concatenate(out) if len(out) > 1 else out[0]
+
+
+class _LabelCounts:
+    """The per-label table of the embeddings' labels, streamed: each shard's labels are
+    read once (when a kept row is in it, or at the end), their usable rows counted as
+    before, the kept rows' looked up; the numbers of ``group_counts(emb.labels, emb.rows,
+    kept)`` without either array."""
+
+    def __init__(self, emb: Embeddings) -> None:
+        self.counts, self.usable = _GroupCounts(), emb.usable_rows
+        self.side = _SideByShard(emb, "labels", self._before)
+        self.seen = np.zeros(self.side.starts.size, dtype=bool)
+
+    def _before(self, i: int, labels: np.ndarray) -> None:
+        if not self.seen[i]:
+            self.seen[i] = True
+            keep = _usable_in(self.usable, int(self.side.starts[i]), int(self.side.stops[i]))
+            self.counts.add(labels[keep], np.zeros(0, dtype=np.int64), np.zeros(0))
+
+    def kept(self, pos: np.ndarray, weight: np.ndarray) -> None:
+        """Kept rows (ascending positions) and their draws."""
+        self.counts.add(np.zeros(0, dtype=np.int64), self.side.at(pos), weight)
+
+    def table(self, repeated: bool) -> GroupTable:
+        for i in np.flatnonzero(~self.seen):  # shards without a kept row
+            self.side.load(int(i))
+        return self.counts.table(repeated)
+
+
+def _usable_in(usable, a: int, b: int) -> np.ndarray | slice:
+    """Offsets in ``a:b`` of the usable rows (``emb.usable_rows``: positions, or
+    :class:`~prunekit.io.embeddings.UsableRows` holding only the dropped ones)."""
+    if usable is None:
+        return slice(None)
+    if isinstance(usable, UsableRows):
+        keep = np.ones(b - a, dtype=bool)
+        d = usable.dropped
+        keep[d[np.searchsorted(d, a):np.searchsorted(d, b)] - a] = False
+        return keep
+    rows = np.asarray(usable, dtype=np.int64)
+    return rows[np.searchsorted(rows, a):np.searchsorted(rows, b)] - a
 
 
 def _summary(method: str) -> Summary:

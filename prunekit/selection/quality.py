@@ -68,11 +68,6 @@ def group_counts(groups: np.ndarray, before_rows: np.ndarray, kept_rows: np.ndar
     return out
 
 
-def uniform_row_subsets(pool: np.ndarray, size: int, draws: int, rng: np.random.Generator) -> list[np.ndarray]:
-    """``draws`` uniform subsets of ``size`` rows of ``pool`` without replacement (sorted)."""
-    return [np.sort(rng.choice(pool, size=size, replace=False)) for _ in range(draws)]
-
-
 @dataclass(frozen=True)
 class _ChunkWork:
     """What one chunk task of the MMD needs besides the shared state (all global positions)."""
@@ -121,14 +116,14 @@ def write_kept(emb: Embeddings, batches: Iterable[tuple[np.ndarray, np.ndarray]]
     refs = emb.reader.chunks(chunk_rows)
     bounds = np.array([r.global_start for r in refs] + [emb.n_total], dtype=np.int64)
     per_chunk = np.zeros(len(refs), dtype=np.int64)
+    dropped = emb.dropped_rows()  # sparse: the usable rows are never materialised
     draws, bad = 0, []
     with open(path, "wb") as fh:
         for rows, weight in batches:
             if rows.size and (rows[0] < 0 or rows[-1] >= emb.n_total):
                 raise PrunekitError(
                     f"the selection keeps rows outside 0..{emb.n_total - 1} of {emb.name}.")
-            at = np.minimum(np.searchsorted(emb.rows, rows), max(emb.rows.size - 1, 0))
-            usable = emb.rows[at] == rows if emb.rows.size else np.zeros(rows.size, dtype=bool)
+            usable = ~np.isin(rows, dropped)
             bad += rows[~usable][: 10 - len(bad)].tolist()
             per_chunk += np.bincount(np.searchsorted(bounds, rows, side="right") - 1,
                                      minlength=len(refs))[: len(refs)]
@@ -189,7 +184,10 @@ def mmd_report(
     engine = engine or current_engine()
     src = emb.reader
     if sigma is None:
-        pick = uniform_row_subsets(emb.rows, min(SIGMA_SAMPLE, emb.n), 1, role_rng(seed, "sigma sample"))[0]
+        # The draw rows[choice] without the rows: the same compact indices, then positions.
+        compact = role_rng(seed, "sigma sample").choice(emb.n, size=min(SIGMA_SAMPLE, emb.n),
+                                                        replace=False)
+        pick = np.sort(emb.positions(compact))
         sigma = median_sigma(src.read_rows(pick), seed=role_seed(seed, "sigma sample"))
     rff = RandomFourierFeatures(emb.dim, sigma, n_features, role_seed(seed, "fourier features"))
     items, n_kept, n_sample, sampled = _plan_chunks(emb, kept_rows, chunk_rows, random_draws,
@@ -230,18 +228,15 @@ def _dropped(emb: Embeddings) -> np.ndarray | None:
     """Ascending positions of the rows that are not usable (None: all are); 1 B a row to find."""
     if emb.n == emb.n_total:
         return None
-    mask = np.ones(emb.n_total, dtype=bool)
-    mask[emb.rows] = False
-    return np.flatnonzero(mask)
+    return emb.dropped_rows()
 
 
 def _check_kept(emb: Embeddings, kept_rows: np.ndarray) -> None:
-    usable = np.zeros(emb.n_total, dtype=bool)
-    usable[emb.rows] = True
     if kept_rows.size and (kept_rows[0] < 0 or kept_rows[-1] >= emb.n_total):
         raise PrunekitError(f"the selection keeps rows outside 0..{emb.n_total - 1} of {emb.name}.")
-    if not usable[kept_rows].all():
-        bad = np.unique(kept_rows[~usable[kept_rows]])[:10]
+    unusable = np.isin(kept_rows, emb.dropped_rows())
+    if unusable.any():
+        bad = np.unique(kept_rows[unusable])[:10]
         raise PrunekitError(
             f"the selection keeps rows that are NaN/inf in {emb.name} (rows {', '.join(map(str, bad))}); "
             "inspect with the embeddings the selection was made from."
@@ -260,7 +255,7 @@ def _plan_chunks(emb: Embeddings, kept_rows: np.ndarray, chunk_rows: int, random
     """
     refs = emb.reader.chunks(chunk_rows)
     bounds = np.array([r.global_start for r in refs] + [emb.n_total], dtype=np.int64)
-    usable_cut = np.searchsorted(emb.rows, bounds)
+    usable_cut = bounds - np.searchsorted(emb.dropped_rows(), bounds)  # usable rows before each
     usable_per = np.diff(usable_cut)
     if isinstance(kept_rows, KeptFile):
         if kept_rows.chunk_rows != chunk_rows:
@@ -279,7 +274,7 @@ def _plan_chunks(emb: Embeddings, kept_rows: np.ndarray, chunk_rows: int, random
                       for j in range(random_draws)]) if random_draws else None
     items = []
     for c, ref in enumerate(refs):
-        rows = emb.rows[usable_cut[c] : usable_cut[c + 1]]
+        rows = emb.positions(np.arange(usable_cut[c], usable_cut[c + 1]))  # one chunk's
         part = None
         if n_sample < emb.n:
             part = _pick(rows, int(sample_per[c]), seed, "mmd sample", c)
