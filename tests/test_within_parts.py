@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import json
 
-import h5py
 import numpy as np
 import pytest
+from parts_checks import write_h5_shards
 
 pytest.importorskip("pyarrow")  # folders need the [parquet] extra
 
@@ -53,13 +53,7 @@ def emb(tmp_path, small):
     x = rng.standard_normal((N, 8)).astype(np.float32)
     x[list(NAN_ROWS), 3] = np.nan
     ids, lab = np.arange(N, dtype=np.int64) * 10 + 7, rng.integers(0, 5, N)
-    d = tmp_path / "d"
-    d.mkdir()
-    a = 0
-    for i, n in enumerate(SIZES):
-        with h5py.File(d / f"emb_{i}.h5", "w") as f:
-            f["embeddings"], f["ids"], f["labels"] = x[a : a + n], ids[a : a + n], lab[a : a + n]
-        a += n
+    d = write_h5_shards(tmp_path / "d", x, ids, lab, SIZES)
     return pk.load_embeddings(d, drop_nonfinite=True)
 
 

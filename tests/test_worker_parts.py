@@ -10,6 +10,7 @@ import h5py
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from parts_checks import assert_columns_equal, write_h5_shards
 
 pytest.importorskip("pyarrow")  # folders need the [parquet] extra
 
@@ -49,13 +50,7 @@ def shards(tmp_path, small_chunks):
     x = rng.standard_normal((N, 8)).astype(np.float16)
     x[list(NAN_ROWS), 3] = np.nan
     ids, lab = np.arange(N, dtype=np.int64) * 10 + 7, rng.integers(0, 5, N)
-    d = tmp_path / "d"
-    d.mkdir()
-    a = 0
-    for i, n in enumerate(SIZES):
-        with h5py.File(d / f"emb_{i}.h5", "w") as f:
-            f["embeddings"], f["ids"], f["labels"] = x[a : a + n], ids[a : a + n], lab[a : a + n]
-        a += n
+    d = write_h5_shards(tmp_path / "d", x, ids, lab, SIZES)
     with pk.runtime(memory=SMALL):
         emb = pk.load_embeddings(d, drop_nonfinite=True)
     return emb, ids, lab
@@ -67,16 +62,6 @@ def columns(path) -> dict:
 
 def manifest(path) -> dict:
     return json.loads((path / "manifest.json").read_text())
-
-
-def assert_columns_equal(a: dict, b: dict) -> None:
-    assert sorted(a) == sorted(b)
-    for c in a:
-        assert a[c].dtype == b[c].dtype, c
-        if a[c].dtype.kind == "O":
-            assert a[c].tolist() == b[c].tolist(), c
-        else:
-            assert a[c].tobytes() == b[c].tobytes(), c
 
 
 def written_by_tasks(emb, method, tmp_path, monkeypatch, **kw) -> dict:
@@ -187,7 +172,7 @@ def test_loss_parts_read_by_the_tasks_equal_the_in_memory_scores(tmp_path, shard
                                          "matched_by": "position"}
 
 
-def test_loss_files_joined_by_id_are_still_read_on_the_driver(tmp_path, shards):
+def test_loss_files_joined_by_id_are_joined_by_the_tasks(tmp_path, shards, monkeypatch):
     emb, ids, _ = shards
     v = loss_values(np.float64)
     order = np.random.default_rng(2).permutation(N)
@@ -197,13 +182,18 @@ def test_loss_files_joined_by_id_are_still_read_on_the_driver(tmp_path, shards):
     with h5py.File(tmp_path / "l.h5", "w") as f:
         f["score"], f["ids"] = v[order], ids[order]
     for name in ("l.csv", "l.h5"):
-        path = str(tmp_path / name)
-        score_to_folder(emb, "loss", tmp_path / f"out-{name}", from_file=path, progress=False)
-        got = columns(tmp_path / f"out-{name}")
-        want, _ = saved_in_memory(emb, "loss", tmp_path / name.replace(".", "-"), from_file=path)
-        assert_columns_equal(got, want)
+        path, out = str(tmp_path / name), tmp_path / name.replace(".", "-")
+        out.mkdir()
+        with monkeypatch.context() as m:  # neither the file nor the ids are read whole
+            m.setattr(loss_mod, "read_score_file",
+                      lambda p: pytest.fail("the score file was read whole on the driver"))
+            got = written_by_tasks(emb, "loss", out, monkeypatch, from_file=path)
         assert got["score"][keep].tobytes() == v[keep].tobytes()
-        assert manifest(tmp_path / f"out-{name}")["params"]["matched_by"] == "id"
+        assert manifest(out / "w1")["params"]["matched_by"] == "id"
+    for name in ("l.csv", "l.h5"):  # the in-memory path reads the ids whole: done last
+        path, out = str(tmp_path / name), tmp_path / name.replace(".", "-")
+        want, _ = saved_in_memory(emb, "loss", out, from_file=path)
+        assert_columns_equal(columns(out / "w1"), want)
 
 
 def test_loss_nonfinite_scores_in_parts_give_the_in_memory_error_and_write_nothing(
@@ -272,15 +262,20 @@ def test_ray_tasks_write_the_same_parts(tmp_path, shards):
     pytest.importorskip("ray")
     from prunekit.runtime.engine import make_engine
 
-    emb, _, _ = shards
+    emb, ids, _ = shards
     np.save(tmp_path / "l.npy", loss_values())
-    runs = {"random": {"seed": 4}, "loss": {"from_file": str(tmp_path / "l.npy")}}
-    for method, kw in runs.items():
-        score_to_folder(emb, method, tmp_path / f"local-{method}", progress=False, **kw)
+    (tmp_path / "l.csv").write_text("".join(  # joined by id: in reverse order
+        f"{ids[i]},{float(v)!r}\n" for i, v in reversed(list(enumerate(loss_values())))))
+    runs = {"random": ("random", {"seed": 4}),
+            "loss": ("loss", {"from_file": str(tmp_path / "l.npy")}),
+            "loss-id": ("loss", {"from_file": str(tmp_path / "l.csv")})}
+    for name, (method, kw) in runs.items():
+        score_to_folder(emb, method, tmp_path / f"local-{name}", progress=False, **kw)
     with make_engine("ray", workers=2, quiet=True) as eng, pk.runtime(engine=eng):
-        for method, kw in runs.items():
-            score_to_folder(emb, method, tmp_path / f"ray-{method}", progress=False, **kw)
-    for method in runs:
-        for p in manifest(tmp_path / f"local-{method}")["parts"]:
-            local, ray = (tmp_path / f"{e}-{method}" / p["file"] for e in ("local", "ray"))
+        for name, (method, kw) in runs.items():
+            score_to_folder(emb, method, tmp_path / f"ray-{name}", progress=False, **kw)
+    assert manifest(tmp_path / "ray-loss-id")["params"]["matched_by"] == "id"
+    for name in runs:
+        for p in manifest(tmp_path / f"local-{name}")["parts"]:
+            local, ray = (tmp_path / f"{e}-{name}" / p["file"] for e in ("local", "ray"))
             assert ray.read_bytes() == local.read_bytes()

@@ -11,10 +11,12 @@ Larger score = kept first, so the natural order keeps the highest-loss items (th
 Scores are matched to the embeddings by id when both sides have ids, by position
 otherwise (then the file needs exactly one score per embedding row).
 
-Written as a folder (``score -o DIR/``), a position-aligned ``.npy`` or HDF5 file without
-``ids`` streams: each task reads its part's slice (a memory map, an HDF5 slice) and writes
-the part, so the driver holds no per-row array. A file joined by id, and any ``.json`` or
-``.csv``, is read whole on the driver as for a single file.
+Written as a folder (``score -o DIR/``), the driver holds no per-row array: a
+position-aligned ``.npy`` or HDF5 file without ``ids`` is read by the tasks, each its
+part's slice (a memory map, an HDF5 slice); a file joined by id (CSV, HDF5 with ``ids``) is
+streamed in chunks into the hash join of :mod:`prunekit.compute.join`, whose tasks write
+the parts (a JSON object is read whole first: JSON is not a format for large inputs). The
+folder and the errors are those of the whole-file read, which a single file still uses.
 """
 
 from __future__ import annotations
@@ -22,11 +24,13 @@ from __future__ import annotations
 import csv
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import h5py
 import numpy as np
 
+from prunekit.compute.join import join_by_id, join_scratch, read_joined
 from prunekit.errors import PrunekitError
 from prunekit.io.atomic import check_input
 from prunekit.io.embeddings import Embeddings
@@ -39,11 +43,12 @@ from prunekit.runtime.costs import Cost, CostModel, Step
 from prunekit.selection.partitioned import ScoresPartSink
 
 NAMED = 5
+FILE_ROWS = 1 << 18  # lines of a score file joined by id that the driver holds at once
 
 
 def loss_cost(m: CostModel, p: dict) -> Cost:
     """No pass over the embeddings: the score file is read (about 20 ns a row); the scores
-    and positions (none on the driver for a folder output from a position-aligned file)."""
+    and positions (none on the driver for a folder output, unless the file is JSON)."""
     return Cost([Step("read score file", 0, m.n * 2e-8, m.n * 2e-8, 0)], 8 * m.n * 2)
 
 
@@ -72,10 +77,11 @@ def loss_scores(
     if source is not None:  # each task reads its part's slice of the file
         written = write_score_parts(emb, parts, _read_part, source, desc="loss import",
                                     progress=progress)
-        if written.n_nonfinite:
-            raise _nonfinite(name, written.n_nonfinite, written.nonfinite)
-        return MethodResult(score=None, parts=written.records,  # type: ignore[arg-type]
-                            params={"from_file": name, "matched_by": "position"})
+        return _written(written, name, "position")
+    if parts is not None and emb.has_ids:
+        chunks = id_chunks(from_file)
+        if chunks is not None:  # joined by id in buckets, each written by a task
+            return _joined_parts(emb, chunks, name, parts, progress)
     values, ids = read_score_file(from_file)
     if ids is not None and emb.ids is not None:
         full = _by_id(values, ids, emb, name)
@@ -219,28 +225,143 @@ def _read_json(p: Path) -> tuple[np.ndarray, np.ndarray | None]:
 
 
 def _read_csv(p: Path) -> tuple[np.ndarray, np.ndarray | None]:
+    chunks = list(_csv_chunks(p, 1 << 62))
+    return (np.concatenate([v for _, v in chunks]),
+            np.concatenate([np.zeros(0, dtype=object)] + [i for i, _ in chunks]))
+
+
+def _csv_chunks(p: Path, rows: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """``(ids, float64 scores)`` of up to ``rows`` lines at a time. A file that is not valid
+    CSV (UTF-8) is refused before a bad line is, wherever each is: the first bad line's
+    error waits until the whole file has been read."""
+    ids: list[str] = []
+    values: list[float] = []
+    error = None
     try:
         with open(p, newline="", encoding="utf-8") as fh:
             reader = csv.reader(fh)  # line_num: the file's line, blank lines counted
-            rows = [(reader.line_num, r) for r in reader if r and any(c.strip() for c in r)]
+            first = True
+            for row in reader:
+                if not (row and any(c.strip() for c in row)) or error is not None:
+                    continue
+                error = _csv_row(p, reader.line_num, row, first, ids, values)
+                first = False
+                if len(values) >= rows:
+                    yield np.array(ids, dtype=object), np.array(values, dtype=np.float64)
+                    ids, values = [], []
     except UnicodeDecodeError as exc:
         raise PrunekitError(f"{p} is not UTF-8 text ({exc.reason} at byte {exc.start}); "
                             "save the CSV as UTF-8.") from None
     except csv.Error as exc:
         raise PrunekitError(f"{p} is not a valid CSV file: {exc}.") from None
-    ids: list[str] = []
-    values: list[float] = []
-    for i, (line, row) in enumerate(rows):
-        if len(row) != 2:
-            raise PrunekitError(f"{p} line {line} has {len(row)} fields; each line must be 'id,score'.")
-        try:
-            values.append(float(row[1]))
-        except ValueError:
-            if i == 0:
-                continue  # header
-            raise PrunekitError(f"{p} line {line}: score '{row[1]}' is not a number.") from None
-        ids.append(row[0].strip())
-    return np.array(values, dtype=np.float64), np.array(ids, dtype=object)
+    if error is not None:
+        raise error
+    yield np.array(ids, dtype=object), np.array(values, dtype=np.float64)
+
+
+def _csv_row(p: Path, line: int, row: list[str], first: bool, ids: list[str],
+             values: list[float]) -> PrunekitError | None:
+    """Append one line's id and score (a first line without a number is a header), or
+    return its error."""
+    if len(row) != 2:
+        return PrunekitError(f"{p} line {line} has {len(row)} fields; each line must be 'id,score'.")
+    try:
+        values.append(float(row[1]))
+    except ValueError:
+        if first:
+            return None  # header
+        return PrunekitError(f"{p} line {line}: score '{row[1]}' is not a number.")
+    ids.append(row[0].strip())
+    return None
+
+
+def id_chunks(path: str | os.PathLike) -> Iterator[tuple[np.ndarray, np.ndarray]] | None:
+    """The file's ``(ids, float64 scores)`` in chunks of :data:`FILE_ROWS`, in file order,
+    when it holds ids: a CSV file or HDF5 with ``ids`` read chunk by chunk, a JSON object
+    read whole (JSON is not a format for large inputs). None otherwise, or for an HDF5 file
+    whose datasets do not fit (then :func:`read_score_file` gives the error)."""
+    p = _checked(path)
+    if h5py.is_hdf5(p):
+        with open_h5(p, "scores") as f:
+            d, raw = f.get("score"), f.get("ids")
+            ok = all(isinstance(x, h5py.Dataset) and x.shape is not None and len(x.shape) == 1
+                     for x in (d, raw)) and d.shape == raw.shape and (
+                np.issubdtype(d.dtype, np.number) or d.dtype == bool)
+        return _h5_chunks(p, FILE_ROWS) if ok else None
+    suffix = p.suffix.lower()
+    if suffix == ".csv":
+        return _csv_chunks(p, FILE_ROWS)
+    if suffix == ".json":
+        values, ids = _read_json(p)
+        return None if ids is None else iter([(ids, values)])
+    return None
+
+
+def _h5_chunks(p: Path, rows: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """An HDF5 file's ids and scores, ``rows`` at a time; ids that do not decode are named
+    as the whole-file read names them."""
+    failed = None
+    with open_h5(p, "scores") as f:
+        d, raw = f["score"], f["ids"]
+        for a in range(0, d.shape[0], rows):
+            try:
+                ids = decode_ids(raw[a : a + rows])
+            except PrunekitError as exc:
+                failed = exc
+                break
+            yield ids, np.asarray(d[a : a + rows]).astype(np.float64)
+    if failed is not None:
+        read_score_file(p)  # raises the error of the whole file's ids
+        raise failed
+
+
+def _as_keys(chunks, strings: bool) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """File ids converted to the embeddings' kind, as :func:`_by_id` converts them; an id
+    that is not an integer is refused once the whole file has been read (its own errors
+    come first, as in the whole-file read)."""
+    error = None
+    for ids, values in chunks:
+        if error is not None:
+            continue
+        if strings:
+            keys = np.empty(ids.size, dtype=object)
+            keys[:] = [str(v) for v in ids.tolist()]
+        else:
+            try:
+                keys = _as_int_ids(ids)
+            except PrunekitError as exc:
+                error = exc
+                continue
+        yield keys, values
+    if error is not None:
+        raise error
+
+
+def _joined_parts(emb: Embeddings, chunks, name: str, parts: ScoresPartSink,
+                  progress: bool) -> MethodResult:
+    """A folder's parts from a file joined to ``emb`` by id (:mod:`prunekit.compute.join`):
+    the same scores and errors as :func:`_by_id`, with nothing per row on the driver."""
+    strings = emb.side_for("ids", 0, min(1, emb.n_total)).dtype == object
+    with join_scratch("loss-join") as folder:
+        joined = join_by_id(emb, _as_keys(chunks, strings), folder, strings=strings,
+                            progress=progress, desc="loss join")
+        found = joined.report
+        if found.duplicates:
+            raise _duplicates(name, found.duplicates)
+        if found.n_missing or found.n_extra:
+            raise _mismatch(name, emb.name, found.n_missing, [i for _, i in found.missing],
+                            found.n_extra, [i for _, i in found.extra])
+        written = write_score_parts(emb, parts, read_joined, joined, desc="loss import",
+                                    progress=progress)
+    return _written(written, name, "id")
+
+
+def _written(written, name: str, matched_by: str) -> MethodResult:
+    """The result of parts the tasks wrote; an error if any scored row was not finite."""
+    if written.n_nonfinite:
+        raise _nonfinite(name, written.n_nonfinite, written.nonfinite)
+    return MethodResult(score=None, parts=written.records,  # type: ignore[arg-type]
+                        params={"from_file": name, "matched_by": matched_by})
 
 
 def _by_id(values: np.ndarray, ids: np.ndarray, emb: Embeddings, name: str) -> np.ndarray:
@@ -253,27 +374,39 @@ def _by_id(values: np.ndarray, ids: np.ndarray, emb: Embeddings, name: str) -> n
         ids = np.array([str(v) for v in ids.tolist()], dtype=object)
     uniq, counts = np.unique(np.asarray([str(v) for v in ids.tolist()]), return_counts=True)
     if uniq.size != ids.size:
-        dup = ", ".join(map(str, uniq[counts > 1][:NAMED]))
-        raise PrunekitError(f"{name} has duplicate ids (e.g. {dup}); each id needs one score.")
+        raise _duplicates(name, uniq[counts > 1][:NAMED])
     pos, found = id_positions(target, ids)
     missing = np.flatnonzero(~found[emb.rows])
     _, known = id_positions(ids, target)
     extra = np.flatnonzero(~known)
     if missing.size or extra.size:
-        parts = []
-        if missing.size:
-            parts.append(f"{missing.size} embedding ids have no score (e.g. "
-                         f"{', '.join(map(str, target[emb.rows[missing[:NAMED]]]))})")
-        if extra.size:
-            parts.append(f"{extra.size} ids are not in the embeddings (e.g. "
-                         f"{', '.join(map(str, ids[extra[:NAMED]]))})")
-        raise PrunekitError(
-            f"{name} does not match the ids of {emb.name}: {'; '.join(parts)}. "
-            "Score exactly the embedded items."
-        )
+        raise _mismatch(name, emb.name, missing.size, target[emb.rows[missing[:NAMED]]],
+                        extra.size, ids[extra[:NAMED]])
     out = np.full(emb.n_total, np.nan)
     out[found] = values[pos[found]]
     return out
+
+
+def _duplicates(name: str, examples) -> PrunekitError:
+    return PrunekitError(f"{name} has duplicate ids (e.g. {', '.join(map(str, examples))}); "
+                         "each id needs one score.")
+
+
+def _mismatch(name: str, emb_name: str, n_missing: int, missing, n_extra: int,
+              extra) -> PrunekitError:
+    """The error for embedding ids without a score and file ids not among the embeddings,
+    naming the first few of each (``missing``, ``extra``)."""
+    parts = []
+    if n_missing:
+        parts.append(f"{n_missing} embedding ids have no score (e.g. "
+                     f"{', '.join(map(str, missing))})")
+    if n_extra:
+        parts.append(f"{n_extra} ids are not in the embeddings (e.g. "
+                     f"{', '.join(map(str, extra))})")
+    return PrunekitError(
+        f"{name} does not match the ids of {emb_name}: {'; '.join(parts)}. "
+        "Score exactly the embedded items."
+    )
 
 
 def _as_int_ids(ids: np.ndarray) -> np.ndarray:

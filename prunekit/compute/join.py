@@ -1,0 +1,259 @@
+"""Values from a file joined to the embeddings by id in bounded memory: a hash shuffle.
+
+Used for a scores folder (``score -o DIR/``) whose values come keyed by id (``loss --from``
+a CSV, a JSON object or HDF5 with ``ids``). Nothing per row stays on the driver:
+
+1. **Scatter the file**: the caller streams the file's ``(ids, values)`` in chunks; each
+   chunk is written as one piece, its rows sorted (stably) into ``B`` hash buckets with
+   their row number in the file. ``B`` (a power of two) follows the number of embedding
+   rows only (about :data:`BUCKET_ROWS` a bucket), never the workers.
+2. **Scatter the embeddings**: one engine task per output part reads that part's ids (the
+   embeddings' side reader) and writes them, with their positions and whether the row is
+   usable, as one piece sorted into the same buckets.
+3. **Join**: one task per bucket reads its stretch of every piece (file pieces in file
+   order, embedding pieces in position order), finds the duplicate, missing and extra ids
+   of the bucket (equal ids always share a bucket: a string's bucket is the BLAKE2b hash
+   of its UTF-8 bytes, an integer's a hash of its value) and, when there are none, leaves
+   its ``(position, value)`` pairs keyed by position (:func:`write_keyed`).
+4. The part tasks then read their position range of every bucket (:func:`read_joined`).
+
+The driver holds O(pieces + buckets) numbers and the first few ids each problem names,
+merged in a fixed order (ids as text for duplicates, position for missing ids, file order
+for extra ones), so errors and results are the same on every engine and worker count.
+Scratch space (about 40 bytes a row plus the ids) lives in the run's work directory, else
+in a temporary folder, and is removed at the end.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import tempfile
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from prunekit.compute.grouping import read_keyed, write_keyed
+from prunekit.errors import PrunekitError
+from prunekit.io.ids import id_positions
+from prunekit.io.sides import _bucket_of
+from prunekit.runtime.context import current_engine, current_work_dir
+from prunekit.runtime.engine import chunk_rows_for
+
+BUCKET_ROWS = 1 << 22  # embedding rows per join bucket on average
+MAX_BUCKETS = 1 << 16
+NAMED = 5  # examples an error names
+ROW_BYTES = 256  # a join task's memory per row of its bucket (ids as Python objects, sorts)
+KEYED = np.dtype([("key", "<i8"), ("value", "<f8")])
+
+
+@dataclass
+class JoinReport:
+    """What a join found: duplicate file ids (the smallest, as text), usable embedding rows
+    without a value (count, first ids by position), file ids not in the embeddings (count,
+    first ids in file order)."""
+
+    duplicates: list = field(default_factory=list)
+    n_missing: int = 0
+    missing: list = field(default_factory=list)  # (position, id text)
+    n_extra: int = 0
+    extra: list = field(default_factory=list)  # (file row, id text)
+
+    def add(self, other: JoinReport) -> None:
+        self.duplicates = sorted(self.duplicates + other.duplicates)[:NAMED]
+        self.n_missing += other.n_missing
+        self.missing = sorted(self.missing + other.missing)[:NAMED]
+        self.n_extra += other.n_extra
+        self.extra = sorted(self.extra + other.extra)[:NAMED]
+
+
+@dataclass(frozen=True)
+class Joined:
+    """The joined values, for :func:`read_joined` (pickles as a path and small arrays)."""
+
+    folder: str
+    buckets: int
+    bounds: np.ndarray  # the parts' position ranges: part r is bounds[r]:bounds[r + 1]
+    report: JoinReport
+
+
+def n_buckets(n_rows: int) -> int:
+    """Join buckets for ``n_rows`` embedding rows: a power of two, about BUCKET_ROWS each."""
+    need = max(1, -(-int(n_rows) // BUCKET_ROWS))
+    return min(MAX_BUCKETS, 1 << (need - 1).bit_length())
+
+
+@contextlib.contextmanager
+def join_scratch(name: str = "join") -> Iterator[Path]:
+    """A private scratch folder in the run's work directory (else a temporary one), removed
+    when the block ends."""
+    work = current_work_dir()
+    if work.enabled:
+        folder = work.scratch(f"{name}/-").parent  # made 0700 and checked
+        shutil.rmtree(folder, ignore_errors=True)  # a crashed run's pieces
+        folder = work.scratch(f"{name}/-").parent
+    else:
+        folder = Path(tempfile.mkdtemp(prefix=f"prunekit-{name}-"))
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def join_by_id(emb, chunks: Iterable[tuple[np.ndarray, np.ndarray]], folder: Path, *,
+               strings: bool, progress: bool = True, desc: str = "join") -> Joined:
+    """Join ``chunks`` (the file's ``(ids, float64 values)`` in file order, ids already of the
+    embeddings' kind: int64, or an object array of ``str`` when ``strings``) to ``emb`` by id
+    in ``folder``. The values are written only when the report has no problem."""
+    from prunekit.io.dataset import chunk_parts
+
+    buckets = n_buckets(emb.n_total)
+    n_file = start = 0
+    for keys, values in chunks:
+        _write_piece(folder, f"file-{n_file}", keys, buckets, strings,
+                     value=np.asarray(values, dtype=np.float64),
+                     index=np.arange(start, start + keys.size, dtype=np.int64))
+        n_file, start = n_file + 1, start + keys.size
+    parts = chunk_parts(emb.reader.chunks(chunk_rows_for(emb.dim)))
+    bounds = np.array([p.start for p in parts] + [parts[-1].stop if parts else 0], np.int64)
+    engine = current_engine()
+    rows = max((p.stop - p.start for p in parts), default=0)
+    shared = (str(folder), emb.sides(), emb.dropped_rows(), strings, buckets)
+    for _ in engine.map(_emb_task, parts, shared, desc=f"{desc} ids", progress=progress,
+                        task_bytes=rows * ROW_BYTES):
+        pass
+    report = JoinReport()
+    shared = (str(folder), n_file, len(parts), strings, bounds)
+    per_bucket = 2 * ROW_BYTES * max(1, emb.n_total // buckets)  # an unlucky bucket
+    for part_report in engine.map(_bucket_task, range(buckets), shared, desc=desc,
+                                  progress=progress, task_bytes=per_bucket):
+        report.add(part_report)
+    return Joined(str(folder), buckets, bounds, report)
+
+
+def _bucket(keys: np.ndarray, buckets: int, strings: bool) -> np.ndarray:
+    """Each id's bucket; strings are hashed as numpy compares them (trailing NULs dropped)."""
+    if buckets == 1:
+        return np.zeros(keys.size, dtype=np.int64)
+    if strings:
+        stripped = np.empty(keys.size, dtype=object)
+        stripped[:] = [k.rstrip("\x00") for k in keys.tolist()]
+        return _bucket_of(stripped, buckets)
+    return _bucket_of(np.ascontiguousarray(keys, dtype=np.int64), buckets)
+
+
+def _write_piece(folder: Path, tag: str, keys: np.ndarray, buckets: int, strings: bool,
+                 **columns: np.ndarray) -> None:
+    """``keys`` and ``columns`` sorted (stably) by bucket, and each bucket's bounds."""
+    b = _bucket(keys, buckets, strings)
+    order = np.argsort(b, kind="stable")
+    bounds = np.concatenate([[0], np.cumsum(np.bincount(b, minlength=buckets))])
+    try:
+        for name, col in columns.items():
+            np.save(folder / f"{tag}.{name}.npy", col[order])
+        if strings:
+            enc = [k.encode("utf-8", "surrogatepass") for k in keys[order].tolist()]
+            np.save(folder / f"{tag}.ends.npy",
+                    np.cumsum(np.fromiter(map(len, enc), np.int64, len(enc)), dtype=np.int64))
+            np.save(folder / f"{tag}.blob.npy", np.frombuffer(b"".join(enc), dtype=np.uint8))
+        else:
+            np.save(folder / f"{tag}.ids.npy", np.asarray(keys, dtype=np.int64)[order])
+        np.save(folder / f"{tag}.bounds.npy", bounds.astype(np.int64))  # last: the piece is whole
+    except OSError as exc:
+        raise PrunekitError(
+            f"cannot write the join's scratch files in {folder}: {exc.strerror}. On a Ray "
+            "cluster of several machines, use a work directory or TMPDIR every node sees."
+        ) from exc
+
+
+def _load(path: Path, mmap: bool = False) -> np.ndarray:
+    """A scratch array this join wrote (never pickled objects)."""
+    if not path.exists():
+        raise PrunekitError(f"the join's scratch file {path} is missing; on a Ray cluster of "
+                            "several machines, use a work directory or TMPDIR every node sees.")
+    return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+
+
+def _read_bucket(folder: Path, tag: str, n: int, b: int, strings: bool,
+                 names: tuple[str, ...]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Bucket ``b`` of pieces ``tag-0 .. tag-(n-1)``, in piece order: ids and columns."""
+    keys: list[np.ndarray] = []
+    cols: dict[str, list[np.ndarray]] = {name: [] for name in names}
+    for i in range(n):
+        stem = f"{tag}-{i}"
+        bounds = _load(folder / f"{stem}.bounds.npy")
+        lo, hi = int(bounds[b]), int(bounds[b + 1])
+        if hi == lo:
+            continue
+        for name in names:
+            cols[name].append(np.array(_load(folder / f"{stem}.{name}.npy", True)[lo:hi]))
+        if strings:
+            ends = _load(folder / f"{stem}.ends.npy", True)
+            first = int(ends[lo - 1]) if lo else 0
+            stops = np.asarray(ends[lo:hi], dtype=np.int64) - first
+            blob = bytes(_load(folder / f"{stem}.blob.npy", True)[first : first + int(stops[-1])])
+            text = np.empty(stops.size, dtype=object)
+            text[:] = [blob[a:c].decode("utf-8", "surrogatepass")
+                       for a, c in zip(np.r_[0, stops[:-1]].tolist(), stops.tolist(), strict=True)]
+            keys.append(text)
+        else:
+            keys.append(np.array(_load(folder / f"{stem}.ids.npy", True)[lo:hi]))
+    empty = np.zeros(0, dtype=object if strings else np.int64)
+    return (np.concatenate(keys) if keys else empty,
+            {name: np.concatenate(c) if c else np.zeros(0) for name, c in cols.items()})
+
+
+def _emb_task(shared: tuple, part) -> None:
+    """Engine task: one part's ids, positions and usable flags into their buckets."""
+    folder, sides, dropped, strings, buckets = shared
+    ids = sides.read("ids", part.start, part.stop)
+    ok = np.ones(part.stop - part.start, dtype=np.uint8)
+    lo, hi = np.searchsorted(dropped, [part.start, part.stop])
+    ok[dropped[lo:hi] - part.start] = 0
+    _write_piece(Path(folder), f"emb-{part.index}", ids, buckets, strings, ok=ok,
+                 position=np.arange(part.start, part.stop, dtype=np.int64))
+
+
+def _bucket_task(shared: tuple, b: int) -> JoinReport:
+    """Engine task: join bucket ``b``; its problems, else its values keyed by position."""
+    folder, n_file, n_emb, strings, bounds = shared
+    folder = Path(folder)
+    fkeys, fcols = _read_bucket(folder, "file", n_file, b, strings, ("index", "value"))
+    ekeys, ecols = _read_bucket(folder, "emb", n_emb, b, strings, ("position", "ok"))
+    report = JoinReport()
+    text = np.asarray([str(v) for v in fkeys.tolist()])  # duplicates compared as text
+    uniq, counts = np.unique(text, return_counts=True)
+    if uniq.size != text.size:
+        report.duplicates = [str(v) for v in uniq[counts > 1][:NAMED]]
+        return report
+    pos, found = id_positions(ekeys, fkeys)
+    missing = np.flatnonzero(~found & (ecols["ok"] != 0))
+    _, known = id_positions(fkeys, ekeys)
+    extra = np.flatnonzero(~known)
+    report.n_missing, report.n_extra = int(missing.size), int(extra.size)
+    report.missing = [(int(ecols["position"][j]), str(ekeys[j])) for j in missing[:NAMED]]
+    report.extra = [(int(fcols["index"][j]), str(fkeys[j])) for j in extra[:NAMED]]
+    if not (missing.size or extra.size):
+        records = np.empty(int(found.sum()), dtype=KEYED)
+        records["key"] = ecols["position"][found]
+        records["value"] = fcols["value"][pos[found]]
+        write_keyed(folder, f"joined-{b}", records, bounds)
+    return report
+
+
+def read_joined(joined: Joined, ranges: list) -> Iterator[np.ndarray]:
+    """Engine task's reader (:func:`~prunekit.methods.partwise.write_score_parts`): the joined
+    values at each range's positions, NaN where no id matched (rows dropped at load)."""
+    if not ranges:
+        return
+    bounds = joined.bounds
+    r = int(np.searchsorted(bounds, ranges[0].start, side="right")) - 1
+    start, stop = int(bounds[r]), int(bounds[r + 1])
+    names = [f"joined-{b}" for b in range(joined.buckets)]
+    records = read_keyed(joined.folder, names, r, bounds.size - 1, KEYED)
+    full = np.full(stop - start, np.nan)
+    full[records["key"] - start] = records["value"]
+    for rr in ranges:
+        yield full[rr.start - start : rr.stop - start]
