@@ -390,3 +390,24 @@ def test_within_cluster_sizes_come_streamed_or_from_the_manifest(tmp_path, monke
     for path in (tmp_path / "km.h5", tmp_path / "km"):
         assert np.array_equal(costs.cluster_sizes(path), want)
     assert np.array_equal(costs.cluster_sizes(sc), want)
+
+
+def test_a_folder_output_holds_no_per_row_arrays_where_the_tasks_write_the_parts(shards, tmp_path):
+    """Per-row arrays (and the ids beside them) are counted only where the driver holds
+    them: a single HDF5 output, or a method that gathers (one global greedy order, JSON)."""
+    pytest.importorskip("pyarrow")
+    np.save(tmp_path / "l.npy", np.zeros(1000))
+    (tmp_path / "l.json").write_text(json.dumps([0.0] * 1000))
+    cases = [("kmeans", {"k": 4}, 8 * 4), ("random", {}, 8 * 2),
+             ("loss", {"from_file": str(tmp_path / "l.npy")}, 8 * 2),
+             ("semdedup", {"k": 4}, 8 * 6)]
+    kw = dict(rates=RATES, local_workers=2, ray_workers=4, budget=1 << 30)
+    for method, params, per_row in cases:
+        assert plan(shards, method, **params, **kw).per_row_bytes == 1000 * (per_row + 8), method
+        assert plan(shards, method, output=str(tmp_path / "out/"), **params,
+                    **kw).per_row_bytes == 0, method
+    gathered = [("loss", {"from_file": str(tmp_path / "l.json")}, 8 * 2),
+                ("herding", {"max_keep": 10}, 8 * 2)]
+    for method, params, per_row in gathered:
+        assert plan(shards, method, output=str(tmp_path / "out/"), **params,
+                    **kw).per_row_bytes == 1000 * (per_row + 8), method

@@ -188,7 +188,8 @@ def kmeans_cost(m: CostModel, p: dict) -> Cost:
     if fit > m.budget:
         notes.append(f"k-means would refuse: its fit on {s:,} rows needs {human(fit)}; raise "
                      "--memory to that, or give a smaller --sample.")
-    return Cost(steps, 8 * m.n * 4, notes)  # score, cluster, distance, positions
+    # score, cluster, distance, positions; none on the driver when the tasks write parts
+    return Cost(steps, 0 if m.folder else 8 * m.n * 4, notes)
 
 
 def kmeans_detail(p: dict) -> str:

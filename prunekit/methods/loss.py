@@ -49,7 +49,9 @@ FILE_ROWS = 1 << 18  # lines of a score file joined by id that the driver holds 
 def loss_cost(m: CostModel, p: dict) -> Cost:
     """No pass over the embeddings: the score file is read (about 20 ns a row); the scores
     and positions (none on the driver for a folder output, unless the file is JSON)."""
-    return Cost([Step("read score file", 0, m.n * 2e-8, m.n * 2e-8, 0)], 8 * m.n * 2)
+    gathered = not m.folder or str(p.get("from_file") or "").lower().endswith(".json")
+    return Cost([Step("read score file", 0, m.n * 2e-8, m.n * 2e-8, 0)],
+                8 * m.n * 2 if gathered else 0)
 
 
 def loss_detail(p: dict) -> str:

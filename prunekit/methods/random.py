@@ -22,7 +22,8 @@ from prunekit.selection.partitioned import ScoresPartSink
 def random_cost(m: CostModel, p: dict) -> Cost:
     """No pass over the data: n draws (about 20 ns each); the scores and positions (a
     folder output draws them part by part in the tasks: none on the driver)."""
-    return Cost([Step("draw scores", 0, m.n * 2e-8, m.n * 2e-8, 0)], 8 * m.n * 2)
+    return Cost([Step("draw scores", 0, m.n * 2e-8, m.n * 2e-8, 0)],
+                0 if m.folder else 8 * m.n * 2)
 
 
 @register("random", params=(), cost=random_cost)

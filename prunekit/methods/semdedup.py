@@ -114,7 +114,8 @@ def semdedup_cost(m: CostModel, p: dict) -> Cost:
     task = largest * m.d * (m.item + 8) + 1.25 * _block_bytes(largest)
     steps = steps + m.per_cluster("per-cluster dedup", sizes, s * s * m.d / rate, int(task),
                                   ", one similarity block")
-    return Cost(steps, 8 * m.n * 6, notes)  # score, cluster, distance, positions, members, kept
+    # score, cluster, distance, positions, members, kept; none when the tasks write parts
+    return Cost(steps, 0 if m.folder else 8 * m.n * 6, notes)
 
 
 def _kmeans_params(p: dict) -> dict:

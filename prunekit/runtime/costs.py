@@ -297,4 +297,4 @@ def greedy_cost(m: CostModel, kind: str, p: dict[str, Any], seconds: Any, mem_ro
     s = sizes.astype(np.float64)
     picks = np.minimum(s, int(max_keep)) if max_keep else s
     return Cost(m.per_cluster("per-cluster picks", sizes, seconds(s, picks),
-                              int(sizes.max()) * task_row, ""), 8 * m.n * 3)
+                              int(sizes.max()) * task_row, ""), 0 if m.folder else 8 * m.n * 3)

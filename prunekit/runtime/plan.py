@@ -185,7 +185,8 @@ def plan(
             notes.append("writing parts not timed: pyarrow is missing (pip install "
                          "'prunekit[parquet]').")
     return Plan(method, src.name, src.n_total, src.dim, str(src.dtype), src.nbytes,
-                len(src.shards), m.budget, m.local, m.ray, steps, per_row + m.ids_bytes(),
+                len(src.shards), m.budget, m.local, m.ray, steps,
+                per_row + (m.ids_bytes() if per_row else 0),  # ids go where the arrays go
                 m.rates, notes)
 
 
