@@ -58,7 +58,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -865,14 +865,19 @@ def _fit_lloyd_chunk(shared, item):
 
 def _fit_lloyd_group(shared, group) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """A Lloyd task: its chunks' clusters present, sums and counts, added in chunk order."""
-    k = shared[1].shape[0]
-    return _add_sums(k, [_fit_lloyd_chunk(shared, item) for item in group])
+    k, d = shared[1].shape
+    return _summed(k, d, (_fit_lloyd_chunk(shared, item) for item in group))
 
 
 def _add_sums(k: int, parts: list) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Partial ``(present, sums, counts)`` added in list order: each cluster's float64 sum
-    is ``0 + part_0 + part_1 + ...``, as a running sum over the parts would be."""
-    d = parts[0][1].shape[1]
+    """The combine of the Lloyd trees: partial ``(present, sums, counts)`` added in list
+    order (:func:`_summed`)."""
+    return _summed(k, parts[0][1].shape[1], parts)
+
+
+def _summed(k: int, d: int, parts: Iterable) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Partial ``(present, sums, counts)`` added in order, holding only the running sums:
+    each cluster's float64 sum is ``0 + part_0 + part_1 + ...``."""
     sums = np.zeros((k, d))
     counts = np.zeros(k, dtype=np.int64)
     for present, s, c in parts:
@@ -1293,16 +1298,9 @@ def pass_groups(chunks: list, chunk_rows: int, k: int) -> list[list]:
 
 def _lloyd_group(shared, group) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """A pass task: its chunks' clusters present, float64 sums and counts, added in chunk
-    order (the additions of :func:`_add_sums` over the chunks, without holding them all)."""
+    order (:func:`_summed`)."""
     k, d = shared[1].shape
-    sums = np.zeros((k, d))
-    counts = np.zeros(k, dtype=np.int64)
-    for ref in group:
-        present, s, c = _lloyd_chunk(shared, ref)
-        sums[present] += s
-        counts[present] += c
-    present = np.flatnonzero(counts)
-    return present, sums[present], counts[present]
+    return _summed(k, d, (_lloyd_chunk(shared, ref) for ref in group))
 
 
 def _lloyd_pass(src, groups, cent, spherical, dropped, engine, work, p, limit,

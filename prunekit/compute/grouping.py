@@ -215,8 +215,8 @@ def cluster_column(path: str | os.PathLike, n_total: int, *, where: str | None =
     return ClusterColumn(os.path.abspath(path), where, folder, carry if has_carry else None)
 
 
-def _read_parts(path: str, start: int, stop: int, name: str = "cluster", fill: Any = -1,
-                dtype: Any = np.int64) -> np.ndarray:
+def _read_parts(path: str, start: int, stop: int, name: str, fill: Any,
+                dtype: Any) -> np.ndarray:
     """Column ``name`` at positions ``start:stop`` from the parts of a scores folder that
     hold them, read in the reader's bounded batches: only the row groups that meet the
     range (a chunk's read costs the chunk, not the part before it); ``fill`` where no part
@@ -247,8 +247,7 @@ def _read_parts(path: str, start: int, stop: int, name: str = "cluster", fill: A
 class Chunk:
     """A scatter task: chunk ``ref`` of the source, whose usable rows are the compact
     indices ``first:first + n``, at positions ``rows`` (None: all but ``dropped``), with
-    cluster ids ``labels`` (None: read from the :class:`ClusterColumn`) and carried
-    ``values`` (None: from the column's ``carry``, or nothing carried)."""
+    cluster ids ``labels`` (None: read from the :class:`ClusterColumn`)."""
 
     ref: Any
     first: int
@@ -256,7 +255,6 @@ class Chunk:
     rows: np.ndarray | None
     dropped: np.ndarray
     labels: np.ndarray | None
-    values: np.ndarray | None = None
 
     def local(self) -> np.ndarray:
         """Indices of the usable rows inside the chunk, ascending."""
@@ -267,7 +265,7 @@ class Chunk:
 
 
 def _chunks(src, usable: tuple[np.ndarray | None, np.ndarray], labels: np.ndarray | None,
-            chunk_rows: int, values: np.ndarray | None = None) -> list[Chunk]:
+            chunk_rows: int) -> list[Chunk]:
     """The scatter tasks, one per chunk of ``src`` (slices of the usable rows, no copies)."""
     rows, dropped = usable
     out, first = [], 0
@@ -280,8 +278,7 @@ def _chunks(src, usable: tuple[np.ndarray | None, np.ndarray], labels: np.ndarra
             lo, hi = (int(v) for v in np.searchsorted(dropped, [a, b]))
             n, sel, drop = (b - a) - (hi - lo), None, dropped[lo:hi] if hi > lo else EMPTY
         out.append(Chunk(ref, first, n, sel, drop,
-                         None if labels is None else labels[first : first + n],
-                         None if values is None else values[first : first + n]))
+                         None if labels is None else labels[first : first + n]))
         first += n
     return out
 
@@ -349,18 +346,13 @@ def group_rows(src, rows: np.ndarray, clusters: np.ndarray, path: str | os.PathL
 
 def _group(src, usable, n: int, clusters: np.ndarray | ClusterColumn, files: _Files, *,
            work: WorkDir, record: str, chunk_rows: int, progress: bool,
-           desc: str, values: np.ndarray | None = None) -> GroupedRows:
-    """The two passes (see the module docstring), each unit recorded as ``record.*``.
-
-    ``values``: one float per usable row to carry (else the column's ``carry``, if any)."""
+           desc: str) -> GroupedRows:
+    """The two passes (see the module docstring), each unit recorded as ``record.*``;
+    the column's ``carry``, if any, travels with the rows."""
     column = clusters if isinstance(clusters, ClusterColumn) else None
     labels = None if column is not None else _checked_labels(clusters, n)
-    if values is not None and np.shape(values) != (n,):
-        raise PrunekitError(f"carried values must hold one number per usable row ({n}), got "
-                            f"shape {np.shape(values)}.")
-    carry = values is not None or (column is not None and column.carry is not None)
-    chunks = _chunks(src, usable, labels, chunk_rows,
-                     None if values is None else np.asarray(values, dtype=np.float64))
+    carry = column is not None and column.carry is not None
+    chunks = _chunks(src, usable, labels, chunk_rows)
     row_bytes = src.dim * src.dtype.itemsize
     val = VALUE.itemsize if carry else 0
     top = _top_id(column, labels, chunks, work, f"{record}.shuffle/top", chunk_rows, progress,
@@ -524,9 +516,8 @@ def _scatter_task(shared: tuple, item: tuple[int, Chunk]) -> np.ndarray:
     members = (chunk.first + order).astype(POSITION)
     fields = [rows, members]
     if carry:
-        values = chunk.values if chunk.values is not None else column.read_carry(
-            chunk.ref.global_start, chunk.ref.global_stop)[chunk.local()]
-        fields.append(np.asarray(values, dtype=np.float64)[order].astype(VALUE))
+        values = column.read_carry(chunk.ref.global_start, chunk.ref.global_stop)
+        fields.append(values[chunk.local()[order]].astype(VALUE))
     fields.append(labels)
     counts = np.bincount(labels // width, minlength=n_buckets).astype(np.int64)
     if counts.size > n_buckets:  # the column changed since its largest id was read
@@ -719,7 +710,7 @@ def batches(sizes: np.ndarray, batch_rows: int | None = None) -> list[list[int]]
 def map_clusters(emb, clusters: np.ndarray | ClusterColumn,
                  task: Callable[[tuple, tuple[int, list[int]]], Any], shared: Any = None, *,
                  task_bytes: int = 0, desc: str, progress: bool, members: bool = False,
-                 name: str = "groups", values: np.ndarray | None = None,
+                 name: str = "groups",
                  prepare: Callable[[GroupedRows, Path], tuple[Any, int]] | None = None,
                  valid: Callable[[int, Any], bool] | None = None,
                  ) -> tuple[GroupedRows, list[tuple[list[int], Any]]]:
@@ -738,8 +729,8 @@ def map_clusters(emb, clusters: np.ndarray | ClusterColumn,
     recorded in the work directory when it finishes (a batch's result as ``name/<batch>``),
     and ``--resume`` computes only what is not recorded.
 
-    ``values``: one float per usable row carried with the rows (a column's ``carry`` is
-    carried without it), read back with ``grouped.values_of(g)``. ``prepare(grouped,
+    A column's ``carry`` travels with the rows, read back with ``grouped.values_of(g)``.
+    ``prepare(grouped,
     scratch)``, when given, runs once the rows are grouped and returns ``(shared,
     task_bytes)`` in place of the arguments: it sees the cluster sizes, and ``scratch`` is a
     private folder (in the work directory, else removed with the grouped rows) where tasks
@@ -755,8 +746,7 @@ def map_clusters(emb, clusters: np.ndarray | ClusterColumn,
     try:
         grouped = _group(src, _usable(emb), int(emb.n), clusters,
                          _Files.in_dir(work, tmp, name), work=work, record=name,
-                         chunk_rows=chunk_rows_for(src.dim), progress=progress, desc=desc,
-                         values=values)
+                         chunk_rows=chunk_rows_for(src.dim), progress=progress, desc=desc)
         if prepare is not None:
             if tmp is not None:
                 scratch = tmp / "out"

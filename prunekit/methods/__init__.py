@@ -23,9 +23,9 @@ with everything the rest of prunekit asks of it::
 folder instead: a method whose function takes ``parts`` (a
 :class:`~prunekit.selection.partitioned.ScoresPartSink`) writes the parts from its workers
 and returns their records (every method here: k-means, random, loss from a position-aligned
-file, and the per-cluster methods); a result without records (herding or k-center's one
-global order, loss joined by id) is gathered and written from the driver in the same parts. Adding a method is adding one module (and
-importing it below).
+file or joined by id, and the per-cluster methods); a result without records (herding or
+k-center's one global order, loss from a file read whole) is gathered and written from the
+driver in the same parts. Adding a method is adding one module (and importing it below).
 """
 
 from __future__ import annotations
@@ -246,8 +246,8 @@ def score_to_folder(
     scores, ids and labels straight to its part, so the driver holds O(k D + parts); a
     result that comes back without records is gathered and written from the driver. The
     run id comes from the inputs (:func:`~prunekit.selection.partitioned.scores_run_id`),
-    so the same command gives the same parts on every engine. The folder may not be, hold or lie in
-    an input (the embeddings, a file a parameter names).
+    so the same command gives the same parts on every engine. The folder may not be, hold
+    or lie in an input (the embeddings, a file a parameter names).
     """
     from prunekit.io.dataset import PartWriter, chunk_parts
     from prunekit.io.dataset.layout import pyarrow_modules

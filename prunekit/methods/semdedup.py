@@ -36,6 +36,7 @@ from prunekit.errors import PrunekitError
 from prunekit.io.embeddings import Embeddings
 from prunekit.methods import REGISTRY, MethodResult, Summary, dedup, register
 from prunekit.methods.greedy import (
+    ORDER_SCORES,
     Out,
     cluster_counts,
     grouped_clusters,
@@ -283,12 +284,11 @@ def _cluster_parts(emb: Embeddings, clusters, distance, parts, *, keep: str, see
 
 def _records(own: bool) -> np.dtype:
     """What a batch task leaves per row for the parts (with its own k-means' distance)."""
-    fields = [("key", "<i8"), ("score", "<f8"), ("cluster", "<i8")]
-    return np.dtype(fields + ([("centroid_distance", "<f8")] if own else []))
+    return np.dtype(ORDER_SCORES.descr + ([("centroid_distance", "<f8")] if own else []))
 
 
 def _prepare(emb, distance, keep, seed, state, own):
-    """``map_clusters``'s ``prepare``: the budget check and the tasks' shared part, with
+    """``map_clusters``'s ``prepare``: a task's memory and the tasks' shared part, with
     an :class:`~prunekit.methods.greedy.Out` when ``state`` (a dict to fill) is given."""
 
     def prepare(grouped: GroupedRows, scratch: Path) -> tuple[tuple, int]:
@@ -308,22 +308,24 @@ def _batch_task(shared: tuple, item: tuple[int, list[int]]) -> np.ndarray:
     an ``Out``, left in its folder instead: the file's size, then per eps the rows removed
     and the clusters affected."""
     grouped, (distance, keep, seed, block, out, own) = shared
-    scores = []
+    scores, dists = [], []
     for g in item[1]:
         x = dedup.normalized(grouped.read(g), names=grouped.rows_of(g))
         d = _keep_distance(grouped, g, x, distance)
         order = dedup.keep_order(d, keep, seed=seed, cluster=int(grouped.clusters[g]))
         scores.append(dedup.semdedup_cluster(x, order, block_bytes=block))
+        dists.append(d)
     if out is None:
         return np.concatenate(scores)
     recs = []
     removed = np.zeros((2, len(dedup.DEFAULT_EPS)), dtype=np.int64)
-    for g, score in zip(item[1], scores, strict=True):
-        rec = np.zeros(score.size, dtype=_records(own))
+    dtype = _records(own)
+    for g, score, d in zip(item[1], scores, dists, strict=True):
+        rec = np.zeros(score.size, dtype=dtype)
         rec["key"] = out.positions(grouped.rows_of(g))
         rec["score"], rec["cluster"] = score, grouped.clusters[g]
-        if own:
-            rec["centroid_distance"] = grouped.values_of(g)
+        if own:  # the carried k-means distance _keep_distance returned
+            rec["centroid_distance"] = d
         recs.append(rec)
         gone = score[:, None] < np.asarray(dedup.DEFAULT_EPS)[None, :]
         removed[0] += gone.sum(axis=0)

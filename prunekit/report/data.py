@@ -86,10 +86,6 @@ class RowArrays:
     def has(self, name: str) -> bool:
         return self._arrays.get(name) is not None
 
-    @property
-    def is_folder(self) -> bool:
-        return self._parts is not None
-
     def get(self, name: str, a: int, b: int) -> np.ndarray:
         """Rows ``a:b`` of one array (a folder reads the parts that hold them)."""
         if self._parts is not None:

@@ -187,10 +187,7 @@ def compare_selection(item: Any, main: Any, seed: int,
     if folder:
         return name, *_select_folder(item, main, seed, workdir)
     sc = item if isinstance(item, Scores) else load_scores(item)
-    balance = main.params.get("balance", "none")
-    if (balance in ("clusters", "proportional") and sc.cluster is None) or \
-            (balance == "labels" and sc.labels is None):
-        balance = "none"
+    balance = _balance(main, sc.cluster is not None, sc.labels is not None)
     sel = select(sc, main.pr, balance=balance, seed=seed)
     return name, sel, f"selected here at pr {main.pr:g}, balance {balance}"
 
@@ -204,10 +201,16 @@ def _select_folder(path: str | os.PathLike, main: Any, seed: int,
     if workdir is None:
         raise PrunekitError(f"comparing the scores folder {path} needs a work folder.")
     cols = PartsReader(path, kind="scores").columns
-    balance = main.params.get("balance", "none")
-    if (balance in ("clusters", "proportional") and "cluster" not in cols) or \
-            (balance == "labels" and "label" not in cols):
-        balance = "none"
+    balance = _balance(main, "cluster" in cols, "label" in cols)
     out = os.path.join(os.fspath(workdir), f"compare-{len(os.listdir(workdir))}")
     select_folder(path, out + os.sep, main.pr, balance=balance, seed=seed, progress=False)
     return out, f"selected here at pr {main.pr:g}, balance {balance}"
+
+
+def _balance(main: Any, has_cluster: bool, has_label: bool) -> str:
+    """``main``'s balance where the scores have its groups, else ``none``."""
+    balance = main.params.get("balance", "none")
+    if (balance in ("clusters", "proportional") and not has_cluster) or \
+            (balance == "labels" and not has_label):
+        return "none"
+    return balance

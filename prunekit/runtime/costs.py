@@ -32,6 +32,7 @@ Formulas every method shares (``B`` = bytes of the usable rows as stored):
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -84,12 +85,12 @@ class CostModel:
         self.in_flight = IN_FLIGHT_PER_WORKER
         self.folder = folder  # the output is a folder of parts (else one HDF5 file)
 
-    @property
+    @functools.cached_property
     def chunks(self) -> int:
         """The source's chunks: one streamed task each."""
         return len(self.src.chunks(chunk_rows_for(self.d)))
 
-    @property
+    @functools.cached_property
     def parts(self) -> int:
         """The parts of a folder output (aligned with the shards, whole chunks)."""
         from prunekit.io.dataset import chunk_parts
@@ -124,7 +125,7 @@ class CostModel:
         return ((self.B - again) / r.read_bytes_per_s
                 + (again / r.cache_bytes_per_s if again else 0.0)) / streams
 
-    @property
+    @functools.cached_property  # the source does not change: computed once
     def distinct(self) -> float:
         """Share of the source's bytes in distinct files (hard links of one file count
         once; 1.0 when the shards are not files)."""

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -32,6 +33,7 @@ from typing import Any
 import numpy as np
 from threadpoolctl import threadpool_limits
 
+from prunekit.errors import PrunekitError
 from prunekit.io.scan import norms_into
 from prunekit.io.source import CHUNK_ROWS, EmbeddingSource
 
@@ -143,16 +145,15 @@ WRITE_BYTES = 64 << 20  # the scratch file the probe writes
 
 def measure_write(nbytes: int = WRITE_BYTES) -> float:
     """Bytes a second written to a new file in the temporary directory and synced."""
-    import tempfile
-
     block = np.random.default_rng(0).integers(0, 255, 1 << 22, dtype=np.uint8).tobytes()
+    blocks = max(1, nbytes // len(block))
     with tempfile.TemporaryFile(prefix="prunekit-probe-") as fh:
         t0 = time.perf_counter()
-        for _ in range(max(1, nbytes // len(block))):
+        for _ in range(blocks):
             fh.write(block)
         fh.flush()
         os.fsync(fh.fileno())
-        return max(1, nbytes // len(block)) * len(block) / max(time.perf_counter() - t0, 1e-9)
+        return blocks * len(block) / max(time.perf_counter() - t0, 1e-9)
 
 
 PART_ROWS_PROBED = 1 << 17  # rows of the scores part the probe writes
@@ -162,9 +163,6 @@ def measure_part_write(rows: int = PART_ROWS_PROBED) -> float:
     """Rows a second of one scores part written as Parquet (position, score, cluster,
     centroid distance: the k-means columns), closed and hashed, on one thread; 0.0 when
     pyarrow is not installed."""
-    import tempfile
-
-    from prunekit.errors import PrunekitError
     from prunekit.io.dataset.writer import PartFile, PartSpec
 
     rng = np.random.default_rng(0)

@@ -156,11 +156,11 @@ def _inspect_folder(selection: PathOr, scores: PathOr | None, emb: Embeddings | 
     from one pass over both folders side by side (semdedup's ``duplicates`` too:
     :class:`_DuplicateCounts`), the MMD's kept rows from a scratch file its chunk tasks
     read (:class:`~prunekit.selection.quality.KeptFile`), so memory holds per-group counts,
-    one batch and one shard's ids and labels (:class:`_LabelCounts`). Rows are matched by position, which equals matching by
-    id when the selection's ids are those of the rows it names (checked as they stream:
-    the embeddings' fingerprint covers their vectors, not their ids); when they are not,
-    or another method adds entries of its own, the report is made from the loaded objects
-    (after a memory check) and is the same.
+    one batch and one shard's ids and labels (:class:`_LabelCounts`). Rows are matched by
+    position, which equals matching by id when the selection's ids are those of the rows it
+    names (checked as they stream: the embeddings' fingerprint covers their vectors, not
+    their ids); when they are not, or another method adds entries of its own, the report
+    is made from the loaded objects (after a memory check) and is the same.
     """
     from prunekit.io.dataset import PartsReader
     from prunekit.selection.streamed import selection_meta

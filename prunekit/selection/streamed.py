@@ -785,12 +785,12 @@ def _count_fill(rule, n_parts, mode, top_hi, top_lo, progress) -> int:
 # -- the write pass ----------------------------------------------------------------------------
 
 
-def _kept_batches(plan: _Plan, i: int, verify: bool | None = False):
+def _kept_batches(plan: _Plan, i: int):
     """Part ``i``'s kept rows, batch by batch: ``position``, ``id``, ``count`` columns (not
-    hashed again by default: the first pass compared the parts with their hashes)."""
+    hashed again: the first pass compared the parts with their hashes)."""
     rule = plan.rule
     cols = rule.columns("id") if plan.with_ids else rule.columns()
-    for b in rule.folder.reader().iter_part(i, cols, verify=verify):
+    for b in rule.folder.reader().iter_part(i, cols, verify=False):
         where, cut, hi, lo, _ = rule.rows(b)
         inside = _inside(cut, hi, lo, plan.mode, plan.top_hi, plan.top_lo)
         out: dict[str, np.ndarray] = {}
