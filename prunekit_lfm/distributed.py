@@ -31,6 +31,7 @@ import torch
 
 from prunekit.errors import PrunekitError
 from prunekit.io.atomic import atomic_path
+from prunekit.io.npzio import load_npy
 
 from .devices import pick_device
 
@@ -155,7 +156,7 @@ def load_part(folder: Path, start: int, rows: int) -> np.ndarray:
     """The part of the batch at ``start``; it must hold ``rows`` rows."""
     path = part_path(folder, start)
     try:
-        block = np.load(path, allow_pickle=False)
+        block = load_npy(path)
     except (OSError, ValueError) as exc:
         raise PrunekitError(f"cannot read {path} ({exc}); delete {folder} and run again.") from exc
     if block.ndim < 1 or block.shape[0] != rows:

@@ -26,6 +26,7 @@ import torch
 
 from prunekit.errors import PrunekitError
 from prunekit.io.h5io import atomic_h5, attr_str, decode_ids, open_h5, require, write_ids
+from prunekit.io.npzio import load_npy
 from prunekit.io.provenance import stamp
 from prunekit.runtime.progress import counter
 
@@ -195,7 +196,7 @@ def open_images(spec: str | os.PathLike, size: int | None = 32, *, key: str = "i
         raise PrunekitError(f"images not found: {path}. Give 'digits', a folder of images, or an .npy/HDF5 array.")
     if path.suffix.lower() == ".npy":
         try:
-            arr = np.load(path, mmap_mode="r")
+            arr = load_npy(path, mmap=True)
         except ValueError as exc:
             raise PrunekitError(f"cannot read image array {path}: {exc}") from exc
         _check_array_shape(arr.shape, path)

@@ -80,6 +80,85 @@ def test_limit_caps_concurrent_calls():
     assert peak[0] <= 2
 
 
+def test_leaving_a_map_block_by_an_error_stops_its_calls():
+    """A caller that raises inside the ``with`` block: the queued calls never start and the
+    running ones have finished when the block is left, so none outlives the map."""
+    import threading
+    import time
+
+    started, running, lock = [], [0], threading.Lock()
+
+    def task(shared, item):
+        with lock:
+            started.append(item)
+            running[0] += 1
+        time.sleep(0.02)
+        with lock:
+            running[0] -= 1
+        return item
+
+    eng = LocalEngine(2)  # a window of 2 x 2 calls in flight
+    with pytest.raises(RuntimeError, match="the caller failed"):
+        with eng.map(task, range(50), progress=False) as results:
+            for item in results:
+                if item == 1:
+                    raise RuntimeError("the caller failed")
+    assert running[0] == 0 and 2 <= len(started) <= 6
+    seen = list(started)
+    time.sleep(0.1)
+    assert started == seen  # nothing started after the block was left
+    with eng.map(task, range(5), progress=False) as results:  # exhausting needs no block
+        assert list(results) == list(range(5))
+
+
+def test_npy_headers_are_parsed_one_at_a_time(tmp_path, monkeypatch):
+    """numpy parses .npy headers with ``ast.literal_eval``, which CPython < 3.11.8 cannot run
+    on two threads at once: every load in prunekit parses under one lock."""
+    import ast
+    import threading
+    import time
+
+    from prunekit.io import npzio
+
+    np.save(tmp_path / "a.npy", np.arange(6.0))
+    inside, peak, lock = [0], [0], threading.Lock()
+    real = ast.literal_eval
+
+    def literal_eval(text):
+        with lock:
+            inside[0] += 1
+            peak[0] = max(peak[0], inside[0])
+        time.sleep(0.005)  # widen the window a race would need
+        with lock:
+            inside[0] -= 1
+        return real(text)
+
+    monkeypatch.setattr(ast, "literal_eval", literal_eval)
+
+    def task(shared, i):
+        path = tmp_path / "a.npy"
+        with open(path, "rb") as fh:
+            h = npzio.read_npy_header(fh, str(path))
+        return (h.shape, npzio.load_npy(path, mmap=bool(i % 2)).sum())
+
+    out = list(LocalEngine(4).map(task, range(24), progress=False))
+    assert out == [((6,), 15.0)] * 24 and peak[0] == 1
+
+
+def test_no_module_calls_numpy_load_past_the_lock():
+    """Every ``.npy`` load goes through :func:`prunekit.io.npzio.load_npy` (pickles refused,
+    headers parsed under the lock)."""
+    import pathlib
+
+    root = pathlib.Path(pk.__file__).parent.parent
+    calls = [f"{p.relative_to(root)}:{i}"
+             for pkg in ("prunekit", "prunekit_lfm") for p in sorted((root / pkg).rglob("*.py"))
+             if p.name != "npzio.py"
+             for i, line in enumerate(p.read_text().splitlines(), 1)
+             if "np.load(" in line or "numpy.load(" in line]
+    assert calls == []
+
+
 def leaf(shared, item):
     return str(item)
 

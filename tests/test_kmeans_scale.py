@@ -511,8 +511,8 @@ class Receiving(LocalEngine):
         super().__init__(workers)
         self.received, self._reducing = {}, False
 
-    def map(self, fn, items, shared=None, *, desc="", **kw):
-        for value in super().map(fn, items, shared, desc=desc, **kw):
+    def _map(self, fn, items, shared, *, desc, **kw):
+        for value in super()._map(fn, items, shared, desc=desc, **kw):
             if not self._reducing:
                 self.received.setdefault(desc, []).append(value)
             yield value

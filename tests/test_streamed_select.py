@@ -259,14 +259,14 @@ def _passes(monkeypatch) -> list[tuple[str, int]]:
     """Each pass's name and the sum over its tasks of the largest array each returned (in
     a pass that only gathers: the rows gathered)."""
     seen: list[tuple[str, int]] = []
-    real_map = LocalEngine.map
+    real_map = LocalEngine._map
 
-    def spy(self, fn, items, shared=None, **kw):
+    def spy(self, fn, items, shared, **kw):
         results = list(real_map(self, fn, items, shared, **kw))
         seen.append((kw.get("desc"), sum(_largest(r) for r in results)))
         yield from results
 
-    monkeypatch.setattr(LocalEngine, "map", spy)
+    monkeypatch.setattr(LocalEngine, "_map", spy)
     return seen
 
 
@@ -365,9 +365,9 @@ def test_the_driver_holds_per_group_state_never_rows(tmp_path, monkeypatch):
     sc.save(tmp_path / "scores/")
     narrow(monkeypatch, cells=64, collect=16)
     seen = []
-    real_map = LocalEngine.map
+    real_map = LocalEngine._map
 
-    def spy(self, fn, items, shared=None, **kw):
+    def spy(self, fn, items, shared, **kw):
         seen.append((kw.get("desc"), _largest(shared), 0))
         for res in real_map(self, fn, items, shared, **kw):
             seen.append((kw.get("desc"), 0, _largest(res)))
@@ -376,7 +376,7 @@ def test_the_driver_holds_per_group_state_never_rows(tmp_path, monkeypatch):
     def refuse(*a, **kw):
         raise AssertionError("a whole column was read")
 
-    monkeypatch.setattr(LocalEngine, "map", spy)
+    monkeypatch.setattr(LocalEngine, "_map", spy)
     monkeypatch.setattr(PartsReader, "read_columns", refuse)
     monkeypatch.setattr("prunekit.selection.partitioned.load_scores_parts", refuse)
     with runtime(engine=LocalEngine(2)):

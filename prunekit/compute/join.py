@@ -38,6 +38,7 @@ import numpy as np
 from prunekit.compute.grouping import read_keyed, write_keyed
 from prunekit.errors import PrunekitError
 from prunekit.io.ids import id_positions
+from prunekit.io.npzio import load_npy
 from prunekit.io.sides import _bucket_of
 from prunekit.runtime.context import current_engine, current_work_dir
 from prunekit.runtime.engine import chunk_rows_for
@@ -121,15 +122,17 @@ def join_by_id(emb, chunks: Iterable[tuple[np.ndarray, np.ndarray]], folder: Pat
     engine = current_engine()
     rows = max((p.stop - p.start for p in parts), default=0)
     shared = (str(folder), emb.sides(), emb.dropped_rows(), strings, buckets)
-    for _ in engine.map(_emb_task, parts, shared, desc=f"{desc} ids", progress=progress,
-                        task_bytes=rows * ROW_BYTES):
-        pass
+    with engine.map(_emb_task, parts, shared, desc=f"{desc} ids", progress=progress,
+                    task_bytes=rows * ROW_BYTES) as results:
+        for _ in results:
+            pass
     report = JoinReport()
     shared = (str(folder), n_file, len(parts), strings, bounds)
     per_bucket = 2 * ROW_BYTES * max(1, emb.n_total // buckets)  # an unlucky bucket
-    for part_report in engine.map(_bucket_task, range(buckets), shared, desc=desc,
-                                  progress=progress, task_bytes=per_bucket):
-        report.add(part_report)
+    with engine.map(_bucket_task, range(buckets), shared, desc=desc, progress=progress,
+                    task_bytes=per_bucket) as results:
+        for part_report in results:
+            report.add(part_report)
     return Joined(str(folder), buckets, bounds, report)
 
 
@@ -173,7 +176,7 @@ def _load(path: Path, mmap: bool = False) -> np.ndarray:
     if not path.exists():
         raise PrunekitError(f"the join's scratch file {path} is missing; on a Ray cluster of "
                             "several machines, use a work directory or TMPDIR every node sees.")
-    return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+    return load_npy(path, mmap=mmap)
 
 
 def _read_bucket(folder: Path, tag: str, n: int, b: int, strings: bool,

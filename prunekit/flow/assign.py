@@ -152,13 +152,13 @@ def compare_subsets(
     # A task holds its runs' states (and the solver's temporaries) and the logit buffers.
     task = field.dtype.itemsize * (4 * (1 + max(map(len, groups))) * SOURCE_BLOCK * field.dim
                                    + 2 * DEFAULT_BUFFER)
-    results = engine.map(_block_task, items, shared, desc=f"{solver}, {len(subsets) + 1} runs",
-                         progress=progress, task_bytes=task)
-    for (a, group), (ref_assign, assigned, deviation) in zip(items, results, strict=True):
-        full.setdefault(a, ref_assign)
-        for i, e, d in zip(group, assigned, deviation, strict=True):
-            ends[i].append(e)
-            devs[i].append(d)
+    with engine.map(_block_task, items, shared, desc=f"{solver}, {len(subsets) + 1} runs",
+                    progress=progress, task_bytes=task) as results:
+        for (a, group), (ref_assign, assigned, deviation) in zip(items, results, strict=True):
+            full.setdefault(a, ref_assign)
+            for i, e, d in zip(group, assigned, deviation, strict=True):
+                ends[i].append(e)
+                devs[i].append(d)
     ref = np.concatenate([full[a] for a in starts])
     return [compare_assignments(ref, np.concatenate(e), p, np.concatenate(d))
             for e, d, p in zip(ends, devs, points, strict=True)]

@@ -34,6 +34,7 @@ from prunekit.flow.synthetic import gaussian_mixture
 from prunekit.flow.velocity import DEFAULT_BUFFER, ClosedFormField, resolve_dtype
 from prunekit.io.atomic import check_input, write_bytes
 from prunekit.io.embeddings import Embeddings, load_embeddings
+from prunekit.io.npzio import load_npy
 from prunekit.io.provenance import jsonable
 from prunekit.methods import score
 from prunekit.params import Param, ParamError, pick, seed_param, takes, validate
@@ -138,7 +139,7 @@ def load_sources(path: str | os.PathLike, dim: int) -> np.ndarray:
             "array with numpy.save."
         )
     try:
-        x0 = np.load(p, mmap_mode="r", allow_pickle=False)
+        x0 = load_npy(p, mmap=True)
     except (ValueError, OSError, EOFError) as exc:
         raise PrunekitError(f"cannot read sources file {p} as .npy: {exc}") from exc
     if x0.ndim != 2 or x0.shape[1] != dim or x0.shape[0] == 0 or x0.dtype.kind != "f":

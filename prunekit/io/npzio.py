@@ -5,6 +5,12 @@ truncated archive, a bad CRC or an object array with exceptions of its own. Thes
 read a member's shape and dtype from its ``.npy`` header alone, check that the member fits
 in memory before it is decompressed (a small archive of zeros can expand to gigabytes),
 and turn every failure into a :class:`PrunekitError` that names the file.
+
+It also owns the one lock every ``.npy`` header parse takes (:func:`load_npy`,
+:func:`read_npy_header`). numpy parses a header with ``ast.literal_eval``, and CPython before
+3.11.8 and 3.12.2 keeps the AST validator's recursion depth per interpreter instead of per
+thread (CPython issue 106905): two engine tasks opening ``.npy`` files at once can then fail
+with ``SystemError: AST constructor recursion depth mismatch``.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ from __future__ import annotations
 import io
 import os
 import struct
+import threading
 import zipfile
 from typing import BinaryIO, NamedTuple
 
@@ -20,6 +27,7 @@ import numpy as np
 from prunekit.errors import PrunekitError
 from prunekit.runtime.memory import check_fits
 
+NPY_HEADER_LOCK = threading.Lock()  # held while numpy parses a header (see the module doc)
 _BROKEN = (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, OSError, EOFError, KeyError)
 
 
@@ -70,9 +78,12 @@ def read_npy_header(fh: BinaryIO, where: str) -> NpyHeader:
     try:
         version = fmt.read_magic(fh)
         if version == (1, 0):
-            shape, fortran, dtype = fmt.read_array_header_1_0(fh)
+            with NPY_HEADER_LOCK:
+                shape, fortran, dtype = fmt.read_array_header_1_0(fh)
         elif version in ((2, 0), (3, 0)):
-            shape, fortran, dtype = fmt.read_array_header_2_0(_as_version_2(fh, version))
+            fh2 = _as_version_2(fh, version)
+            with NPY_HEADER_LOCK:
+                shape, fortran, dtype = fmt.read_array_header_2_0(fh2)
         else:
             raise ValueError(f"format version {version[0]}.{version[1]} is not one numpy writes "
                              f"({', '.join(f'{a}.{b}' for a, b in NPY_VERSIONS)})")
@@ -125,7 +136,15 @@ def load_npz_array(path: str | os.PathLike, name: str) -> np.ndarray:
     shape, dtype = npz_header(path, name)
     check_fits(float(np.prod(shape, dtype=np.float64)) * dtype.itemsize, f"{path} ['{name}'] (decompressed)")
     try:
-        with np.load(path, allow_pickle=False) as z:
+        with np.load(path, allow_pickle=False) as z, NPY_HEADER_LOCK:
             return z[name]
     except _BROKEN as exc:
         raise _broken(path, exc) from exc
+
+
+def load_npy(source: str | os.PathLike | BinaryIO, *, mmap: bool = False) -> np.ndarray:
+    """``numpy.load`` of one ``.npy`` file or stream, never unpickling, its header parsed under
+    :data:`NPY_HEADER_LOCK`. ``mmap``: the file is mapped read-only under the lock and read
+    outside it; a whole read holds the lock throughout (small arrays: records, scratch)."""
+    with NPY_HEADER_LOCK:
+        return np.load(source, mmap_mode="r" if mmap else None, allow_pickle=False)

@@ -162,10 +162,11 @@ def scan(
 
         fresh = current_engine().map(_scan_task, todo, shared=src, desc="scan",
                                      progress=progress, task_bytes=task_bytes(src))
-    for i, res in zip(todo, fresh, strict=True):
-        found[i] = res
-        if cache:
-            cache.put(src.shards[i], src.dim, res)
+    with contextlib.closing(fresh):  # an error here stops the scans still running
+        for i, res in zip(todo, fresh, strict=True):
+            found[i] = res
+            if cache:
+                cache.put(src.shards[i], src.dim, res)
     if cache:
         cache.save()
     scans: list[ShardScan] = found  # type: ignore[assignment]

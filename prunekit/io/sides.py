@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from prunekit.errors import PrunekitError
+from prunekit.io.npzio import load_npy
 from prunekit.io.source import EmbeddingSource
 
 MAX_NAMED = 10  # duplicate ids named in the error
@@ -259,11 +260,11 @@ def _check_buckets(src, scratch: Path, buckets: int, strings: bool, name: str,
     shared = (str(scratch), len(src.shards), strings)
     per_bucket = DUP_ROW_BYTES * max(1, src.n_total // buckets) * 2  # an unlucky bucket
     n_dup, examples = 0, []
-    for count, first in current_engine().map(_bucket_task, range(buckets), shared,
-                                             desc="unique ids", progress=progress,
-                                             task_bytes=per_bucket):
-        n_dup += count
-        examples = sorted(examples + first)[:MAX_NAMED]
+    with current_engine().map(_bucket_task, range(buckets), shared, desc="unique ids",
+                              progress=progress, task_bytes=per_bucket) as results:
+        for count, first in results:
+            n_dup += count
+            examples = sorted(examples + first)[:MAX_NAMED]
     if n_dup:
         _refuse_duplicates(name, examples)
 
@@ -299,4 +300,4 @@ def _load(path: Path, mmap: bool = False) -> np.ndarray:
     if not os.path.exists(path):
         raise PrunekitError(f"the id check's scratch file {path} is missing; on a Ray cluster "
                             "of several machines, set TMPDIR to a folder every node sees.")
-    return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+    return load_npy(path, mmap=mmap)

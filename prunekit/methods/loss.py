@@ -36,6 +36,7 @@ from prunekit.io.atomic import check_input
 from prunekit.io.embeddings import Embeddings
 from prunekit.io.h5io import decode_ids, open_h5, require
 from prunekit.io.ids import id_positions
+from prunekit.io.npzio import load_npy
 from prunekit.methods import MethodResult, Summary, register
 from prunekit.methods.partwise import RowRange, write_score_parts
 from prunekit.params import Param
@@ -128,7 +129,7 @@ def position_source(path: str | os.PathLike, emb: Embeddings) -> tuple[str, str]
     if p.suffix.lower() != ".npy":
         return None
     try:
-        values = np.load(p, mmap_mode="r", allow_pickle=False)
+        values = load_npy(p, mmap=True)
     except (ValueError, OSError):
         return None
     ok = isinstance(values, np.ndarray) and _aligned(values.shape, values.dtype, emb)
@@ -146,7 +147,7 @@ def _read_part(source: tuple[str, str], ranges: list[RowRange]):
     file's scores at each range's positions, as :func:`read_score_file` converts them."""
     kind, path = source
     if kind == "npy":
-        values = np.load(path, mmap_mode="r", allow_pickle=False)
+        values = load_npy(path, mmap=True)
         for r in ranges:
             yield np.asarray(values[r.start : r.stop]).astype(np.float64)
         return
@@ -174,7 +175,7 @@ def read_score_file(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray | N
             ids = decode_ids(f["ids"][()]) if "ids" in f else None
     elif p.suffix.lower() == ".npy":
         try:
-            values, ids = np.load(p, allow_pickle=False), None
+            values, ids = load_npy(p), None
         except (ValueError, OSError) as exc:
             raise PrunekitError(f"cannot read {p} as .npy: {exc}") from exc
     elif p.suffix.lower() == ".json":

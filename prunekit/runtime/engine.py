@@ -66,7 +66,7 @@ class Engine:
 
     def map(self, fn: Fn, items: Iterable[Any], shared: Any = None, *, desc: str = "",
             progress: bool = True, limit: int | None = None,
-            task_bytes: int | None = None, cpus: int = 1) -> Iterator[Any]:
+            task_bytes: int | None = None, cpus: int = 1) -> TaskResults:
         """``fn(shared, item)`` for every item, yielded in item order.
 
         ``fn`` must be a module-level function (it is pickled for Ray). ``task_bytes`` is
@@ -75,9 +75,17 @@ class Engine:
         time further. ``cpus``: threads one call runs (its own pool; at most
         :attr:`max_task_cpus`), reserved for it so that calls do not oversubscribe the
         cores. None of them changes the results, only how many are computed at once.
-        Close the iterator (``contextlib.closing``) when stopping early: outstanding calls
-        are then cancelled at once rather than when the iterator is garbage-collected.
+
+        Consume the results in a ``with`` block (or exhaust them, e.g. with ``list``):
+        leaving the block, by an early stop or by an error the caller raises, cancels the
+        calls not started and waits for the running ones, so no call outlives the map (one
+        still running would write after the caller has cleaned up).
         """
+        return TaskResults(self._map(fn, items, shared, desc=desc, progress=progress,
+                                     limit=limit, task_bytes=task_bytes, cpus=cpus))
+
+    def _map(self, fn, items, shared, *, desc, progress, limit, task_bytes, cpus):
+        """The engine's generator behind :meth:`map`; its ``finally`` stops the calls."""
         raise NotImplementedError
 
     def reduce(self, fn: Fn, items: Iterable[Any], shared: Any = None, *,
@@ -96,9 +104,8 @@ class Engine:
         """
         items = list(items)
         fold = _TreeFold(len(items), fan_in, combine)
-        results = self.map(fn, items, shared, desc=desc, progress=progress, limit=limit,
-                           task_bytes=task_bytes)
-        with contextlib.closing(results):
+        with self.map(fn, items, shared, desc=desc, progress=progress, limit=limit,
+                      task_bytes=task_bytes) as results:
             for value in results:
                 fold.push(value)
         return fold.root()
@@ -198,8 +205,7 @@ class LocalEngine(Engine):
     def __init__(self, workers: int | None = None):
         self.workers = resolve_workers(workers)
 
-    def map(self, fn, items, shared=None, *, desc="", progress=True, limit=None,
-            task_bytes=None, cpus=1):
+    def _map(self, fn, items, shared, *, desc, progress, limit, task_bytes, cpus):
         items = list(items)
         total = len(items)
         window = self._window(limit, task_bytes, cpus)
@@ -232,6 +238,27 @@ class LocalEngine(Engine):
 
 
 _END = object()
+
+
+class TaskResults(Iterator):
+    """The results of one :meth:`Engine.map`, in item order; a context manager whose exit
+    stops the map's calls (:meth:`close`)."""
+
+    def __init__(self, results: Iterator[Any]) -> None:
+        self._results = results
+
+    def __next__(self) -> Any:
+        return next(self._results)
+
+    def close(self) -> None:
+        """Cancel the calls not started and wait for (or, on Ray, cancel) the running ones."""
+        self._results.close()
+
+    def __enter__(self) -> TaskResults:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 class RayEngine(Engine):
@@ -283,8 +310,7 @@ class RayEngine(Engine):
         self._task = ray.remote(num_cpus=1, max_retries=RAY_MAX_RETRIES)(_single_threaded)
         self._combine = ray.remote(num_cpus=1, max_retries=RAY_MAX_RETRIES)(_combined)
 
-    def map(self, fn, items, shared=None, *, desc="", progress=True, limit=None,
-            task_bytes=None, cpus=1):
+    def _map(self, fn, items, shared, *, desc, progress, limit, task_bytes, cpus):
         ray = self._ray
         items = list(items)
         total = len(items)

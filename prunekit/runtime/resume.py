@@ -48,6 +48,7 @@ import numpy as np
 
 from prunekit.errors import PrunekitError
 from prunekit.io.atomic import TMP_PREFIX, create_temp
+from prunekit.io.npzio import load_npy
 from prunekit.runtime.context import current_work_dir, runtime_yielding
 
 WORK_DIR = ".prunekit-work"
@@ -88,7 +89,7 @@ class WorkDir:
         if payload is None:
             return None
         try:
-            return np.load(io.BytesIO(payload), allow_pickle=False)
+            return load_npy(io.BytesIO(payload))
         except ValueError:  # verified but unreadable: written by another version
             self._discard(self._file(name + ".npy"))
             return None

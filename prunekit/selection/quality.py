@@ -200,13 +200,14 @@ def mmd_report(
     full_n = np.zeros(groups)
     kept_n = np.zeros(groups)
     rand = np.zeros((random_draws, n_features))
-    for f_sum, f_n, k_sum, k_n, r_sum in engine.map(_mmd_chunk, items, shared, desc="mmd",
-                                                    progress=progress, task_bytes=task):
-        full += f_sum  # chunk order: the same additions on every engine
-        full_n += f_n
-        kept += k_sum
-        kept_n += k_n
-        rand += r_sum
+    with engine.map(_mmd_chunk, items, shared, desc="mmd", progress=progress,
+                    task_bytes=task) as results:
+        for f_sum, f_n, k_sum, k_n, r_sum in results:
+            full += f_sum  # chunk order: the same additions on every engine
+            full_n += f_n
+            kept += k_sum
+            kept_n += k_n
+            rand += r_sum
     centre = full.sum(axis=0) / full_n.sum()
     mmd_kept = _norm(kept.sum(axis=0) / kept_n.sum() - centre)
     mmd_rand = np.array([_norm(r / n_kept - centre) for r in rand])

@@ -377,13 +377,13 @@ def _counts(rule: _Rule, r: PartsReader, k: int | None, progress: bool) -> _Coun
     hist = None if k is None else np.zeros((k, win.cells), dtype=np.int64)
     parts = range(len(r.manifest["parts"]))
     task = BATCH_ROWS * ROW_BYTES + (0 if k is None else 8 * hist.size)
-    for u, v, n, d, h in current_engine().map(_count_task, parts, (rule, k, win),
-                                              desc="select: count", progress=progress,
-                                              task_bytes=task):
-        ids, vals = _merge(ids, vals, u, v)
-        n_picked += n
-        digest = (digest + d) % _WORD
-        hist = None if h is None or hist is None else hist + h  # part order, as every sum
+    with current_engine().map(_count_task, parts, (rule, k, win), desc="select: count",
+                              progress=progress, task_bytes=task) as results:
+        for u, v, n, d, h in results:
+            ids, vals = _merge(ids, vals, u, v)
+            n_picked += n
+            digest = (digest + d) % _WORD
+            hist = None if h is None or hist is None else hist + h  # part order, as every sum
     exact = not rule.greedy or _order_matches(r, n_picked, digest)
     has = vals[:, 0] > 0
     return _Counts(ids[has], vals[has, 0], vals[has, 1], ids, vals[:, 2], exact, hist,
@@ -622,10 +622,11 @@ def _cuts(rule: _Rule, n_parts: int, quota: np.ndarray, sizes: np.ndarray, progr
         found = []
         passes += 1
         task = BATCH_ROWS * ROW_BYTES + 16 * hist.size
-        for h, c in current_engine().map(_radix_task, range(n_parts), step, progress=progress,
-                                         desc=f"select: pass {passes}", task_bytes=task):
-            hist += h  # part order: the same sums on every engine
-            found.append(c)
+        with current_engine().map(_radix_task, range(n_parts), step, progress=progress,
+                                  desc=f"select: pass {passes}", task_bytes=task) as results:
+            for h, c in results:
+                hist += h  # part order: the same sums on every engine
+                found.append(c)
         if collect.any():
             st.finish(collect, found)
         at = np.flatnonzero(active)
@@ -775,10 +776,11 @@ def _check_fill(rule, n_parts, cuts, cut_unpicked, oversample, fill, what, progr
 
 def _count_fill(rule, n_parts, mode, top_hi, top_lo, progress) -> int:
     total = 0
-    for n in current_engine().map(_fill_task, range(n_parts), (rule, mode, top_hi, top_lo),
-                                  desc="select: unpicked", progress=progress,
-                                  task_bytes=BATCH_ROWS * ROW_BYTES):
-        total += int(n.sum())
+    with current_engine().map(_fill_task, range(n_parts), (rule, mode, top_hi, top_lo),
+                              desc="select: unpicked", progress=progress,
+                              task_bytes=BATCH_ROWS * ROW_BYTES) as results:
+        for n in results:
+            total += int(n.sum())
     return total
 
 

@@ -34,6 +34,7 @@ from prunekit.io.dataset.layout import (
     fix_line,
     pyarrow_modules,
 )
+from prunekit.io.npzio import load_npy
 
 BATCH_ROWS = 65536
 
@@ -161,7 +162,7 @@ class PartsReader:
         f = self._present(a, f"arrays.{name}")
         self._hash(f, a)
         try:
-            arr = np.load(f, allow_pickle=False)
+            arr = load_npy(f)
         except (OSError, ValueError) as exc:
             raise Damaged(f"{f} is corrupt ({exc}); {fix_line(self.path)}.") from exc
         if arr.dtype.name != a["dtype"] or list(arr.shape) != a["shape"]:

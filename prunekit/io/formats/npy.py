@@ -20,7 +20,7 @@ from prunekit.io.formats.base import (
     check_matrix,
 )
 from prunekit.io.formats.parquet import id_column
-from prunekit.io.npzio import read_npy_header
+from prunekit.io.npzio import load_npy, read_npy_header
 
 MAGIC = b"\x93NUMPY"
 KEY = "array"  # what errors call the rows of an .npy file
@@ -51,7 +51,7 @@ class NpyReader:
         self.shape, self.dtype, fortran, self.offset = npy_file_header(Path(s.path))
         self.dim = self.shape[1]
         self.rowbytes = self.dim * self.dtype.itemsize
-        self.mm = np.load(s.path, mmap_mode="r", allow_pickle=False) if fortran else None
+        self.mm = load_npy(s.path, mmap=True) if fortran else None
         self.fd = open_regular(s.path, "shard")
         self.path = s.path
 
