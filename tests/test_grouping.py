@@ -222,7 +222,7 @@ def test_killed_grouping_resumes_to_the_same_bytes(small, tmp_path, monkeypatch,
     assert grouped_bytes(grouped) == want
     assert len(scatter) == max(0, n_chunks - recorded)  # the recorded chunks are not redone
     assert len(gather) == n_buckets - max(0, recorded - n_chunks)
-    assert not (tmp_path / "w" / "groups.pieces").exists()  # pieces gone after the gather
+    assert not (tmp_path / "w" / "scratch" / "groups" / "pieces").exists()  # pieces gone after the gather
     scatter.clear(), gather.clear()
     assert grouped_bytes(run_map(emb, labels, 1, work)[0]) == want
     assert scatter == [] and gather == []  # everything recorded: nothing grouped again
@@ -234,7 +234,7 @@ def test_a_lost_piece_or_a_damaged_record_is_computed_again(small, tmp_path, mon
     work = WorkDir(tmp_path / "w")
     with killed_after(16), pytest.raises(InjectedFailure):  # every chunk scattered
         run_map(emb, labels, 1, work)
-    (tmp_path / "w" / "groups.pieces" / "piece-00000003").unlink()
+    (tmp_path / "w" / "scratch" / "groups" / "pieces" / "piece-00000003").unlink()
     (rec,) = (tmp_path / "w").glob("groups.shuffle/*/chunk-00000007.npy")
     raw = rec.read_bytes()
     rec.write_bytes(raw[:-1] + bytes([raw[-1] ^ 1]))  # one bit of its bucket counts

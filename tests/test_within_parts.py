@@ -213,7 +213,7 @@ def test_interrupted_folder_run_resumes_to_the_same_parts(tmp_path, emb, km, mon
     fail = True
     assert runner.invoke(main, [*args, "-o", out]).exit_code == 130  # interrupted
     assert not (tmp_path / "out").exists() and (tmp_path / ".prunekit-work").exists()
-    (left,) = (tmp_path / ".prunekit-work").glob("*/groups.out/scores-00000001")
+    (left,) = (tmp_path / ".prunekit-work").glob("*/scratch/groups/out/scores-00000001")
     left.unlink()  # a batch's record without its file: done again
     calls.clear()
     fail = False

@@ -42,7 +42,6 @@ import json
 import os
 import shutil
 import tempfile
-import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,6 +55,7 @@ from prunekit.runtime.context import current_engine, current_work_dir
 from prunekit.runtime.engine import chunk_rows_for
 from prunekit.runtime.memory import human
 from prunekit.runtime.resume import WorkDir
+from prunekit.runtime.scratch import private_subfolder, scratch_folder
 
 BATCH_ROWS = 8192  # a task handles consecutive clusters until it holds this many rows
 BUCKET_ROWS = 1 << 22  # usable rows per bucket on average: the gather tasks' share
@@ -163,19 +163,24 @@ class ClusterColumn:
 
     def read(self, start: int, stop: int) -> np.ndarray:
         """Cluster ids (int64) of positions ``start:stop``; -1 where the scores have none."""
-        return self._read("cluster", start, stop, -1, np.int64)
+        return self.read_with_carry(start, stop, carry=False)[0]
 
-    def read_carry(self, start: int, stop: int) -> np.ndarray:
-        """The carried column (float64) at positions ``start:stop``; NaN where absent."""
-        return self._read(self.carry, start, stop, np.nan, np.float64)
-
-    def _read(self, name: str, start: int, stop: int, fill: Any, dtype: Any) -> np.ndarray:
-        if not self.folder:
+    def read_with_carry(self, start: int, stop: int, *, carry: bool = True
+                        ) -> tuple[np.ndarray, np.ndarray | None]:
+        """Cluster ids (as :meth:`read`) and carried values (float64, NaN where absent; None
+        without ``carry`` or a carried column) of positions ``start:stop``, read together:
+        one opening of the file, one pass over the parts' batches."""
+        cols = [("cluster", -1, np.int64)]
+        if carry and self.carry is not None:
+            cols.append((self.carry, np.nan, np.float64))
+        if self.folder:
+            out = _read_parts(self.path, start, stop, cols)
+        else:
             from prunekit.io.h5io import open_h5
 
             with open_h5(self.path, "scores") as f:
-                return np.asarray(f[name][start:stop], dtype=dtype)
-        return _read_parts(self.path, start, stop, name, fill, dtype)
+                out = [np.asarray(f[name][start:stop], dtype=dtype) for name, _, dtype in cols]
+        return out[0], out[1] if len(out) > 1 else None
 
 
 def cluster_column(path: str | os.PathLike, n_total: int, *, where: str | None = None,
@@ -215,20 +220,21 @@ def cluster_column(path: str | os.PathLike, n_total: int, *, where: str | None =
     return ClusterColumn(os.path.abspath(path), where, folder, carry if has_carry else None)
 
 
-def _read_parts(path: str, start: int, stop: int, name: str, fill: Any,
-                dtype: Any) -> np.ndarray:
-    """Column ``name`` at positions ``start:stop`` from the parts of a scores folder that
-    hold them, read in the reader's bounded batches: only the row groups that meet the
-    range (a chunk's read costs the chunk, not the part before it); ``fill`` where no part
-    has a row."""
+def _read_parts(path: str, start: int, stop: int,
+                cols: list[tuple[str, Any, Any]]) -> list[np.ndarray]:
+    """Columns ``(name, fill, dtype)`` at positions ``start:stop`` from the parts of a scores
+    folder that hold them, read together in the reader's bounded batches: only the row
+    groups that meet the range (a chunk's read costs the chunk, not the part before it);
+    ``fill`` where no part has a row."""
     from prunekit.io.dataset import PartsReader
 
     r = PartsReader(path, kind="scores")
-    out = np.full(stop - start, fill, dtype=dtype)
+    out = [np.full(stop - start, fill, dtype=dtype) for _, fill, dtype in cols]
+    names = [name for name, _, _ in cols]
     for i, part in enumerate(r.manifest["parts"]):
         if part["stop"] <= start or part["start"] >= stop:
             continue
-        with contextlib.closing(r.iter_part_range(i, start, stop, [name])) as batches:
+        with contextlib.closing(r.iter_part_range(i, start, stop, names)) as batches:
             for batch in batches:
                 pos = batch["position"]
                 if pos.size == 0 or pos[-1] < start:
@@ -236,7 +242,8 @@ def _read_parts(path: str, start: int, stop: int, name: str, fill: Any,
                 if pos[0] >= stop:
                     break
                 inside = (pos >= start) & (pos < stop)
-                out[pos[inside] - start] = batch[name][inside]
+                for name, col in zip(names, out, strict=True):
+                    col[pos[inside] - start] = batch[name][inside]
     return out
 
 
@@ -315,12 +322,10 @@ class _Files:
         return self.members.with_name(self.members.name[: -len("members")] + "values")
 
     @staticmethod
-    def in_dir(work: WorkDir, tmp: Path | None, name: str) -> _Files:
-        if tmp is not None:
-            (tmp / "pieces").mkdir(mode=0o700)
-            return _Files(tmp / f"{name}.rows", tmp / f"{name}.members", tmp / "pieces")
-        pieces = work.scratch(f"{name}.pieces/-").parent  # made 0700 and checked
-        return _Files(work.scratch(f"{name}.rows"), work.scratch(f"{name}.members"), pieces)
+    def in_folder(folder: Path) -> _Files:
+        """The files in a :class:`~prunekit.runtime.scratch.scratch_folder` (the pieces'
+        folder made 0700, or checked and kept for a resumed run)."""
+        return _Files(folder / "rows", folder / "members", private_subfolder(folder, "pieces"))
 
 
 # ------------------------------------------------------------------------------ grouping
@@ -420,23 +425,27 @@ def _top_id(column, labels, chunks, work, name, chunk_rows, progress, desc) -> i
 
 def _top_task(column: ClusterColumn, chunk: Chunk) -> int:
     """Engine task: the largest cluster id of a chunk's usable rows (checked >= 0)."""
-    return int(_chunk_labels(column, chunk).max(initial=0))
+    return int(_chunk_labels(column, chunk)[0].max(initial=0))
 
 
-def _chunk_labels(column: ClusterColumn | None, chunk: Chunk) -> np.ndarray:
-    """The cluster ids of a chunk's usable rows; an unclustered row is an error."""
+def _chunk_labels(column: ClusterColumn | None, chunk: Chunk, *,
+                  carry: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+    """The cluster ids of a chunk's usable rows (an unclustered row is an error) and, with
+    ``carry``, the column's carried values of those rows, read with the ids (else None)."""
     if column is None:
-        return np.asarray(chunk.labels, dtype=np.int64)
+        return np.asarray(chunk.labels, dtype=np.int64), None
     if chunk.n == 0:
-        return EMPTY
-    labels = column.read(chunk.ref.global_start, chunk.ref.global_stop)[chunk.local()]
+        return EMPTY, np.zeros(0) if carry else None
+    local = chunk.local()
+    labels, values = column.read_with_carry(chunk.ref.global_start, chunk.ref.global_stop,
+                                            carry=carry)
+    labels = labels[local]
     bad = np.flatnonzero(labels < 0)
     if bad.size:
-        shown = ", ".join(str(chunk.ref.global_start + int(i))
-                          for i in chunk.local()[bad[:10]])
+        shown = ", ".join(str(chunk.ref.global_start + int(i)) for i in local[bad[:10]])
         raise PrunekitError(f"{column.where} ['cluster'] leaves rows {shown} unclustered "
                             "(-1); score k-means with the same --drop-nonfinite setting.")
-    return labels
+    return labels, None if values is None else values[local]
 
 
 def _allocated(path: Path, size: int) -> bool:
@@ -509,15 +518,14 @@ def _scatter_task(shared: tuple, item: tuple[int, Chunk]) -> np.ndarray:
     i, chunk = item
     if chunk.n == 0:
         return np.zeros(n_buckets, dtype=np.int64)
-    labels = _chunk_labels(column, chunk)
+    labels, values = _chunk_labels(column, chunk, carry=carry)  # one read of the column
     order = np.argsort(labels, kind="stable")
     labels = labels[order].astype(POSITION)
     rows = np.ascontiguousarray(src.read(chunk.ref)[chunk.local()[order]], dtype=src.dtype)
     members = (chunk.first + order).astype(POSITION)
     fields = [rows, members]
-    if carry:
-        values = column.read_carry(chunk.ref.global_start, chunk.ref.global_stop)
-        fields.append(values[chunk.local()[order]].astype(VALUE))
+    if values is not None:
+        fields.append(values[order].astype(VALUE))
     fields.append(labels)
     counts = np.bincount(labels // width, minlength=n_buckets).astype(np.int64)
     if counts.size > n_buckets:  # the column changed since its largest id was read
@@ -742,18 +750,15 @@ def map_clusters(emb, clusters: np.ndarray | ClusterColumn,
     """
     engine, work = current_engine(), current_work_dir()
     src = emb.reader
-    tmp = None if work.enabled else Path(tempfile.mkdtemp(prefix=f"prunekit-{name}-"))
-    try:
-        grouped = _group(src, _usable(emb), int(emb.n), clusters,
-                         _Files.in_dir(work, tmp, name), work=work, record=name,
-                         chunk_rows=chunk_rows_for(src.dim), progress=progress, desc=desc)
+    # In the work directory the grouped rows and the tasks' files are kept for --resume;
+    # a temporary folder goes with the returned rows, which the caller reads.
+    scratch = scratch_folder(name, resume=True)
+    with scratch as folder:
+        grouped = _group(src, _usable(emb), int(emb.n), clusters, _Files.in_folder(folder),
+                         work=work, record=name, chunk_rows=chunk_rows_for(src.dim),
+                         progress=progress, desc=desc)
         if prepare is not None:
-            if tmp is not None:
-                scratch = tmp / "out"
-                scratch.mkdir(mode=0o700)
-            else:
-                scratch = work.scratch(f"{name}.out/-").parent  # made 0700 and checked
-            shared, task_bytes = prepare(grouped, scratch)
+            shared, task_bytes = prepare(grouped, private_subfolder(folder, "out"))
         plan = list(enumerate(batches(grouped.sizes)))
         done = {i: work.load(f"{name}/{i:08d}") for i, _ in plan}
         if valid is not None:
@@ -765,12 +770,7 @@ def map_clusters(emb, clusters: np.ndarray | ClusterColumn,
             for (i, _), result in zip(todo, results, strict=True):
                 work.save(f"{name}/{i:08d}", result)
                 done[i] = result
-    except BaseException:
-        if tmp is not None:
-            shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if tmp is not None:  # the caller reads positions after the return: removed with them
-        weakref.finalize(grouped, shutil.rmtree, str(tmp), True)
+        scratch.remove_with(grouped)
     return grouped, [(batch, done[i]) for i, batch in plan]
 
 

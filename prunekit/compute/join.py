@@ -20,15 +20,13 @@ a CSV, a JSON object or HDF5 with ``ids``). Nothing per row stays on the driver:
 The driver holds O(pieces + buckets) numbers and the first few ids each problem names,
 merged in a fixed order (ids as text for duplicates, position for missing ids, file order
 for extra ones), so errors and results are the same on every engine and worker count.
-Scratch space (about 40 bytes a row plus the ids) lives in the run's work directory, else
-in a temporary folder, and is removed at the end.
+Scratch space (about 40 bytes a row plus the ids) is the caller's
+:class:`~prunekit.runtime.scratch.scratch_folder`: in the run's work directory, else in a
+temporary folder, removed at the end.
 """
 
 from __future__ import annotations
 
-import contextlib
-import shutil
-import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,11 +35,9 @@ import numpy as np
 
 from prunekit.compute.grouping import read_keyed, write_keyed
 from prunekit.errors import PrunekitError
-from prunekit.io.ids import id_positions
+from prunekit.io.ids import id_buckets, id_positions
 from prunekit.io.npzio import load_npy
-from prunekit.io.sides import _bucket_of
-from prunekit.runtime.context import current_engine, current_work_dir
-from prunekit.runtime.engine import chunk_rows_for
+from prunekit.runtime.context import current_engine
 
 BUCKET_ROWS = 1 << 22  # embedding rows per join bucket on average
 MAX_BUCKETS = 1 << 16
@@ -86,29 +82,12 @@ def n_buckets(n_rows: int) -> int:
     return min(MAX_BUCKETS, 1 << (need - 1).bit_length())
 
 
-@contextlib.contextmanager
-def join_scratch(name: str = "join") -> Iterator[Path]:
-    """A private scratch folder in the run's work directory (else a temporary one), removed
-    when the block ends."""
-    work = current_work_dir()
-    if work.enabled:
-        folder = work.scratch(f"{name}/-").parent  # made 0700 and checked
-        shutil.rmtree(folder, ignore_errors=True)  # a crashed run's pieces
-        folder = work.scratch(f"{name}/-").parent
-    else:
-        folder = Path(tempfile.mkdtemp(prefix=f"prunekit-{name}-"))
-    try:
-        yield folder
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
-
-
 def join_by_id(emb, chunks: Iterable[tuple[np.ndarray, np.ndarray]], folder: Path, *,
                strings: bool, progress: bool = True, desc: str = "join") -> Joined:
     """Join ``chunks`` (the file's ``(ids, float64 values)`` in file order, ids already of the
     embeddings' kind: int64, or an object array of ``str`` when ``strings``) to ``emb`` by id
     in ``folder``. The values are written only when the report has no problem."""
-    from prunekit.io.dataset import chunk_parts
+    from prunekit.io.dataset import output_parts
 
     buckets = n_buckets(emb.n_total)
     n_file = start = 0
@@ -117,7 +96,7 @@ def join_by_id(emb, chunks: Iterable[tuple[np.ndarray, np.ndarray]], folder: Pat
                      value=np.asarray(values, dtype=np.float64),
                      index=np.arange(start, start + keys.size, dtype=np.int64))
         n_file, start = n_file + 1, start + keys.size
-    parts = chunk_parts(emb.reader.chunks(chunk_rows_for(emb.dim)))
+    parts = output_parts(emb.reader)
     bounds = np.array([p.start for p in parts] + [parts[-1].stop if parts else 0], np.int64)
     engine = current_engine()
     rows = max((p.stop - p.start for p in parts), default=0)
@@ -136,21 +115,10 @@ def join_by_id(emb, chunks: Iterable[tuple[np.ndarray, np.ndarray]], folder: Pat
     return Joined(str(folder), buckets, bounds, report)
 
 
-def _bucket(keys: np.ndarray, buckets: int, strings: bool) -> np.ndarray:
-    """Each id's bucket; strings are hashed as numpy compares them (trailing NULs dropped)."""
-    if buckets == 1:
-        return np.zeros(keys.size, dtype=np.int64)
-    if strings:
-        stripped = np.empty(keys.size, dtype=object)
-        stripped[:] = [k.rstrip("\x00") for k in keys.tolist()]
-        return _bucket_of(stripped, buckets)
-    return _bucket_of(np.ascontiguousarray(keys, dtype=np.int64), buckets)
-
-
 def _write_piece(folder: Path, tag: str, keys: np.ndarray, buckets: int, strings: bool,
                  **columns: np.ndarray) -> None:
     """``keys`` and ``columns`` sorted (stably) by bucket, and each bucket's bounds."""
-    b = _bucket(keys, buckets, strings)
+    b = id_buckets(keys, buckets)
     order = np.argsort(b, kind="stable")
     bounds = np.concatenate([[0], np.cumsum(np.bincount(b, minlength=buckets))])
     try:

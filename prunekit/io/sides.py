@@ -9,10 +9,11 @@ the ids are unique. Nothing per row stays on the driver unless the input is smal
   the tasks return their arrays, the driver checks uniqueness with one ``np.unique`` and
   keeps ids and labels (later reads are free).
 * **Larger inputs**: each task writes its shard's ids into a private scratch folder
-  (``$TMPDIR/prunekit-ids-*``, removed at the end) sorted into ``B`` hash buckets (a power
-  of two chosen so one bucket fits that quarter of the budget); then one task per bucket
-  reads that bucket of every shard and finds its duplicates exactly (equal values, not
-  equal hashes). Equal ids always share a bucket, so a duplicate across two shards is
+  (:class:`~prunekit.runtime.scratch.scratch_folder`: ``$TMPDIR/prunekit-ids-*``, or the
+  run's work directory when the load runs in one; removed at the end) sorted into ``B``
+  hash buckets (:func:`~prunekit.io.ids.id_buckets`, a power of two chosen so one bucket
+  fits that quarter of the budget); then one task per bucket reads that bucket of every
+  shard and finds its duplicates exactly (equal values, not equal hashes). Equal ids always share a bucket, so a duplicate across two shards is
   found like one inside a shard, and the error names the same (smallest) ids either way.
   On a Ray cluster of several machines, ``TMPDIR`` must name storage every node sees.
 
@@ -22,17 +23,16 @@ Workers read the ids and labels of the rows they score with :class:`SideReader`
 
 from __future__ import annotations
 
-import hashlib
+import contextlib
 import math
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from prunekit.errors import PrunekitError
+from prunekit.io.ids import id_buckets
 from prunekit.io.npzio import load_npy
 from prunekit.io.source import EmbeddingSource
 
@@ -135,6 +135,8 @@ def bucket_count(n_ids: int, budget: int) -> int:
 def check_sides(src: EmbeddingSource, name: str, *, budget: int, progress: bool = False) -> Sides:
     """Read and check every shard's ids and labels (see the module docstring); errors name
     ``name`` (the input as the user gave it) or the shard."""
+    from prunekit.runtime.scratch import scratch_folder  # late: the runtime imports io
+
     with_ids = [s.id_key is not None for s in src.shards]
     if any(with_ids) and not all(with_ids):
         missing = src.shards[with_ids.index(False)]
@@ -144,8 +146,7 @@ def check_sides(src: EmbeddingSource, name: str, *, budget: int, progress: bool 
         )
     small = held_in_memory(src.n_total, budget)
     buckets = 1 if small or not any(with_ids) else bucket_count(src.n_total, budget)
-    scratch = Path(tempfile.mkdtemp(prefix="prunekit-ids-")) if buckets > 1 else None
-    try:
+    with scratch_folder("ids") if buckets > 1 else contextlib.nullcontext() as scratch:
         found = _map_shards(src, scratch, buckets, small, progress)
         kinds = {f.kind for f in found}
         if len(kinds) > 1:
@@ -168,9 +169,6 @@ def check_sides(src: EmbeddingSource, name: str, *, budget: int, progress: bool 
         elif scratch is not None:
             _check_buckets(src, scratch, buckets, kinds == {"str"}, name, progress)
         return out
-    finally:
-        if scratch is not None:
-            shutil.rmtree(scratch, ignore_errors=True)
 
 
 def _concat(parts: list) -> np.ndarray:
@@ -212,19 +210,6 @@ def _shard_task(shared, i: int) -> ShardSides:
 # -- the bucketed check -------------------------------------------------------------------
 
 
-def _bucket_of(ids: np.ndarray, buckets: int) -> np.ndarray:
-    """Each id's bucket: the top bits of a 64-bit hash (Fibonacci hashing of an integer id,
-    BLAKE2b of a string id's UTF-8 bytes); the same id always lands in the same bucket."""
-    shift = 64 - (buckets.bit_length() - 1)
-    if ids.dtype == object:
-        return np.fromiter(
-            (int.from_bytes(hashlib.blake2b(_utf8(v), digest_size=8).digest(), "little") >> shift
-             for v in ids), dtype=np.int64, count=ids.size)
-    mixed = ids.view(np.uint64) * np.uint64(0x9E3779B97F4A7C15)  # wraps modulo 2**64
-    mixed >>= np.uint64(shift)
-    return mixed.view(np.int64)  # below 2**16 after the shift
-
-
 def _utf8(v: str) -> bytes:
     return v.encode("utf-8", "surrogatepass")
 
@@ -232,7 +217,7 @@ def _utf8(v: str) -> bytes:
 def _write_buckets(scratch: Path, i: int, ids: np.ndarray, buckets: int) -> None:
     """Shard ``i``'s ids sorted by bucket, with each bucket's bounds: ``values-i.npy`` (int
     ids) or ``blob-i.npy`` + ``ends-i.npy`` (UTF-8 bytes of string ids and their ends)."""
-    b = _bucket_of(ids, buckets)
+    b = id_buckets(ids, buckets)
     order = np.argsort(b, kind="stable")
     bounds = np.concatenate([[0], np.cumsum(np.bincount(b, minlength=buckets))])
     del b  # one array fewer while the ids are reordered

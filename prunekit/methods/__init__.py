@@ -241,7 +241,7 @@ def score_to_folder(
     """Score ``emb`` like :func:`score` and write a partitioned scores folder at ``path``.
 
     The parts line up with the input's shards (split every ``PART_ROWS`` positions at
-    chunk boundaries: :func:`prunekit.io.dataset.chunk_parts`) and hold the columns the
+    chunk boundaries: :func:`prunekit.io.dataset.output_parts`) and hold the columns the
     HDF5 file would. A method that writes parts from its workers sends each row range's
     scores, ids and labels straight to its part, so the driver holds O(k D + parts); a
     result that comes back without records is gathered and written from the driver. The
@@ -249,10 +249,9 @@ def score_to_folder(
     so the same command gives the same parts on every engine. The folder may not be, hold
     or lie in an input (the embeddings, a file a parameter names).
     """
-    from prunekit.io.dataset import PartWriter, chunk_parts
+    from prunekit.io.dataset import PartWriter, output_parts
     from prunekit.io.dataset.layout import pyarrow_modules
     from prunekit.io.source import shard_dirs
-    from prunekit.runtime.engine import chunk_rows_for
     from prunekit.selection.partitioned import (
         ScoresPartSink,
         scores_attrs,
@@ -268,7 +267,7 @@ def score_to_folder(
     files = [v for p in spec.params if p.kind == "path" for v in [values.get(p.name)] if v]
     src_path = None if emb.path is None else str(emb.path)
     run_id = scores_run_id(emb.n_total, method, emb.fingerprint, {"seed": seed, **values})
-    bounds = [(p.start, p.stop) for p in chunk_parts(emb.reader.chunks(chunk_rows_for(emb.dim)))]
+    bounds = [(p.start, p.stop) for p in output_parts(emb.reader)]
     with PartWriter(path, kind="scores", run_id=run_id, inputs=[src_path, *files],
                     input_dirs=shard_dirs(src_path) if src_path else []) as w:
         extra = {"parts": ScoresPartSink(w.spec, emb.sides())} if spec.writes_parts else {}

@@ -252,10 +252,9 @@ class Out:
 
     @staticmethod
     def plan(emb: Embeddings, folder: Path, m: int = 0, picks: np.ndarray | None = None) -> Out:
-        from prunekit.io.dataset import chunk_parts, writer
-        from prunekit.runtime.engine import chunk_rows_for
+        from prunekit.io.dataset import output_parts, writer
 
-        parts = tuple(chunk_parts(emb.reader.chunks(chunk_rows_for(emb.dim))))
+        parts = tuple(output_parts(emb.reader))
         bounds = np.array([p.start for p in parts] + [parts[-1].stop], dtype=np.int64)
         tb = None
         if picks is not None:

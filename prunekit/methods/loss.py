@@ -30,7 +30,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from prunekit.compute.join import join_by_id, join_scratch, read_joined
+from prunekit.compute.join import join_by_id, read_joined
 from prunekit.errors import PrunekitError
 from prunekit.io.atomic import check_input
 from prunekit.io.embeddings import Embeddings
@@ -41,6 +41,7 @@ from prunekit.methods import MethodResult, Summary, register
 from prunekit.methods.partwise import RowRange, write_score_parts
 from prunekit.params import Param
 from prunekit.runtime.costs import Cost, CostModel, Step
+from prunekit.runtime.scratch import scratch_folder
 from prunekit.selection.partitioned import ScoresPartSink
 
 NAMED = 5
@@ -345,7 +346,7 @@ def _joined_parts(emb: Embeddings, chunks, name: str, parts: ScoresPartSink,
     """A folder's parts from a file joined to ``emb`` by id (:mod:`prunekit.compute.join`):
     the same scores and errors as :func:`_by_id`, with nothing per row on the driver."""
     strings = emb.side_for("ids", 0, min(1, emb.n_total)).dtype == object
-    with join_scratch("loss-join") as folder:
+    with scratch_folder("loss-join") as folder:
         joined = join_by_id(emb, _as_keys(chunks, strings), folder, strings=strings,
                             progress=progress, desc="loss join")
         found = joined.report

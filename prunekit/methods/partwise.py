@@ -2,7 +2,7 @@
 row on its own (``random``, ``loss``): the driver holds O(parts), never a per-row array.
 
 :func:`write_score_parts` cuts the embeddings' chunks into the folder's parts
-(:func:`prunekit.io.dataset.chunk_parts`, the bounds :func:`prunekit.methods.score_to_folder`
+(:func:`prunekit.io.dataset.output_parts`, the bounds :func:`prunekit.methods.score_to_folder`
 uses) and runs one task per part. The task asks the method's ``score_part(shared, ranges)``
 for the scores of each chunk of its part (a generator, so a file is opened once per part),
 blanks the rows that are not usable (NaN, as the gathered path scatters them) and writes
@@ -55,10 +55,10 @@ def write_score_parts(emb: Embeddings, sink, score_part: ScorePart, shared: obje
     """Write every part of ``emb``'s scores folder from a task; ``score_part`` (module-level,
     it is pickled for Ray) yields one float array per :class:`RowRange` it is given, values
     of unusable rows ignored. Results are the same on every engine and worker count."""
-    from prunekit.io.dataset import chunk_parts
+    from prunekit.io.dataset import output_parts
 
     chunk_rows = chunk_rows_for(emb.dim)
-    parts = chunk_parts(emb.reader.chunks(chunk_rows))
+    parts = output_parts(emb.reader)
     dropped = emb.dropped_rows()  # sparse: the rows dropped at load time
     rows = max((p.stop - p.start for p in parts), default=0)
     limit = tasks_fitting(rows * ROW_BYTES + chunk_rows * ROW_BYTES)

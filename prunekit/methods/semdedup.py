@@ -18,9 +18,8 @@ driver either way.
 
 from __future__ import annotations
 
+import contextlib
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -49,6 +48,7 @@ from prunekit.params import Param, validate
 from prunekit.runtime.budget import memory_budget
 from prunekit.runtime.costs import Cost, CostModel, cluster_sizes
 from prunekit.runtime.memory import human
+from prunekit.runtime.scratch import scratch_folder
 from prunekit.selection.scores import Scores, load_scores
 
 # The similarity block of every cluster task: a constant, so that a cluster is cut into
@@ -191,21 +191,15 @@ def _scores_to_parts(emb: Embeddings, parts, *, seed: int, progress: bool, k: in
     to a scratch folder first (its distances carried as the ``centroid_distance`` column)."""
     from prunekit.io.dataset import PartsReader
     from prunekit.methods import score_to_folder
-    from prunekit.runtime.context import current_work_dir
 
     params: dict = {"keep": keep}
-    centroids, own, tmp = None, within is None, None
-    try:
+    centroids, own = None, within is None
+    # Its own k-means goes to a scratch folder (a crashed run's is removed first), removed
+    # once the parts are written.
+    with scratch_folder("semdedup") if own else contextlib.nullcontext() as scratch:
         if own:
-            work = current_work_dir()
-            if work.enabled:
-                km_dir = work.scratch("semdedup.kmeans")
-                shutil.rmtree(km_dir, ignore_errors=True)
-            else:
-                tmp = Path(tempfile.mkdtemp(prefix="prunekit-semdedup-"))
-                km_dir = tmp / "kmeans"
-            km = score_to_folder(emb, "kmeans", km_dir, seed=seed, progress=progress, k=k,
-                                 iters=iters)
+            km = score_to_folder(emb, "kmeans", scratch / "kmeans", seed=seed,
+                                 progress=progress, k=k, iters=iters)
             centroids = PartsReader(km.path, kind="scores").array("centroids")
             params.update(k=k, iters=iters, kmeans_inertia=km.params.get("inertia"))
             clusters = cluster_column(km.path, emb.n_total, where="semdedup's k-means",
@@ -217,9 +211,6 @@ def _scores_to_parts(emb: Embeddings, parts, *, seed: int, progress: bool, k: in
         infos, counts, dup = _cluster_parts(emb, clusters, distance, parts, keep=keep,
                                             seed=seed, progress=progress, own=own,
                                             k=0 if centroids is None else centroids.shape[0])
-    finally:
-        if tmp is not None:
-            shutil.rmtree(tmp, ignore_errors=True)
     n = emb.n
     params["duplicates"] = [
         {"eps": float(e), "removed": int(r), "kept": n - int(r),

@@ -93,9 +93,9 @@ class CostModel:
     @functools.cached_property
     def parts(self) -> int:
         """The parts of a folder output (aligned with the shards, whole chunks)."""
-        from prunekit.io.dataset import chunk_parts
+        from prunekit.io.dataset import output_parts
 
-        return len(chunk_parts(self.src.chunks(chunk_rows_for(self.d))))
+        return len(output_parts(self.src))
 
     def prepare(self, tasks: int, nbytes: float | None = None) -> float:
         """Seconds of the float32 copies and norms of ``nbytes`` (default every row) as read,

@@ -12,7 +12,11 @@ Every probe measures what every method uses:
 * writing a scores part (Parquet, one thread), when pyarrow is installed;
 * writing scratch (a file of ``WRITE_BYTES`` in the temporary directory, synced to disk:
   the grouping's pieces of a large input outgrow the page cache);
-* float32 GEMM on one thread and on all threads, float32 matrix-vector on one thread.
+* float32 GEMM on one thread and on all threads, float32 matrix-vector on one thread;
+* when the plan covers ``select`` and ``export`` (:func:`measure_pipeline`): the real
+  streamed select of a small generated scores folder on one task, each of its passes timed
+  apart, ``select()`` of the same scores in memory, and the export of the selection in the
+  format asked.
 
 A method adds the kernels its cost model needs: it declares a probe
 (``register(..., probe=fn)``, see :mod:`prunekit.methods`), ``fn(dim, n, params)`` returning
@@ -36,6 +40,7 @@ from threadpoolctl import threadpool_limits
 from prunekit.errors import PrunekitError
 from prunekit.io.scan import norms_into
 from prunekit.io.source import CHUNK_ROWS, EmbeddingSource
+from prunekit.runtime.engine import LocalEngine
 
 # A method's probe: (dim, usable rows, validated params) -> named rates of its kernels.
 ProbeFn = Callable[[int, int, dict[str, Any]], dict[str, float]]
@@ -62,6 +67,14 @@ class Probe:
     part_rows_per_s: float = 0.0  # a scores part written as Parquet, one thread (0: unknown)
     write_bytes_per_s: float = 0.0  # scratch written and synced (0: unknown, the read rate)
     cache_bytes_per_s: float = 0.0  # a chunk read again: from the page cache (0: unknown)
+    # select and export, rows a second of one task (0: not timed; see measure_pipeline)
+    select_count_rows_per_s: float = 0.0  # the counting pass, less the parts' hashing
+    select_cut_rows_per_s: float = 0.0  # a pass gathering the rows of the cut bins
+    select_write_rows_per_s: float = 0.0  # the write pass (scores rows read, half kept)
+    select_memory_rows_per_s: float = 0.0  # select() of scores in memory
+    hash_bytes_per_s: float = 0.0  # a part file hashed as the reader checks it
+    score_part_bytes_per_row: float = 0.0  # a k-means scores part on disk, bytes a row
+    export_rows_per_s: dict[str, float] = field(default_factory=dict)  # kept rows, by format
     # The method's own kernels, named by its probe (e.g. kmeans_k, lloyd_flops).
     kernels: dict[str, float] = field(default_factory=dict)
 
@@ -181,6 +194,95 @@ def measure_part_write(rows: int = PART_ROWS_PROBED) -> float:
             return 0.0
 
 
+PIPELINE_ROWS = 1 << 18  # rows of the scores folder the pipeline probe selects from
+PIPELINE_GROUPS_MAX = PIPELINE_ROWS // 64  # clusters of it, at most
+
+
+class _TimedEngine(LocalEngine):
+    """One task at a time (an engine task's rate), each map's wall time kept by its name."""
+
+    def __init__(self) -> None:
+        super().__init__(1)
+        self.seconds: dict[str, float] = {}
+
+    def _map(self, fn, items, shared, *, desc, **kw):
+        t0 = time.perf_counter()
+        try:
+            yield from super()._map(fn, items, shared, desc=desc, **kw)
+        finally:
+            self.seconds[desc] = self.seconds.get(desc, 0.0) + time.perf_counter() - t0
+
+
+def measure_pipeline(groups: int = 1, export: str | None = None,
+                     rows: int = PIPELINE_ROWS) -> dict[str, Any]:
+    """The select and export rates of :class:`Probe` (its field names), timed on the real code.
+
+    k-means-like scores of ``rows`` rows in ``groups`` clusters (at most
+    ``PIPELINE_GROUPS_MAX``) are saved as a folder, selected from with pr 0.5 (balance
+    ``clusters``, or ``none`` for one group) into a folder twice on one task, each pass's
+    best time kept; the folder's part is then hashed alone, as the counting pass hashes parts
+    of up to ``HASH_ALWAYS_BYTES`` (the count rate is given without it), and the selection
+    exported in ``export``'s format. ``{}`` when pyarrow is missing.
+    """
+    from prunekit.io.dataset import PartsReader
+    from prunekit.io.dataset.layout import blake2b_file
+    from prunekit.runtime.context import runtime
+    from prunekit.selection.export import export_folder
+    from prunekit.selection.scores import Scores
+    from prunekit.selection.streamed import COUNT_PASS, CUT_PASS, WRITE_PASS, select_folder
+    from prunekit.selection.subset import select
+
+    k = max(1, min(int(groups), PIPELINE_GROUPS_MAX))
+    balance = "clusters" if k > 1 else "none"
+    rng = np.random.default_rng(0)
+    dist = rng.random(rows)
+    sc = Scores(score=dist, method="kmeans", n_total=rows, cluster=rng.integers(0, k, rows),
+                centroid_distance=dist, centroids=np.zeros((k, 4), np.float32))
+    with tempfile.TemporaryDirectory(prefix="prunekit-probe-") as tmp:
+        scores, sel = os.path.join(tmp, "scores"), os.path.join(tmp, "sel")
+        try:
+            sc.save(scores)
+        except PrunekitError:  # the parquet extra is missing: no folder to select from
+            return {}
+        best: dict[str, float] = {}
+        for run in range(2):
+            engine = _TimedEngine()
+            with runtime(engine=engine, progress=False):
+                select_folder(scores, f"{sel}{run}", 0.5, balance=balance, progress=False)
+            for name, t in engine.seconds.items():
+                best[name] = min(best.get(name, t), t)
+        parts = PartsReader(scores, kind="scores").files()
+        nbytes = sum(os.path.getsize(f) for f in parts)
+        t0 = time.perf_counter()
+        for f in parts:
+            blake2b_file(f)
+        hashing = time.perf_counter() - t0
+        cut = sum(t for name, t in best.items() if name.startswith(CUT_PASS))
+        count = best.get(COUNT_PASS, 0.0)
+        out: dict[str, Any] = {
+            "select_count_rows_per_s": _rate(rows, max(count - hashing, 0.1 * count)),
+            "select_cut_rows_per_s": _rate(rows, cut),
+            "select_write_rows_per_s": _rate(rows, best.get(WRITE_PASS, 0.0)),
+            "select_memory_rows_per_s": rows / repeat(lambda: select(sc, 0.5, balance=balance),
+                                                      0.05),
+            "hash_bytes_per_s": _rate(nbytes, hashing),
+            "score_part_bytes_per_row": nbytes / rows,
+            "export_rows_per_s": {},
+        }
+        if export is not None:
+            kept = rows - rows // 2
+            target = os.path.join(tmp, f"sel.{export}")
+            t0 = time.perf_counter()
+            export_folder(f"{sel}1", target, export)
+            out["export_rows_per_s"] = {export: _rate(kept, time.perf_counter() - t0)}
+    return out
+
+
+def _rate(amount: float, seconds: float) -> float:
+    """``amount / seconds``; 0.0 (not timed) when nothing was timed."""
+    return amount / seconds if seconds > 0 else 0.0
+
+
 GREEDY_ROWS = (512, 8192)  # candidates of the two timed greedy runs
 GREEDY_PICKS = 64
 
@@ -202,15 +304,18 @@ def time_greedy(fn: Callable[[np.ndarray, int], np.ndarray], width: int) -> tupl
 
 
 def probe(src: EmbeddingSource, measure: ProbeFn | None = None,
-          params: dict[str, Any] | None = None) -> Probe:
+          params: dict[str, Any] | None = None, *, select_groups: int | None = None,
+          export: str | None = None) -> Probe:
     """Measure this machine on ``src`` (a few seconds), and the kernels ``measure`` (a
-    method's probe) times for ``params``."""
+    method's probe) times for ``params``; with ``select_groups``, also select (from scores of
+    that many clusters) and ``export`` in that format (:func:`measure_pipeline`)."""
     t0 = time.perf_counter()
     read, scan, prepare, nbytes = measure_read(src)
     dim = max(16, src.dim)
     kernels = {} if measure is None else dict(measure(dim, src.n_total, dict(params or {})))
     gemm_1, gemm_all, gemv = measure_gemm(dim, 1), measure_gemm(dim, None), measure_gemv(dim)
     part_rows, write, cache = measure_part_write(), measure_write(), measure_cache(src)
+    pipeline = {} if select_groups is None else measure_pipeline(select_groups, export)
     return Probe(
         read_bytes_per_s=read,
         scan_bytes_per_s=scan,
@@ -225,4 +330,5 @@ def probe(src: EmbeddingSource, measure: ProbeFn | None = None,
         write_bytes_per_s=write,
         cache_bytes_per_s=cache,
         kernels=kernels,
+        **pipeline,
     )

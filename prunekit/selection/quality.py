@@ -85,13 +85,16 @@ class KeptFile:
     """The distinct kept rows (ascending) and their weights in a flat scratch file, 16 bytes
     a row, so that the MMD's chunk tasks read their own rows and the driver holds none.
 
-    ``cut[c]:cut[c + 1]`` are the file rows of chunk ``c`` of ``chunk_rows`` rows.
+    ``cut[c]:cut[c + 1]`` are the file rows of chunk ``c`` of ``chunk_rows`` rows;
+    ``dropped`` the embeddings' unusable rows (ascending) the rows were checked against,
+    kept so that :func:`mmd_report` does not find them again.
     """
 
     path: str
     chunk_rows: int
     cut: np.ndarray
     draws: int
+    dropped: np.ndarray | None = None
 
     @property
     def n(self) -> int:
@@ -136,7 +139,8 @@ def write_kept(emb: Embeddings, batches: Iterable[tuple[np.ndarray, np.ndarray]]
         )
     if not per_chunk.sum():
         raise PrunekitError("the selection keeps no rows; there is nothing to compare.")
-    return KeptFile(str(path), chunk_rows, np.concatenate(([0], np.cumsum(per_chunk))), draws)
+    return KeptFile(str(path), chunk_rows, np.concatenate(([0], np.cumsum(per_chunk))), draws,
+                    dropped)
 
 
 def mmd_report(
@@ -174,8 +178,9 @@ def mmd_report(
         raise PrunekitError(f"need random_draws >= 0 and n_features >= 1, got {random_draws}, {n_features}.")
     if sample is not None and sample < 1:
         raise PrunekitError(f"the MMD sample must be at least 1 row, got {sample}.")
+    dropped = _dropped(emb, kept_rows)  # once per report: it may scan n_total rows
     if not streamed:
-        _check_kept(emb, kept_rows)  # a KeptFile was checked as it was written
+        _check_kept(emb, kept_rows, dropped)  # a KeptFile was checked as it was written
     chunk_rows = chunk_rows_for(emb.dim)
     task = _task_bytes(min(chunk_rows, emb.n_total), emb.dim, emb.dtype.itemsize, n_features)
     # The feature map (drawn in float64), one chunk task, the row indices of the kept side.
@@ -191,10 +196,10 @@ def mmd_report(
         sigma = median_sigma(src.read_rows(pick), seed=role_seed(seed, "sigma sample"))
     rff = RandomFourierFeatures(emb.dim, sigma, n_features, role_seed(seed, "fourier features"))
     items, n_kept, n_sample, sampled = _plan_chunks(emb, kept_rows, chunk_rows, random_draws,
-                                                    seed, sample)
+                                                    seed, sample, dropped=dropped)
     groups = JACKKNIFE_GROUPS if sampled else 1
-    dropped = _dropped(emb)
-    shared = (src, rff, dropped, seed, groups, kept_rows if streamed else None)
+    kept_file = replace(kept_rows, dropped=None) if streamed else None  # dropped: sent once
+    shared = (src, rff, dropped if dropped.size else None, seed, groups, kept_file)
     full = np.zeros((groups, n_features))
     kept = np.zeros((groups, n_features))
     full_n = np.zeros(groups)
@@ -225,17 +230,23 @@ def mmd_report(
     }
 
 
-def _dropped(emb: Embeddings) -> np.ndarray | None:
-    """Ascending positions of the rows that are not usable (None: all are); 1 B a row to find."""
+def _dropped(emb: Embeddings, kept_rows: np.ndarray | KeptFile) -> np.ndarray:
+    """Ascending positions of the rows that are not usable (1 B a row to find): those a
+    :class:`KeptFile` was checked against, else ``emb``'s."""
     if emb.n == emb.n_total:
-        return None
-    return emb.dropped_rows()
+        return np.zeros(0, dtype=np.int64)
+    dropped = getattr(kept_rows, "dropped", None)
+    if dropped is None:
+        return emb.dropped_rows()
+    if dropped.size != emb.n_total - emb.n:
+        raise ValueError("the kept rows file was checked against other embeddings")
+    return dropped
 
 
-def _check_kept(emb: Embeddings, kept_rows: np.ndarray) -> None:
+def _check_kept(emb: Embeddings, kept_rows: np.ndarray, dropped: np.ndarray) -> None:
     if kept_rows.size and (kept_rows[0] < 0 or kept_rows[-1] >= emb.n_total):
         raise PrunekitError(f"the selection keeps rows outside 0..{emb.n_total - 1} of {emb.name}.")
-    unusable = np.isin(kept_rows, emb.dropped_rows())
+    unusable = np.isin(kept_rows, dropped)
     if unusable.any():
         bad = np.unique(kept_rows[unusable])[:10]
         raise PrunekitError(
@@ -247,8 +258,10 @@ def _check_kept(emb: Embeddings, kept_rows: np.ndarray) -> None:
 
 
 def _plan_chunks(emb: Embeddings, kept_rows: np.ndarray, chunk_rows: int, random_draws: int,
-                 seed: int, sample: int | None) -> tuple[list[_ChunkWork], int, int, bool]:
-    """Per chunk: the sampled rows, the kept rows and how many rows each random subset takes.
+                 seed: int, sample: int | None, *, dropped: np.ndarray | None = None
+                 ) -> tuple[list[_ChunkWork], int, int, bool]:
+    """Per chunk: the sampled rows, the kept rows and how many rows each random subset takes
+    (``dropped``: the unusable rows, found here when not given).
 
     How many rows of a sample (and of each random subset) fall into each chunk is one
     multivariate hypergeometric draw, which rows they are a draw keyed by the chunk: a
@@ -256,7 +269,9 @@ def _plan_chunks(emb: Embeddings, kept_rows: np.ndarray, chunk_rows: int, random
     """
     refs = emb.reader.chunks(chunk_rows)
     bounds = np.array([r.global_start for r in refs] + [emb.n_total], dtype=np.int64)
-    usable_cut = bounds - np.searchsorted(emb.dropped_rows(), bounds)  # usable rows before each
+    if dropped is None:
+        dropped = emb.dropped_rows()
+    usable_cut = bounds - np.searchsorted(dropped, bounds)  # usable rows before each
     usable_per = np.diff(usable_cut)
     if isinstance(kept_rows, KeptFile):
         if kept_rows.chunk_rows != chunk_rows:

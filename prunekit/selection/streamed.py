@@ -76,6 +76,8 @@ DIGIT_BITS = (16, 8, 4, 2, 1)  # digit widths (each divides 64, so a digit never
 ROW_BYTES = 96  # what one row of a batch costs a task: columns, keys, masks
 MEMORY_ROW_BYTES = 96  # select() in memory: per-row arrays beyond the columns themselves
 ALL_BITS = np.uint64(2**64 - 1)
+# The passes' names on the engine (progress bars; the plan's probe times each by its name).
+COUNT_PASS, CUT_PASS, WRITE_PASS = "select: count", "select: pass", "select: write"
 INF_KEY = _sortable(np.array([np.inf]))[0]  # the key of a row a greedy method never picked
 NONE, ALL, SEARCH = 0, 1, 2  # what a cut keeps of its group: nothing, everything, a prefix
 NOT_GROUP = -2  # an id no eligible row has
@@ -312,6 +314,19 @@ def _merge(ids_a, vals_a, ids_b, vals_b):
     return ids, out
 
 
+def _count_into(hist: np.ndarray, idx: np.ndarray) -> None:
+    """Add one to ``hist[i]`` for each ``i`` in ``idx`` (repeats count each time).
+
+    A batch as large as an eighth of the histogram is one ``bincount``; a smaller one is
+    ``np.add.at``, whose per-element loop is fast from numpy 1.25 on and cheaper there than
+    a full-length ``bincount`` of a histogram many times the batch.
+    """
+    if 8 * idx.size >= hist.size:
+        hist += np.bincount(idx, minlength=hist.size)
+    else:
+        np.add.at(hist, idx, 1)
+
+
 def _count_task(shared, i: int):
     """Part ``i``: per group id its eligible rows, those scored -inf and all its rows; for
     greedy scores the count and hash sum of the positions of the others (the picked rows).
@@ -338,7 +353,7 @@ def _count_task(shared, i: int):
             vals[:, 0] += np.bincount(g, minlength=k)
             vals[:, 1] += np.bincount(g[ninf], minlength=k)
             vals[:, 2] += np.bincount(g_all, minlength=k)
-            np.add.at(hist, g * win.cells + win.bins(rule.key(s)), 1)
+            _count_into(hist, g * win.cells + win.bins(rule.key(s)))
         else:
             u, inv = np.unique(g_all, return_inverse=True)
             v = np.stack([np.bincount(inv[ok], minlength=u.size),
@@ -377,7 +392,7 @@ def _counts(rule: _Rule, r: PartsReader, k: int | None, progress: bool) -> _Coun
     hist = None if k is None else np.zeros((k, win.cells), dtype=np.int64)
     parts = range(len(r.manifest["parts"]))
     task = BATCH_ROWS * ROW_BYTES + (0 if k is None else 8 * hist.size)
-    with current_engine().map(_count_task, parts, (rule, k, win), desc="select: count",
+    with current_engine().map(_count_task, parts, (rule, k, win), desc=COUNT_PASS,
                               progress=progress, task_bytes=task) as results:
         for u, v, n, d, h in results:
             ids, vals = _merge(ids, vals, u, v)
@@ -623,7 +638,7 @@ def _cuts(rule: _Rule, n_parts: int, quota: np.ndarray, sizes: np.ndarray, progr
         passes += 1
         task = BATCH_ROWS * ROW_BYTES + 16 * hist.size
         with current_engine().map(_radix_task, range(n_parts), step, progress=progress,
-                                  desc=f"select: pass {passes}", task_bytes=task) as results:
+                                  desc=f"{CUT_PASS} {passes}", task_bytes=task) as results:
             for h, c in results:
                 hist += h  # part order: the same sums on every engine
                 found.append(c)
@@ -859,7 +874,7 @@ def _write(plan: _Plan, out, command, extra_params, progress) -> Path:
     with PartWriter(out, kind="selection", run_id=run_id_for(identity), inputs=[scores],
                     input_dirs=[scores]) as w:
         infos = list(current_engine().map(_write_task, range(plan.n_parts), (plan, w.spec),
-                                          desc="select: write", progress=progress,
+                                          desc=WRITE_PASS, progress=progress,
                                           task_bytes=3 * ROW_GROUP_ROWS * ROW_BYTES))
         if sum(p.rows for p in infos) != plan.n_kept:
             raise _changed(plan.rule.folder, "the kept rows differ from the quotas")

@@ -40,6 +40,7 @@ __all__ = [
     "check_output_dir",
     "chunk_parts",
     "is_dataset",
+    "output_parts",
     "part_bounds",
     "run_id_for",
     "wants_dataset",
@@ -98,3 +99,13 @@ def chunk_parts(chunks: Sequence, part_rows: int | None = None) -> list[PartRang
     if cur:
         flush()
     return out
+
+
+def output_parts(src) -> list[PartRange]:
+    """The parts of a folder output of ``src`` (an ``EmbeddingSource``, e.g.
+    ``emb.reader``): :func:`chunk_parts` of its engine chunks (``chunk_rows_for(src.dim)``).
+    Every writer of a command's parts and the cost model use these, so a part computed by
+    one task is the part the folder records."""
+    from prunekit.runtime.engine import chunk_rows_for  # late: the runtime imports io
+
+    return chunk_parts(src.chunks(chunk_rows_for(src.dim)))
