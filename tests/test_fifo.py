@@ -33,7 +33,7 @@ def d(tmp_path_factory) -> Path:
     scores = pk.score(emb, "kmeans", k=2, seed=0, progress=False)
     scores.save(d / "scores.h5")
     pk.select(scores, 0.5).save(d / "sel.h5")
-    for name in ("pipe.h5", "pipe.csv", "pipe.npy"):
+    for name in ("pipe.h5", "pipe.csv", "pipe.npy", "pipe.json"):
         os.mkfifo(d / name)
     (d / "shards").mkdir()
     np.save(d / "shards" / "part_0.npy", x[:10])
@@ -47,6 +47,8 @@ CASES = [
     ("info-shard-by-glob", ["info", "shards/*.npy"], "part_1.npy"),
     ("score", ["score", "pipe.h5", "-m", "random", "-o", "out.h5"], "pipe.h5"),
     ("score-loss-from", ["score", "emb.h5", "-m", "loss", "--from", "pipe.csv", "-o", "out.h5"], "pipe.csv"),
+    ("score-loss-json", ["score", "emb.h5", "-m", "loss", "--from", "pipe.json", "-o", "out/"],
+     "pipe.json"),
     ("score-within", ["score", "emb.h5", "-m", "herding", "--within", "pipe.h5", "-o", "out.h5"], "pipe.h5"),
     ("plan", ["plan", "pipe.h5", "-m", "kmeans"], "pipe.h5"),
     ("stability", ["stability", "pipe.h5", "--pr", "0.5", "-o", "out.json"], "pipe.h5"),

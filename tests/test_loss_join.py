@@ -6,12 +6,14 @@ byte for byte, on one worker and on two, and every error is the in-memory one.""
 from __future__ import annotations
 
 import json
+import os
 import tempfile
 
 import h5py
 import numpy as np
 import pytest
 from parts_checks import assert_columns_equal
+from resume_faults import InjectedFailure
 
 pytest.importorskip("pyarrow")  # folders need the [parquet] extra
 
@@ -114,7 +116,8 @@ def in_memory(emb, path, tmp_path) -> dict:
     return columns(tmp_path / "ref")
 
 
-@pytest.mark.parametrize("fmt", ["csv-str", "csv-int", "h5-int", "h5-str", "json-str"])
+@pytest.mark.parametrize("fmt", ["csv-str", "csv-int", "h5-int", "h5-str", "json-str",
+                                 "json-int"])
 def test_joined_folder_equals_the_in_memory_scores(tmp_path, monkeypatch, fmt):
     kind = "int" if fmt.endswith("int") else "str"
     emb, ids = load(tmp_path, kind)
@@ -131,7 +134,7 @@ def test_joined_folder_equals_the_in_memory_scores(tmp_path, monkeypatch, fmt):
                              dtype=h5py.string_dtype() if kind == "str" else None)
     else:
         path.write_text(json.dumps({str(ids[i]): float(v[i]) for i in rows}), encoding="utf-8")
-    got = by_tasks(emb, path, tmp_path, monkeypatch)  # JSON: read whole, then joined the same way
+    got = by_tasks(emb, path, tmp_path, monkeypatch)  # JSON too: streamed in 100-row batches
     want = in_memory(emb, path, tmp_path)
     assert_columns_equal(got, want)
     assert got["score"][KEEP].tobytes() == v[KEEP].tobytes()  # hand-checked: row order
@@ -275,3 +278,167 @@ def test_the_join_scratch_lives_in_the_work_directory_and_is_removed(tmp_path, m
     assert not seen[0].exists()
     assert list((tmp_path / "tmp").iterdir()) == []
     assert columns(tmp_path / "out")["score"][KEEP].tobytes() == v[KEEP].tobytes()
+
+
+# ------------------------------------------------------------------------------- --resume
+
+FAIL = 11  # the bucket whose task an interrupted run dies in (of 32)
+N_BUCKETS = 32  # n_buckets(1500) with 64 rows a bucket
+TASKS = (join_mod._write_piece, join_mod._emb_task, join_mod._bucket_task)
+
+
+def cli(*args):
+    from click.testing import CliRunner
+
+    from prunekit.cli import main
+
+    return CliRunner().invoke(main, ["score", *map(str, args), "-q"])
+
+
+def counted(monkeypatch, fail_at: int | None = None) -> dict:
+    """Count the join's units (file pieces written, embeddings parts scattered, buckets
+    joined); with ``fail_at``, the task of that bucket dies as a killed run would."""
+    calls: dict = {"file": 0, "emb": [], "bucket": []}
+    piece, emb_task, bucket_task = TASKS
+
+    def write_piece(folder, tag, *a, **k):
+        calls["file"] += tag.startswith("file-")
+        return piece(folder, tag, *a, **k)
+
+    def emb(shared, part):
+        calls["emb"].append(part.index)
+        return emb_task(shared, part)
+
+    def bucket(shared, b):
+        calls["bucket"].append(b)
+        if b == fail_at:
+            raise InjectedFailure(f"killed in bucket {b}")
+        return bucket_task(shared, b)
+
+    monkeypatch.setattr(join_mod, "_write_piece", write_piece)
+    monkeypatch.setattr(join_mod, "_emb_task", emb)
+    monkeypatch.setattr(join_mod, "_bucket_task", bucket)
+    return calls
+
+
+def same_folder(a, b) -> None:
+    """The same parts, byte for byte, and the same manifest but for time and command."""
+    ma, mb = (json.loads((p / "manifest.json").read_text()) for p in (a, b))
+    drop = ("created", "command")
+    assert {k: v for k, v in ma.items() if k not in drop} == \
+        {k: v for k, v in mb.items() if k not in drop}
+    for p in ma["parts"]:
+        assert (a / p["file"]).read_bytes() == (b / p["file"]).read_bytes()
+
+
+def loss_file(tmp_path, ids, name="l.csv", seed=2):
+    v = scores()
+    rows = [i for i in np.random.default_rng(seed).permutation(N) if i not in (0, 1499)]
+    write_csv(tmp_path / name, ids, v, rows)
+    return tmp_path / name, v
+
+
+@pytest.mark.parametrize("workers, kind", [(1, "str"), (2, "str"), (1, "int"), (2, "int")])
+def test_an_interrupted_join_resumes_to_the_same_bytes(tmp_path, monkeypatch, workers, kind):
+    emb, ids = load(tmp_path, kind)
+    path, v = loss_file(tmp_path, ids)
+    args = [tmp_path / f"d-{kind}", "-m", "loss", "--from", path, "--drop-nonfinite",
+            "--workers", workers]
+    assert cli(*args, "-o", f"{tmp_path / 'ref'}/").exit_code == 0
+    out = tmp_path / "out"
+    counted(monkeypatch, fail_at=FAIL)
+    r = cli(*args, "-o", f"{out}/")
+    assert isinstance(r.exception, InjectedFailure) and not out.exists()
+    (work,) = (tmp_path / ".prunekit-work").glob("out.*")
+    (key,) = (work / "loss-join").iterdir()  # the plan's records and scratch files
+    assert sorted(p.name for p in key.glob("bucket-*")) == [
+        f"bucket-{b:08d}.json" for b in range(FAIL)]
+    assert (work / "scratch" / "loss-join" / key.name / f"joined-{FAIL - 1}").is_file()
+    calls = counted(monkeypatch)
+    r = cli(*args, "-o", f"{out}/", "--resume")
+    assert r.exit_code == 0, r.output
+    assert calls["file"] == 0 and calls["emb"] == []  # the file is not even read
+    assert sorted(calls["bucket"]) == list(range(FAIL, N_BUCKETS))  # in any order on 2
+    same_folder(out, tmp_path / "ref")
+    assert columns(out)["score"][KEEP].tobytes() == v[KEEP].tobytes()
+    assert not (tmp_path / ".prunekit-work").exists()  # removed once the output exists
+
+
+def test_records_that_do_not_verify_or_lack_their_files_are_recomputed(tmp_path, monkeypatch,
+                                                                        caplog):
+    emb, ids = load(tmp_path, "int")
+    path, _ = loss_file(tmp_path, ids)
+    args = [tmp_path / "d-int", "-m", "loss", "--from", path, "--drop-nonfinite",
+            "--workers", 1]
+    assert cli(*args, "-o", f"{tmp_path / 'ref'}/").exit_code == 0
+    out = tmp_path / "out"
+    counted(monkeypatch, fail_at=FAIL)
+    assert isinstance(cli(*args, "-o", f"{out}/").exception, InjectedFailure)
+    (rec,) = (tmp_path / ".prunekit-work").glob("out.*/loss-join/*")
+    scratch = rec.parent.parent / "scratch" / "loss-join" / rec.name
+    for name in ("bucket-00000003.json", "file.npy"):  # payload edited, checksum kept
+        data = bytearray((rec / name).read_bytes())
+        data[-2] ^= 1
+        (rec / name).write_bytes(bytes(data))
+    (scratch / "emb-2.position.npy").unlink()  # a part's record without its file
+    with (scratch / "joined-5").open("ab") as fh:  # a bucket's file of another size
+        fh.write(b"x")
+    calls = counted(monkeypatch)
+    r = cli(*args, "-o", f"{out}/", "--resume")
+    assert r.exit_code == 0, r.output
+    assert calls == {"file": 15, "emb": [2], "bucket": [3, 5, *range(FAIL, N_BUCKETS)]}
+    assert "2 resume record(s)" in caplog.text and "did not verify" in caplog.text
+    same_folder(out, tmp_path / "ref")
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_changed_file_is_never_joined_from_old_buckets(tmp_path, monkeypatch, workers):
+    """In one work directory (a library run's, not keyed by the file), a file rewritten with
+    the same size between the runs is scattered and joined again."""
+    emb, ids = load(tmp_path, "int")
+    path, _ = loss_file(tmp_path, ids)
+    work = tmp_path / "work"
+    counted(monkeypatch, fail_at=FAIL)
+    with pk.runtime(engine=LocalEngine(workers), work_dir=work), \
+            pytest.raises(InjectedFailure):
+        score_to_folder(emb, "loss", tmp_path / "out", from_file=str(path), progress=False)
+    size, mtime = path.stat().st_size, path.stat().st_mtime_ns
+    lines = path.read_text().splitlines(keepends=True)
+    swapped = [lines[0]] + [a.split(",")[0] + "," + b.split(",")[1]  # values moved over ids
+                            for a, b in zip(lines[1:], lines[2:] + lines[1:2], strict=True)]
+    path.write_text("".join(swapped))
+    os.utime(path, ns=(mtime + 10**9, mtime + 10**9))
+    assert path.stat().st_size == size
+    calls = counted(monkeypatch)
+    with pk.runtime(engine=LocalEngine(workers), work_dir=work):
+        score_to_folder(emb, "loss", tmp_path / "out", from_file=str(path), progress=False)
+    assert calls["file"] == 15 and len(calls["emb"]) == len(set(calls["emb"])) == 7
+    assert sorted(calls["bucket"]) == list(range(N_BUCKETS))
+    assert_columns_equal(columns(tmp_path / "out"), in_memory(emb, path, tmp_path))
+    assert list((work / "scratch").iterdir()) == [] and not (work / "loss-join").exists()
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+@pytest.mark.parametrize("case", ["dup.csv", "both.csv"])
+def test_a_resumed_run_gives_the_same_id_error_and_leaves_nothing(tmp_path, monkeypatch,
+                                                                  workers, case):
+    emb, ids = load(tmp_path, "int")
+    (tmp_path / "cases").mkdir()
+    path = mutate_int(ids, scores(), tmp_path / "cases")[case]
+    args = [tmp_path / "d-int", "-m", "loss", "--from", path, "--drop-nonfinite",
+            "--workers", workers, "-o", f"{tmp_path / 'out'}/"]
+    before = sorted(p.name for p in tmp_path.iterdir())
+    whole = cli(*args)
+    assert whole.exit_code == 2 and "Traceback" not in whole.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+    counted(monkeypatch, fail_at=FAIL)
+    assert isinstance(cli(*args).exception, InjectedFailure)
+    assert (tmp_path / ".prunekit-work").exists()
+    calls = counted(monkeypatch)
+    resumed = cli(*args, "--resume")
+    assert resumed.exit_code == 2 and resumed.output == whole.output
+    assert sorted(calls["bucket"]) == list(range(FAIL, N_BUCKETS))
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing written, nor kept
+    with pytest.raises(pk.PrunekitError) as mem:
+        pk.score(emb, "loss", from_file=str(path), progress=False)
+    assert f"Error: {mem.value}" in " ".join(whole.output.split())

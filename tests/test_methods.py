@@ -316,6 +316,14 @@ def test_loss_missing_and_extra_ids_are_named(tmp_path, emb_ids):
         ("s.json", json.dumps({"10": 1, "20": "NaN", "30": 1, "40": 1, "50": 1}), "not a number"),
         ("s.json", '"hello"', "JSON object"),
         ("s.json", "{not json", "not valid JSON"),
+        ("s.json", '{"10": 1, "20": 1, "10": 2, "30": 1, "40": 1, "50": 1}',
+         r"s.json has duplicate ids \(e.g. 10\); each id needs one score"),  # json keeps one
+        ("s.json", '{"10": 1, "20": 1, "30": 1, "40": 1, "50": 1', "ends at byte 44 .* cut short"),
+        ("s.json", "[1, 2, 3, 4, 5] [6]", "extra data after the closing ']' at byte 16"),
+        ("s.json", "\ufeff[1, 2, 3, 4, 5]", "starts with a UTF-8 byte order mark"),
+        ("s.json", " ", "s.json is empty"),
+        ("s.json", "[1, 2, [3], 4, 5]", r"s.json item 2 \(byte 7\) is a JSON array, not a number"),
+        ("s.json", "[1, 2, 3, 4, 1e999999]", "has 1 non-finite scores"),  # json reads inf
         ("s.csv", "10,1\n20\n", "fields"),
         ("s.csv", "id,score\n10,1\n20,abc\n", "not a number"),
         ("s.csv", "10,1\n10,2\n20,1\n30,1\n40,1\n50,1\n", "duplicate ids"),
@@ -327,6 +335,23 @@ def test_loss_bad_files(tmp_path, emb_ids, name, content, match):
     (tmp_path / name).write_text(content)
     with pytest.raises(pk.PrunekitError, match=match):
         pk.score(emb_ids, "loss", from_file=str(tmp_path / name), progress=False)
+
+
+def test_loss_json_is_streamed_never_parsed_whole(tmp_path, emb_ids, monkeypatch):
+    def whole(*a, **k):
+        raise AssertionError("a loss file was parsed whole")
+
+    monkeypatch.setattr(json, "load", whole)
+    monkeypatch.setattr(json, "loads", whole)
+    (tmp_path / "s.json").write_text('{"50": 7, "40": 0, "20": -1.0, "10": 0.5, "30": 2.5e0}')
+    (tmp_path / "l.json").write_text("[0.5, -1, 25e-1, -0, 7.0]")
+    for name, matched in (("s.json", "id"), ("l.json", "position")):
+        s = pk.score(emb_ids, "loss", from_file=str(tmp_path / name), progress=False)
+        assert s.score.tobytes() == EXPECTED.tobytes() and s.params["matched_by"] == matched
+    (tmp_path / "u.json").write_bytes(b'{"10": 1, "2\xff0": 2}')
+    with pytest.raises(pk.PrunekitError, match=r"u.json is not UTF-8 text \(invalid start byte "
+                                               r"at byte 12\); save the JSON as UTF-8."):
+        pk.score(emb_ids, "loss", from_file=str(tmp_path / "u.json"), progress=False)
 
 
 def test_loss_nonfinite_length_and_missing_file(tmp_path, emb_ids):

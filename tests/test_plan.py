@@ -394,20 +394,22 @@ def test_within_cluster_sizes_come_streamed_or_from_the_manifest(tmp_path, monke
 
 def test_a_folder_output_holds_no_per_row_arrays_where_the_tasks_write_the_parts(shards, tmp_path):
     """Per-row arrays (and the ids beside them) are counted only where the driver holds
-    them: a single HDF5 output, or a method that gathers (one global greedy order, JSON)."""
+    them: a single HDF5 output, or a method that gathers (one global greedy order)."""
     pytest.importorskip("pyarrow")
     np.save(tmp_path / "l.npy", np.zeros(1000))
     (tmp_path / "l.json").write_text(json.dumps([0.0] * 1000))
+    (tmp_path / "o.json").write_text(json.dumps({str(i): 0.0 for i in range(1000)}))
     cases = [("kmeans", {"k": 4}, 8 * 4), ("random", {}, 8 * 2),
              ("loss", {"from_file": str(tmp_path / "l.npy")}, 8 * 2),
+             ("loss", {"from_file": str(tmp_path / "o.json")}, 8 * 2),  # streamed, joined
+             ("loss", {"from_file": str(tmp_path / "l.json")}, 8 * 2),  # streamed, spooled
              ("semdedup", {"k": 4}, 8 * 6)]
     kw = dict(rates=RATES, local_workers=2, ray_workers=4, budget=1 << 30)
     for method, params, per_row in cases:
         assert plan(shards, method, **params, **kw).per_row_bytes == 1000 * (per_row + 8), method
         assert plan(shards, method, output=str(tmp_path / "out/"), **params,
                     **kw).per_row_bytes == 0, method
-    gathered = [("loss", {"from_file": str(tmp_path / "l.json")}, 8 * 2),
-                ("herding", {"max_keep": 10}, 8 * 2)]
+    gathered = [("herding", {"max_keep": 10}, 8 * 2)]
     for method, params, per_row in gathered:
         assert plan(shards, method, output=str(tmp_path / "out/"), **params,
                     **kw).per_row_bytes == 1000 * (per_row + 8), method

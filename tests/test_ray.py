@@ -119,9 +119,30 @@ def test_dead_worker_is_retried(tmp_path):
     assert os.path.exists(marker)
 
 
-def test_failures_become_clean_errors(monkeypatch):
+def slow_or_broken(marker, item):
+    """Item 0 fails at once; the others take a while, then leave a file (they ran to the end)."""
+    if item == 0:
+        raise pk.PrunekitError("shard 0 is broken")
+    time.sleep(0.5)
+    open(f"{marker}-{item}", "w").close()
+    return item
+
+
+def test_failures_become_clean_errors(monkeypatch, tmp_path):
     with pytest.raises(pk.PrunekitError, match="shard 1 is broken"):
         list(RayEngine(2).map(user_error, [1, 2], progress=False))
+    # A failure waits for the calls in flight instead of cancelling them (a cancel racing a
+    # call's completion can abort Ray's driver): none is cancelled, none runs afterwards.
+    cancelled = []
+    monkeypatch.setattr(ray, "cancel", lambda ref, **kw: cancelled.append(ref))
+    marker = str(tmp_path / "done")
+    with pytest.raises(pk.PrunekitError, match="shard 0 is broken"):
+        with RayEngine(2).map(slow_or_broken, range(8), marker, progress=False) as results:
+            list(results)
+    done = sorted(os.listdir(tmp_path))
+    assert cancelled == [] and done == ["done-1"]  # the window: items 0 and 1 on two CPUs
+    time.sleep(1.0)
+    assert sorted(os.listdir(tmp_path)) == done
     monkeypatch.setattr(engine_mod, "RAY_MAX_RETRIES", 0)
     with pytest.raises(pk.PrunekitError, match="could not finish after 0 retries"):
         list(RayEngine(1).map(always_die, [1], progress=False))

@@ -172,6 +172,23 @@ def test_loss_parts_read_by_the_tasks_equal_the_in_memory_scores(tmp_path, shard
                                          "matched_by": "position"}
 
 
+def never_parsed_whole(monkeypatch, path) -> None:
+    """json.load and json.loads fail on ``path`` or its text (a JSON score file is streamed);
+    other JSON (manifests) still reads."""
+    text, load, loads = path.read_text(encoding="utf-8"), json.load, json.loads
+
+    def guarded_load(fp, *a, **k):
+        assert getattr(fp, "name", None) != str(path), "the JSON score file was parsed whole"
+        return load(fp, *a, **k)
+
+    def guarded_loads(s, *a, **k):
+        assert (s.decode() if isinstance(s, bytes) else s) != text, "parsed whole"
+        return loads(s, *a, **k)
+
+    monkeypatch.setattr(json, "load", guarded_load)
+    monkeypatch.setattr(json, "loads", guarded_loads)
+
+
 def test_loss_files_joined_by_id_are_joined_by_the_tasks(tmp_path, shards, monkeypatch):
     emb, ids, _ = shards
     v = loss_values(np.float64)
@@ -181,7 +198,11 @@ def test_loss_files_joined_by_id_are_joined_by_the_tasks(tmp_path, shards, monke
         f"{ids[i]},{float(v[i])!r}\n" for i in order if i in set(keep.tolist())))
     with h5py.File(tmp_path / "l.h5", "w") as f:
         f["score"], f["ids"] = v[order], ids[order]
-    for name in ("l.csv", "l.h5"):
+    (tmp_path / "l.json").write_text("{" + ",\n".join(  # streamed in 100-row batches
+        f'"{ids[i]}": {json.dumps(float(v[i]))}' for i in order) + "}")
+    monkeypatch.setattr(loss_mod, "FILE_ROWS", 100)
+    never_parsed_whole(monkeypatch, tmp_path / "l.json")
+    for name in ("l.csv", "l.h5", "l.json"):
         path, out = str(tmp_path / name), tmp_path / name.replace(".", "-")
         out.mkdir()
         with monkeypatch.context() as m:  # neither the file nor the ids are read whole
@@ -190,10 +211,79 @@ def test_loss_files_joined_by_id_are_joined_by_the_tasks(tmp_path, shards, monke
             got = written_by_tasks(emb, "loss", out, monkeypatch, from_file=path)
         assert got["score"][keep].tobytes() == v[keep].tobytes()
         assert manifest(out / "w1")["params"]["matched_by"] == "id"
-    for name in ("l.csv", "l.h5"):  # the in-memory path reads the ids whole: done last
+    for name in ("l.csv", "l.h5", "l.json"):  # the in-memory path reads the ids whole: last
         path, out = str(tmp_path / name), tmp_path / name.replace(".", "-")
         want, _ = saved_in_memory(emb, "loss", out, from_file=path)
         assert_columns_equal(columns(out / "w1"), want)
+
+
+def without_ids(emb_dir, d):
+    """The shards of ``emb_dir`` again, with their embeddings only (no ids, no labels)."""
+    d.mkdir()
+    for f in sorted(emb_dir.glob("emb_*.h5")):
+        with h5py.File(f) as src, h5py.File(d / f.name, "w") as dst:
+            dst["embeddings"] = src["embeddings"][()]
+    with pk.runtime(memory=SMALL):
+        return pk.load_embeddings(d, drop_nonfinite=True)
+
+
+def test_loss_files_matched_by_position_are_streamed_to_a_file_the_tasks_slice(
+        tmp_path, shards, monkeypatch):
+    """A JSON list, and a CSV, JSON object or HDF5 with ids when the embeddings have none,
+    are matched by position: streamed to a scratch .npy that the tasks slice. The parts are
+    the in-memory scores', the file is never read whole, and no scratch is left."""
+    emb, ids, _ = shards
+    bare = without_ids(tmp_path / "d", tmp_path / "bare")
+    v = loss_values(np.float64)
+    (tmp_path / "list.json").write_text(json.dumps(v.tolist()))
+    (tmp_path / "obj.json").write_text(json.dumps({f"k{i}": x for i, x in enumerate(v.tolist())}))
+    (tmp_path / "l.csv").write_text("id,loss\n" + "".join(
+        f"{ids[i]},{float(v[i])!r}\n" for i in range(N)))
+    with h5py.File(tmp_path / "l.h5", "w") as f:
+        f["score"], f["ids"] = v, ids
+    monkeypatch.setattr(loss_mod, "FILE_ROWS", 100)
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr("tempfile.tempdir", str(scratch))
+    keep = np.setdiff1d(np.arange(N), NAN_ROWS)
+    cases = [(emb, "list.json"), (bare, "list.json"), (bare, "obj.json"), (bare, "l.csv"),
+             (bare, "l.h5")]
+    for e, name in cases:
+        path, out = tmp_path / name, tmp_path / f"{name}-{e.has_ids}"
+        out.mkdir()
+        with monkeypatch.context() as m:
+            if name.endswith(".json"):
+                never_parsed_whole(m, path)
+            m.setattr(loss_mod, "read_score_file",
+                      lambda p: pytest.fail("the score file was read whole on the driver"))
+            got = written_by_tasks(e, "loss", out, monkeypatch, from_file=str(path))
+        assert got["score"][keep].tobytes() == v[keep].tobytes(), name
+        assert manifest(out / "w1")["params"]["matched_by"] == "position"
+        assert list(scratch.iterdir()) == []  # the spooled file went with its folder
+    for e, name in cases:  # the in-memory path holds the usable rows: last
+        out = tmp_path / f"{name}-{e.has_ids}"
+        want, _ = saved_in_memory(e, "loss", out, from_file=str(tmp_path / name))
+        assert_columns_equal(columns(out / "w1"), want)
+
+
+@pytest.mark.parametrize("values, what", [
+    (list(range(N - 1)), "count"), (list(range(N + 250)), "count"),
+    ([1.0] * 700 + [float("inf")] + [1.0] * (N - 701), "nonfinite")])
+def test_a_streamed_file_with_a_wrong_count_or_bad_score_is_the_in_memory_error(
+        tmp_path, shards, values, what):
+    emb, _, _ = shards
+    path = tmp_path / "l.json"
+    path.write_text(json.dumps(values))
+    with pytest.raises(pk.PrunekitError) as mem:
+        pk.score(emb, "loss", from_file=str(path), progress=False)
+    for w in (1, 2):
+        with pk.runtime(engine=LocalEngine(w)), pytest.raises(pk.PrunekitError) as parts:
+            score_to_folder(emb, "loss", tmp_path / "out", from_file=str(path), progress=False)
+        assert str(parts.value) == str(mem.value)
+        assert not (tmp_path / "out").exists()
+    want = (f"has {len(values)} scores but the embeddings" if what == "count"
+            else "has 1 non-finite scores (NaN/inf) for embedding rows 700.")
+    assert want in str(mem.value)
 
 
 def test_loss_nonfinite_scores_in_parts_give_the_in_memory_error_and_write_nothing(

@@ -15,14 +15,16 @@ Written as a folder (``score -o DIR/``), the driver holds no per-row array: a
 position-aligned ``.npy`` or HDF5 file without ``ids`` is read by the tasks, each its
 part's slice (a memory map, an HDF5 slice); a file joined by id (CSV, HDF5 with ``ids``) is
 streamed in chunks into the hash join of :mod:`prunekit.compute.join`, whose tasks write
-the parts (a JSON object is read whole first: JSON is not a format for large inputs). The
-folder and the errors are those of the whole-file read, which a single file still uses.
+the parts (a JSON object too: :mod:`prunekit.io.jsonstream` reads JSON as a stream, never
+whole). A streamed file matched by position (a JSON list; a CSV, JSON object or HDF5 with
+``ids`` when the embeddings have none) is first written to a scratch ``.npy`` and then read
+as one. The folder and the errors are those of the whole-file read, which a single file
+still uses.
 """
 
 from __future__ import annotations
 
 import csv
-import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,17 +32,19 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from prunekit.compute.join import join_by_id, read_joined
+from prunekit.compute.join import file_identity, forget_join, join_by_id, read_joined
 from prunekit.errors import PrunekitError
 from prunekit.io.atomic import check_input
 from prunekit.io.embeddings import Embeddings
 from prunekit.io.h5io import decode_ids, open_h5, require
 from prunekit.io.ids import id_positions
+from prunekit.io.jsonstream import json_batches, json_kind
 from prunekit.io.npzio import load_npy
 from prunekit.methods import MethodResult, Summary, register
 from prunekit.methods.partwise import RowRange, write_score_parts
 from prunekit.params import Param
 from prunekit.runtime.costs import Cost, CostModel, Step
+from prunekit.runtime.memory import check_fits
 from prunekit.runtime.scratch import scratch_folder
 from prunekit.selection.partitioned import ScoresPartSink
 
@@ -50,10 +54,9 @@ FILE_ROWS = 1 << 18  # lines of a score file joined by id that the driver holds 
 
 def loss_cost(m: CostModel, p: dict) -> Cost:
     """No pass over the embeddings: the score file is read (about 20 ns a row); the scores
-    and positions (none on the driver for a folder output, unless the file is JSON)."""
-    gathered = not m.folder or str(p.get("from_file") or "").lower().endswith(".json")
+    and positions (none on the driver for a folder output)."""
     return Cost([Step("read score file", 0, m.n * 2e-8, m.n * 2e-8, 0)],
-                8 * m.n * 2 if gathered else 0)
+                0 if m.folder else 8 * m.n * 2)
 
 
 def loss_detail(p: dict) -> str:
@@ -82,6 +85,13 @@ def loss_scores(
         written = write_score_parts(emb, parts, _read_part, source, desc="loss import",
                                     progress=progress)
         return _written(written, name, "position")
+    chunks = None if parts is None else _positional_chunks(from_file, emb)
+    if chunks is not None:  # streamed to a scratch .npy, then read as one
+        with scratch_folder("loss-spool") as folder:
+            source = _spooled(chunks, emb, folder / "scores.npy", name)
+            written = write_score_parts(emb, parts, _read_part, source, desc="loss import",
+                                        progress=progress)
+        return _written(written, name, "position")
     if parts is not None and emb.has_ids:
         chunks = id_chunks(from_file)
         if chunks is not None:  # joined by id in buckets, each written by a task
@@ -91,11 +101,7 @@ def loss_scores(
         full = _by_id(values, ids, emb, name)
     else:
         if values.size != emb.n_total:
-            raise PrunekitError(
-                f"{name} has {values.size} scores but the embeddings {emb.name} have "
-                f"{emb.n_total} rows; without ids on both sides scores are matched by position, "
-                "so give one score per row (or add ids to both files)."
-            )
+            raise _count_mismatch(name, values.size, emb)
         full = values
     used = full[emb.rows]
     bad = np.flatnonzero(~np.isfinite(used))
@@ -103,6 +109,42 @@ def loss_scores(
         raise _nonfinite(name, bad.size, emb.rows[bad[:NAMED]])
     return MethodResult(score=used, params={"from_file": name, "matched_by": "id" if (
         ids is not None and emb.ids is not None) else "position"})
+
+
+def _count_mismatch(name: str, count: int, emb: Embeddings) -> PrunekitError:
+    return PrunekitError(
+        f"{name} has {count} scores but the embeddings {emb.name} have {emb.n_total} rows; "
+        "without ids on both sides scores are matched by position, so give one score per "
+        "row (or add ids to both files)."
+    )
+
+
+def _positional_chunks(path: str | os.PathLike, emb: Embeddings):
+    """The file's ``(ids, float64 scores)`` in chunks when they are matched by position and
+    can be streamed: a JSON list, or a JSON object, CSV or HDF5 with ``ids`` when the
+    embeddings have no ids. None otherwise."""
+    p = _checked(path)
+    is_json = p.suffix.lower() == ".json"
+    if emb.has_ids and not (is_json and json_kind(p) == "array"):
+        return None
+    return json_batches(p, FILE_ROWS) if is_json else id_chunks(p)
+
+
+def _spooled(chunks, emb: Embeddings, path: Path, name: str) -> tuple[str, str]:
+    """The streamed scores written to ``path`` as a float64 ``.npy`` of one score per
+    embedding row (8 B a row on disk, a chunk in memory), for the part tasks to slice as
+    a position-aligned file; the whole-file read's error when the count is not the rows'."""
+    n, count = emb.n_total, 0
+    with open(path, "xb") as f:  # a new file in a private scratch folder
+        np.lib.format.write_array_header_1_0(
+            f, {"descr": "<f8", "fortran_order": False, "shape": (n,)})
+        for _, values in chunks:
+            if count + values.size <= n:  # past n only the count matters (the error)
+                f.write(np.ascontiguousarray(values, dtype="<f8").tobytes())
+            count += values.size
+    if count != n:
+        raise _count_mismatch(name, count, emb)
+    return "npy", str(path)
 
 
 def _nonfinite(name: str, count: int, rows: np.ndarray) -> PrunekitError:
@@ -197,35 +239,19 @@ def read_score_file(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray | N
     return values.astype(np.float64), ids
 
 
-def _number(value: object, where: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise PrunekitError(f"{where} is {_short(value)}, not a number; every score must be a number.")
-    try:
-        return float(value)
-    except OverflowError:  # an integer beyond float64's range
-        raise PrunekitError(f"{where} is {_short(value)}, beyond the float64 range.") from None
-
-
-def _short(value: object) -> str:
-    text = repr(value)
-    return text if len(text) <= 40 else text[:37] + "..."
-
-
 def _read_json(p: Path) -> tuple[np.ndarray, np.ndarray | None]:
-    try:
-        data = json.loads(p.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as exc:  # ValueError covers huge integer literals
-        raise PrunekitError(f"{p} is not valid JSON (UTF-8 text): {exc}") from exc
-    except RecursionError:
-        raise PrunekitError(
-            f"{p} is nested too deeply to be a score file; give {{id: score}} or a list of scores."
-        ) from None
-    if isinstance(data, dict):
-        values = [_number(v, f"{p} entry '{k}'") for k, v in data.items()]
-        return np.array(values, dtype=np.float64), np.array(list(data.keys()), dtype=object)
-    if isinstance(data, list):
-        return np.array([_number(v, f"{p} item {i}") for i, v in enumerate(data)], dtype=np.float64), None
-    raise PrunekitError(f"{p} must hold a JSON object {{id: score}} or a list of scores.")
+    """A JSON file's scores, and an object's keys as ids, read as a stream
+    (:mod:`prunekit.io.jsonstream`): what is held is the float64 scores (and the keys), not
+    the parsed document."""
+    keyed = json_kind(p) == "object"
+    batches = list(json_batches(p))
+    n = sum(v.size for _, v in batches)
+    check_fits(8.0 * n * (2 if keyed else 1), f"the {n} scores of {p}")
+    values = np.concatenate([v for _, v in batches]) if batches else np.zeros(0)
+    if not keyed:
+        return values, None
+    ids = np.concatenate([i for i, _ in batches]) if batches else np.zeros(0, dtype=object)
+    return values, ids
 
 
 def _read_csv(p: Path) -> tuple[np.ndarray, np.ndarray | None]:
@@ -281,9 +307,9 @@ def _csv_row(p: Path, line: int, row: list[str], first: bool, ids: list[str],
 
 def id_chunks(path: str | os.PathLike) -> Iterator[tuple[np.ndarray, np.ndarray]] | None:
     """The file's ``(ids, float64 scores)`` in chunks of :data:`FILE_ROWS`, in file order,
-    when it holds ids: a CSV file or HDF5 with ``ids`` read chunk by chunk, a JSON object
-    read whole (JSON is not a format for large inputs). None otherwise, or for an HDF5 file
-    whose datasets do not fit (then :func:`read_score_file` gives the error)."""
+    when it holds ids: a CSV file, HDF5 with ``ids`` or a JSON object read chunk by chunk.
+    None otherwise, or for an HDF5 file whose datasets do not fit (then
+    :func:`read_score_file` gives the error)."""
     p = _checked(path)
     if h5py.is_hdf5(p):
         with open_h5(p, "scores") as f:
@@ -296,8 +322,7 @@ def id_chunks(path: str | os.PathLike) -> Iterator[tuple[np.ndarray, np.ndarray]
     if suffix == ".csv":
         return _csv_chunks(p, FILE_ROWS)
     if suffix == ".json":
-        values, ids = _read_json(p)
-        return None if ids is None else iter([(ids, values)])
+        return json_batches(p, FILE_ROWS) if json_kind(p) == "object" else None
     return None
 
 
@@ -346,17 +371,26 @@ def _joined_parts(emb: Embeddings, chunks, name: str, parts: ScoresPartSink,
     """A folder's parts from a file joined to ``emb`` by id (:mod:`prunekit.compute.join`):
     the same scores and errors as :func:`_by_id`, with nothing per row on the driver."""
     strings = emb.side_for("ids", 0, min(1, emb.n_total)).dtype == object
-    with scratch_folder("loss-join") as folder:
-        joined = join_by_id(emb, _as_keys(chunks, strings), folder, strings=strings,
-                            progress=progress, desc="loss join")
-        found = joined.report
-        if found.duplicates:
-            raise _duplicates(name, found.duplicates)
-        if found.n_missing or found.n_extra:
-            raise _mismatch(name, emb.name, found.n_missing, [i for _, i in found.missing],
-                            found.n_extra, [i for _, i in found.extra])
-        written = write_score_parts(emb, parts, read_joined, joined, desc="loss import",
-                                    progress=progress)
+    # Each finished unit is recorded for --resume (keyed by the file's path, size and
+    # mtime too); its files and records go once the parts are written or on an error of
+    # the inputs, and stay only when the run is interrupted.
+    with scratch_folder("loss-join", resume=True) as folder:
+        try:
+            joined = join_by_id(emb, _as_keys(chunks, strings), folder, strings=strings,
+                                progress=progress, desc="loss join", record="loss-join",
+                                identity=file_identity(name))
+            found = joined.report
+            if found.duplicates:
+                raise _duplicates(name, found.duplicates)
+            if found.n_missing or found.n_extra:
+                raise _mismatch(name, emb.name, found.n_missing, [i for _, i in found.missing],
+                                found.n_extra, [i for _, i in found.extra])
+            written = write_score_parts(emb, parts, read_joined, joined, desc="loss import",
+                                        progress=progress)
+        except PrunekitError:
+            forget_join(folder, "loss-join")
+            raise
+        forget_join(folder, "loss-join")
     return _written(written, name, "id")
 
 

@@ -77,9 +77,9 @@ class Engine:
         cores. None of them changes the results, only how many are computed at once.
 
         Consume the results in a ``with`` block (or exhaust them, e.g. with ``list``):
-        leaving the block, by an early stop or by an error the caller raises, cancels the
-        calls not started and waits for the running ones, so no call outlives the map (one
-        still running would write after the caller has cleaned up).
+        leaving the block, by an early stop or by an error the caller raises, starts no
+        further call and waits for those in flight, so no call outlives the map (one still
+        running would write after the caller has cleaned up).
         """
         return TaskResults(self._map(fn, items, shared, desc=desc, progress=progress,
                                      limit=limit, task_bytes=task_bytes, cpus=cpus))
@@ -251,7 +251,8 @@ class TaskResults(Iterator):
         return next(self._results)
 
     def close(self) -> None:
-        """Cancel the calls not started and wait for (or, on Ray, cancel) the running ones."""
+        """Start no further call and wait for those in flight (an interrupt on Ray cancels
+        them)."""
         self._results.close()
 
     def __enter__(self) -> TaskResults:
@@ -323,6 +324,7 @@ class RayEngine(Engine):
             pending.append(task.remote(fn, shared_ref, item))
             if len(pending) >= window:
                 break
+        interrupted = False
         try:
             for _ in track(range(total), total=total, desc=desc, progress=progress):
                 result = self._get(pending.popleft())
@@ -330,8 +332,11 @@ class RayEngine(Engine):
                 if nxt is not _END:
                     pending.append(task.remote(fn, shared_ref, nxt))
                 yield result
+        except KeyboardInterrupt:
+            interrupted = True
+            raise
         finally:
-            self._cancel(pending)  # a failure or an early stop: do not leave work running
+            self._stop(pending, interrupted)  # a failure or an early stop: no work left running
 
     def reduce(self, fn, items, shared=None, *, combine, fan_in, desc="", progress=True,
                limit=None, task_bytes=None):
@@ -355,14 +360,29 @@ class RayEngine(Engine):
             while pending:
                 fold.push(pending.popleft())
             return self._get(fold.root())
-        except BaseException:  # a failure or an interrupt: do not leave work running
-            self._cancel([*pending, *(ref for run in fold.runs for ref in run)])
+        except BaseException as exc:  # a failure or an interrupt: do not leave work running
+            self._stop([*pending, *(ref for run in fold.runs for ref in run)],
+                       isinstance(exc, KeyboardInterrupt))
             raise
 
-    def _cancel(self, refs: Iterable[Any]) -> None:
-        for ref in refs:
-            with contextlib.suppress(Exception):
-                self._ray.cancel(ref, force=True)
+    def _stop(self, refs: list, interrupted: bool) -> None:
+        """End a map's outstanding calls (at most its window, plus a reduce's open combines).
+
+        An interrupt cancels them: the user wants out now. A failure or an early stop waits
+        for them and drops their results, as the local engine does: cancelling a call just
+        as it completes can abort the driver inside Ray's core worker ("Check failed ...
+        Tried to complete task that was not pending", Ray issue 54846).
+        """
+        refs = list(refs)
+        if not refs:
+            return
+        if interrupted:
+            for ref in refs:
+                with contextlib.suppress(Exception):
+                    self._ray.cancel(ref, force=True)
+            return
+        with contextlib.suppress(Exception):  # their errors are not this map's to report
+            self._ray.wait(refs, num_returns=len(refs), fetch_local=False)
 
     @contextlib.contextmanager
     def share(self, obj):
