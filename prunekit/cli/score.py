@@ -173,13 +173,14 @@ score.params.extend(_option(p) for p in _spec_by_name().values())
 
 
 def _identity(params: dict) -> dict:
-    """Parameters as they key the work directory: a file parameter by path, size and mtime."""
+    """Parameters as they key the work directory: a file parameter by its identity."""
+    from prunekit.runtime.resume import file_identity
+
     spec = _spec_by_name()
     out = {}
     for name, value in params.items():
         if spec[name].kind == "path" and value is not None and os.path.isfile(value):
-            st = os.stat(value)
-            value = [os.path.realpath(value), st.st_size, st.st_mtime_ns]
+            value = file_identity(value)
         out[name] = value
     return out
 

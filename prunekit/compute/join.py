@@ -115,12 +115,6 @@ def n_buckets(n_rows: int) -> int:
     return min(MAX_BUCKETS, 1 << (need - 1).bit_length())
 
 
-def file_identity(path: str | os.PathLike) -> list:
-    """A cheap identity of a file for a plan's key: real path, size, mtime (ns)."""
-    st = os.stat(path)
-    return [os.path.realpath(path), st.st_size, st.st_mtime_ns]
-
-
 def join_by_id(emb, chunks: Iterable[tuple[np.ndarray, np.ndarray]], folder: Path, *,
                strings: bool, progress: bool = True, desc: str = "join",
                record: str = "join", identity: Any = None) -> Joined:
@@ -130,7 +124,8 @@ def join_by_id(emb, chunks: Iterable[tuple[np.ndarray, np.ndarray]], folder: Pat
 
     Each finished unit is recorded in the run's work directory as ``record/...`` and reused
     by a later run of the same plan (see the module docstring); ``identity`` (JSON) names
-    the file's contents in the plan's key, e.g. :func:`file_identity`. ``chunks`` is only
+    the file's contents in the plan's key, e.g.
+    :func:`prunekit.runtime.resume.file_identity`. ``chunks`` is only
     iterated when some bucket is not recorded."""
     from prunekit.io.dataset import output_parts
 

@@ -32,7 +32,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from prunekit.compute.join import file_identity, forget_join, join_by_id, read_joined
+from prunekit.compute.join import forget_join, join_by_id, read_joined
 from prunekit.errors import PrunekitError
 from prunekit.io.atomic import check_input
 from prunekit.io.embeddings import Embeddings
@@ -45,6 +45,7 @@ from prunekit.methods.partwise import RowRange, write_score_parts
 from prunekit.params import Param
 from prunekit.runtime.costs import Cost, CostModel, Step
 from prunekit.runtime.memory import check_fits
+from prunekit.runtime.resume import file_identity
 from prunekit.runtime.scratch import scratch_folder
 from prunekit.selection.partitioned import ScoresPartSink
 

@@ -366,6 +366,15 @@ def _remove_temps(path: Path) -> None:
                     os.unlink(os.path.join(root, f))
 
 
+def file_identity(path: str | os.PathLike) -> list:
+    """A file's identity in a work directory's key, without reading it: real path, size,
+    inode, modification and change times (ns). Writing the file moves its change time even
+    when its size and modification time are put back, so a rewritten file never meets the
+    records of the old one."""
+    st = os.stat(path)
+    return [os.path.realpath(path), st.st_size, st.st_ino, st.st_mtime_ns, st.st_ctime_ns]
+
+
 def work_dir_for(output: str | os.PathLike, *, fingerprint: str, method: str,
                  params: dict[str, Any]) -> Path:
     """The work directory of one computation: beside ``output``, keyed by what it computes."""
