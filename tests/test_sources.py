@@ -177,6 +177,48 @@ def test_h5_shards_concatenate_ids_and_labels(tmp_path):
     assert np.array_equal(emb.array(), data)
 
 
+@pytest.mark.parametrize("kind", ["str", "int"])
+def test_a_range_of_ids_and_labels_reads_slices_of_hdf5_shards(tmp_path, monkeypatch, kind):
+    """Workers read a part's ids and labels as slices of HDF5 datasets (never a shard's whole
+    array); other formats cut them from the whole array: the same values either way."""
+    from prunekit.io.formats.hdf5 import HDF5Format
+    from prunekit.io.formats.npz import NpzFormat
+
+    data = x(30, 4, dtype=np.float32)
+    ids = np.array([f"r{j}" for j in range(30)], dtype="S") if kind == "str" else \
+        np.arange(30, dtype=np.int64) * 7
+    (tmp_path / "h").mkdir()
+    (tmp_path / "z").mkdir()
+    for i, (a, b) in enumerate([(0, 12), (12, 20), (20, 30)]):
+        with h5py.File(tmp_path / "h" / f"s{i}.h5", "w") as f:
+            f["embeddings"], f["ids"] = data[a:b], ids[a:b]
+            f["labels"] = (np.arange(a, b) % 3).astype(np.int32)
+        np.savez(tmp_path / "z" / f"s{i}.npz", embeddings=data[a:b], ids=ids[a:b],
+                 labels=np.arange(a, b) % 3)
+    want_ids = [v.decode() if kind == "str" else int(v) for v in ids]
+    # Too small a budget to keep ids and labels after the load: they are checked in hash
+    # buckets, some of them empty in a shard.
+    with pk.runtime(memory=1 << 10):
+        h, z = pk.load_embeddings(tmp_path / "h"), pk.load_embeddings(tmp_path / "z")
+
+    def whole(*a, **k):
+        raise AssertionError("an HDF5 shard's whole side array was read")
+
+    monkeypatch.setattr(HDF5Format, "ids", whole)
+    monkeypatch.setattr(HDF5Format, "labels", whole)
+    sliced = []
+    real = NpzFormat.ids
+    monkeypatch.setattr(NpzFormat, "ids", lambda self, s: sliced.append(s.path) or real(self, s))
+    for emb in (h, z):
+        for a, b in ((0, 30), (3, 9), (10, 25), (12, 20), (29, 30), (5, 5)):
+            got = emb.side_for("ids", a, b)
+            assert got.tolist() == want_ids[a:b]
+            assert got.dtype == (object if kind == "str" else np.int64)
+            lab = emb.side_for("labels", a, b)
+            assert lab.dtype == np.int64 and lab.tolist() == [j % 3 for j in range(a, b)]
+    assert len(sliced) == 10  # npz: a whole read per shard a range meets (5:5: the first)
+
+
 def test_fingerprints_single_file_unchanged_sharded_from_shards(tmp_path):
     data = x()
     np.save(tmp_path / "one.npy", data)

@@ -119,9 +119,9 @@ def require(f: h5py.File, name: str, what: str) -> h5py.Dataset:
     return f[name]
 
 
-def read_dataset(f: h5py.File, name: str, what: str) -> np.ndarray:
-    """The whole dataset ``name`` as an array; a group, a corrupt chunk or an unreadable
-    type under that name is a PrunekitError naming the file and the dataset."""
+def read_dataset(f: h5py.File, name: str, what: str, rows: slice | None = None) -> np.ndarray:
+    """The dataset ``name`` as an array (whole, or its ``rows``); a group, a corrupt chunk or
+    an unreadable type under that name is a PrunekitError naming the file and the dataset."""
     obj = f.get(name)
     if obj is None:
         have = ", ".join(sorted(k for k in f.keys() if isinstance(f[k], h5py.Dataset))) or "none"
@@ -134,7 +134,7 @@ def read_dataset(f: h5py.File, name: str, what: str) -> np.ndarray:
         raise PrunekitError(f"{what} file {f.filename}: '{name}' is an empty HDF5 dataset (null "
                             "dataspace, no shape); rewrite the file with prunekit.")
     try:
-        return np.asarray(obj[()])
+        return np.asarray(obj[()] if rows is None else obj[rows])
     except (OSError, TypeError, ValueError, KeyError) as exc:
         raise PrunekitError(f"cannot read '{name}' of {what} file {f.filename}: {exc}") from exc
 

@@ -78,8 +78,9 @@ class SideReader:
     def read(self, name: str, start: int, stop: int) -> np.ndarray | None:
         """Entries ``start:stop`` of side array ``name`` (None when the set has none).
 
-        Reads the shards the range overlaps (each shard's array whole, then sliced).
-        Labels come as int64, ids as int64 or an object array of ``str``.
+        Reads the shards the range overlaps, a slice of each where the format can (HDF5),
+        else each shard's whole array, then sliced. Labels come as int64, ids as int64 or
+        an object array of ``str``.
         """
         if name not in SIDES:
             raise ValueError(f"side array must be one of {SIDES}, got {name!r}")
@@ -92,17 +93,11 @@ class SideReader:
         parts = []
         for i, s in enumerate(self.src.shards):
             a, b = max(start, s.start), min(stop, s.stop)
-            if a < b:  # a copy: the shard's whole array is freed at once
-                parts.append(_shard_side(self.src, i, name)[a - s.start : b - s.start].copy())
-        if not parts:
-            return np.zeros(0, dtype=np.int64)
+            if a < b:
+                parts.append(self.src.shard_side(i, name, a - s.start, b - s.start))
+        if not parts:  # an empty range: empty, of the set's kind of id
+            return self.src.shard_side(0, name, 0, 0)
         return parts[0] if len(parts) == 1 else np.concatenate(parts)
-
-
-def _shard_side(src: EmbeddingSource, i: int, name: str) -> np.ndarray:
-    if name == "ids":
-        return src.shard_ids(i)  # type: ignore[return-value]
-    return src.shard_labels(i).astype(np.int64)  # type: ignore[union-attr]
 
 
 def check_unique(ids: np.ndarray, name: str) -> None:
@@ -268,9 +263,10 @@ def _bucket_task(shared, b: int) -> tuple[int, list]:
             stops = np.asarray(ends[lo:hi], dtype=np.int64) - first
             size = int(stops[-1]) if stops.size else 0
             blob = bytes(_load(folder / f"blob-{i}.npy", mmap=True)[first : first + size])
+            starts = np.concatenate(([0], stops[:-1])) if stops.size else stops  # none: empty
             text = np.empty(stops.size, dtype=object)
             text[:] = [blob[a:c].decode("utf-8", "surrogatepass")
-                       for a, c in zip(np.r_[0, stops[:-1]].tolist(), stops.tolist(), strict=True)]
+                       for a, c in zip(starts.tolist(), stops.tolist(), strict=True)]
             parts.append(text)
         else:
             parts.append(np.array(_load(folder / f"values-{i}.npy", mmap=True)[lo:hi]))

@@ -227,6 +227,20 @@ class EmbeddingSource:
         s = self.shards[i]
         return format_named(s.kind).labels(s)
 
+    def shard_side(self, i: int, name: str, a: int, b: int) -> np.ndarray:
+        """Entries ``a:b`` (rows of shard ``i``) of its ``ids``, or of its ``labels`` as
+        int64: a slice where the format reads one, else cut from the whole array (a copy,
+        so the whole is freed at once)."""
+        part = self._side_slice(i, name, a, b)
+        if part is None:
+            whole = self.shard_ids(i) if name == "ids" else self.shard_labels(i)
+            part = whole[a:b].copy()  # type: ignore[index]
+        return part if name == "ids" else part.astype(np.int64)
+
+    def _side_slice(self, i: int, name: str, a: int, b: int) -> np.ndarray | None:
+        s = self.shards[i]
+        return format_named(s.kind).side_range(s, name, a, b)
+
     # -- reading one shard ------------------------------------------------------------
     def _reader(self, i: int) -> ShardReader:
         """The open reader of shard ``i`` (at most OPEN_HANDLES stay open per process).
@@ -273,6 +287,9 @@ class MemorySource(EmbeddingSource):
         return []  # no file: nothing an output could overwrite
 
     def shard_labels(self, i: int) -> np.ndarray | None:
+        return None
+
+    def _side_slice(self, i: int, name: str, a: int, b: int) -> np.ndarray | None:
         return None
 
     def _read_shard(self, i: int, a: int, b: int) -> np.ndarray:

@@ -119,6 +119,11 @@ class Format:
         """The shard's labels as stored, one per row (:func:`checked_labels`); None: none."""
         return None
 
+    def side_range(self, shard: Shard, name: str, a: int, b: int) -> np.ndarray | None:
+        """Entries ``a:b`` of the shard's ``ids`` (decoded) or ``labels`` (as stored), read
+        as a slice; None where the format reads the whole array (the caller slices it)."""
+        return None
+
     def keys(self, path: Path, *, allow_external: bool = False) -> dict[str, list[int]]:
         """Every array the file holds with its shape ({} when the file is one array)."""
         return {}

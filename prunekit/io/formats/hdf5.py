@@ -25,6 +25,7 @@ from prunekit.io.formats.base import (
 )
 from prunekit.io.h5io import (
     atomic_h5,
+    decode_ids,
     normalize_ids,
     open_h5,
     read_dataset,
@@ -94,6 +95,17 @@ class HDF5Format(Format):
     def labels(self, shard: Shard) -> np.ndarray | None:
         with open_h5(Path(shard.path), WHAT, allow_external=shard.allow_external) as h:
             return checked_labels(read_optional(h, "labels", WHAT), shard)
+
+    def side_range(self, shard: Shard, name: str, a: int, b: int) -> np.ndarray | None:
+        """A slice of the dataset: a worker reading a part's ids holds the part's, not the
+        shard's. None when the dataset is not one entry per row (the whole read says so)."""
+        key = shard.id_key if name == "ids" else "labels"
+        with open_h5(Path(shard.path), WHAT, allow_external=shard.allow_external) as h:
+            d = h.get(key)  # type: ignore[arg-type]
+            if not isinstance(d, h5py.Dataset) or d.shape != (shard.n_rows,):
+                return None
+            raw = read_dataset(h, key, WHAT, rows=slice(a, b))  # type: ignore[arg-type]
+        return decode_ids(raw, f"{shard.path} ['{key}']") if name == "ids" else raw
 
     def keys(self, path: Path, *, allow_external: bool = False) -> dict[str, list[int]]:
         found: dict[str, list[int]] = {}
